@@ -1,0 +1,82 @@
+"""Shared pieces of the ``outdial`` CLI: settings, channels with the user's token, output as table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.table import Table
+
+from outdial.core.clients import service_channel
+from outdial.core.config import ServiceName, Settings
+
+# Handlers: async def handler(args, settings) -> int (exit code).
+Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--token", help="bearer token (default: $OUTDIAL_TOKEN)")
+    return parser
+
+
+def command(sub: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
+    add_common(p)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def channel(args: argparse.Namespace, settings: Settings, service: ServiceName) -> grpc.aio.Channel:
+    token = getattr(args, "token", None) or settings.token
+    return service_channel(settings, service, lambda: token)
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*("" if v is None else str(v) for v in r))
+    console.print(table)
+
+
+def fail(message: str, code: int = 1) -> int:
+    err_console.print(f"[red]error:[/red] {message}")
+    return code
+
+
+def rpc_error(exc: grpc.aio.AioRpcError) -> int:
+    """Print a failed RPC as `CODE: details` on stderr; exit code 2 for bad input, 1 otherwise."""
+    err_console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
+    return 2 if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1
+
+
+def run(handler: Handler, args: argparse.Namespace, settings: Settings) -> int:
+    async def _go() -> int:
+        try:
+            return await handler(args, settings)
+        except grpc.aio.AioRpcError as exc:
+            return rpc_error(exc)
+
+    return asyncio.run(_go())

@@ -1,0 +1,167 @@
+"""``outdial token``, ``outdial db``, ``outdial serve``, ``outdial run``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from outdial.cli.base import fail, print_json
+from outdial.core import db
+from outdial.core import logging as odlog
+from outdial.core.auth import Role, issue_token
+from outdial.core.config import SERVICES, ServiceName, Settings
+from outdial.core.infra import Infra, ensure_infra
+
+log = logging.getLogger("outdial.run")
+
+
+async def token_issue(args: argparse.Namespace, settings: Settings) -> int:
+    token = issue_token(
+        settings.auth_secret, args.sub, Role(args.role), args.ttl or settings.token_ttl_seconds
+    )
+    if args.json:
+        print_json({"token": token, "role": args.role, "sub": args.sub})
+    else:
+        print(token)
+    return 0
+
+
+async def db_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    infra = await ensure_infra(settings.database_url, settings.redis_url)
+    try:
+        applied = await db.migrate_url(infra.database_url)
+    finally:
+        infra.stop()
+    if args.json:
+        print_json({"applied": applied})
+    else:
+        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
+
+
+async def serve(args: argparse.Namespace, settings: Settings) -> int:
+    from outdial.core.server import serve as serve_spec
+
+    spec = _spec(args.service)
+    odlog.configure(spec.name, settings.log_level, settings.log_json)
+    await serve_spec(spec, settings)
+    return 0
+
+
+def _spec(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f"outdial.{name}.app").SPEC
+
+
+class Supervisor:
+    """Starts the four services as child processes, with PostgreSQL/Redis resolved (or started) first.
+    SIGINT/SIGTERM stop every child gracefully, then the private servers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        services: tuple[ServiceName, ...] = SERVICES,
+        extra_env: dict[str, str] | None = None,
+        quiet: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.services = services
+        self.extra_env = extra_env or {}
+        self.quiet = quiet
+        self.infra: Infra | None = None
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    async def start(self) -> Infra:
+        self.infra = await ensure_infra(self.settings.database_url, self.settings.redis_url)
+        # Migrate once here so the four services do not all wait on the advisory lock.
+        await db.migrate_url(self.infra.database_url)
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        env["OUTDIAL_DATABASE_URL"] = self.infra.database_url
+        env["OUTDIAL_REDIS_URL"] = self.infra.redis_url
+        out = subprocess.DEVNULL if self.quiet else None
+        for name in self.services:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", f"outdial.{name}"], env=env, stdout=out
+            )
+        return self.infra
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs.values())
+
+    def stop(self, timeout: float | None = None) -> int:
+        timeout = timeout if timeout is not None else self.settings.grace_seconds + 5
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        worst = 0
+        for name, p in self.procs.items():
+            try:
+                rc = p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", name)
+                p.kill()
+                rc = p.wait()
+            worst = worst or (rc if rc not in (0, -signal.SIGTERM) else 0)
+        if self.infra is not None:
+            self.infra.stop()
+        return worst
+
+
+async def run_all(args: argparse.Namespace, settings: Settings) -> int:
+    odlog.configure("run", settings.log_level, settings.log_json)
+    sup = Supervisor(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        infra = await sup.start()
+        log.info(
+            "services started: %s (database %s, redis %s)",
+            ", ".join(sup.procs),
+            infra.database_url.rsplit("@", 1)[-1],
+            infra.redis_url,
+        )
+        while not stop.is_set():
+            if not sup.alive():
+                dead = [n for n, p in sup.procs.items() if p.poll() is not None]
+                log.error("service exited: %s; stopping the others", ", ".join(dead))
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+    finally:
+        rc = await asyncio.to_thread(sup.stop)
+    return rc if stop.is_set() else (rc or 1)
+
+
+def register(sub: Any) -> None:
+    from outdial.cli.base import command
+
+    tok = sub.add_parser("token", help="issue bearer tokens").add_subparsers(dest="token_cmd", required=True)
+    p = command(tok, "issue", token_issue, "print a signed token for local use")
+    p.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p.add_argument("--sub", required=True, help="subject (user or agent id)")
+    p.add_argument("--ttl", type=int, help="lifetime in seconds")
+
+    dbp = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True)
+    command(dbp, "migrate", db_migrate, "apply pending SQL migrations (idempotent)")
+
+    p = command(sub, "serve", serve, "run one service in the foreground")
+    p.add_argument("service", choices=SERVICES)
+
+    command(sub, "run", run_all, "run all four services (PostgreSQL/Redis found or started); Ctrl-C stops")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    fail("use the `outdial` command")

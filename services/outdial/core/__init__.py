@@ -1,0 +1,1 @@
+"""Shared core: config, database, Redis keys, gRPC bootstrap, errors, auth, metrics, logging."""

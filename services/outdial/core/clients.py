@@ -1,0 +1,91 @@
+"""gRPC client channels: TLS when configured, a bearer token on every call (client interceptors)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from outdial.core.auth import Role, issue_token
+from outdial.core.config import ServiceName, Settings
+
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    ("grpc.max_send_message_length", 32 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class _AuthInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <token>`` to every call; the token comes from a callable so that a
+    service can renew its own short-lived token."""
+
+    def __init__(self, token: Callable[[], str | None]) -> None:
+        self._token = token
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        token = self._token()
+        if not token:
+            return details
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add("authorization", f"Bearer {token}")
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return await continuation(self._details(details), request_iterator)
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return await continuation(self._details(details), request_iterator)
+
+
+def open_channel(settings: Settings, target: str, token: Callable[[], str | None]) -> grpc.aio.Channel:
+    interceptors = [_AuthInterceptor(token)]
+    if settings.tls_ca or settings.tls_enabled:
+        root = settings.tls_ca.read_bytes() if settings.tls_ca else None
+        creds = grpc.ssl_channel_credentials(root_certificates=root)
+        options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
+        if settings.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", settings.tls_server_name))
+        return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+
+
+def service_channel(
+    settings: Settings, service: ServiceName, token: Callable[[], str | None]
+) -> grpc.aio.Channel:
+    return open_channel(settings, settings.addr(service), token)
+
+
+class ServiceToken:
+    """A service's own token (role ``service``), re-issued well before it expires."""
+
+    def __init__(self, settings: Settings, subject: str, ttl_seconds: int = 3600) -> None:
+        self._settings = settings
+        self._subject = subject
+        self._ttl = ttl_seconds
+        self._token = ""
+        self._renew_at = 0.0
+
+    def __call__(self) -> str:
+        now = time.monotonic()
+        if now >= self._renew_at:
+            self._token = issue_token(self._settings.auth_secret, self._subject, Role.SERVICE, self._ttl)
+            self._renew_at = now + self._ttl / 2
+        return self._token

@@ -1,0 +1,80 @@
+"""Settings, read only from environment variables with the ``OUTDIAL_`` prefix.
+
+Built once in ``__main__`` (or the CLI) and passed down; nothing reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ServiceName = Literal["campaign", "pacing", "dnc", "agent"]
+SERVICES: tuple[ServiceName, ...] = ("campaign", "pacing", "dnc", "agent")
+
+DEV_AUTH_SECRET = "outdial-dev-secret-change-me-before-production"
+
+
+class Settings(BaseSettings):
+    """Every setting of every service and of the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="OUTDIAL_", extra="ignore")
+
+    # Infrastructure. Unset: PostgreSQL/Redis on 127.0.0.1 when they answer, else private throwaway servers
+    # (only for `outdial run`, `outdial demo` and the tests; a service process needs them set or local).
+    database_url: str | None = None
+    redis_url: str | None = None
+    db_pool_min: int = 0
+    db_pool_max: int = 10
+
+    # Where clients reach each service (host:port) ...
+    campaign_addr: str = "127.0.0.1:50051"
+    pacing_addr: str = "127.0.0.1:50052"
+    dnc_addr: str = "127.0.0.1:50053"
+    agent_addr: str = "127.0.0.1:50054"
+    # ... and where a service listens (default: the port of its *_addr on `listen_host`).
+    listen_host: str = "127.0.0.1"
+    listen_port: int | None = None
+
+    # Prometheus metrics: port = metrics_base_port + index (campaign 9101, pacing 9102, dnc 9103, agent 9104);
+    # OUTDIAL_METRICS_PORT overrides for one process; 0 disables.
+    metrics_host: str = "127.0.0.1"
+    metrics_base_port: int = 9100
+    metrics_port: int | None = None
+
+    # TLS: when cert and key are set the servers speak TLS; clients trust tls_ca.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_server_name: str | None = None
+
+    # Auth: HS256 secret shared by the services and `outdial token issue`.
+    auth_secret: str = DEV_AUTH_SECRET
+    token_ttl_seconds: int = 12 * 3600
+    # The CLI's bearer token.
+    token: str | None = None
+
+    grace_seconds: float = Field(default=10.0, ge=0)
+    health_interval_seconds: float = Field(default=1.0, gt=0)
+    log_level: str = "INFO"
+    log_json: bool = True
+    # Instance name used for leases and logs (defaults to hostname-pid).
+    instance_id: str | None = None
+
+    def addr(self, service: ServiceName) -> str:
+        return str(getattr(self, f"{service}_addr"))
+
+    def listen_addr(self, service: ServiceName) -> str:
+        port = self.listen_port if self.listen_port is not None else int(self.addr(service).rsplit(":", 1)[1])
+        return f"{self.listen_host}:{port}"
+
+    def metrics_port_for(self, service: ServiceName) -> int:
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return self.metrics_base_port + SERVICES.index(service) + 1
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None

@@ -1,0 +1,197 @@
+"""Every Redis key name of outdial, and nothing else formats one.
+
+Keys start with ``od:``. Anything per campaign carries the campaign id in a hash tag (``od:{c:ID}:…``) so
+that one campaign's keys share a Redis Cluster slot and Lua scripts over them stay cluster-legal.
+Each function says who writes the key, who reads it, and its lifetime (TTL).
+Everything here can be rebuilt from PostgreSQL or is short-lived (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+PREFIX = "od:"
+
+
+def _c(campaign_id: str) -> str:
+    return f"{PREFIX}{{c:{campaign_id}}}"
+
+
+# ---------------------------------------------------------------- events
+
+
+def call_events() -> str:
+    """Stream of call lifecycle events (DESIGN.md). Writers: pacing (dialer), agent. Readers: campaign,
+    pacing, dnc consumer groups. Trimmed with MAXLEN ~ (approximate), no TTL."""
+    return f"{PREFIX}events:calls"
+
+
+def event_seen(group: str, event_id: str) -> str:
+    """Idempotency marker: consumer ``group`` has applied ``event_id``. Writer/reader: that consumer.
+    TTL 7 days (longer than any redelivery)."""
+    return f"{PREFIX}seen:{group}:{event_id}"
+
+
+# ---------------------------------------------------------------- campaign
+
+
+def active_campaigns() -> str:
+    """Set of ids of campaigns in state active. Writer: campaign service. Readers: pacing, feeder. No TTL
+    (rebuilt from PostgreSQL at campaign-service start)."""
+    return f"{PREFIX}campaigns:active"
+
+
+def campaign_config(campaign_id: str) -> str:
+    """Hash: the campaign's dialing settings as JSON (state, mode, window, caps, caller id …). Writer:
+    campaign service on every change. Readers: pacing/dialer, agent. No TTL (rebuilt at start)."""
+    return f"{_c(campaign_id)}:config"
+
+
+def hopper(campaign_id: str) -> str:
+    """Sorted set of lead ids callable now (score = priority order: callbacks, new, retries). Writer:
+    campaign feeder. Reader: dialer (ZPOPMIN). No TTL; a cache, refilled every feeder pass."""
+    return f"{_c(campaign_id)}:hopper"
+
+
+def hopper_lead(campaign_id: str, lead_id: str) -> str:
+    """Hash: what the dialer needs about a hopper lead (numbers, tz, state, name, fields). Writer: feeder.
+    Reader: dialer. TTL 1 hour."""
+    return f"{_c(campaign_id)}:lead:{lead_id}"
+
+
+def lead_claim(campaign_id: str, lead_id: str) -> str:
+    """String: the call id that holds this lead (SET NX PX). Writer: dialer. Readers: dialer, feeder.
+    TTL: ring timeout + max talk bound; released by the outcome consumer."""
+    return f"{_c(campaign_id)}:claim:{lead_id}"
+
+
+def feeder_lease(campaign_id: str) -> str:
+    """String: the campaign-service replica that feeds this campaign's hopper (token). TTL: lease time."""
+    return f"{_c(campaign_id)}:feeder"
+
+
+# ---------------------------------------------------------------- numbers (compliance counters)
+
+
+def number_attempts(number_e164: str) -> str:
+    """Sorted set of call ids to one number (score = dial time, ms) for rolling 24 h / 72 h caps. Writer:
+    dialer at dial time. Reader: gate. TTL 8 days. Rebuildable from call records."""
+    return f"{PREFIX}num:{{{number_e164}}}:attempts"
+
+
+def number_abandoned(number_e164: str) -> str:
+    """String: last abandonment of this number (ms), for the UK 72-hour rule. Writer: dialer. Reader: gate.
+    TTL 72 h."""
+    return f"{PREFIX}num:{{{number_e164}}}:abandoned"
+
+
+# ---------------------------------------------------------------- pacing / dialer
+
+
+def pacing_lease(campaign_id: str) -> str:
+    """String: ``replica:token`` of the pacing replica that drives this campaign. Writer: pacing (SET NX PX,
+    renewed by a Lua compare-and-set). TTL: the lease time (a few seconds)."""
+    return f"{_c(campaign_id)}:pacing:lease"
+
+
+def pacing_fence(campaign_id: str) -> str:
+    """Integer fencing token, INCR on every lease acquisition. Writer: pacing. No TTL."""
+    return f"{_c(campaign_id)}:pacing:fence"
+
+
+def pacing_settings(campaign_id: str) -> str:
+    """Hash: pacing settings overrides (UpdatePacingSettings). Writer/reader: pacing. No TTL (also stored in
+    PostgreSQL)."""
+    return f"{_c(campaign_id)}:pacing:settings"
+
+
+def pacing_state(campaign_id: str) -> str:
+    """String (JSON): the last pacing snapshot, for GetPacingState/WatchPacing from any replica. Writer: the
+    lease holder each tick. TTL 30 s."""
+    return f"{_c(campaign_id)}:pacing:state"
+
+
+def pacing_estimates(campaign_id: str) -> str:
+    """String (JSON): learned estimates (answer rate, delays, talk/wrap). Writer: pacing. TTL 7 days."""
+    return f"{_c(campaign_id)}:pacing:estimates"
+
+
+def calls_in_flight(campaign_id: str) -> str:
+    """Sorted set of call ids in flight (score = dial time, ms). Writer: dialer. Readers: pacing, stats.
+    No TTL; entries removed when the call ends."""
+    return f"{_c(campaign_id)}:inflight"
+
+
+def abandon_window(campaign_id: str) -> str:
+    """Sorted set of live answers in the abandonment window: member ``call_id:h`` or ``call_id:a`` (human
+    connected / abandoned), score = ms. Writer: dialer. Reader: pacing budget. Trimmed to the window."""
+    return f"{_c(campaign_id)}:abandon"
+
+
+# ---------------------------------------------------------------- agents
+
+
+def agent(agent_id: str) -> str:
+    """Hash: an agent's live state (state, since, campaigns, skills, call id, session). Writer: agent service
+    (Lua). Readers: agent, pacing. No TTL (presence is separate)."""
+    return f"{PREFIX}agent:{{a:{agent_id}}}"
+
+
+def agent_presence(agent_id: str) -> str:
+    """String: the agent's session id while their console is alive. Writer: agent service on Connect and
+    Heartbeat. TTL: heartbeat timeout."""
+    return f"{PREFIX}agent:{{a:{agent_id}}}:presence"
+
+
+def agent_offers(agent_id: str) -> str:
+    """Stream (or list) of offers for one agent's open console stream. Writer: assignment. Reader: the agent
+    service replica holding the stream. Trimmed; TTL 1 hour."""
+    return f"{PREFIX}agent:{{a:{agent_id}}}:offers"
+
+
+def agents_index() -> str:
+    """Set of logged-in agent ids. Writer: agent service. Readers: agent (presence sweeper). No TTL."""
+    return f"{PREFIX}agents:online"
+
+
+def campaign_agents(campaign_id: str) -> str:
+    """Hash agent id -> state for agents logged in to the campaign. Writer: agent service. Reader: pacing
+    (one round trip for counts). No TTL."""
+    return f"{_c(campaign_id)}:agents"
+
+
+def campaign_ready(campaign_id: str) -> str:
+    """Sorted set of ready agents (score = ready-since ms, longest ready first). Writer/reader: agent
+    assignment script. No TTL."""
+    return f"{_c(campaign_id)}:ready"
+
+
+# ---------------------------------------------------------------- DNC
+
+
+def dnc_index_current() -> str:
+    """String: version number of the live DNC lookup index. Writer: dnc (atomic switch after a rebuild).
+    Reader: dnc gate. No TTL."""
+    return f"{PREFIX}dnc:idx:current"
+
+
+def dnc_index(version: int, shard: str) -> str:
+    """The DNC lookup index, one key per shard (layout chosen by measurement in the dnc package). Writer:
+    dnc rebuild/import/add/remove. Reader: dnc gate. Old versions deleted after a switch."""
+    return f"{PREFIX}dnc:idx:{version}:{shard}"
+
+
+def dnc_index_meta(version: int) -> str:
+    """Hash: which lists and counts a DNC index version holds. Writer/reader: dnc. Deleted with the version."""
+    return f"{PREFIX}dnc:idx:{version}:meta"
+
+
+def dnc_lock(name: str) -> str:
+    """String: a short lock for DNC maintenance (rebuild, import). TTL: a few minutes, renewed."""
+    return f"{PREFIX}dnc:lock:{name}"
+
+
+# ---------------------------------------------------------------- infrastructure
+
+
+def health_probe() -> str:
+    """String written by nobody: the health checker only PINGs. Kept here so no one formats it elsewhere."""
+    return f"{PREFIX}health"

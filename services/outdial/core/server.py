@@ -1,0 +1,425 @@
+"""gRPC server bootstrap shared by the four services.
+
+grpc.aio server; the standard async health servicer whose status follows real PostgreSQL and Redis checks;
+server reflection; one interceptor for auth, logging context, metrics and error mapping; graceful shutdown
+on SIGTERM/SIGINT (health NOT_SERVING, ``server.stop(grace)``, cancel and await background tasks, close
+pools). Each service supplies a :class:`ServiceSpec` whose ``setup`` registers its servicers and starts its
+background tasks through the :class:`ServiceContext` it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from outdial.core import db
+from outdial.core import logging as odlog
+from outdial.core.auth import authorize, bearer_from_metadata, is_public, set_principal, verify_token
+from outdial.core.clients import ServiceToken, service_channel
+from outdial.core.clock import Clock, SystemClock
+from outdial.core.config import ServiceName, Settings
+from outdial.core.errors import OutdialError, status_for
+from outdial.core.metrics import DEPENDENCY_UP, RPC_SECONDS, RPC_TOTAL, SERVING, start_metrics_server
+from outdial.core.redis import Redis, create_redis
+
+log = logging.getLogger("outdial.server")
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/outdial"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    ("grpc.max_send_message_length", 32 * 1024 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass
+class ServiceContext:
+    """Everything a service's ``setup`` needs, built once and passed down (no module-level clients)."""
+
+    name: ServiceName
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: Redis
+    clock: Clock
+    instance_id: str
+    # Set once migrations are applied: background tasks that touch PostgreSQL wait for it.
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    _token: ServiceToken | None = None
+    _redis_bytes: Redis | None = None
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run a background task for the life of the service; a crash is logged, and restarted by nobody:
+        write loops that survive their own errors."""
+        task = asyncio.create_task(coro, name=f"{self.name}:{name}")
+
+        def _done(t: asyncio.Task[Any]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task %s died", t.get_name(), exc_info=t.exception())
+
+        task.add_done_callback(_done)
+        self._tasks.append(task)
+        return task
+
+    def on_close(self, fn: Callable[[], Awaitable[None]]) -> None:
+        self._closers.append(fn)
+
+    def token(self) -> str:
+        if self._token is None:
+            self._token = ServiceToken(self.settings, f"svc:{self.name}:{self.instance_id}")
+        return self._token()
+
+    def channel(self, service: ServiceName) -> grpc.aio.Channel:
+        """A channel to another outdial service, carrying this service's own token."""
+        if service not in self._channels:
+            self._channels[service] = service_channel(self.settings, service, self.token)
+        return self._channels[service]
+
+    def redis_bytes(self) -> Redis:
+        """A second client that returns bytes (for binary values and bulk lookups)."""
+        if self._redis_bytes is None:
+            url = self.settings.redis_url or DEFAULT_REDIS_URL
+            self._redis_bytes = create_redis(url, decode=False)
+        return self._redis_bytes
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for fn in reversed(self._closers):
+            try:
+                await fn()
+            except Exception:
+                log.exception("error while closing")
+        for ch in self._channels.values():
+            await ch.close()
+        if self._redis_bytes is not None:
+            await self._redis_bytes.aclose()
+        await self.redis.aclose()
+        await self.pool.close()
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: ServiceName
+    # Full names of the gRPC services this process serves ("outdial.v1.CampaignService").
+    full_names: tuple[str, ...]
+    setup: Callable[[grpc.aio.Server, ServiceContext], Awaitable[None]]
+
+
+# ------------------------------------------------------------------------------------------- interceptor
+
+
+def _metadata_value(metadata: Any, key: str) -> str | None:
+    for k, v in metadata or ():
+        if k.lower() == key:
+            return v.decode() if isinstance(v, bytes) else str(v)
+    return None
+
+
+class CoreInterceptor(grpc.aio.ServerInterceptor):
+    """Auth, logging context, metrics and error mapping around every RPC but health and reflection."""
+
+    def __init__(self, service: str, secret: str) -> None:
+        self.service = service
+        self.secret = secret
+
+    async def intercept_service(  # noqa: C901 - one wrapper per RPC kind, kept side by side on purpose
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or is_public(method):
+            return handler
+        metadata = details.invocation_metadata
+        principal = None
+        auth_error: OutdialError | None = None
+        try:
+            principal = verify_token(self.secret, bearer_from_metadata(metadata))
+            authorize(principal, method)
+        except OutdialError as exc:
+            auth_error = exc
+        rid = _metadata_value(metadata, "x-request-id") or uuid.uuid4().hex[:16]
+        short = method.rsplit("/", 1)[-1]
+        svc = self.service
+
+        def enter(context: grpc.aio.ServicerContext, request: Any = None) -> float:
+            set_principal(principal)
+            odlog.rpc_method.set(short)
+            odlog.request_id.set(rid)
+            odlog.actor.set(f"{principal.role.value}:{principal.subject}" if principal else None)
+            cid = getattr(request, "campaign_id", None) if request is not None else None
+            odlog.campaign_id.set(cid or None)
+            return time.perf_counter()
+
+        async def fail(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+            mapped = status_for(exc)
+            if mapped is None:
+                log.error("unhandled error in %s", short, exc_info=exc)
+                code, msg = grpc.StatusCode.INTERNAL, f"internal error (request id {rid})"
+            else:
+                code, msg = mapped
+                if code is grpc.StatusCode.UNAVAILABLE:
+                    log.warning("dependency unavailable in %s: %s", short, type(exc).__name__)
+            await context.abort(code, msg)
+
+        def done(context: grpc.aio.ServicerContext, started: float) -> None:
+            code = context.code() if hasattr(context, "code") else None
+            name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+            RPC_TOTAL.labels(svc, short, name).inc()
+            RPC_SECONDS.labels(svc, short).observe(time.perf_counter() - started)
+
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            if auth_error is not None:
+                RPC_TOTAL.labels(svc, short, auth_error.code.name).inc()
+                await context.abort(auth_error.code, auth_error.status_message())
+
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await check(context)
+                started = enter(context, request)
+                try:
+                    return await inner_uu(request, context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    await fail(context, exc)
+                finally:
+                    done(context, started)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                await check(context)
+                started = enter(context, request)
+                try:
+                    async for item in inner_us(request, context):
+                        yield item
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    await fail(context, exc)
+                finally:
+                    done(context, started)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(request_iter: Any, context: grpc.aio.ServicerContext) -> Any:
+                await check(context)
+                started = enter(context)
+                try:
+                    return await inner_su(request_iter, context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    await fail(context, exc)
+                finally:
+                    done(context, started)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, handler.request_deserializer, handler.response_serializer
+            )
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(request_iter: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await check(context)
+            started = enter(context)
+            try:
+                async for item in inner_ss(request_iter, context):
+                    yield item
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await fail(context, exc)
+            finally:
+                done(context, started)
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream, handler.request_deserializer, handler.response_serializer
+        )
+
+
+# ------------------------------------------------------------------------------------------- health
+
+
+async def _check_dependencies(ctx: ServiceContext, timeout: float) -> dict[str, bool]:
+    async def pg() -> bool:
+        try:
+            await asyncio.wait_for(ctx.pool.fetchval("SELECT 1"), timeout)
+            return True
+        except Exception:
+            return False
+
+    async def rd() -> bool:
+        try:
+            return bool(await asyncio.wait_for(ctx.redis.ping(), timeout))
+        except Exception:
+            return False
+
+    ok_pg, ok_rd = await asyncio.gather(pg(), rd())
+    return {"postgres": ok_pg, "redis": ok_rd}
+
+
+async def _health_loop(
+    ctx: ServiceContext, servicer: health.aio.HealthServicer, names: tuple[str, ...]
+) -> None:
+    """Drive health from real checks: SERVING only while migrations are applied and both answer."""
+    interval = ctx.settings.health_interval_seconds
+    last: int | None = None
+    while True:
+        deps = await _check_dependencies(ctx, timeout=max(0.5, interval))
+        for dep, up in deps.items():
+            DEPENDENCY_UP.labels(ctx.name, dep).set(1 if up else 0)
+        serving = ctx.ready.is_set() and all(deps.values())
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if status != last:
+            for n in ("", *names):
+                await servicer.set(n, status)
+            SERVING.labels(ctx.name).set(1 if serving else 0)
+            if last is not None or not serving:
+                log.info("health %s", "SERVING" if serving else f"NOT_SERVING {deps}")
+            last = status
+        await asyncio.sleep(interval)
+
+
+async def _migrate_until_done(ctx: ServiceContext) -> None:
+    delay = 0.5
+    while True:
+        try:
+            async with ctx.pool.acquire() as conn:
+                applied = await db.migrate(conn)
+            if applied:
+                log.info("migrations applied: %s", ", ".join(applied))
+            ctx.ready.set()
+            return
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("database not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+# ------------------------------------------------------------------------------------------- run
+
+
+def _instance_id(settings: Settings) -> str:
+    return settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def serve(
+    spec: ServiceSpec,
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    stop: asyncio.Event | None = None,
+    started: Callable[[int], None] | None = None,
+) -> None:
+    """Run one service until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully."""
+    database_url = settings.database_url or DEFAULT_DATABASE_URL
+    redis_url = settings.redis_url or DEFAULT_REDIS_URL
+    pool = await db.create_pool(database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    ctx = ServiceContext(
+        name=spec.name,
+        settings=settings,
+        pool=pool,
+        redis=create_redis(redis_url),
+        clock=clock or SystemClock(),
+        instance_id=_instance_id(settings),
+    )
+    server = grpc.aio.server(
+        interceptors=[CoreInterceptor(spec.name, settings.auth_secret)], options=SERVER_OPTIONS
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*spec.full_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    for n in ("", *spec.full_names):
+        await health_servicer.set(n, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await spec.setup(server, ctx)
+
+    listen = settings.listen_addr(spec.name)
+    if settings.tls_enabled:
+        assert settings.tls_cert is not None and settings.tls_key is not None
+        creds = grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())])
+        port = server.add_secure_port(listen, creds)
+    else:
+        port = server.add_insecure_port(listen)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {listen}")
+    await server.start()
+    start_metrics_server(settings.metrics_host, settings.metrics_port_for(spec.name))
+    log.info(
+        "%s listening on %s (tls=%s)", spec.name, listen.rsplit(":", 1)[0] + f":{port}", settings.tls_enabled
+    )
+    if started is not None:
+        started(port)
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    migrate_task = asyncio.create_task(_migrate_until_done(ctx), name=f"{spec.name}:migrate")
+    health_task = asyncio.create_task(
+        _health_loop(ctx, health_servicer, spec.full_names), name=f"{spec.name}:health"
+    )
+    try:
+        await stop.wait()
+    finally:
+        log.info("%s shutting down (grace %.1fs)", spec.name, settings.grace_seconds)
+        health_task.cancel()
+        migrate_task.cancel()
+        await health_servicer.enter_graceful_shutdown()
+        SERVING.labels(spec.name).set(0)
+        await server.stop(settings.grace_seconds)
+        for t in (health_task, migrate_task):
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await ctx.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+        log.info("%s stopped", spec.name)
+
+
+def main(spec: ServiceSpec) -> None:
+    """Entry point of ``python -m outdial.<service>``."""
+    settings = Settings()
+    odlog.configure(spec.name, settings.log_level, settings.log_json)
+    asyncio.run(serve(spec, settings))

