@@ -38,6 +38,16 @@ def command(sub: Any, name: str, handler: Handler, help: str) -> argparse.Argume
     return p
 
 
+_groups: dict[str, Any] = {}
+
+
+def group(sub: Any, name: str, help: str) -> Any:
+    """The sub-command group ``outdial NAME …`` (created once, shared by modules: ``sim`` has several)."""
+    if name not in _groups:
+        _groups[name] = sub.add_parser(name, help=help).add_subparsers(dest=f"{name}_cmd", required=True)
+    return _groups[name]
+
+
 def channel(args: argparse.Namespace, settings: Settings, service: ServiceName) -> grpc.aio.Channel:
     token = getattr(args, "token", None) or settings.token
     return service_channel(settings, service, lambda: token)

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     log_json: bool = True
     # Instance name used for leases and logs (defaults to hostname-pid).
     instance_id: str | None = None
+    # Shift every service clock by this many seconds (demos and end-to-end tests that cross calling-window
+    # edges); 0 in production.
+    clock_offset_seconds: float = 0.0
 
     def addr(self, service: ServiceName) -> str:
         return str(getattr(self, f"{service}_addr"))

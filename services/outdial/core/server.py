@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -30,7 +31,7 @@ from outdial.core import db
 from outdial.core import logging as odlog
 from outdial.core.auth import authorize, bearer_from_metadata, is_public, set_principal, verify_token
 from outdial.core.clients import ServiceToken, service_channel
-from outdial.core.clock import Clock, SystemClock
+from outdial.core.clock import Clock, OffsetClock, SystemClock
 from outdial.core.config import ServiceName, Settings
 from outdial.core.errors import OutdialError, status_for
 from outdial.core.metrics import DEPENDENCY_UP, RPC_SECONDS, RPC_TOTAL, SERVING, start_metrics_server
@@ -337,6 +338,12 @@ async def _migrate_until_done(ctx: ServiceContext) -> None:
 # ------------------------------------------------------------------------------------------- run
 
 
+def _clock_from(settings: Settings) -> Clock:
+    if settings.clock_offset_seconds:
+        return OffsetClock(timedelta(seconds=settings.clock_offset_seconds))
+    return SystemClock()
+
+
 def _instance_id(settings: Settings) -> str:
     return settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
 
@@ -358,7 +365,7 @@ async def serve(
         settings=settings,
         pool=pool,
         redis=create_redis(redis_url),
-        clock=clock or SystemClock(),
+        clock=clock or _clock_from(settings),
         instance_id=_instance_id(settings),
     )
     server = grpc.aio.server(
