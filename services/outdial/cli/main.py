@@ -11,8 +11,16 @@ from collections.abc import Sequence
 from outdial.cli.base import run
 from outdial.core.config import Settings
 
-# Modules that add commands; each has ``register(subparsers)``.
-COMMAND_MODULES = ("outdial.cli.core_commands",)
+# Modules that add commands; each has ``register(subparsers)``. A module not yet written is skipped.
+COMMAND_MODULES = (
+    "outdial.cli.core_commands",
+    "outdial.cli.campaign",  # outdial campaign …, outdial leads …
+    "outdial.cli.dnc",  # outdial dnc …
+    "outdial.cli.agent",  # outdial agent …, outdial sim agents
+    "outdial.cli.pacing",  # outdial pacing …
+    "outdial.cli.sim_pacing",  # outdial sim pacing
+    "outdial.cli.demo",  # outdial demo
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
