@@ -55,6 +55,7 @@ async def test_tls_round_trip(services: Services, tmp_path: Path) -> None:
             resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
             if resp.status == health_pb2.HealthCheckResponse.SERVING:
                 break
+            await asyncio.sleep(0.1)
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
         # An authenticated RPC reaches the servicer over TLS (any answer but UNAUTHENTICATED/UNAVAILABLE).
         try:
