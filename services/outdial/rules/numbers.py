@@ -1,0 +1,202 @@
+"""Phone numbers: parse, validate for the campaign's jurisdiction, type, and place in time zones.
+
+Pure functions over Google's libphonenumber metadata (the ``phonenumbers`` port) plus the ``zipcodes``
+(USPS ZIP -> IANA zone) and ``us`` (state -> zones) data packages. No I/O.
+
+Sources: the US calling-hours rule (47 CFR 64.1200(c)(1), 16 CFR 310.4(c)) applies in the *called
+person's* local time; the number's area code is only a presumption, refined by the address. When the
+number and the address disagree, or the number spans several zones, every candidate zone is returned so
+that :func:`outdial.rules.windows.check_window` takes the intersection (the most restrictive window).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import phonenumbers
+import us
+import zipcodes
+from phonenumbers import PhoneNumberType, timezone
+
+__all__ = [
+    "JURISDICTION_REGIONS",
+    "NumberError",
+    "ParsedNumber",
+    "jurisdiction_regions",
+    "normalise_state",
+    "parse_number",
+    "timezones_for",
+]
+
+#: Regions whose numbers a campaign of that jurisdiction may call.
+JURISDICTION_REGIONS: dict[str, tuple[str, ...]] = {"US": ("US",), "CA": ("CA",), "UK": ("GB",)}
+
+_TYPE_NAMES: dict[int, str] = {
+    PhoneNumberType.FIXED_LINE: "fixed_line",
+    PhoneNumberType.MOBILE: "mobile",
+    PhoneNumberType.FIXED_LINE_OR_MOBILE: "fixed_line_or_mobile",
+    PhoneNumberType.TOLL_FREE: "toll_free",
+    PhoneNumberType.PREMIUM_RATE: "premium_rate",
+    PhoneNumberType.SHARED_COST: "shared_cost",
+    PhoneNumberType.VOIP: "voip",
+    PhoneNumberType.PERSONAL_NUMBER: "personal_number",
+    PhoneNumberType.PAGER: "pager",
+    PhoneNumberType.UAN: "uan",
+    PhoneNumberType.VOICEMAIL: "voicemail",
+    PhoneNumberType.UNKNOWN: "unknown",
+}
+
+#: Number types an outbound campaign never dials: they reach no person (or cost the callee / us money).
+REJECTED_TYPES: frozenset[str] = frozenset(
+    {"toll_free", "premium_rate", "shared_cost", "personal_number", "pager", "voicemail"}
+)
+
+_UNKNOWN_ZONE = "Etc/Unknown"
+
+
+class NumberError(ValueError):
+    """A number that cannot be called. ``reason`` is a stable code, ``detail`` is for humans."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ParsedNumber:
+    e164: str
+    region: str
+    number_type: str
+    timezones: tuple[str, ...]
+
+
+def jurisdiction_regions(jurisdiction: str) -> tuple[str, ...]:
+    try:
+        return JURISDICTION_REGIONS[jurisdiction.upper()]
+    except KeyError:
+        raise ValueError(f"unknown jurisdiction {jurisdiction!r} (expected one of US, CA, UK)") from None
+
+
+def parse_number(raw: str, default_region: str = "US", jurisdiction: str = "US") -> ParsedNumber:
+    """Parse ``raw`` (national format read in ``default_region``) and check it may be called in
+    ``jurisdiction``. Raises :class:`NumberError` with a stable ``reason``."""
+    regions = jurisdiction_regions(jurisdiction)
+    text = (raw or "").strip()
+    if not text:
+        raise NumberError("empty", "no number")
+    try:
+        num = phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise NumberError("not_a_number", str(exc)) from None
+    if not any(phonenumbers.is_valid_number_for_region(num, r) for r in regions):
+        if phonenumbers.is_valid_number(num):
+            other = phonenumbers.region_code_for_number(num) or "?"
+            raise NumberError(
+                "wrong_country", f"number belongs to {other}, campaign calls {'/'.join(regions)}"
+            )
+        raise NumberError("invalid_number", "not a valid number for " + "/".join(regions))
+    ntype = _TYPE_NAMES.get(phonenumbers.number_type(num), "unknown")
+    if ntype in REJECTED_TYPES:
+        raise NumberError(ntype, f"{ntype.replace('_', ' ')} numbers are not dialled")
+    e164 = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+    region = phonenumbers.region_code_for_number(num) or regions[0]
+    return ParsedNumber(e164=e164, region=region, number_type=ntype, timezones=_number_zones(e164))
+
+
+@functools.lru_cache(maxsize=65536)
+def _number_zones(e164: str) -> tuple[str, ...]:
+    try:
+        num = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return ()
+    zones = timezone.time_zones_for_number(num)
+    return tuple(sorted(z for z in zones if z != _UNKNOWN_ZONE))
+
+
+@functools.lru_cache(maxsize=65536)
+def _zip_zone(zip_code: str) -> str | None:
+    z = zip_code.strip()[:5]
+    if len(z) != 5 or not z.isdigit():
+        return None
+    try:
+        found = zipcodes.matching(z)  # type: ignore[no-untyped-call]
+    except (ValueError, TypeError):
+        return None
+    for rec in found:
+        tz = rec.get("timezone")
+        if isinstance(tz, str) and tz:
+            return tz
+    return None
+
+
+def normalise_state(state: str | None) -> str | None:
+    """A US state / Canadian province code ("FL") from a code or name, else None."""
+    if not state or not state.strip():
+        return None
+    s = state.strip()
+    found = us.states.lookup(s)
+    if found is not None:
+        return str(found.abbr)
+    up = s.upper()
+    if up in _CA_PROVINCE_ZONES:
+        return up
+    return None
+
+
+# Canadian provinces and territories (``us`` covers only the US). Zones from the IANA tz database.
+_CA_PROVINCE_ZONES: dict[str, tuple[str, ...]] = {
+    "AB": ("America/Edmonton",),
+    "BC": ("America/Vancouver", "America/Edmonton", "America/Creston"),
+    "MB": ("America/Winnipeg",),
+    "NB": ("America/Moncton",),
+    "NL": ("America/St_Johns", "America/Goose_Bay"),
+    "NS": ("America/Halifax",),
+    "NT": ("America/Yellowknife",),
+    "NU": ("America/Iqaluit", "America/Rankin_Inlet", "America/Cambridge_Bay"),
+    "ON": ("America/Toronto", "America/Winnipeg"),
+    "PE": ("America/Halifax",),
+    "QC": ("America/Toronto", "America/Blanc-Sablon"),
+    "SK": ("America/Regina",),
+    "YT": ("America/Whitehorse",),
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def _state_zones(state: str) -> tuple[str, ...]:
+    code = normalise_state(state)
+    if code is None:
+        return ()
+    if code in _CA_PROVINCE_ZONES:
+        return _CA_PROVINCE_ZONES[code]
+    found = us.states.lookup(code)
+    if found is None or not found.time_zones:
+        return ()
+    return tuple(str(z) for z in found.time_zones)
+
+
+def timezones_for(e164: str, zip_code: str | None = None, state: str | None = None) -> tuple[str, ...]:
+    """Candidate IANA zones of the person behind ``e164``.
+
+    The number gives the first candidates. A valid ZIP (else the state) narrows them when it is one of
+    them; when the address and the number disagree, every candidate from both is kept so the calling
+    window is their intersection. An empty tuple means "unknown": callers must fail closed.
+    """
+    number_zones = _number_zones(e164)
+    address_zones: tuple[str, ...] = ()
+    if zip_code:
+        zz = _zip_zone(zip_code)
+        if zz is not None:
+            address_zones = (zz,)
+    if not address_zones and state:
+        address_zones = _state_zones(state)
+    if not address_zones:
+        return number_zones
+    if not number_zones:
+        return tuple(sorted(set(address_zones)))
+    common = set(address_zones) & set(number_zones)
+    if common:
+        # The address picks among the number's candidates (or overlaps a multi-zone state).
+        return tuple(sorted(common))
+    return tuple(sorted(set(address_zones) | set(number_zones)))

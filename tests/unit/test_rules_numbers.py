@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import phonenumbers
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from outdial.rules.numbers import NumberError, parse_number, timezones_for
+
+
+@pytest.mark.parametrize(
+    ("raw", "e164", "ntype"),
+    [
+        ("(212) 555-0100", "+12125550100", "fixed_line_or_mobile"),
+        ("212.555.0100", "+12125550100", "fixed_line_or_mobile"),
+        ("+1 808 555 0100", "+18085550100", "fixed_line_or_mobile"),
+        ("1-305-555-0100", "+13055550100", "fixed_line_or_mobile"),
+    ],
+)
+def test_parse_us_formats(raw: str, e164: str, ntype: str) -> None:
+    p = parse_number(raw)
+    assert (p.e164, p.region, p.number_type) == (e164, "US", ntype)
+    assert p.timezones
+
+
+@pytest.mark.parametrize(
+    ("raw", "jurisdiction", "reason"),
+    [
+        ("", "US", "empty"),
+        ("   ", "US", "empty"),
+        ("hello", "US", "not_a_number"),
+        ("555-0100", "US", "invalid_number"),
+        ("(416) 555-0100", "US", "wrong_country"),
+        ("(212) 555-0100", "CA", "wrong_country"),
+        ("1-800-555-0100", "US", "toll_free"),
+        ("1-900-555-0100", "US", "premium_rate"),
+        ("+44 20 7946 0958", "US", "wrong_country"),
+        ("0909 879 0000", "UK", "premium_rate"),
+    ],
+)
+def test_parse_rejects_with_reason(raw: str, jurisdiction: str, reason: str) -> None:
+    with pytest.raises(NumberError) as info:
+        parse_number(raw, "GB" if jurisdiction == "UK" else "US", jurisdiction)
+    assert info.value.reason == reason
+    assert isinstance(info.value, ValueError)
+
+
+def test_parse_uk_and_ca() -> None:
+    uk = parse_number("020 7946 0958", "GB", "UK")
+    assert uk.e164 == "+442079460958" and uk.region == "GB" and "Europe/London" in uk.timezones
+    ca = parse_number("416 555 0100", "CA", "CA")
+    assert ca.e164 == "+14165550100" and ca.timezones == ("America/Toronto",)
+
+
+def test_timezones_refined_by_zip_and_state() -> None:
+    assert timezones_for("+12125550100") == ("America/New_York",)
+    assert timezones_for("+18085550100", zip_code="96813") == ("Pacific/Honolulu",)
+    # A New York number with a Los Angeles ZIP: they disagree, keep both (intersection of windows).
+    assert timezones_for("+12125550100", zip_code="90012") == ("America/Los_Angeles", "America/New_York")
+    # An invalid ZIP falls back to the state.
+    assert timezones_for("+12125550100", zip_code="xx", state="California") == (
+        "America/Los_Angeles",
+        "America/New_York",
+    )
+    # A multi-zone state that contains the number's zone narrows to it.
+    assert timezones_for("+13055550100", state="FL") == ("America/New_York",)
+
+
+_digits = st.text(alphabet="0123456789", min_size=10, max_size=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_digits, st.sampled_from(["{}", "({}) {}-{}", "{}.{}.{}", "+1 {} {} {}", "1-{}-{}-{}"]))
+def test_parse_agrees_with_phonenumbers(digits: str, fmt: str) -> None:
+    raw = fmt.format(digits[:3], digits[3:6], digits[6:]) if fmt != "{}" else digits
+    num = phonenumbers.parse(raw, "US")
+    try:
+        p = parse_number(raw)
+    except NumberError as exc:
+        assert exc.reason in {
+            "invalid_number",
+            "wrong_country",
+            "toll_free",
+            "premium_rate",
+            "shared_cost",
+            "personal_number",
+            "pager",
+            "voicemail",
+        }
+        if exc.reason == "invalid_number":
+            assert not phonenumbers.is_valid_number_for_region(num, "US")
+        return
+    assert phonenumbers.is_valid_number_for_region(num, "US")
+    assert p.e164 == phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30))
+def test_parse_never_crashes(raw: str) -> None:
+    try:
+        p = parse_number(raw)
+    except NumberError as exc:
+        assert exc.reason
+    else:
+        assert p.e164.startswith("+1")
