@@ -1,0 +1,452 @@
+"""Pacing algorithms: given a :class:`~outdial.pacing.snapshot.Snapshot`, how many calls to launch now.
+
+Pure code: no clock, no I/O. The dialer and the simulator (``outdial.sim``) drive the very same objects.
+
+Modes (see ../shared/DOMAIN.md):
+
+- ``progressive``: one call per ready agent, the agent reserved before dialing, so it cannot abandon.
+- ``power``: a fixed ratio of lines per ready agent (and per agent about to be ready).
+- ``predictive``: model-based (:class:`Predictive`): predicts over the next seconds the live answers that
+  will need an agent and the agents that will be free, and launches the most calls for which the predicted
+  abandonment stays inside the campaign's budget.
+
+Every mode made by :func:`make_algorithm` is wrapped in :class:`Guarded`, the safety rules in one place:
+no agent logged in (or all paused) → no call; at most ``max_lines_per_agent`` lines in flight per
+non-paused agent; budget spent, last hour over its cap or estimates not confident → agent-reserved
+progressive; ring at least 15 s.
+
+Two baselines re-implemented from their vendors' documented behaviour, for the benchmark only:
+``vicidial_adapt_tapered`` and ``cisco_correction``. They keep state between calls (one instance per
+campaign) and obey the basic guards (no agents, lines cap, ring) but not outdial's fallback.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Protocol
+
+from outdial.pacing.snapshot import (
+    ON_CALL,
+    PAUSED,
+    READY,
+    RESERVED,
+    WRAP_UP,
+    BudgetView,
+    Decision,
+    PacingParams,
+    Snapshot,
+    ring_timeout,
+)
+
+ALGORITHMS = ("progressive", "power", "predictive", "vicidial_adapt_tapered", "cisco_correction")
+
+# A person who answers is abandoned when no agent is on the line within 2 s (FCC 64.1200(a)(7)(i)).
+PATIENCE_S = 2.0
+
+
+class PacingAlgorithm(Protocol):
+    name: str
+
+    def decide(self, snap: Snapshot) -> Decision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Agents by state, and lines in use, of one snapshot."""
+
+    logged_in: int
+    ready: int
+    reserved: int
+    on_call: int
+    wrap_up: int
+    paused: int
+    in_flight: int
+    waiting: int
+
+    @property
+    def active(self) -> int:
+        """Agents that can take calls now or soon (not paused)."""
+        return self.logged_in - self.paused
+
+    @property
+    def unreserved_in_flight(self) -> int:
+        """Ringing calls with no agent reserved for them (each reserved agent holds one ringing call)."""
+        return max(0, self.in_flight - self.reserved)
+
+
+def count(snap: Snapshot) -> Counts:
+    by = {READY: 0, RESERVED: 0, ON_CALL: 0, WRAP_UP: 0, PAUSED: 0}
+    for a in snap.agents:
+        by[a.state] = by.get(a.state, 0) + 1
+    return Counts(
+        logged_in=len(snap.agents),
+        ready=by[READY],
+        reserved=by[RESERVED],
+        on_call=by[ON_CALL],
+        wrap_up=by[WRAP_UP],
+        paused=by[PAUSED],
+        in_flight=len(snap.in_flight_ages_s),
+        waiting=snap.answered_waiting,
+    )
+
+
+def _level(c: Counts, calls: int) -> float:
+    return (c.in_flight + c.waiting + calls) / c.active if c.active else 0.0
+
+
+# ---------------------------------------------------------------------------------------------- progressive
+class Progressive:
+    """One call per ready agent, that agent reserved for it before dialing: no call can be abandoned.
+
+    Ready agents already covered by an answered call waiting or by a ringing call that has no reserved
+    agent (left over from another mode) are not counted.
+    """
+
+    name = "progressive"
+
+    def decide(self, snap: Snapshot) -> Decision:
+        c = count(snap)
+        calls = max(0, c.ready - c.waiting - c.unreserved_in_flight)
+        return Decision(calls, _level(c, calls), "progressive", "one call per ready agent, reserved", True)
+
+
+# ---------------------------------------------------------------------------------------------- power
+class Power:
+    """``power_ratio`` lines per ready agent and per agent finishing wrap-up within ``soon_s``."""
+
+    name = "power"
+
+    def __init__(self, soon_s: float = 5.0) -> None:
+        self.soon_s = soon_s
+
+    def decide(self, snap: Snapshot) -> Decision:
+        c = count(snap)
+        wrap = snap.estimates.mean_wrap_s
+        soon = sum(1 for a in snap.agents if a.state == WRAP_UP and a.in_state_s >= wrap - self.soon_s)
+        lines = math.floor(snap.params.power_ratio * (c.ready + soon) + 0.5)
+        calls = max(0, lines - c.unreserved_in_flight - c.waiting)
+        reason = f"{snap.params.power_ratio:g} lines per ready agent ({c.ready} ready, {soon} soon)"
+        return Decision(calls, _level(c, calls), "power", reason, False)
+
+
+# ---------------------------------------------------------------------------------------------- predictive
+def _erlang_cdf(x: float, shape: int, scale: float) -> float:
+    if x <= 0.0:
+        return 0.0
+    z = x / scale
+    term = 1.0
+    acc = 1.0
+    for i in range(1, shape):
+        term *= z / i
+        acc += term
+    return 1.0 - math.exp(-z) * acc
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    """Per-estimate tables over the horizon grid ``tau = 0, step, 2*step, … horizon``."""
+
+    taus: tuple[float, ...]
+    new_answer: tuple[float, ...]  # P(a call dialed now is live-answered by tau)
+    by_age: tuple[tuple[float, ...], ...]  # [age bucket][tau]: P(live answer in (age, age+tau] | ringing)
+    on_call_free: tuple[float, ...]  # P(an agent on a call now is free by tau + patience)
+    wrap_s: float
+
+
+@lru_cache(maxsize=64)
+def _model(
+    p: float, delay_mean: float, shape: int, ring_s: float, release_s: float, talk_s: float, wrap_s: float
+) -> _Model:
+    step = 1.0
+    n = math.ceil(ring_s / step) + 1
+    taus = tuple(i * step for i in range(n + 1))
+    scale = max(delay_mean, 0.5) / shape
+    g_ring = max(_erlang_cdf(ring_s, shape, scale), 1e-9)
+
+    def gt(x: float) -> float:  # answer-delay CDF of live calls, truncated at the ring time
+        return min(1.0, _erlang_cdf(min(x, ring_s), shape, scale) / g_ring)
+
+    new_answer = tuple(p * gt(t) for t in taus)
+    rows = []
+    for age in range(n + 1):
+        live_left = p * (1.0 - gt(age))
+        other_left = (1.0 - p) if age < release_s else 0.0
+        alive = live_left + other_left
+        g0 = gt(age)
+        rows.append(tuple((p * (gt(age + t) - g0) / alive) if alive > 1e-12 else 0.0 for t in taus))
+    talk = max(talk_s, 1.0)
+    on_call = tuple(
+        (1.0 - math.exp(-(t + PATIENCE_S - wrap_s) / talk)) if t + PATIENCE_S > wrap_s else 0.0 for t in taus
+    )
+    return _Model(taus, new_answer, tuple(rows), on_call, wrap_s)
+
+
+# Expected abandoned calls below this are noise (keeps N = 0 from being refused when nothing is ringing).
+_EPS = 1e-3
+
+
+def _phi(z: float) -> float:
+    return math.exp(-0.5 * z * z) * 0.3989422804014327
+
+
+def _expected_excess(mu: float, var: float) -> float:
+    """E[max(X, 0)] for X ~ Normal(mu, var)."""
+    if var <= 1e-12:
+        return max(mu, 0.0)
+    sd = math.sqrt(var)
+    z = mu / sd
+    return mu * 0.5 * math.erfc(-z * 0.7071067811865476) + sd * _phi(z)
+
+
+def target_rate(budget: BudgetView, params: PacingParams, margin: float = 0.8) -> float:
+    """The abandonment rate to aim at now, from what is left of the budget.
+
+    The cap is a rate over a long window (30 days): what has not been spent of it (``remaining``
+    abandoned calls) is spread over the live answers to come, taken as many as the window has seen; a
+    ``margin`` below the cap absorbs chance. The last 60 minutes are kept well below their own cap: as
+    their rate climbs past 40 % of it, the target tapers down to nothing.
+    """
+    if params.target_abandon_rate is not None:
+        base = params.target_abandon_rate
+    else:
+        base = budget.cap * margin + 0.5 * max(0.0, budget.remaining) / max(budget.live_answers, 500)
+    short = budget.short_window_cap
+    base = min(base, 0.6 * short)
+    knee = 0.4 * short
+    if budget.rate_60min > knee:
+        base *= max(0.0, (short - budget.rate_60min) / (short - knee))
+    return max(0.0, base)
+
+
+class Predictive:
+    """Model-based pacing.
+
+    For the grid of instants ``tau`` over the next ring time, it predicts
+
+    - answers: answered calls waiting now, plus for each ringing call (by age) the probability that a
+      person answers it by ``tau`` given that it is still ringing (Gamma answer delay truncated at the
+      ring time; a call not answered by the no-answer release time is live-pending only), plus for ``N``
+      new calls ``N * p * G(tau)``;
+    - free agents: the ready ones, the ones in wrap-up whose wrap ends by ``tau + 2 s``, and the ones on a
+      call by the exponential hazard of their remaining talk time followed by the mean wrap-up.
+
+    The deficit ``answers(tau) - free(tau + 2 s)`` is a sum of many Bernoulli terms, taken as normal
+    (the live-answer rate's own uncertainty added); its expected positive part, maximised over ``tau``,
+    is the predicted number of abandoned calls over the horizon. It launches the largest ``N`` for which
+    that stays under ``gain * target_rate * expected answers``, the target coming from the budget
+    (:func:`target_rate`). ``gain`` calibrates the fluid approximation (tuned with the simulator).
+    """
+
+    name = "predictive"
+
+    def __init__(self, gain: float = 1.0, margin: float = 0.8) -> None:
+        self.gain = gain
+        self.margin = margin
+
+    def decide(self, snap: Snapshot) -> Decision:
+        c = count(snap)
+        est = snap.estimates
+        p = min(max(est.live_answer_rate, 1e-4), 1.0)
+        m = _model(
+            round(p, 3),
+            round(est.mean_answer_delay_s, 1),
+            max(1, round(est.answer_delay_shape)),
+            ring_timeout(snap.params),
+            round(est.mean_no_answer_release_s, 1),
+            round(est.mean_talk_s, 0),
+            round(est.mean_wrap_s, 0),
+        )
+        base_mu, base_var, answers = self._baseline(snap, c, m)
+        rate = target_rate(snap.budget, snap.params, self.margin)
+        rel_sd = est.live_answer_rate_sd / p
+        room = max(0, snap.params.max_lines_per_agent * c.active - c.in_flight - c.waiting)
+
+        def excess(n: int) -> float:
+            worst = 0.0
+            for j, g in enumerate(m.new_answer):
+                a_new = n * g
+                var = base_var[j] + a_new * (1.0 - p) + (rel_sd * (answers[j] + a_new)) ** 2
+                worst = max(worst, _expected_excess(base_mu[j] + a_new, var))
+            return worst - self.gain * rate * (answers[-1] + n * m.new_answer[-1]) - _EPS
+
+        if excess(0) > 0.0:
+            calls = 0
+        else:
+            lo, hi = 0, room
+            while lo < hi:  # largest n with excess(n) <= 0 (excess is convex in n)
+                mid = (lo + hi + 1) // 2
+                if excess(mid) <= 0.0:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            calls = lo
+        reason = f"target abandon {rate:.2%}, p={p:.3f}, {c.ready} ready, {c.in_flight} ringing"
+        return Decision(calls, _level(c, calls), "predictive", reason, False)
+
+    @staticmethod
+    def _baseline(snap: Snapshot, c: Counts, m: _Model) -> tuple[list[float], list[float], list[float]]:
+        """Mean and variance of the deficit at each tau without new calls, and the expected answers."""
+        k = len(m.taus)
+        ages: dict[int, int] = {}
+        top = len(m.by_age) - 1
+        for age in snap.in_flight_ages_s:
+            b = min(int(age), top)
+            ages[b] = ages.get(b, 0) + 1
+        answers = [float(c.waiting)] * k
+        var = [0.0] * k
+        for b, n in ages.items():
+            row = m.by_age[b]
+            for j in range(k):
+                q = row[j]
+                answers[j] += n * q
+                var[j] += n * q * (1.0 - q)
+        busy = c.on_call + c.reserved
+        free = [float(c.ready)] * k
+        for j in range(k):
+            q = m.on_call_free[j]
+            free[j] += busy * q
+            var[j] += busy * q * (1.0 - q)
+        horizon_free = [t + PATIENCE_S for t in m.taus]
+        for a in snap.agents:
+            if a.state == WRAP_UP:
+                left = m.wrap_s - a.in_state_s
+                for j in range(k):
+                    if horizon_free[j] >= left:
+                        free[j] += 1.0
+        mu = [answers[j] - free[j] for j in range(k)]
+        return mu, var, answers
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+class VicidialAdaptTapered:
+    """VICIdial's ``ADAPT_TAPERED`` re-implemented from its documentation (for the benchmark).
+
+    The dial level (lines per non-paused agent, counting calls ringing, waiting and talking) is updated
+    every 15 s from ready agents minus waiting calls, within [1, 3]. The drop rate since the start of the
+    day is refreshed every 60 s; over the limit the level tapers down. "Tapered": the limit allowed is
+    loose early in the shift (up to twice the cap) and tightens to the cap by the end of the shift.
+    """
+
+    name = "vicidial_adapt_tapered"
+
+    def __init__(self, shift_s: float = 8 * 3600.0, intensity: float = 0.5) -> None:
+        self.shift_s = shift_s
+        self.intensity = intensity
+        self.level = 1.0
+        self.start: tuple[float, int, int] | None = None
+        self.last_update = -1e18
+        self.last_drop_refresh = -1e18
+        self.drop_rate = 0.0
+
+    def decide(self, snap: Snapshot) -> Decision:
+        c = count(snap)
+        b = snap.budget
+        if self.start is None:
+            self.start = (snap.now_s, b.live_answers, b.abandoned)
+        t0, live0, ab0 = self.start
+        if snap.now_s - self.last_drop_refresh >= 60.0:
+            live = b.live_answers - live0
+            self.drop_rate = (b.abandoned - ab0) / live if live > 0 else 0.0
+            self.last_drop_refresh = snap.now_s
+        if snap.now_s - self.last_update >= 15.0:
+            self.last_update = snap.now_s
+            elapsed = min(1.0, (snap.now_s - t0) / self.shift_s)
+            allowed = b.cap * max(1.0, 2.0 * (1.0 - elapsed))
+            if self.drop_rate > allowed:
+                self.level = max(1.0, self.level - max(0.1, (self.drop_rate - allowed) * 10.0))
+            elif c.active:
+                self.level += self.intensity * (c.ready - c.waiting) / c.active
+            self.level = min(3.0, max(1.0, self.level))
+        lines = math.floor(self.level * c.active)
+        calls = max(0, lines - c.in_flight - c.waiting - c.on_call - c.reserved)
+        return Decision(calls, self.level, "vicidial_adapt_tapered", f"level {self.level:.2f}", False)
+
+
+class CiscoCorrection:
+    """A Cisco Outbound Option–style correction loop (for the benchmark).
+
+    Dials ``lines_per_agent`` lines per ready agent. Every ``pace`` live answers it compares the
+    abandonment of those answers with the target: over it, lines per agent go down in proportion;
+    under it, they go up (more when agents sat ready). Kept within [1, max_lines_per_agent].
+    """
+
+    name = "cisco_correction"
+
+    def __init__(self, pace: int = 100, gain: float = 0.5, initial: float = 1.5) -> None:
+        self.pace = pace
+        self.gain = gain
+        self.lpa = initial
+        self.mark: tuple[int, int] | None = None
+
+    def decide(self, snap: Snapshot) -> Decision:
+        c = count(snap)
+        b = snap.budget
+        if self.mark is None:
+            self.mark = (b.live_answers, b.abandoned)
+        live = b.live_answers - self.mark[0]
+        if live >= self.pace:
+            rate = (b.abandoned - self.mark[1]) / live
+            target = b.cap
+            self.lpa *= 1.0 + self.gain * (target - rate) / target * 0.2
+            self.lpa = min(float(snap.params.max_lines_per_agent), max(1.0, self.lpa))
+            self.mark = (b.live_answers, b.abandoned)
+        lines = math.floor(self.lpa * c.ready + 0.5)
+        calls = max(0, lines - c.unreserved_in_flight - c.waiting)
+        return Decision(calls, self.lpa, "cisco_correction", f"{self.lpa:.2f} lines per ready agent", False)
+
+
+# ---------------------------------------------------------------------------------------------- safety
+class Guarded:
+    """The safety rules every mode obeys, around any algorithm.
+
+    - no agent logged in, or every one paused → 0 calls;
+    - at most ``max_lines_per_agent`` lines (ringing + answered waiting) per non-paused agent;
+    - with ``fallback``: budget spent, last 60 minutes at their cap, or estimates not confident →
+      agent-reserved progressive;
+    - the ring time is never below 15 s.
+    """
+
+    def __init__(self, inner: PacingAlgorithm, fallback: bool = True) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.fallback = fallback
+        self._progressive = Progressive()
+
+    def decide(self, snap: Snapshot) -> Decision:
+        ring = ring_timeout(snap.params)
+        c = count(snap)
+        if c.logged_in == 0:
+            return Decision(0, 0.0, "none", "no agent logged in", False, ring)
+        if c.active == 0:
+            return Decision(0, 0.0, "none", "every agent paused", False, ring)
+        reason = ""
+        if self.fallback and self.inner.name != Progressive.name:
+            if snap.budget.spent:
+                reason = "abandonment budget spent"
+            elif not snap.estimates.confident:
+                reason = "estimates not confident yet"
+        if reason:
+            d = self._progressive.decide(snap)
+            d = replace(d, reason=f"{reason}: {d.reason}")
+        else:
+            d = self.inner.decide(snap)
+        room = max(0, snap.params.max_lines_per_agent * c.active - c.in_flight - c.waiting)
+        calls = max(0, min(d.calls, room))
+        return replace(d, calls=calls, ring_timeout_s=ring)
+
+
+def make_algorithm(name: str) -> PacingAlgorithm:
+    """A fresh, guarded algorithm by name (one instance per campaign: baselines keep state)."""
+    if name == "progressive":
+        return Guarded(Progressive())
+    if name == "power":
+        return Guarded(Power())
+    if name == "predictive":
+        return Guarded(Predictive())
+    if name == "vicidial_adapt_tapered":
+        return Guarded(VicidialAdaptTapered(), fallback=False)
+    if name == "cisco_correction":
+        return Guarded(CiscoCorrection(), fallback=False)
+    raise ValueError(f"unknown pacing algorithm {name!r}; known: {', '.join(ALGORITHMS)}")

@@ -1,0 +1,167 @@
+"""Pacing algorithms on constructed snapshots."""
+
+from __future__ import annotations
+
+import pytest
+
+from outdial.pacing.algorithms import ALGORITHMS, make_algorithm
+from outdial.pacing.snapshot import (
+    MIN_RING_S,
+    AgentSnap,
+    BudgetView,
+    Estimates,
+    PacingParams,
+    Snapshot,
+)
+
+EST = Estimates(
+    live_answer_rate=0.25,
+    live_answer_rate_sd=0.01,
+    mean_answer_delay_s=15.0,
+    mean_no_answer_release_s=25.0,
+    mean_talk_s=120.0,
+    mean_wrap_s=15.0,
+    samples=5000,
+    confident=True,
+)
+BUDGET = BudgetView(
+    cap=0.03, window_s=30 * 86400.0, live_answers=5000, abandoned=50, remaining=100.0, rate_60min=0.01
+)
+
+
+def snap(
+    agents: tuple[AgentSnap, ...],
+    *,
+    in_flight: tuple[float, ...] = (),
+    waiting: int = 0,
+    est: Estimates = EST,
+    budget: BudgetView = BUDGET,
+    params: PacingParams | None = None,
+    algorithm: str = "predictive",
+) -> Snapshot:
+    return Snapshot(
+        now_s=1000.0,
+        agents=agents,
+        in_flight_ages_s=in_flight,
+        answered_waiting=waiting,
+        estimates=est,
+        budget=budget,
+        params=params or PacingParams(algorithm=algorithm),
+    )
+
+
+def ready(n: int) -> tuple[AgentSnap, ...]:
+    return tuple(AgentSnap("ready", 3.0) for _ in range(n))
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_no_agent_logged_in_means_no_call(name: str) -> None:
+    d = make_algorithm(name).decide(snap((), algorithm=name))
+    assert d.calls == 0
+    assert d.mode == "none"
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_all_agents_paused_means_no_call(name: str) -> None:
+    agents = tuple(AgentSnap("paused", 10.0) for _ in range(5))
+    assert make_algorithm(name).decide(snap(agents, algorithm=name)).calls == 0
+
+
+@pytest.mark.parametrize("name", ["power", "predictive"])
+def test_budget_spent_falls_back_to_agent_reserved_progressive(name: str) -> None:
+    spent = BudgetView(
+        cap=0.03, window_s=86400.0, live_answers=1000, abandoned=31, remaining=-1.0, rate_60min=0.02
+    )
+    d = make_algorithm(name).decide(snap(ready(4), budget=spent, algorithm=name))
+    assert d.mode == "progressive"
+    assert d.reserve_agent is True
+    assert d.calls == 4
+    assert "budget" in d.reason
+
+
+def test_last_hour_over_its_cap_falls_back_to_progressive() -> None:
+    hot = BudgetView(
+        cap=0.03, window_s=86400.0, live_answers=1000, abandoned=5, remaining=25.0, rate_60min=0.06
+    )
+    d = make_algorithm("predictive").decide(snap(ready(4), budget=hot))
+    assert (d.mode, d.reserve_agent, d.calls) == ("progressive", True, 4)
+
+
+def test_uncertain_estimates_fall_back_to_progressive() -> None:
+    unsure = Estimates(0.2, 0.1, 15.0, 25.0, 120.0, 15.0, samples=3, confident=False)
+    d = make_algorithm("predictive").decide(snap(ready(3), est=unsure))
+    assert (d.mode, d.reserve_agent, d.calls) == ("progressive", True, 3)
+
+
+def test_progressive_counts_only_uncovered_ready_agents() -> None:
+    agents = (*ready(5), AgentSnap("reserved", 1.0), AgentSnap("on_call", 30.0))
+    # one ringing call belongs to the reserved agent, two others are unreserved leftovers; one call waits
+    d = make_algorithm("progressive").decide(snap(agents, in_flight=(1.0, 2.0, 3.0), waiting=1))
+    assert d.calls == 5 - 1 - 2
+    assert d.reserve_agent
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_lines_cap_is_respected(name: str) -> None:
+    agents = (*ready(2), AgentSnap("on_call", 5.0), AgentSnap("paused", 1.0))
+    params = PacingParams(algorithm=name, power_ratio=50.0, max_lines_per_agent=3)
+    in_flight = tuple(float(i) for i in range(7))
+    d = make_algorithm(name).decide(snap(agents, in_flight=in_flight, params=params))
+    # 3 non-paused agents x 3 lines = 9 lines; 7 ringing -> at most 2 more
+    assert 0 <= d.calls <= 2
+    d2 = make_algorithm(name).decide(snap(agents, in_flight=(*in_flight, 8.0, 9.0), params=params))
+    assert d2.calls == 0
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_ring_time_never_below_legal_minimum(name: str) -> None:
+    d = make_algorithm(name).decide(snap(ready(2), params=PacingParams(algorithm=name, ring_timeout_s=5.0)))
+    assert d.ring_timeout_s == MIN_RING_S
+    d = make_algorithm(name).decide(snap(ready(2), params=PacingParams(algorithm=name, ring_timeout_s=30.0)))
+    assert d.ring_timeout_s == 30.0
+
+
+def test_power_dials_its_ratio_per_ready_agent() -> None:
+    params = PacingParams(algorithm="power", power_ratio=2.0)
+    d = make_algorithm("power").decide(snap(ready(3), in_flight=(4.0,), params=params))
+    assert d.calls == 2 * 3 - 1
+    assert not d.reserve_agent
+
+
+def test_predictive_dials_ahead_of_ready_agents_at_low_answer_rate() -> None:
+    d = make_algorithm("predictive").decide(snap(ready(10)))
+    assert d.mode == "predictive"
+    assert not d.reserve_agent
+    # at p = 0.25, ten idle agents need far more than ten calls
+    assert d.calls > 10
+
+
+def test_predictive_holds_back_when_ringing_calls_already_cover_the_agents() -> None:
+    agents = (*ready(2), *(AgentSnap("on_call", 10.0) for _ in range(8)))
+    # 30 calls ringing for 12-20 s: many answers are about to arrive for 2 ready agents
+    in_flight = tuple(12.0 + (i % 9) for i in range(30))
+    d = make_algorithm("predictive").decide(snap(agents, in_flight=in_flight))
+    assert d.calls == 0
+
+
+def test_predictive_dials_more_when_agents_are_about_to_finish_wrap_up() -> None:
+    talking = tuple(AgentSnap("on_call", 10.0) for _ in range(10))
+    finishing = tuple(AgentSnap("wrap_up", 14.0) for _ in range(10))
+    a = make_algorithm("predictive").decide(snap(talking))
+    b = make_algorithm("predictive").decide(snap(finishing))
+    assert b.calls > a.calls
+
+
+def test_predictive_dials_less_with_a_smaller_budget() -> None:
+    agents = (*ready(5), *(AgentSnap("on_call", 60.0) for _ in range(45)))
+    loose = make_algorithm("predictive").decide(snap(agents))
+    tight_budget = BudgetView(
+        cap=0.03, window_s=86400.0, live_answers=5000, abandoned=50, remaining=100.0, rate_60min=0.04
+    )
+    tight = make_algorithm("predictive").decide(snap(agents, budget=tight_budget))
+    assert tight.calls < loose.calls
+
+
+def test_unknown_algorithm_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown pacing algorithm"):
+        make_algorithm("buzz")
