@@ -4,12 +4,42 @@ from __future__ import annotations
 
 import grpc
 
+from outdial.agent.followups import Followups
+from outdial.agent.hub import Hub
+from outdial.agent.presence import Sweeper
+from outdial.agent.service import AgentService
+from outdial.agent.settings import AgentSettings
+from outdial.agent.store import AgentRedis, Dispositions, Timeline
 from outdial.core.server import ServiceContext, ServiceSpec
 from outdial.v1 import agent_pb2_grpc
 
 
 async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_pb2_grpc.AgentServiceServicer(), server)  # type: ignore[abstract]  # replaced by the service issue
+    cfg = AgentSettings()
+    # Unique per process even when two replicas share a hostname-pid (tests run two in one process).
+    replica_id = f"{ctx.instance_id}-{id(ctx):x}"
+    store = AgentRedis(ctx.redis)
+    hub = Hub(ctx.redis, replica_id)
+    timeline = Timeline(ctx.pool, ctx.ready)
+    dispositions = Dispositions(ctx.pool)
+    followups = Followups(dispositions, ctx.channel)
+    sweeper = Sweeper(store, timeline, stuck_offer_slack_ms=cfg.stuck_offer_slack_ms)
+    servicer = AgentService(
+        cfg=cfg,
+        store=store,
+        hub=hub,
+        timeline=timeline,
+        dispositions=dispositions,
+        followups=followups,
+        replica_id=replica_id,
+    )
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
+    ctx.spawn(hub.run(), "offers-hub")
+    ctx.spawn(timeline.run(), "timeline-writer")
+    ctx.spawn(sweeper.run(cfg.sweep_interval_s), "presence-sweeper")
+    ctx.spawn(followups.run(ctx.ready, cfg.followup_retry_s), "disposition-followups")
+    ctx.on_close(hub.close)
+    ctx.on_close(timeline.drain)
 
 
 SPEC = ServiceSpec(name="agent", full_names=("outdial.v1.AgentService",), setup=setup)

@@ -164,6 +164,37 @@ def campaign_ready(campaign_id: str) -> str:
     return f"{_c(campaign_id)}:ready"
 
 
+# Atomicity of agent transitions (agent service). Every state change of an agent is ONE Lua script that
+# touches the agent hash, the ready sets of all the agent's campaigns and the pacing view
+# (campaign_agents) of each of them, and publishes on agent_offers. The agent's campaigns are only known
+# inside the script, so their key names come from templates (``campaign_ready("%s")``) built here and
+# passed as ARGV. This is atomic on one Redis primary (standalone or Sentinel, the deployment DESIGN.md
+# names). On Redis Cluster these keys span slots ({a:ID}, {c:ID}) and the scripts would be refused: the
+# cluster path is to put every assignment key under one hash tag per tenant ({t:TENANT}), trading spread
+# over shards for atomicity (assignment traffic, hundreds of answers per second, fits one shard).
+
+
+def agent_key_template(kind: str) -> str:
+    """Template (``%s`` = id) of a per-agent or per-campaign key, for Lua scripts that derive key names
+    of an agent's campaigns: kind is "ready" (campaign_ready), "view" (campaign_agents), "agent",
+    "presence" or "offers". Writer/reader: agent service scripts."""
+    builders = {
+        "ready": campaign_ready,
+        "view": campaign_agents,
+        "agent": agent,
+        "presence": agent_presence,
+        "offers": agent_offers,
+    }
+    return builders[kind]("%s")
+
+
+def agent_acks(replica_id: str) -> str:
+    """Pub/sub channel of one agent-service replica: "offer delivered on the agent's stream" / "stream
+    dropped with the offer pending" notices for the OfferCall calls that replica is waiting on. Writer:
+    the replica holding the agent's Connect stream, the presence sweeper. Reader: that replica. No data."""
+    return f"{PREFIX}agentsvc:acks:{replica_id}"
+
+
 # ---------------------------------------------------------------- DNC
 
 

@@ -1,0 +1,452 @@
+"""gRPC glue of the agent service: protobuf <-> domain, permission checks, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from outdial.agent.followups import CALLBACK, DO_NOT_CALL, Followups
+from outdial.agent.hub import Hub
+from outdial.agent.settings import AgentSettings
+from outdial.agent.store import AgentRedis, Dispositions, Timeline, Transition, call_event, ms_to_dt
+from outdial.core import keys
+from outdial.core.auth import Role, agent_may_act_for, current_principal
+from outdial.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+
+log = logging.getLogger("outdial.agent")
+
+STATE_TO_PB = {
+    "logged_out": common_pb2.AGENT_STATE_LOGGED_OUT,
+    "ready": common_pb2.AGENT_STATE_READY,
+    "reserved": common_pb2.AGENT_STATE_RESERVED,
+    "on_call": common_pb2.AGENT_STATE_ON_CALL,
+    "wrap_up": common_pb2.AGENT_STATE_WRAP_UP,
+    "paused": common_pb2.AGENT_STATE_PAUSED,
+}
+COUNT_FIELDS = ("ready", "reserved", "on_call", "wrap_up", "paused")
+
+
+def _agent_id(requested: str) -> str:
+    """The agent the caller acts for: agents only for themselves (auth.agent_may_act_for)."""
+    principal = current_principal()
+    agent_id = requested.strip() or (principal.subject if principal.role is Role.AGENT else "")
+    if not agent_id:
+        raise InvalidArgument("agent_id is required", field="agent_id")
+    if not agent_may_act_for(principal, agent_id):
+        raise PermissionDenied(f"an agent may act only for themselves, not {agent_id!r}", error_id="not_self")
+    return agent_id
+
+
+def status_pb(agent_id: str, h: dict[str, str]) -> agent_pb2.AgentStatus:
+    state = h.get("state") or "logged_out"
+    st = agent_pb2.AgentStatus(
+        agent_id=agent_id,
+        state=STATE_TO_PB.get(state, common_pb2.AGENT_STATE_UNSPECIFIED),
+        skills=json.loads(h.get("skills") or "[]"),
+        pause_reason=h.get("reason", "") if state == "paused" else "",
+        call_id=h.get("call_id", ""),
+        session_id=h.get("session_id", ""),
+    )
+    if h.get("since_ms"):
+        st.since.FromMilliseconds(int(h["since_ms"]))
+    for c in json.loads(h.get("campaigns") or "[]"):
+        st.campaigns.add(campaign_id=str(c["id"]), priority=int(c.get("priority", 0)))
+    return st
+
+
+def offer_pb(o: dict[str, Any]) -> agent_pb2.CallOffer:
+    pb = agent_pb2.CallOffer(
+        call_id=str(o.get("call_id", "")),
+        campaign_id=str(o.get("campaign_id", "")),
+        lead_id=str(o.get("lead_id", "")),
+        number=str(o.get("number", "")),
+        lead_name=str(o.get("lead_name", "")),
+        lead_fields={str(k): str(v) for k, v in (o.get("lead_fields") or {}).items()},
+    )
+    if o.get("answered_at_ms"):
+        pb.answered_at.FromMilliseconds(int(o["answered_at_ms"]))
+    if o.get("offered_at_ms"):
+        pb.offered_at.FromMilliseconds(int(o["offered_at_ms"]))
+    return pb
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(
+        self,
+        *,
+        cfg: AgentSettings,
+        store: AgentRedis,
+        hub: Hub,
+        timeline: Timeline,
+        dispositions: Dispositions,
+        followups: Followups,
+        replica_id: str,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.hub = hub
+        self.timeline = timeline
+        self.dispositions = dispositions
+        self.followups = followups
+        self.replica_id = replica_id
+        self._bg: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def _status(self, agent_id: str) -> agent_pb2.AgentStatus:
+        return status_pb(agent_id, await self.store.agent(agent_id))
+
+    @staticmethod
+    def _check(tr: Transition, action: str) -> None:
+        if tr.status == "not_found":
+            raise FailedPrecondition(f"agent {tr.agent_id} is not logged in", error_id="not_logged_in")
+        if tr.status in ("bad_state", "busy"):
+            raise FailedPrecondition(
+                f"cannot {action} while {tr.prev_state or 'logged_out'}",
+                error_id=f"{tr.status}_{tr.prev_state}",
+            )
+
+    async def _released(self, tr: Transition) -> None:
+        """The agent held a reservation when they went away: wake the OfferCall that waits on it."""
+        if tr.changed and tr.prev_state == "reserved" and tr.extra:
+            await self.store.publish_ack(tr.extra, "released", tr.call_id, tr.agent_id)
+
+    # ------------------------------------------------------------------ sessions and states
+
+    async def Login(
+        self, request: agent_pb2.LoginRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.LoginResponse:  # type: ignore[override]
+        agent_id = _agent_id(request.agent_id)
+        seen: dict[str, int] = {}
+        for m in request.campaigns:
+            cid = m.campaign_id.strip()
+            if not cid:
+                raise InvalidArgument("campaign_id must not be empty", field="campaigns")
+            seen[cid] = max(min(int(m.priority), 99), 0)
+        if not seen:
+            raise InvalidArgument("log in to at least one campaign", field="campaigns")
+        campaigns = [{"id": cid, "priority": p} for cid, p in seen.items()]
+        skills = sorted({s.strip() for s in request.skills if s.strip()})
+        session_id = uuid.uuid4().hex
+        tr = await self.store.run("login", agent_id, json.dumps(campaigns), json.dumps(skills), session_id)
+        self._check(tr, "log in again")
+        await self.store.touch_presence(agent_id, session_id, self.cfg.heartbeat_timeout_s)
+        if tr.prev_state not in ("", "logged_out"):
+            log.info("agent %s logged in again (was %s)", agent_id, tr.prev_state)
+        self.timeline.record(tr, "login", session_id)
+        resp = agent_pb2.LoginResponse(session_id=session_id, status=await self._status(agent_id))
+        resp.heartbeat_interval.FromMilliseconds(int(self.cfg.heartbeat_interval_s * 1000))
+        return resp
+
+    async def Logout(
+        self, request: agent_pb2.LogoutRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.LogoutResponse:  # type: ignore[override]
+        agent_id = _agent_id(request.agent_id)
+        principal = current_principal()
+        reason = "logout" if principal.subject == agent_id else f"logout_by_{principal.role.value}"
+        tr = await self.store.run("logout", agent_id, reason)
+        await self.store.redis.delete(keys.agent_presence(agent_id))
+        self.timeline.record(tr, reason)
+        await self._released(tr)
+        return agent_pb2.LogoutResponse(status=await self._status(agent_id))
+
+    async def SetState(
+        self, request: agent_pb2.SetStateRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.SetStateResponse:  # type: ignore[override]
+        agent_id = _agent_id(request.agent_id)
+        if request.state == common_pb2.AGENT_STATE_READY:
+            want, reason = "ready", ""
+        elif request.state == common_pb2.AGENT_STATE_PAUSED:
+            want, reason = "paused", request.pause_reason.strip()
+            if not reason:
+                raise InvalidArgument("a pause needs a reason code", field="pause_reason")
+        else:
+            raise InvalidArgument("state must be READY or PAUSED", field="state")
+        tr = await self.store.run("set_state", agent_id, want, reason)
+        self._check(tr, f"go {want}")
+        self.timeline.record(tr, reason)
+        return agent_pb2.SetStateResponse(status=await self._status(agent_id))
+
+    async def Heartbeat(
+        self, request: agent_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.HeartbeatResponse:  # type: ignore[override]
+        agent_id = _agent_id(request.agent_id)
+        h = await self.store.agent(agent_id)
+        if (h.get("state") or "logged_out") == "logged_out":
+            raise FailedPrecondition(f"agent {agent_id} is not logged in", error_id="not_logged_in")
+        if request.session_id and request.session_id != h.get("session_id"):
+            raise FailedPrecondition(
+                "this session was replaced by a newer login", error_id="session_superseded"
+            )
+        await self.store.touch_presence(agent_id, h.get("session_id", ""), self.cfg.heartbeat_timeout_s)
+        return agent_pb2.HeartbeatResponse(status=status_pb(agent_id, h))
+
+    async def Connect(  # type: ignore[override]
+        self, request: agent_pb2.ConnectRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[agent_pb2.ConnectResponse]:
+        agent_id = _agent_id(request.agent_id)
+        h = await self.store.agent(agent_id)
+        if (h.get("state") or "logged_out") == "logged_out":
+            raise FailedPrecondition(f"agent {agent_id} is not logged in", error_id="not_logged_in")
+        session_id = h.get("session_id", "")
+        if request.session_id and request.session_id != session_id:
+            raise FailedPrecondition(
+                "this session was replaced by a newer login", error_id="session_superseded"
+            )
+        q = await self.hub.subscribe(agent_id)
+        pending: dict[str, Any] | None = None
+        refresh = self.cfg.heartbeat_timeout_s / 3
+        try:
+            await self.store.touch_presence(agent_id, session_id, self.cfg.heartbeat_timeout_s)
+            yield agent_pb2.ConnectResponse(status=await self._status(agent_id))
+            while True:
+                try:
+                    msg = await asyncio.wait_for(q.get(), timeout=refresh)
+                except TimeoutError:
+                    await self.store.touch_presence(agent_id, session_id, self.cfg.heartbeat_timeout_s)
+                    continue
+                if msg.get("type") == "offer":
+                    pending = msg
+                    yield agent_pb2.ConnectResponse(offer=offer_pb(msg))
+                    await self.store.publish_ack(str(msg["reply_to"]), "ack", str(msg["call_id"]), agent_id)
+                    pending = None
+                elif msg.get("type") == "status":
+                    yield agent_pb2.ConnectResponse(status=await self._status(agent_id))
+                    if msg.get("state") == "logged_out":
+                        return
+                elif msg.get("type") == "call_ended":
+                    yield agent_pb2.ConnectResponse(call_ended=str(msg.get("call_id", "")))
+        finally:
+            undelivered = [pending] if pending else []
+            while not q.empty():
+                m = q.get_nowait()
+                if m.get("type") == "offer":
+                    undelivered.append(m)
+            self._background(self._stream_closed(agent_id, q, undelivered))
+
+    async def _stream_closed(
+        self, agent_id: str, q: asyncio.Queue[dict[str, Any]], offers: list[dict[str, Any]]
+    ) -> None:
+        await self.hub.unsubscribe(agent_id, q)
+        for m in offers:
+            with contextlib.suppress(Exception):
+                await self.store.publish_ack(str(m["reply_to"]), "released", str(m["call_id"]), agent_id)
+
+    # ------------------------------------------------------------------ calls
+
+    async def OfferCall(
+        self, request: agent_pb2.OfferCallRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.OfferCallResponse:  # type: ignore[override]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if not request.campaign_id:
+            raise InvalidArgument("campaign_id is required", field="campaign_id")
+        if not request.call_id:
+            raise InvalidArgument("call_id is required", field="call_id")
+        deadline_ms = self.cfg.offer_deadline_ms
+        asked = request.deadline.ToMilliseconds() if request.HasField("deadline") else 0
+        if asked < 0:
+            raise InvalidArgument("deadline must not be negative", field="deadline")
+        if asked > 0:
+            deadline_ms = min(deadline_ms, asked)
+        end = started + deadline_ms / 1000
+        offer = {
+            "call_id": request.call_id,
+            "campaign_id": request.campaign_id,
+            "lead_id": request.lead_id,
+            "number": request.number,
+            "lead_name": request.lead_name,
+            "lead_fields": dict(request.lead_fields),
+            "answered_at_ms": request.answered_at.ToMilliseconds() if request.HasField("answered_at") else 0,
+        }
+        if not offer["lead_fields"]:
+            offer.pop("lead_fields")  # cjson would turn an empty object into a list
+        skills = json.dumps(sorted({s for s in request.required_skills if s}))
+        reason = "no_agent_ready"
+
+        def done(assigned: bool, agent_id: str = "", why: str = "") -> agent_pb2.OfferCallResponse:
+            resp = agent_pb2.OfferCallResponse(assigned=assigned, agent_id=agent_id, reason=why)
+            resp.latency.FromMilliseconds(int((loop.time() - started) * 1000))
+            return resp
+
+        while True:
+            remaining = end - loop.time()
+            if remaining <= 0:
+                return done(False, why="deadline")
+            fut = self.hub.expect(request.call_id)
+            try:
+                tr = await self.store.run(
+                    "reserve",
+                    request.campaign_id,
+                    request.call_id,
+                    skills,
+                    json.dumps(offer),
+                    max(int(remaining * 1000), 1),
+                    self.replica_id,
+                    self.cfg.max_candidates,
+                )
+                if tr.status != "ok":
+                    return done(False, why=reason)
+                self.timeline.record(tr, "offer")
+                try:
+                    kind, _ = await asyncio.wait_for(fut, timeout=max(end - loop.time(), 0.001))
+                except TimeoutError:
+                    rel = await self.store.run("release", tr.agent_id, request.call_id, "offer_timeout")
+                    self.timeline.record(rel, "offer_timeout")
+                    return done(False, why="deadline")
+            finally:
+                self.hub.forget(request.call_id)
+            if kind == "ack":
+                con = await self.store.run("connected", tr.agent_id, request.call_id)
+                if con.changed:
+                    self.timeline.record(con, "connected")
+                    delivered = json.loads(tr.extra)
+                    self._background(self._call_events(delivered, tr.agent_id, con.at_ms))
+                    return done(True, tr.agent_id)
+                reason = "agent_lost"
+            else:
+                rel = await self.store.run("release", tr.agent_id, request.call_id, "stream_closed")
+                self.timeline.record(rel, "stream_closed")
+                reason = "agent_lost"
+            # The agent went away between reservation and delivery: offer to another one while time allows.
+
+    async def _call_events(self, offer: dict[str, Any], agent_id: str, connected_ms: int) -> None:
+        try:
+            await self.store.add_event(
+                call_event("call.offered", int(offer["offered_at_ms"]), offer, agent_id=agent_id)
+            )
+            await self.store.add_event(call_event("call.connected", connected_ms, offer, agent_id=agent_id))
+        except Exception:
+            log.exception("could not write call events for %s", offer.get("call_id"))
+
+    async def EndCall(
+        self, request: agent_pb2.EndCallRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.EndCallResponse:  # type: ignore[override]
+        agent_id = _agent_id(request.agent_id)
+        tr = await self.store.run("end_call", agent_id, request.call_id, int(self.cfg.wrap_timeout_s * 1000))
+        self._check(tr, "end a call")
+        self.timeline.record(tr, "end_call")
+        return agent_pb2.EndCallResponse(status=await self._status(agent_id))
+
+    async def SetDisposition(
+        self, request: agent_pb2.SetDispositionRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.SetDispositionResponse:  # type: ignore[override]
+        agent_id = _agent_id(request.agent_id)
+        disposition = request.disposition.strip()
+        if not disposition:
+            raise InvalidArgument("disposition is required", field="disposition")
+        h = await self.store.agent(agent_id)
+        last = json.loads(h.get("last_call") or "{}")
+        allowed = await self._dispositions_of(str(last.get("campaign_id", "")))
+        if disposition not in allowed:
+            raise InvalidArgument(
+                f"unknown disposition {disposition!r}; allowed: {', '.join(allowed)}", field="disposition"
+            )
+        callback_at: datetime | None = None
+        if disposition == CALLBACK:
+            if not request.HasField("callback_at"):
+                raise InvalidArgument("a callback needs callback_at", field="callback_at")
+            callback_at = request.callback_at.ToDatetime(tzinfo=ms_to_dt(0).tzinfo)
+        tr = await self.store.run("disposition", agent_id, request.call_id)
+        self._check(tr, "set a disposition")
+        if tr.status == "already":
+            return agent_pb2.SetDispositionResponse(status=await self._status(agent_id))
+        self.timeline.record(tr, "disposition")
+        offer = json.loads(tr.extra)
+        event_id = uuid.uuid4().hex
+        row_id = await self.dispositions.insert(
+            event_id=event_id,
+            agent_id=agent_id,
+            offer=offer,
+            disposition=disposition,
+            callback_at=callback_at,
+            notes=request.notes,
+            at=ms_to_dt(tr.at_ms),
+            dnc_status="pending" if disposition == DO_NOT_CALL else "none",
+            callback_status="pending" if callback_at is not None else "none",
+        )
+        fields = call_event(
+            "agent.disposition",
+            tr.at_ms,
+            offer,
+            agent_id=agent_id,
+            disposition=disposition,
+            callback_at=str(int(callback_at.timestamp() * 1000)) if callback_at else "",
+            notes=request.notes,
+        )
+        fields["event_id"] = event_id
+        await self.store.add_event(fields)
+        if disposition == DO_NOT_CALL:
+            await self.followups.opt_out(
+                row_id,
+                number=str(offer.get("number", "")),
+                campaign_id=str(offer.get("campaign_id", "")),
+                call_id=str(offer.get("call_id", "")),
+                agent_id=agent_id,
+            )
+        if callback_at is not None:
+            await self.followups.callback(
+                row_id,
+                campaign_id=str(offer.get("campaign_id", "")),
+                lead_id=str(offer.get("lead_id", "")),
+                at=callback_at,
+                agent_id=agent_id,
+                note=request.notes,
+            )
+        return agent_pb2.SetDispositionResponse(status=await self._status(agent_id))
+
+    async def _dispositions_of(self, campaign_id: str) -> list[str]:
+        if campaign_id:
+            raw = await self.store.redis.hget(keys.campaign_config(campaign_id), "json")
+            if raw:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    listed = [str(d) for d in json.loads(raw).get("dispositions") or []]
+                    if listed:
+                        # The two with side effects are always available: compliance and callbacks.
+                        return [*listed, *(d for d in (DO_NOT_CALL, CALLBACK) if d not in listed)]
+        return list(self.cfg.default_dispositions)
+
+    # ------------------------------------------------------------------ views
+
+    async def ListAgents(
+        self, request: agent_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ListAgentsResponse:  # type: ignore[override]
+        if request.campaign_id:
+            ids = await self.store.redis.hkeys(keys.campaign_agents(request.campaign_id))
+        else:
+            ids = [str(a) for a in await self.store.redis.smembers(keys.agents_index())]
+        rows = await self.store.agents(sorted(str(a) for a in ids))
+        return agent_pb2.ListAgentsResponse(agents=[status_pb(aid, h) for aid, h in rows])
+
+    async def GetAgentCounts(
+        self, request: agent_pb2.GetAgentCountsRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.GetAgentCountsResponse:  # type: ignore[override]
+        if not request.campaign_id:
+            raise InvalidArgument("campaign_id is required", field="campaign_id")
+        view = await self.store.redis.hgetall(keys.campaign_agents(request.campaign_id))
+        counts = agent_counts(view.values())
+        return agent_pb2.GetAgentCountsResponse(counts=common_pb2.AgentCounts(logged_in=len(view), **counts))
+
+
+def agent_counts(views: Any) -> dict[str, int]:
+    counts = dict.fromkeys(COUNT_FIELDS, 0)
+    for raw in views:
+        with contextlib.suppress(ValueError, TypeError):
+            state = json.loads(raw).get("state")
+            if state in counts:
+                counts[state] += 1
+    return counts

@@ -1,0 +1,226 @@
+"""Redis and PostgreSQL work of the agent service: the transition script, the timeline writer, the
+disposition table. No gRPC here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from outdial.core import keys
+from outdial.core.redis import Redis, load_lua
+
+log = logging.getLogger("outdial.agent.store")
+
+EVENTS_MAXLEN = 1_000_000
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What the transition script did."""
+
+    status: str
+    agent_id: str
+    prev_state: str
+    state: str
+    at_ms: int
+    seq: int
+    campaigns: list[dict[str, Any]]
+    call_id: str
+    extra: str
+
+    @property
+    def changed(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def campaign_ids(self) -> list[str]:
+        return [str(c["id"]) for c in self.campaigns]
+
+
+def ms_to_dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+class AgentRedis:
+    """Runs the one transition script (``transition.lua``) for every agent state change."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._script = redis.register_script(load_lua(__package__, "transition.lua"))
+        self._templates = [
+            keys.agent_key_template(k) for k in ("ready", "view", "agent", "presence", "offers")
+        ]
+
+    async def run(self, op: str, *args: str | int) -> Transition:
+        raw = await self._script(keys=[keys.agents_index()], args=[*self._templates, op, *args])
+        status, aid, prev, new, now, seq, craw, call_id, extra = (str(x) for x in raw)
+        return Transition(
+            status, aid, prev, new, int(now), int(seq), json.loads(craw or "[]"), call_id, extra
+        )
+
+    async def agent(self, agent_id: str) -> dict[str, str]:
+        data = await self.redis.hgetall(keys.agent(agent_id))
+        return {str(k): str(v) for k, v in data.items()}
+
+    async def agents(self, agent_ids: list[str]) -> list[tuple[str, dict[str, str]]]:
+        if not agent_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for aid in agent_ids:
+            pipe.hgetall(keys.agent(aid))
+        rows = await pipe.execute()
+        return [(aid, row) for aid, row in zip(agent_ids, rows, strict=True) if row]
+
+    async def touch_presence(self, agent_id: str, session_id: str, ttl_s: float) -> None:
+        await self.redis.set(keys.agent_presence(agent_id), session_id or "1", px=int(ttl_s * 1000))
+
+    async def publish_ack(self, replica: str, kind: str, call_id: str, agent_id: str) -> None:
+        await self.redis.publish(keys.agent_acks(replica), json.dumps([kind, call_id, agent_id]))
+
+    async def add_event(self, fields: dict[str, str]) -> None:
+        await self.redis.xadd(keys.call_events(), fields, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
+
+
+def call_event(event_type: str, at_ms: int, offer: dict[str, Any], **extra: str) -> dict[str, str]:
+    """A call-event record of the contract (COMMON.md): base fields plus the type's own."""
+    return {
+        "event_id": uuid.uuid4().hex,
+        "type": event_type,
+        "at": str(at_ms),
+        "campaign_id": str(offer.get("campaign_id", "")),
+        "call_id": str(offer.get("call_id", "")),
+        "lead_id": str(offer.get("lead_id", "")),
+        "number": str(offer.get("number", "")),
+        **extra,
+    }
+
+
+class Timeline:
+    """Appends state changes to ``agent_state_events`` from a queue, in batches, off the hot path.
+
+    Rows carry the Redis sequence number of the agent, so (agent_id, seq) orders them across replicas and a
+    replayed row is ignored. ``flush()`` waits until everything queued so far is written."""
+
+    def __init__(self, pool: asyncpg.Pool, ready: asyncio.Event) -> None:
+        self.pool = pool
+        self.ready = ready
+        self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._written = asyncio.Condition()
+        self._enqueued = 0
+        self._done = 0
+
+    def record(self, tr: Transition, reason: str = "", session_id: str = "") -> None:
+        if not tr.changed:
+            return
+        self._enqueued += 1
+        self.queue.put_nowait(
+            (
+                tr.agent_id,
+                tr.seq,
+                tr.campaign_ids,
+                tr.state,
+                reason,
+                ms_to_dt(tr.at_ms),
+                tr.call_id,
+                session_id,
+            )
+        )
+
+    async def flush(self) -> None:
+        target = self._enqueued
+        async with self._written:
+            await self._written.wait_for(lambda: self._done >= target)
+
+    async def run(self) -> None:
+        await self.ready.wait()
+        while True:
+            batch = [await self.queue.get()]
+            while not self.queue.empty() and len(batch) < 500:
+                batch.append(self.queue.get_nowait())
+            delay = 0.2
+            while True:
+                try:
+                    await self.pool.executemany(
+                        """INSERT INTO agent_state_events
+                               (agent_id, seq, campaigns, state, reason, at, call_id, session_id)
+                           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                           ON CONFLICT (agent_id, seq) DO NOTHING""",
+                        batch,
+                    )
+                    break
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("timeline write failed (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            async with self._written:
+                self._done += len(batch)
+                self._written.notify_all()
+
+    async def drain(self) -> None:
+        """On shutdown: write what is queued (best effort, bounded)."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), 3.0)
+
+
+class Dispositions:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def insert(
+        self,
+        *,
+        event_id: str,
+        agent_id: str,
+        offer: dict[str, Any],
+        disposition: str,
+        callback_at: datetime | None,
+        notes: str,
+        at: datetime,
+        dnc_status: str,
+        callback_status: str,
+    ) -> int:
+        row_id = await self.pool.fetchval(
+            """INSERT INTO agent_dispositions (event_id, agent_id, call_id, campaign_id, lead_id, number,
+                   disposition, callback_at, notes, at, dnc_status, callback_status)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+               ON CONFLICT (agent_id, call_id) DO UPDATE SET disposition = EXCLUDED.disposition
+               RETURNING id""",
+            event_id,
+            agent_id,
+            str(offer.get("call_id", "")),
+            str(offer.get("campaign_id", "")),
+            str(offer.get("lead_id", "")),
+            str(offer.get("number", "")),
+            disposition,
+            callback_at,
+            notes,
+            at,
+            dnc_status,
+            callback_status,
+        )
+        return int(row_id)
+
+    async def mark(self, row_id: int, column: str, status: str, error: str = "") -> None:
+        assert column in ("dnc_status", "callback_status")
+        await self.pool.execute(
+            f"UPDATE agent_dispositions SET {column} = $2, attempts = attempts + 1, last_error = $3 WHERE id = $1",
+            row_id,
+            status,
+            error,
+        )
+
+    async def pending(self, limit: int = 100) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self.pool.fetch(
+            """SELECT * FROM agent_dispositions
+               WHERE dnc_status = 'pending' OR callback_status = 'pending' ORDER BY id LIMIT $1""",
+            limit,
+        )
+        return rows
