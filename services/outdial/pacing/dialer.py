@@ -1,0 +1,689 @@
+"""The dialer: per leased campaign, each tick asks the pacing algorithm how many calls to launch, pops and
+claims leads, runs every call through the dial-time gate, and originates through the telephony adapter;
+then follows each call to exactly one ``call.ended`` event.
+
+One :class:`Dialer` per replica: it holds leases (``lease.py``), runs one loop per campaign it holds,
+pumps the adapter's event feed to the calls, and on shutdown stops dialing, lets calls in flight finish for
+a while, hands the rest back (claim released, ``call.ended``), and releases its leases.
+
+Progressive mode (``Decision.reserve_agent``): the agent service has no reservation RPC yet, so the dialer
+launches at most one call per *ready* agent not already covered by a call in flight, and asks
+``OfferCall`` on answer. Residual risk: an agent who pauses or is taken by another campaign between dial
+and answer can leave that call without an agent (it is then abandoned with the message, and counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from outdial.core import keys
+from outdial.core.clock import Clock
+from outdial.core.redis import Redis
+from outdial.pacing.algorithms import PacingAlgorithm, make_algorithm
+from outdial.pacing.estimates import OnlineEstimator
+from outdial.pacing.gate import DialGate, GateLead
+from outdial.pacing.lease import Lease, LeaseStore
+from outdial.pacing.snapshot import (
+    AGENT_STATES,
+    PAUSED,
+    READY,
+    AgentSnap,
+    BudgetView,
+    Decision,
+    Estimates,
+    PacingParams,
+    Snapshot,
+    ring_timeout,
+)
+from outdial.pacing.store import PacingStore, from_ms, ms
+from outdial.telephony.base import Answer, CallEvent, EventKind, TelephonyAdapter
+from outdial.v1 import agent_pb2, agent_pb2_grpc, dnc_pb2, dnc_pb2_grpc
+
+log = logging.getLogger("outdial.pacing.dialer")
+
+DEFAULT_CAP = 0.03
+DAY_S = 24 * 3600.0
+BUDGET_REFRESH_S = 1.0
+
+_COUNT_ABANDONED = """
+local m = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+local a = 0
+for _, v in ipairs(m) do if string.sub(v, -2) == ':a' then a = a + 1 end end
+return {#m, a}
+"""
+
+
+def default_window_s(jurisdiction: str) -> float:
+    return DAY_S if jurisdiction == "UK" else 30 * DAY_S
+
+
+def effective_params(config: dict[str, Any], overrides: dict[str, Any]) -> PacingParams:
+    mode = str(overrides.get("algorithm") or config.get("dial_mode") or "progressive")
+    target = overrides.get("target_abandon_rate")
+    return PacingParams(
+        algorithm=mode,
+        power_ratio=float(overrides.get("power_ratio") or config.get("power_ratio") or 2.0),
+        max_lines_per_agent=int(
+            overrides.get("max_lines_per_agent") or config.get("max_lines_per_agent") or 3
+        ),
+        ring_timeout_s=max(
+            15.0, float(overrides.get("ring_timeout_s") or config.get("ring_timeout_s") or 25)
+        ),
+        target_abandon_rate=float(target) if target else None,
+    )
+
+
+def make_guarded(name: str) -> PacingAlgorithm:
+    """The campaign's algorithm, guarded by the safety rules; an unknown name gets progressive."""
+    try:
+        return make_algorithm(name)
+    except ValueError:
+        log.warning("unknown pacing algorithm %r: using progressive", name)
+        return make_algorithm("progressive")
+
+
+@dataclass
+class Call:
+    call_id: str
+    campaign_id: str
+    lead_id: str
+    number: str
+    lead: dict[str, str]
+    config: dict[str, Any]
+    dial_at: datetime
+    events: asyncio.Queue[CallEvent] = field(default_factory=asyncio.Queue)
+    phase: str = "ringing"  # ringing | answered | connected | message | done
+    answer: str | None = None
+    answer_at: datetime | None = None
+    connect_at: datetime | None = None
+    agent_id: str = ""
+    opt_out: bool = False
+    message_played: bool = False
+    outcome: str = ""
+    reason: str = ""
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class CampaignRun:
+    lease: Lease
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    placed: int = 0
+    blocked: int = 0
+    budget: BudgetView | None = None
+    budget_at: float = 0.0
+    estimator: OnlineEstimator = field(default_factory=OnlineEstimator)
+    algo_name: str = ""
+    algo: PacingAlgorithm | None = None
+
+    def algorithm(self, name: str) -> PacingAlgorithm:
+        if self.algo is None or name != self.algo_name:
+            self.algo, self.algo_name = make_guarded(name), name
+        return self.algo
+
+
+class Dialer:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        store: PacingStore,
+        leases: LeaseStore,
+        adapter: TelephonyAdapter,
+        dnc: dnc_pb2_grpc.DncServiceStub,
+        agent: agent_pb2_grpc.AgentServiceStub,
+        clock: Clock,
+        tick_s: float = 0.2,
+        renew_s: float = 1.0,
+        offer_deadline_s: float = 2.0,
+        drain_s: float = 5.0,
+        claim_ttl_s: int = 3600,
+    ) -> None:
+        self.redis = redis
+        self.store = store
+        self.leases = leases
+        self.adapter = adapter
+        self.dnc = dnc
+        self.agent = agent
+        self.clock = clock
+        self.gate = DialGate(redis, dnc)
+        self.tick_s = tick_s
+        self.renew_s = renew_s
+        self.offer_deadline_s = min(2.0, offer_deadline_s)
+        self.drain_s = drain_s
+        self.claim_ttl_s = claim_ttl_s
+        self.campaigns: dict[str, CampaignRun] = {}
+        self.calls: dict[str, Call] = {}
+        self._dialing = True
+        self._count: Any = redis.register_script(_COUNT_ABANDONED)
+
+    @property
+    def replica(self) -> str:
+        return self.leases.replica
+
+    # ================================================================ replica loop: leases + event pump
+
+    async def run(self) -> None:
+        pump = asyncio.create_task(self._pump(), name="pacing:event-pump")
+        try:
+            while True:
+                try:
+                    await self._lease_pass()
+                except (OSError, ConnectionError, TimeoutError) as exc:
+                    log.warning("lease pass failed: %s", type(exc).__name__)
+                except Exception:
+                    log.exception("lease pass failed")
+                await asyncio.sleep(self.renew_s)
+        finally:
+            await asyncio.shield(self._shutdown(pump))
+
+    async def _lease_pass(self) -> None:
+        active = await self.store.active_campaigns()
+        for cid, run in list(self.campaigns.items()):
+            ok = cid in active and await self.leases.renew(run.lease)
+            if not ok:
+                await self._stop_campaign(cid, release=cid not in active)
+        if not self._dialing:
+            return
+        for cid in sorted(active - set(self.campaigns)):
+            lease = await self.leases.acquire(cid)
+            if lease is not None:
+                log.info("campaign %s: lease taken (token %d)", cid, lease.token)
+                run = CampaignRun(lease)
+                self.campaigns[cid] = run
+                run.task = asyncio.create_task(self._campaign_loop(cid, run), name=f"pacing:dial:{cid}")
+
+    async def _stop_campaign(self, cid: str, *, release: bool) -> None:
+        run = self.campaigns.pop(cid, None)
+        if run is None:
+            return
+        if run.task is not None:
+            run.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run.task
+        if release:
+            with contextlib.suppress(Exception):
+                await self.leases.release(run.lease)
+        log.info("campaign %s: stopped dialing (lease %s)", cid, "released" if release else "lost")
+
+    async def _shutdown(self, pump: asyncio.Task[None]) -> None:
+        """Stop dialing; let calls in flight finish for ``drain_s``; hand back the rest; release leases."""
+        self._dialing = False
+        for cid in list(self.campaigns):
+            run = self.campaigns[cid]
+            if run.task is not None:
+                run.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await run.task
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_s
+        while self.calls and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for call in list(self.calls.values()):
+            call.reason = "shutdown"
+            if call.task is not None:
+                call.task.cancel()
+        for call in list(self.calls.values()):
+            if call.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await call.task
+        for cid in list(self.campaigns):
+            run = self.campaigns.pop(cid)
+            with contextlib.suppress(Exception):
+                await self.leases.release(run.lease)
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        with contextlib.suppress(Exception):
+            await self.adapter.close()
+
+    async def _pump(self) -> None:
+        async for ev in self.adapter.events():
+            call = self.calls.get(ev.call_id)
+            if call is not None:
+                call.events.put_nowait(ev)
+
+    # ================================================================ per-campaign loop
+
+    async def _campaign_loop(self, cid: str, run: CampaignRun) -> None:
+        while True:
+            try:
+                await self._tick(cid, run)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("campaign %s: tick failed", cid)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.wake.wait(), self.tick_s)
+            run.wake.clear()
+
+    async def _budget(self, cid: str, run: CampaignRun, config: dict[str, Any], now: datetime) -> BudgetView:
+        mono = self.clock.monotonic()
+        if run.budget is not None and mono - run.budget_at < BUDGET_REFRESH_S:
+            return run.budget
+        jur = str(config.get("jurisdiction") or "US").upper()
+        window_s = float(config.get("abandon_window_s") or default_window_s(jur))
+        cap = float(config.get("abandon_cap") or DEFAULT_CAP)
+        now_ms = ms(now)
+        key = keys.abandon_window(cid)
+        await self.redis.zremrangebyscore(key, "-inf", now_ms - int(window_s * 1000))
+        live, ab = await self._count(keys=[key], args=[now_ms - int(window_s * 1000)])
+        live60, ab60 = await self._count(keys=[key], args=[now_ms - 3600 * 1000])
+        live, ab, live60, ab60 = int(live), int(ab), int(live60), int(ab60)
+        run.budget = BudgetView(
+            cap=cap,
+            window_s=window_s,
+            live_answers=live,
+            abandoned=ab,
+            remaining=cap * live - ab,
+            rate_60min=(ab60 / live60) if live60 else 0.0,
+            live_60min=live60,
+            abandoned_60min=ab60,
+        )
+        run.budget_at = mono
+        return run.budget
+
+    async def _tick(self, cid: str, run: CampaignRun) -> None:
+        now = self.clock.now()
+        config = await self.store.campaign_config(cid)
+        overrides = await self.store.load_settings(cid)
+        agents = await self.store.agents(cid)
+        params = effective_params(config or {}, overrides)
+        snaps = tuple(
+            AgentSnap(
+                str(a.get("state")) if a.get("state") in AGENT_STATES else PAUSED,
+                max(0.0, (ms(now) - int(a.get("since_ms") or ms(now))) / 1000),
+            )
+            for a in agents.values()
+        )
+        mine = [c for c in self.calls.values() if c.campaign_id == cid]
+        ringing = [c for c in mine if c.phase == "ringing"]
+        waiting = sum(1 for c in mine if c.phase == "answered")
+        # Calls of a previous holder still in flight count as ringing (conservative).
+        raw_inflight: Any = await self.redis.zrange(keys.calls_in_flight(cid), 0, -1, withscores=True)
+        foreign = [float(sc) for m, sc in raw_inflight if m not in self.calls]
+        ages = tuple((ms(now) - c.dial_at.timestamp() * 1000) / 1000 for c in ringing) + tuple(
+            max(0.0, (ms(now) - s) / 1000) for s in foreign
+        )
+        budget = await self._budget(cid, run, config or {}, now)
+        estimates = run.estimator.snapshot()
+        snap = Snapshot(now.timestamp(), snaps, ages, waiting, estimates, budget, params)
+        working = [a for a in snaps if a.state != PAUSED]
+        ready = sum(1 for a in snaps if a.state == READY)
+        stop_reason = ""
+        if config is None or config.get("state") != "active":
+            stop_reason = "campaign not active"
+        elif overrides.get("paused"):
+            stop_reason = "paused by pacing settings"
+        elif params.algorithm in ("preview", "agentless"):
+            stop_reason = f"{params.algorithm} mode is not dialled by the pacer"
+        elif not snaps:
+            stop_reason = "no agent logged in"
+        elif not working:
+            stop_reason = "every agent paused"
+        if stop_reason:
+            decision = Decision(0, 0.0, "none", stop_reason, False, ring_timeout(params))
+        else:
+            decision = run.algorithm(params.algorithm).decide(snap)
+        n = max(0, decision.calls)
+        lines = len(ages) + waiting
+        n = min(n, max(0, params.max_lines_per_agent * len(working) - lines))
+        if decision.reserve_agent:
+            n = min(n, max(0, ready - lines))
+        if n > 0 and config is not None:
+            await self._launch(cid, run, config, n, max(15.0, decision.ring_timeout_s, params.ring_timeout_s))
+        await self._publish(
+            cid, run, now, overrides, params, decision, agents, lines, waiting, estimates, budget
+        )
+
+    # ================================================================ launching calls
+
+    async def _launch(
+        self, cid: str, run: CampaignRun, config: dict[str, Any], n: int, ring_s: float
+    ) -> None:
+        popped: Any = await self.redis.zpopmin(keys.hopper(cid), n)
+        if not popped:
+            return
+        claimed: list[tuple[GateLead, dict[str, str]]] = []
+        for lead_id, _score in popped:
+            lead: dict[str, str] = dict(await self.redis.hgetall(keys.hopper_lead(cid, lead_id)))  # type: ignore[arg-type]
+            if not lead:
+                continue
+            call_id = uuid.uuid4().hex
+            ok = await self.redis.set(keys.lead_claim(cid, lead_id), call_id, nx=True, ex=self.claim_ttl_s)
+            if not ok:
+                continue  # another call holds this lead: never two at once
+            try:
+                zones = tuple(str(z) for z in json.loads(lead.get("timezones") or "[]"))
+            except ValueError:
+                zones = ()
+            claimed.append(
+                (
+                    GateLead(
+                        call_id,
+                        str(lead_id),
+                        lead.get("number", ""),
+                        zones,
+                        lead.get("state", ""),
+                        int(lead.get("attempt") or 0) + 1,
+                    ),
+                    lead,
+                )
+            )
+        if not claimed:
+            return
+        now = self.clock.now()
+        results = await self.gate.check(cid, config, [g for g, _ in claimed], now)
+        for (g, lead), r in zip(claimed, results, strict=True):
+            await self.store.record_gate(
+                call_id=g.call_id,
+                campaign_id=cid,
+                lead_id=g.lead_id,
+                number=g.number,
+                attempt=g.attempt,
+                replica=self.replica,
+                fence_token=run.lease.token,
+                allowed=r.allowed,
+                reasons=r.reasons,
+                gate_at=now,
+            )
+            if not r.allowed:
+                run.blocked += 1
+                await self.store.emit(
+                    "dial.blocked",
+                    now,
+                    cid,
+                    g.call_id,
+                    g.lead_id,
+                    g.number,
+                    reasons=r.reasons,
+                    detail=r.detail,
+                )
+                await self.redis.delete(keys.lead_claim(cid, g.lead_id))
+                continue
+            if not await self._originate(cid, run, config, g, lead, ring_s):
+                # Fenced off (lease lost) or shutting down: hand the lead back untouched.
+                await self.redis.delete(keys.lead_claim(cid, g.lead_id))
+                await self.redis.zadd(keys.hopper(cid), {g.lead_id: 0})
+
+    async def _originate(
+        self,
+        cid: str,
+        run: CampaignRun,
+        config: dict[str, Any],
+        g: GateLead,
+        lead: dict[str, str],
+        ring_s: float,
+    ) -> bool:
+        dial_at = self.clock.now()
+        if not self._dialing or not await self.leases.fence_and_register(run.lease, g.call_id, ms(dial_at)):
+            return False
+        call = Call(g.call_id, cid, g.lead_id, g.number, lead, config, dial_at)
+        self.calls[g.call_id] = call
+        await self.redis.zadd(keys.number_attempts(g.number), {g.call_id: ms(dial_at)})
+        await self.redis.expire(keys.number_attempts(g.number), 8 * 24 * 3600)
+        await self.store.mark_dialed(g.call_id, dial_at)
+        await self.store.emit(
+            "call.dialing",
+            dial_at,
+            cid,
+            g.call_id,
+            g.lead_id,
+            g.number,
+            caller_id=config["caller_id"],
+            attempt=g.attempt,
+        )
+        run.placed += 1
+        try:
+            await self.adapter.originate(g.call_id, g.number, str(config["caller_id"]), ring_s)
+        except Exception as exc:
+            call.outcome, call.reason = "failed", f"originate: {type(exc).__name__}"
+            call.events.put_nowait(
+                CallEvent(g.call_id, EventKind.ENDED, ms(dial_at), reason="originate_error")
+            )
+        call.task = asyncio.create_task(self._follow(call, run), name=f"pacing:call:{g.call_id}")
+        return True
+
+    # ================================================================ one call
+
+    async def _next(self, call: Call) -> CallEvent:
+        return await call.events.get()
+
+    async def _follow(self, call: Call, run: CampaignRun) -> None:
+        try:
+            while True:
+                ev = await self._next(call)
+                at = from_ms(ev.at_ms) or self.clock.now()
+                if ev.kind is EventKind.ENDED:
+                    break
+                if ev.kind is EventKind.RINGING:
+                    await self._emit(call, "call.ringing", at)
+                elif ev.kind in (EventKind.NO_ANSWER, EventKind.BUSY, EventKind.FAILED):
+                    call.outcome = ev.kind.value
+                    call.phase = "done"
+                    extra = {"reason": ev.reason} if ev.kind is EventKind.FAILED else {}
+                    await self._emit(call, f"call.{ev.kind.value}", at, **extra)
+                elif ev.kind is EventKind.ANSWERED and ev.answer is Answer.MACHINE:
+                    call.answer, call.answer_at, call.outcome, call.phase = "machine", at, "machine", "done"
+                    await self._emit(call, "call.answered", at, answer="machine")
+                    await self.adapter.hangup(call.call_id)
+                elif ev.kind is EventKind.ANSWERED:
+                    call.answer, call.answer_at, call.phase = "human", at, "answered"
+                    await self._emit(call, "call.answered", at, answer="human")
+                    await self._hand_to_agent(call, run)
+                elif ev.kind is EventKind.DTMF and call.phase == "message" and not call.opt_out:
+                    call.opt_out = True
+                    await self._opt_out(call)
+                elif ev.kind is EventKind.MESSAGE_DONE:
+                    await self.adapter.hangup(call.call_id)
+        finally:
+            await asyncio.shield(self._end(call, run))
+
+    async def _hand_to_agent(self, call: Call, run: CampaignRun) -> None:
+        assert call.answer_at is not None
+        elapsed = (self.clock.now() - call.answer_at).total_seconds()
+        budget = max(0.05, self.offer_deadline_s - max(0.0, elapsed))
+        ts = Timestamp()
+        ts.FromDatetime(call.answer_at)
+        name = " ".join(x for x in (call.lead.get("first_name", ""), call.lead.get("last_name", "")) if x)
+        try:
+            fields = {str(k): str(v) for k, v in json.loads(call.lead.get("fields") or "{}").items()}
+        except (ValueError, AttributeError):
+            fields = {}
+        req = agent_pb2.OfferCallRequest(
+            campaign_id=call.campaign_id,
+            call_id=call.call_id,
+            lead_id=call.lead_id,
+            number=call.number,
+            lead_name=name,
+            lead_fields=fields,
+            answered_at=ts,
+            deadline=Duration(nanos=int(budget * 1e9) % 1_000_000_000, seconds=int(budget)),
+        )
+        assigned, agent_id, why = False, "", ""
+        try:
+            resp = await self.agent.OfferCall(req, timeout=budget + 0.25)
+            assigned, agent_id, why = resp.assigned, resp.agent_id, resp.reason
+        except grpc.aio.AioRpcError as exc:
+            why = f"agent service: {exc.code().name}"
+        now = self.clock.now()
+        # The law counts from the greeting: an assignment that comes back late is an abandonment too.
+        if assigned and (now - call.answer_at) <= timedelta(seconds=2.0):
+            call.agent_id, call.connect_at, call.phase, call.outcome = agent_id, now, "connected", "connected"
+            await self.adapter.bridge(call.call_id, agent_id)
+            await self.redis.zadd(
+                keys.abandon_window(call.campaign_id), {f"{call.call_id}:h": ms(call.answer_at)}
+            )
+            return
+        if assigned:
+            why = "assigned after the 2 s deadline"
+        call.phase, call.outcome, call.reason = "message", "abandoned", why or "no agent"
+        cfg = call.config
+        text = (
+            f"This is {cfg.get('seller_name') or 'the caller'} with a telemarketing call. We are sorry no one was "
+            f"available. To not be called again press 9, or call {cfg.get('opt_out_number') or cfg.get('caller_id')}."
+        )
+        await self.adapter.play_message(call.call_id, text)
+        call.message_played = True
+        await self.redis.zadd(
+            keys.abandon_window(call.campaign_id), {f"{call.call_id}:a": ms(call.answer_at)}
+        )
+        await self.redis.set(keys.number_abandoned(call.number), ms(call.answer_at), ex=72 * 3600)
+        run.budget = None  # refresh the budget at the next tick
+
+    async def _opt_out(self, call: Call) -> None:
+        req = dnc_pb2.RecordOptOutRequest(
+            number=call.number, campaign_id=call.campaign_id, call_id=call.call_id, source="keypress"
+        )
+        for attempt in range(3):
+            try:
+                await self.dnc.RecordOptOut(req, timeout=2.0)
+                return
+            except grpc.aio.AioRpcError as exc:
+                log.warning("opt-out not recorded yet (%s), attempt %d", exc.code().name, attempt + 1)
+                await asyncio.sleep(0.2 * (attempt + 1))
+        log.error(
+            "opt-out of call %s could not be recorded: the call.abandoned event carries it", call.call_id
+        )
+
+    async def _emit(self, call: Call, type_: str, at: datetime, **fields: Any) -> None:
+        await self.store.emit(type_, at, call.campaign_id, call.call_id, call.lead_id, call.number, **fields)
+
+    async def _end(self, call: Call, run: CampaignRun) -> None:
+        """Exactly once per dialed call: the abandonment record, ``call.ended``, and the clean-up."""
+        end_at = self.clock.now()
+        if not call.outcome:
+            if call.phase == "connected":
+                call.outcome = "connected"
+            elif call.phase in ("answered", "message"):
+                call.outcome = "abandoned"
+            else:
+                call.outcome = "failed"
+                call.reason = call.reason or "ended before an outcome"
+        if call.reason == "shutdown":
+            with contextlib.suppress(Exception):
+                await self.adapter.hangup(call.call_id)
+        try:
+            if call.outcome == "abandoned":
+                if not call.message_played and call.answer_at is not None:
+                    await self.redis.zadd(
+                        keys.abandon_window(call.campaign_id), {f"{call.call_id}:a": ms(call.answer_at)}
+                    )
+                await self._emit(
+                    call,
+                    "call.abandoned",
+                    end_at,
+                    message_played=int(call.message_played),
+                    opt_out=int(call.opt_out),
+                )
+            if call.outcome == "failed" and call.reason:
+                await self._emit(call, "call.failed", end_at, reason=call.reason)
+            self._learn(call, run, end_at)
+            start = call.connect_at or call.answer_at
+            await self._emit(
+                call,
+                "call.ended",
+                end_at,
+                outcome=call.outcome,
+                dial_at=ms(call.dial_at),
+                answer_at=ms(call.answer_at) if call.answer_at else "",
+                connect_at=ms(call.connect_at) if call.connect_at else "",
+                end_at=ms(end_at),
+                agent_id=call.agent_id,
+                duration_s=f"{(end_at - start).total_seconds():.3f}" if start else "0",
+            )
+            await self.store.finish_attempt(
+                call.call_id,
+                outcome=call.outcome,
+                answer=call.answer,
+                answer_at=call.answer_at,
+                connect_at=call.connect_at,
+                end_at=end_at,
+                agent_id=call.agent_id or None,
+                opt_out=call.opt_out,
+            )
+        except Exception:
+            log.exception("call %s: end record failed", call.call_id)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.redis.zrem(keys.calls_in_flight(call.campaign_id), call.call_id)
+                await self.redis.delete(keys.lead_claim(call.campaign_id, call.lead_id))
+            self.calls.pop(call.call_id, None)
+            run.wake.set()
+
+    def _learn(self, call: Call, run: CampaignRun, end_at: datetime) -> None:
+        if call.reason in ("shutdown",) or call.outcome == "failed":
+            return  # network failures say nothing about people
+        resolved = call.answer_at or end_at
+        delay = max(0.0, (resolved - call.dial_at).total_seconds())
+        run.estimator.observe_outcome(call.answer == "human", call.answer == "machine", delay)
+        if call.connect_at is not None:
+            run.estimator.observe_talk(max(0.0, (end_at - call.connect_at).total_seconds()))
+
+    # ================================================================ published state
+
+    async def _publish(
+        self,
+        cid: str,
+        run: CampaignRun,
+        now: datetime,
+        overrides: dict[str, Any],
+        params: PacingParams,
+        decision: Decision,
+        agents: dict[str, dict[str, Any]],
+        lines: int,
+        waiting: int,
+        est: Estimates,
+        budget: BudgetView,
+    ) -> None:
+        counts = {s: 0 for s in AGENT_STATES}
+        for a in agents.values():
+            s = str(a.get("state"))
+            counts[s if s in counts else PAUSED] += 1
+        state = {
+            "campaign_id": cid,
+            "settings": overrides,
+            "algorithm": params.algorithm,
+            "effective_algorithm": decision.mode,
+            "reason": decision.reason,
+            "dial_level": decision.dial_level,
+            "lines_in_flight": lines,
+            "answered_waiting": waiting,
+            "agents": {"logged_in": len(agents), **counts},
+            "estimates": {
+                "live_answer_rate": est.live_answer_rate,
+                "live_answer_rate_sd": est.live_answer_rate_sd,
+                "mean_answer_delay_s": est.mean_answer_delay_s,
+                "mean_talk_s": est.mean_talk_s,
+                "mean_wrap_s": est.mean_wrap_s,
+                "samples": est.samples,
+                "confident": est.confident,
+            },
+            "budget": {
+                "cap": budget.cap,
+                "window_s": budget.window_s,
+                "live_answers": budget.live_answers,
+                "abandoned": budget.abandoned,
+                "remaining": budget.remaining,
+                "rate": budget.rate,
+                "rate_60min": budget.rate_60min,
+            },
+            "leader": run.lease.value,
+            "updated_at_ms": ms(now),
+            "calls_placed": run.placed,
+            "calls_blocked": run.blocked,
+        }
+        await self.store.publish_state(cid, state)
+        await self.redis.set(keys.pacing_estimates(cid), json.dumps(state["estimates"]), ex=7 * 24 * 3600)

@@ -1,0 +1,39 @@
+"""Settings of the pacing service (environment, prefix ``OUTDIAL_``), built once in ``setup``."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PacingServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OUTDIAL_", extra="ignore")
+
+    # Campaign leases: time to live, and how often the holder renews (a third of the lease by default).
+    pacing_lease_ms: int = Field(default=3000, ge=300)
+    pacing_renew_ms: int | None = None
+    # Dialer tick (also woken by call events).
+    pacing_tick_ms: int = Field(default=200, ge=20)
+    # How long the agent service has to take a live-answered call (legal maximum 2 s).
+    pacing_offer_deadline_ms: int = Field(default=2000, ge=100, le=2000)
+    # On SIGTERM: how long calls in flight may finish before they are handed back.
+    pacing_drain_s: float = Field(default=5.0, ge=0)
+    # Lead claim TTL: a safety net only (claims are deleted when the call ends).
+    pacing_claim_ttl_s: int = Field(default=3600, ge=60)
+    # Telephony: "sim" (the simulated carrier); a SIP adapter comes later.
+    telephony: str = "sim"
+    sim_seed: int = 1
+    sim_time_scale: float = Field(default=1.0, gt=0)
+    sim_p_live: float = 0.25
+    sim_p_machine: float = 0.15
+    sim_p_busy: float = 0.05
+    sim_p_failed: float = 0.03
+    sim_answer_delay_mean_s: float = 15.0
+    sim_answer_delay_shape: float = 4.0
+    sim_talk_mean_s: float = 120.0
+    sim_message_s: float = 8.0
+    sim_p_opt_out: float = 0.1
+
+    @property
+    def renew_ms(self) -> int:
+        return self.pacing_renew_ms or max(100, self.pacing_lease_ms // 3)

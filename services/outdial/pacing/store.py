@@ -1,0 +1,190 @@
+"""PostgreSQL and Redis work of the pacing service: dial attempts, settings, events, campaign reads."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from outdial.core import keys
+from outdial.core.redis import Redis
+
+EVENTS_MAXLEN = 1_000_000
+PACING_STATE_TTL_S = 30
+
+
+def ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def from_ms(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value / 1000, UTC)
+
+
+class PacingStore:
+    def __init__(self, pool: asyncpg.Pool, redis: Redis) -> None:
+        self.pool = pool
+        self.redis = redis
+
+    # ------------------------------------------------------------------ campaign (read-only, Redis)
+
+    async def active_campaigns(self) -> set[str]:
+        return {str(c) for c in await self.redis.smembers(keys.active_campaigns())}
+
+    async def campaign_config(self, campaign_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(keys.campaign_config(campaign_id), "json")
+        if not raw:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    async def agents(self, campaign_id: str) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for agent_id, raw in (await self.redis.hgetall(keys.campaign_agents(campaign_id))).items():
+            try:
+                v = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(v, dict):
+                out[str(agent_id)] = v
+        return out
+
+    # ------------------------------------------------------------------ events
+
+    async def emit(
+        self,
+        type_: str,
+        at: datetime,
+        campaign_id: str,
+        call_id: str,
+        lead_id: str,
+        number: str,
+        **fields: Any,
+    ) -> str:
+        event_id = uuid.uuid4().hex
+        body: dict[str, str] = {
+            "event_id": event_id,
+            "type": type_,
+            "at": str(ms(at)),
+            "campaign_id": campaign_id,
+            "call_id": call_id,
+            "lead_id": lead_id,
+            "number": number,
+        }
+        for k, v in fields.items():
+            body[k] = "" if v is None else (json.dumps(v) if isinstance(v, list | dict) else str(v))
+        await self.redis.xadd(keys.call_events(), body, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        return event_id
+
+    # ------------------------------------------------------------------ dial attempts (PostgreSQL)
+
+    async def record_gate(
+        self,
+        *,
+        call_id: str,
+        campaign_id: str,
+        lead_id: str,
+        number: str,
+        attempt: int,
+        replica: str,
+        fence_token: int,
+        allowed: bool,
+        reasons: list[str],
+        gate_at: datetime,
+    ) -> None:
+        await self.pool.execute(
+            """INSERT INTO dial_attempts (call_id, campaign_id, lead_id, number, attempt, replica, fence_token,
+                   allowed, reasons, gate_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10)
+               ON CONFLICT (call_id) DO NOTHING""",
+            call_id,
+            campaign_id,
+            lead_id,
+            number,
+            attempt,
+            replica,
+            fence_token,
+            allowed,
+            json.dumps(reasons),
+            gate_at,
+        )
+
+    async def mark_dialed(self, call_id: str, dial_at: datetime) -> None:
+        await self.pool.execute("UPDATE dial_attempts SET dial_at = $2 WHERE call_id = $1", call_id, dial_at)
+
+    async def finish_attempt(
+        self,
+        call_id: str,
+        *,
+        outcome: str,
+        answer: str | None,
+        answer_at: datetime | None,
+        connect_at: datetime | None,
+        end_at: datetime,
+        agent_id: str | None,
+        opt_out: bool,
+    ) -> None:
+        await self.pool.execute(
+            """UPDATE dial_attempts SET outcome = $2, answer = $3, answer_at = $4, connect_at = $5, end_at = $6,
+                   agent_id = $7, opt_out = $8 WHERE call_id = $1""",
+            call_id,
+            outcome,
+            answer,
+            answer_at,
+            connect_at,
+            end_at,
+            agent_id,
+            opt_out,
+        )
+
+    # ------------------------------------------------------------------ settings
+
+    async def load_settings(self, campaign_id: str) -> dict[str, Any]:
+        raw = await self.redis.hget(keys.pacing_settings(campaign_id), "json")
+        if raw:
+            try:
+                value = json.loads(raw)
+                if isinstance(value, dict):
+                    return value
+            except ValueError:
+                pass
+        row = await self.pool.fetchval(
+            "SELECT settings FROM pacing_settings WHERE campaign_id = $1", campaign_id
+        )
+        if row is None:
+            return {}
+        value = json.loads(row) if isinstance(row, str) else row
+        await self.redis.hset(keys.pacing_settings(campaign_id), "json", json.dumps(value))
+        return dict(value)
+
+    async def save_settings(self, campaign_id: str, settings: dict[str, Any], actor: str) -> None:
+        doc = json.dumps(settings)
+        await self.pool.execute(
+            """INSERT INTO pacing_settings (campaign_id, settings, updated_at, updated_by)
+               VALUES ($1, $2::jsonb, now(), $3)
+               ON CONFLICT (campaign_id) DO UPDATE SET settings = EXCLUDED.settings,
+                   updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by""",
+            campaign_id,
+            doc,
+            actor,
+        )
+        await self.redis.hset(keys.pacing_settings(campaign_id), "json", doc)
+
+    # ------------------------------------------------------------------ published state
+
+    async def publish_state(self, campaign_id: str, state: dict[str, Any]) -> None:
+        doc = json.dumps(state, sort_keys=True)
+        await self.redis.set(keys.pacing_state(campaign_id), doc, ex=PACING_STATE_TTL_S)
+
+    async def read_state(self, campaign_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(keys.pacing_state(campaign_id))
+        if not raw:
+            return None
+        value = json.loads(raw)
+        return value if isinstance(value, dict) else None
