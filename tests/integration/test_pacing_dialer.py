@@ -8,6 +8,7 @@ gate, lead claims, one ``call.ended`` per dial, the abandonment path with the me
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections import Counter
 from datetime import UTC, datetime
@@ -51,7 +52,9 @@ class FakeDnc(dnc_pb2_grpc.DncServiceServicer):
             self.checked.append((n, c, request.dial_time))
             if n in self.blocked:
                 out.append(
-                    dnc_pb2.NumberDecision(number=n, allowed=False, reasons=[dnc_pb2.BlockReason(code="dnc.internal")])
+                    dnc_pb2.NumberDecision(
+                        number=n, allowed=False, reasons=[dnc_pb2.BlockReason(code="dnc.internal")]
+                    )
                 )
             else:
                 out.append(dnc_pb2.NumberDecision(number=n, allowed=True))
@@ -132,7 +135,9 @@ async def seed_campaign(redis: aioredis.Redis, n_leads: int, n_agents: int, **ov
     now_ms = int(WORKDAY.timestamp() * 1000)
     for a in range(n_agents):
         await redis.hset(
-            keys.campaign_agents(CID), f"agent-{a}", json.dumps({"state": "ready", "since_ms": now_ms, "call_id": ""})
+            keys.campaign_agents(CID),
+            f"agent-{a}",
+            json.dumps({"state": "ready", "since_ms": now_ms, "call_id": ""}),
         )
     await redis.sadd(keys.active_campaigns(), CID)
     return numbers
@@ -241,7 +246,9 @@ async def test_two_replicas_never_both_dial_and_stop_hands_over(
         r2 = await services.start("pacing", clock=workday_clock(), instance_id="r2")
 
         async def some_dialed() -> bool:
-            return bool(await pg.fetchval("SELECT count(*) FROM dial_attempts WHERE dial_at IS NOT NULL") >= 10)
+            return bool(
+                await pg.fetchval("SELECT count(*) FROM dial_attempts WHERE dial_at IS NOT NULL") >= 10
+            )
 
         await wait_for(some_dialed)
         holder = await redis.get(keys.pacing_lease(CID))
@@ -261,7 +268,9 @@ async def test_two_replicas_never_both_dial_and_stop_hands_over(
         took_over = datetime.now(UTC)
 
         async def other_dialed() -> bool:
-            return bool(await pg.fetchval("SELECT count(*) FROM dial_attempts WHERE replica = $1", other) >= 5)
+            return bool(
+                await pg.fetchval("SELECT count(*) FROM dial_attempts WHERE replica = $1", other) >= 5
+            )
 
         await wait_for(other_dialed)
     finally:
@@ -282,5 +291,5 @@ async def test_two_replicas_never_both_dial_and_stop_hands_over(
         by_lead.setdefault(r["lead_id"], []).append(r)
     for calls in by_lead.values():
         calls.sort(key=lambda r: r["dial_at"])
-        for a, b in zip(calls, calls[1:], strict=False):
+        for a, b in itertools.pairwise(calls):
             assert a["end_at"] is not None and a["end_at"] <= b["dial_at"]
