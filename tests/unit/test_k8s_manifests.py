@@ -169,6 +169,19 @@ def container_env(objs: list[Obj], container: Obj) -> dict[str, str]:
     return env
 
 
+def drain_seconds(service: str) -> float:
+    """Extra shutdown time a service's own settings ask for (fields named ``*_drain_s``, e.g. pacing's)."""
+    module_name = f"outdial.{service}.settings"
+    if importlib.util.find_spec(module_name) is None:
+        return 0.0
+    total = 0.0
+    for value in vars(importlib.import_module(module_name)).values():
+        if isinstance(value, type) and issubclass(value, BaseSettings) and value is not BaseSettings:
+            instance = value()
+            total += sum(float(getattr(instance, f)) for f in value.model_fields if f.endswith("_drain_s"))
+    return total
+
+
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings exactly as the container would build them from its environment."""
     import os
@@ -242,8 +255,11 @@ def test_ports_probes_and_addresses_match_the_settings(
                     command = probe["exec"]["command"]
                     assert command[:4] == ["python", "-m", "outdial.core.healthcheck", service], where
                     assert int(healthcheck.target_for(settings, service).rsplit(":", 1)[1]) == grpc_port
-            # shutdown: preStop sleep + the grace the server gives in-flight RPCs fit in the pod's budget
-            assert pod["terminationGracePeriodSeconds"] > PRESTOP_SLEEP_S + settings.grace_seconds, where
+            # shutdown: preStop sleep + the grace the server gives in-flight RPCs (+ a service's own drain,
+            # read with the container's environment) fit in the pod's budget
+            budget = PRESTOP_SLEEP_S + settings.grace_seconds + drain_seconds(service)
+            assert pod["terminationGracePeriodSeconds"] > budget, where
+            assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(PRESTOP_SLEEP_S)]
             # every service address a client uses resolves to the Service that fronts that Deployment
             for other in SERVICES:
                 host, port = settings.addr(other).rsplit(":", 1)
