@@ -12,6 +12,8 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from outdial.agent.kpi import compute_kpis
+from outdial.agent.store import load_timeline
 from outdial.core import keys
 from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from tests.conftest import RunningService, Services, make_token
@@ -151,6 +153,12 @@ async def test_a_call_offered_connected_wrapped_and_dispositioned(
         ("paused", "lunch", ""),
         ("logged_out", "logout", ""),
     ]
+    events = await load_timeline(pg, "ann")
+    kpis = compute_kpis(events, until=events[-1].at)
+    assert kpis.calls == 1
+    assert kpis.logged_in_s == pytest.approx((events[-1].at - events[0].at).total_seconds())
+    assert kpis.talk_s == pytest.approx((events[3].at - events[2].at).total_seconds())
+    assert 0 < kpis.occupancy < 1
     dispo = await pg.fetchrow("SELECT * FROM agent_dispositions WHERE call_id = 'k1'")
     assert (
         dispo["disposition"] == "sale" and dispo["campaign_id"] == "c1" and dispo["number"] == "+12025550123"

@@ -20,6 +20,8 @@ class StateEvent:
     at: datetime
     call_id: str = ""
     reason: str = ""
+    # Per-agent order of changes (Redis sequence): breaks ties between changes in the same millisecond.
+    seq: int = 0
 
 
 @dataclass
@@ -56,9 +58,9 @@ class AgentKpis:
 
 
 def compute_kpis(events: Iterable[StateEvent], until: datetime) -> AgentKpis:
-    """KPIs of one agent from their timeline (any order; sorted by time here), counting an open last
+    """KPIs of one agent from their timeline (any order; sorted by time, then seq), counting an open last
     state up to ``until``. Time before the first event, and while logged out, counts for nothing."""
-    ordered = sorted(events, key=lambda e: e.at)
+    ordered = sorted(events, key=lambda e: (e.at, e.seq))
     k = AgentKpis()
     for i, ev in enumerate(ordered):
         if ev.state not in STATES:

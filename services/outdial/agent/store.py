@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from outdial.agent.kpi import StateEvent
 from outdial.core import keys
 from outdial.core.redis import Redis, load_lua
 
@@ -224,3 +225,12 @@ class Dispositions:
             limit,
         )
         return rows
+
+
+async def load_timeline(pool: asyncpg.Pool, agent_id: str) -> list[StateEvent]:
+    """One agent's state timeline from PostgreSQL, in order, ready for ``kpi.compute_kpis``."""
+    rows = await pool.fetch(
+        "SELECT state, at, call_id, reason, seq FROM agent_state_events WHERE agent_id = $1 ORDER BY seq",
+        agent_id,
+    )
+    return [StateEvent(r["state"], r["at"], r["call_id"], r["reason"], r["seq"]) for r in rows]
