@@ -591,6 +591,8 @@ class Dialer:
             if call.outcome == "failed" and call.reason:
                 await self._emit(call, "call.failed", end_at, reason=call.reason)
             self._learn(call, run, end_at)
+            if call.outcome == "connected" and call.agent_id:
+                await self._agent_call_ended(call)
             start = call.connect_at or call.answer_at
             await self._emit(
                 call,
@@ -622,6 +624,16 @@ class Dialer:
                 await self.redis.delete(keys.lead_claim(call.campaign_id, call.lead_id))
             self.calls.pop(call.call_id, None)
             run.wake.set()
+
+    async def _agent_call_ended(self, call: Call) -> None:
+        """The far side hung up: the agent moves on to wrap-up (it may have ended the call itself first)."""
+        try:
+            await self.agent.EndCall(
+                agent_pb2.EndCallRequest(agent_id=call.agent_id, call_id=call.call_id), timeout=2.0
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                log.warning("EndCall for agent %s failed: %s", call.agent_id, exc.code().name)
 
     def _learn(self, call: Call, run: CampaignRun, end_at: datetime) -> None:
         if call.reason in ("shutdown",) or call.outcome == "failed":
