@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from outdial.core.server import ServiceContext, ServiceSpec
+from outdial.dnc import consumer
+from outdial.dnc.engine import DncEngine
+from outdial.dnc.service import DncServicer
+from outdial.dnc.settings import DncSettings
 from outdial.v1 import dnc_pb2_grpc
 
 
 async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
-    dnc_pb2_grpc.add_DncServiceServicer_to_server(dnc_pb2_grpc.DncServiceServicer(), server)  # type: ignore[abstract]  # replaced by the service issue
+    settings = DncSettings()
+    engine = DncEngine(ctx.pool, ctx.redis_bytes(), ctx.clock, settings)
+    dnc_pb2_grpc.add_DncServiceServicer_to_server(DncServicer(engine), server)
+
+    async def keeper() -> None:
+        await ctx.ready.wait()
+        await engine.keep_index()
+
+    ctx.spawn(keeper(), "index-keeper")
+    if settings.consume_events:
+        ctx.spawn(consumer.run(engine, ctx.redis, f"dnc-{ctx.instance_id}", ctx.ready), "call-events")
+    await asyncio.sleep(0)
 
 
 SPEC = ServiceSpec(name="dnc", full_names=("outdial.v1.DncService",), setup=setup)

@@ -1,0 +1,641 @@
+"""The DNC service's operations over PostgreSQL (truth) and the Redis index (lookups), free of gRPC.
+
+Consistency between the two: every list change is a PostgreSQL transaction that holds a *shared*
+advisory lock, commits, and then updates the live index version before the RPC returns (so the next
+CheckNumbers sees it). If the index update fails, the index is flagged dirty in PostgreSQL and the gate
+answers "compliance.unavailable" until a rebuild. A rebuild takes the *exclusive* lock only for the moment
+it opens its snapshot, builds a new version from it, switches, then replays every change made after the
+snapshot (by ``changed_at``, database time), and deletes the old version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import asyncpg
+
+from outdial.core.clock import Clock
+from outdial.core.errors import InvalidArgument, NotFound, Unavailable
+from outdial.core.redis import Redis
+from outdial.dnc import gate, store
+from outdial.dnc.audit import AuditEntry, AuditRecord, ChainVerifier, Verification, details_json
+from outdial.dnc.gate import Decision, ListInfo
+from outdial.dnc.index import DncIndex, IndexMissing
+from outdial.dnc.numbers import InvalidNumber, jurisdiction_of, normalise, registry_line
+from outdial.dnc.settings import DncSettings
+
+log = logging.getLogger("outdial.dnc")
+
+WRITE_LOCK = 0x646E63_01  # shared by list writers, exclusive for a rebuild's snapshot
+REBUILD_LOCK = 0x646E63_02  # one rebuild at a time
+IMPORT_BATCH = 50_000
+
+
+@dataclass
+class ImportResult:
+    list_id: str
+    lines: int = 0
+    added: int = 0
+    removed: int = 0
+    invalid: int = 0
+    invalid_samples: list[str] = field(default_factory=list)
+    index_version: int = 0
+
+
+@dataclass
+class Explanation:
+    number: str
+    at: datetime
+    decision: Decision
+    records: list[AuditRecord]
+    text: str
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, IndexMissing):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "PostgreSQL or Redis did not answer in time"
+    name = type(exc).__module__.split(".")[0]
+    if name == "redis":
+        return "Redis is unreachable"
+    if name == "asyncpg" or isinstance(exc, OSError):
+        return "PostgreSQL or Redis is unreachable"
+    return f"internal error ({type(exc).__name__})"
+
+
+class DncEngine:
+    def __init__(self, pool: asyncpg.Pool, redis: Redis, clock: Clock, settings: DncSettings) -> None:
+        self.pool = pool
+        self.index = DncIndex(redis)
+        self.clock = clock
+        self.settings = settings
+        self.rebuild_wanted = asyncio.Event()
+
+    # ------------------------------------------------------------------ the gate
+
+    async def check(
+        self,
+        raw: Sequence[str],
+        campaign_id: str,
+        jurisdiction: str,
+        *,
+        dial_time: bool,
+        call_ids: Sequence[str],
+        actor: str,
+    ) -> tuple[list[Decision], list[int]]:
+        """Decisions (in request order) and, for dial-time checks, the audit seq of each."""
+        if len(raw) > self.settings.max_batch:
+            raise InvalidArgument(f"at most {self.settings.max_batch} numbers per call", field="numbers")
+        if call_ids and len(call_ids) != len(raw):
+            raise InvalidArgument("call_ids must be parallel to numbers", field="call_ids")
+        now = self.clock.now()
+        try:
+            decisions = await asyncio.wait_for(
+                self._check(raw, campaign_id, jurisdiction, now), self.settings.check_timeout_seconds
+            )
+        except Exception as exc:  # fail closed: whatever went wrong, do not dial
+            log.warning("DNC check unavailable: %s", _describe(exc), exc_info=not isinstance(exc, OSError))
+            if isinstance(exc, IndexMissing):
+                self.rebuild_wanted.set()
+            decisions = gate.unavailable(raw, _describe(exc))
+        seqs = [0] * len(decisions)
+        if dial_time:
+            entries = [
+                AuditEntry(
+                    actor=actor,
+                    action="check",
+                    number=d.number,
+                    campaign_id=campaign_id,
+                    call_id=call_ids[i] if call_ids else "",
+                    result="allowed" if d.allowed else "blocked",
+                    reason=",".join(r.code for r in d.reasons),
+                    details=details_json(
+                        {"jurisdiction": jurisdiction, "reasons": [_reason_dict(r) for r in d.reasons]}
+                    ),
+                )
+                for i, d in enumerate(decisions)
+            ]
+            try:
+                records = await asyncio.wait_for(
+                    store.append_audit_tx(self.pool, now, entries), self.settings.check_timeout_seconds
+                )
+                seqs = [r.seq for r in records]
+            except Exception as exc:
+                # A dial-time decision that cannot be recorded does not permit a dial.
+                log.warning("DNC audit unavailable: %s", _describe(exc))
+                decisions = gate.unavailable(raw, "the audit log cannot record the decision")
+                seqs = [0] * len(decisions)
+        return decisions, seqs
+
+    async def _check(
+        self, raw: Sequence[str], campaign_id: str, jurisdiction: str, now: datetime
+    ) -> list[Decision]:
+        parsed: list[tuple[str, str | None, str]] = []  # (raw, e164, jurisdiction or error)
+        for r in raw:
+            try:
+                e164 = normalise(r)
+            except InvalidNumber as exc:
+                parsed.append((r, None, str(exc)))
+                continue
+            parsed.append((r, e164, jurisdiction or jurisdiction_of(e164)))
+        async with self.pool.acquire() as conn:
+            lists, dirty = await store.fetch_lists(conn)
+            if dirty is not None:
+                self.rebuild_wanted.set()
+                raise IndexMissing(f"the lookup index is behind PostgreSQL since {dirty.isoformat()}")
+            per_j: dict[str, list[ListInfo]] = {}
+            registry: dict[str, gate.Reason | None] = {}
+            probes: list[tuple[str, str, str]] = []
+            for _, pe, j in parsed:
+                if pe is None:
+                    continue
+                if j not in per_j:
+                    per_j[j] = gate.applicable(lists, campaign_id, j)
+                    registry[j] = gate.registry_reason(
+                        lists,
+                        j,
+                        now,
+                        require=self.settings.require_registry,
+                        max_age_days=self.settings.registry_max_age_days,
+                    )
+                for li in per_j[j]:
+                    probes.append((li.id, li.kind, pe))
+            flags = await self.index.lookup(probes)
+            hits: dict[str, list[str]] = defaultdict(list)
+            small: set[str] = set()
+            small_lists: set[str] = set()
+            bulk: set[str] = set()
+            for (list_id, kind, e), hit in zip(probes, flags, strict=True):
+                if hit:
+                    hits[e].append(list_id)
+                    if kind in gate.BULK_KINDS:
+                        bulk.add(e)
+                    else:
+                        small.add(e)
+                        small_lists.add(list_id)
+            details = await store.entry_details(conn, sorted(small), sorted(small_lists)) if small else {}
+            consent = await store.consented(conn, sorted(bulk), campaign_id, now) if bulk else set()
+        out: list[Decision] = []
+        for r, pe, j in parsed:
+            if pe is None:
+                out.append(gate.invalid(r, j))
+                continue
+            d = gate.decide(pe, per_j[j], hits.get(pe, ()), details, pe in consent, now, registry[j])
+            out.append(d)
+        return out
+
+    # ------------------------------------------------------------------ list changes
+
+    def resolve_list(
+        self, list_id: str, kind: str, campaign_id: str, state: str, jurisdiction: str
+    ) -> ListInfo:
+        if list_id:
+            kind_of = list_id.split(":", 1)[0]
+            if kind_of not in gate.KIND_CODES:
+                raise InvalidArgument(f"unknown list {list_id!r}", field="list_id")
+        try:
+            kind = kind or (list_id.split(":", 1)[0] if list_id else "internal")
+            j = jurisdiction or ("US" if kind in ("national", "state", "wireless") else "")
+            lid = list_id or gate.list_id_for(kind, campaign_id=campaign_id, state=state, jurisdiction=j)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), field="list_kind") from exc
+        if kind == "campaign":
+            campaign_id = campaign_id or lid.split(":", 1)[1]
+        if kind == "state":
+            state = state or lid.rsplit("-", 1)[-1]
+            j = j or lid.split(":", 1)[1].split("-", 1)[0]
+        if kind in ("national", "wireless") and list_id:
+            j = list_id.split(":", 1)[1]
+        return ListInfo(
+            lid,
+            kind,
+            _list_name(kind, campaign_id, state, j),
+            j if kind != "internal" and kind != "campaign" else "",
+            state.upper() if kind == "state" else "",
+            campaign_id if kind == "campaign" else "",
+        )
+
+    @staticmethod
+    def normalise_many(raw: Sequence[str], jurisdiction: str = "") -> tuple[list[str], list[str]]:
+        from outdial.dnc.numbers import JURISDICTION_REGION
+
+        region = JURISDICTION_REGION.get(jurisdiction, "US")
+        ok: list[str] = []
+        bad: list[str] = []
+        for r in raw:
+            try:
+                ok.append(normalise(r, region))
+            except InvalidNumber:
+                bad.append(r)
+        return list(dict.fromkeys(ok)), bad
+
+    async def _apply_or_flag(self, changes: list[tuple[str, str, str, bool]]) -> None:
+        try:
+            await self.index.apply(changes)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await store.set_dirty(self.pool)
+            self.rebuild_wanted.set()
+            raise Unavailable(
+                "saved, but the lookup index could not be updated: dialing is blocked until it is rebuilt"
+            ) from exc
+
+    async def add(
+        self,
+        li: ListInfo,
+        numbers: Sequence[str],
+        *,
+        actor: str,
+        reason: str,
+        source: str,
+        expires_at: datetime | None,
+        action: str = "add",
+        call_id: str = "",
+        campaign_id: str = "",
+    ) -> tuple[list[str], list[AuditRecord]]:
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", WRITE_LOCK)
+            await store.ensure_list(conn, li)
+            added = await store.add_entries(
+                conn, li.id, numbers, source=source, actor=actor, reason=reason, at=now, expires_at=expires_at
+            )
+            if action == "opt_out":
+                for n in numbers:
+                    await store.revoke_consent(conn, n, None, actor, now)
+            audited = numbers if action == "opt_out" else added
+            records = await store.append_audit(
+                conn,
+                now,
+                [
+                    AuditEntry(
+                        actor,
+                        action,
+                        n,
+                        campaign_id or li.campaign_id,
+                        call_id,
+                        "ok" if n in added else "already_listed",
+                        reason,
+                        details_json(
+                            {
+                                "list_id": li.id,
+                                "source": source,
+                                "expires_at": expires_at.isoformat() if expires_at else None,
+                            }
+                        ),
+                    )
+                    for n in audited
+                ],
+            )
+        await self._apply_or_flag([(li.id, li.kind, n, True) for n in added])
+        return added, records
+
+    async def remove(self, li: ListInfo, numbers: Sequence[str], *, actor: str, reason: str) -> list[str]:
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", WRITE_LOCK)
+            if await store.get_list(conn, li.id) is None:
+                raise NotFound(f"no list {li.id}")
+            removed = await store.remove_entries(conn, li.id, numbers, actor=actor, reason=reason, at=now)
+            await store.append_audit(
+                conn,
+                now,
+                [
+                    AuditEntry(
+                        actor, "remove", n, li.campaign_id, "", "ok", reason, details_json({"list_id": li.id})
+                    )
+                    for n in removed
+                ],
+            )
+        await self._apply_or_flag([(li.id, li.kind, n, False) for n in removed])
+        return removed
+
+    async def set_consent(
+        self,
+        number: str,
+        kind: str,
+        revoke: bool,
+        campaign_id: str,
+        evidence: str,
+        actor: str,
+        expires_at: datetime | None,
+    ) -> AuditRecord:
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            if revoke:
+                n = await store.revoke_consent(conn, number, campaign_id or None, actor, now)
+                result = "revoked" if n else "none_active"
+            else:
+                await store.grant_consent(conn, number, kind, campaign_id, evidence, actor, now, expires_at)
+                result = "granted"
+            (rec,) = await store.append_audit(
+                conn,
+                now,
+                [
+                    AuditEntry(
+                        actor,
+                        "consent",
+                        number,
+                        campaign_id,
+                        "",
+                        result,
+                        kind,
+                        details_json(
+                            {
+                                "evidence": evidence,
+                                "revoke": revoke,
+                                "expires_at": expires_at.isoformat() if expires_at else None,
+                            }
+                        ),
+                    )
+                ],
+            )
+        return rec
+
+    # ------------------------------------------------------------------ registry import
+
+    async def import_registry(
+        self,
+        li: ListInfo,
+        mode: str,
+        downloaded_at: datetime,
+        chunks: AsyncIterator[bytes],
+        *,
+        actor: str,
+        source: str,
+    ) -> ImportResult:
+        now = self.clock.now()
+        res = ImportResult(li.id)
+        jurisdiction = li.jurisdiction or "US"
+
+        parse = _LineParser(res, mode, jurisdiction)
+
+        async def rows(sink: Callable[[list[tuple[str, str]]], Awaitable[None]]) -> None:
+            batch: list[tuple[str, str]] = []
+            rest = b""
+            async for chunk in chunks:
+                data = rest + chunk
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    rest = data
+                    continue
+                rest = data[cut + 1 :]
+                for line in data[:cut].decode("utf-8", "replace").splitlines():
+                    p = parse(line)
+                    if p is not None:
+                        batch.append(p)
+                if len(batch) >= IMPORT_BATCH:
+                    await sink(batch)
+                    batch = []
+            for line in rest.decode("utf-8", "replace").splitlines():
+                p = parse(line)
+                if p is not None:
+                    batch.append(p)
+            if batch:
+                await sink(batch)
+
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", WRITE_LOCK)
+            await store.ensure_list(conn, li)
+            res.added, res.removed, added, removed = await store.import_staged(
+                conn, li.id, mode, rows, actor=actor, source=source, at=now
+            )
+            await store.record_import(
+                conn, li.id, mode, downloaded_at, now, actor, res.lines, res.added, res.removed, res.invalid
+            )
+            await store.append_audit(
+                conn,
+                now,
+                [
+                    AuditEntry(
+                        actor,
+                        "import",
+                        "",
+                        "",
+                        "",
+                        "ok",
+                        mode,
+                        details_json(
+                            {
+                                "list_id": li.id,
+                                "mode": mode,
+                                "downloaded_at": downloaded_at.isoformat(),
+                                "lines": res.lines,
+                                "added": res.added,
+                                "removed": res.removed,
+                                "invalid": res.invalid,
+                                "source": source,
+                            }
+                        ),
+                    )
+                ],
+            )
+        if mode == "full" or len(added) + len(removed) > 1_000_000:
+            version, _ = await self.rebuild(actor)
+            res.index_version = version
+        else:
+            await self._apply_or_flag(
+                [(li.id, li.kind, n, True) for n in added] + [(li.id, li.kind, n, False) for n in removed]
+            )
+            res.index_version = await self.index.current()
+        return res
+
+    # ------------------------------------------------------------------ index rebuild
+
+    async def rebuild(self, actor: str) -> tuple[int, int]:
+        """Build a new index version from PostgreSQL, switch to it, delete the old one."""
+        async with self.pool.acquire() as lock_conn:
+            await lock_conn.execute("SELECT pg_advisory_lock($1)", REBUILD_LOCK)
+            try:
+                return await self._rebuild(actor)
+            finally:
+                await lock_conn.execute("SELECT pg_advisory_unlock($1)", REBUILD_LOCK)
+
+    async def _rebuild(self, actor: str) -> tuple[int, int]:
+        version = await self.index.new_version()
+        counts: dict[str, int] = {}
+        async with self.pool.acquire() as snap:
+            async with snap.transaction(isolation="repeatable_read", readonly=True):
+                async with self.pool.acquire() as excl:
+                    async with excl.transaction():
+                        await excl.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                        # the snapshot is taken by the first query, while no writer is in flight
+                        snapshot_at = await store.db_now(snap)
+                lists, _ = await store.fetch_lists(snap)
+                for li in lists:
+                    if li.kind in gate.BULK_KINDS:
+                        writer = self.index.bitmap_writer(version, li.id)
+                        await store.copy_digits(snap, li.id, writer.feed)
+                        counts[li.id] = await writer.close()
+                    else:
+                        counts[li.id] = await self.index.write_set(
+                            version, li.id, await store.current_numbers(snap, li.id)
+                        )
+        await self.index.mark_built(version, counts)
+        old = await self.index.switch(version)
+        kinds = {li.id: li.kind for li in lists}
+        async with self.pool.acquire() as conn:
+            changed = await store.changed_since(conn, snapshot_at)
+            if changed:
+                extra = {li.id: li.kind for li in (await store.fetch_lists(conn))[0]}
+                kinds.update(extra)
+                await self.index.apply([(lid, kinds[lid], n, present) for lid, n, present in changed])
+            await store.clear_dirty(conn, snapshot_at)
+        if old is not None and old != version:
+            await self.index.drop(old)
+        total = sum(counts.values())
+        await store.append_audit_tx(
+            self.pool,
+            self.clock.now(),
+            [
+                AuditEntry(
+                    actor,
+                    "rebuild",
+                    "",
+                    "",
+                    "",
+                    "ok",
+                    "",
+                    details_json(
+                        {"version": version, "numbers": total, "lists": counts, "replayed": len(changed)}
+                    ),
+                )
+            ],
+        )
+        log.info("DNC index version %d built: %d numbers in %d lists", version, total, len(counts))
+        return version, total
+
+    async def keep_index(self) -> None:
+        """Background: (re)build the index when it is missing (first start, Redis lost it) or dirty."""
+        while True:
+            try:
+                need = False
+                try:
+                    await self.index.current()
+                except IndexMissing:
+                    need = True
+                if not need:
+                    async with self.pool.acquire() as conn:
+                        _, dirty = await store.fetch_lists(conn)
+                    need = dirty is not None
+                if need:
+                    await self.rebuild("system:index-keeper")
+            except Exception as exc:
+                log.warning("DNC index keeper: %s", _describe(exc))
+            self.rebuild_wanted.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.rebuild_wanted.wait(), self.settings.keeper_interval_seconds)
+
+    # ------------------------------------------------------------------ audit
+
+    async def verify(self, from_seq: int) -> Verification:
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            start_seq, start_hash = 0, "0" * 64
+            if from_seq > 1:
+                prev = await store.audit_before(conn, from_seq)
+                if prev is not None:
+                    start_seq, start_hash = prev
+            v = ChainVerifier(start_seq, start_hash)
+            async for rec in store.iter_audit(conn, from_seq):
+                if not v.feed(rec):
+                    break
+            head_seq, head_hash = await store.audit_head(conn)
+            return v.finish(head_seq, head_hash)
+
+    async def explain(self, number: str, at: datetime, campaign_id: str) -> Explanation:
+        async with self.pool.acquire() as conn:
+            lists = await store.lists_at(conn, at)
+            rows = await store.entries_at(conn, number, at)
+            consent = await store.consented(conn, [number], campaign_id, at)
+            records = await store.audit_for_number(conn, number, at)
+        j = jurisdiction_of(number)
+        app = gate.applicable(lists, campaign_id, j)
+        app_ids = {li.id for li in app}
+        hits = [r["list_id"] for r in rows if r["list_id"] in app_ids]
+        entries = {(r["list_id"], number): gate.EntryInfo(r["added_at"], r["expires_at"]) for r in rows}
+        reg = gate.registry_reason(
+            lists,
+            j,
+            at,
+            require=self.settings.require_registry,
+            max_age_days=self.settings.registry_max_age_days,
+        )
+        d = gate.decide(number, app, hits, entries, number in consent, at, reg)
+        lines = [f"At {at.isoformat()} {number} was {'ALLOWED' if d.allowed else 'BLOCKED'} by the lists."]
+        for r in d.reasons:
+            lines.append(f"- {r.code}: {r.detail}" + (f" (since {r.since.isoformat()})" if r.since else ""))
+        checks = [r for r in records if r.action == "check"]
+        if checks:
+            c = checks[-1]
+            lines.append(
+                f"Nearest dial-time decision: #{c.seq} at {c.at.isoformat()} for campaign {c.campaign_id or '-'} "
+                f"call {c.call_id or '-'}: {c.result}{' (' + c.reason + ')' if c.reason else ''}."
+            )
+        else:
+            lines.append("No dial-time decision was recorded for this number at or before that time.")
+        return Explanation(number, at, d, records, "\n".join(lines))
+
+
+def _list_name(kind: str, campaign_id: str, state: str, j: str) -> str:
+    return {
+        "internal": "Company do-not-call list",
+        "campaign": f"Campaign {campaign_id} do-not-call list",
+        "national": f"National registry {j}",
+        "state": f"State list {j}-{state.upper()}",
+        "wireless": f"Wireless numbers {j}",
+    }[kind]
+
+
+def _reason_dict(r: gate.Reason) -> dict[str, str]:
+    return {
+        "code": r.code,
+        "list_id": r.list_id,
+        "since": r.since.isoformat() if r.since else "",
+        "expires_at": r.expires_at.isoformat() if r.expires_at else "",
+    }
+
+
+class _LineParser:
+    """One registry-file line -> ("+" or "-", E.164), counting lines and invalid ones (with samples).
+    FULL files hold one number a line; CHANGES files "+N" / "-N" or two columns (number and A/D)."""
+
+    def __init__(self, res: ImportResult, mode: str, jurisdiction: str) -> None:
+        self.res = res
+        self.mode = mode
+        self.jurisdiction = jurisdiction
+
+    def bad(self, line: str) -> None:
+        self.res.invalid += 1
+        if len(self.res.invalid_samples) < 10:
+            self.res.invalid_samples.append(line[:64])
+
+    def __call__(self, line: str) -> tuple[str, str] | None:
+        s = line.strip().strip("\ufeff")
+        if not s or s.startswith("#"):
+            return None
+        self.res.lines += 1
+        op = "+"
+        if self.mode == "changes":
+            if s[0] in "+-":
+                op, s = s[0], s[1:].strip()
+            else:
+                cols = s.replace(",", " ").replace("|", " ").replace(";", " ").split()
+                flags = [c for c in cols if c.upper() in ("A", "D", "ADD", "DEL", "DELETE")]
+                nums = [c for c in cols if c not in flags]
+                if len(flags) != 1 or len(nums) != 1:
+                    self.bad(line)
+                    return None
+                op = "-" if flags[0].upper().startswith("D") else "+"
+                s = nums[0]
+        e = registry_line(s, self.jurisdiction)
+        if e is None:
+            self.bad(line)
+            return None
+        return op, e

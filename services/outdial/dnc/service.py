@@ -1,0 +1,331 @@
+"""gRPC glue of the DncService: protobuf <-> domain objects, nothing else."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from outdial.core.auth import current_actor
+from outdial.core.errors import FailedPrecondition, InvalidArgument
+from outdial.dnc import gate, store
+from outdial.dnc.audit import AuditRecord
+from outdial.dnc.engine import DncEngine
+from outdial.v1 import common_pb2, dnc_pb2, dnc_pb2_grpc
+
+KIND_TO_PB = {
+    "internal": dnc_pb2.LIST_KIND_INTERNAL,
+    "campaign": dnc_pb2.LIST_KIND_CAMPAIGN,
+    "national": dnc_pb2.LIST_KIND_NATIONAL,
+    "state": dnc_pb2.LIST_KIND_STATE,
+    "wireless": dnc_pb2.LIST_KIND_WIRELESS,
+}
+PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}
+J_TO_PB = {
+    "US": common_pb2.JURISDICTION_US,
+    "CA": common_pb2.JURISDICTION_CA,
+    "UK": common_pb2.JURISDICTION_UK,
+}
+PB_TO_J = {v: k for k, v in J_TO_PB.items()}
+CONSENT = {
+    dnc_pb2.CONSENT_KIND_EXPRESS: "express",
+    dnc_pb2.CONSENT_KIND_EXPRESS_WRITTEN: "express_written",
+    dnc_pb2.CONSENT_KIND_EXISTING_BUSINESS_RELATIONSHIP: "existing_business_relationship",
+}
+
+
+def ts(dt: datetime | None) -> Timestamp | None:
+    if dt is None:
+        return None
+    t = Timestamp()
+    t.FromDatetime(dt.astimezone(UTC))
+    return t
+
+
+def from_ts(t: Timestamp, has: bool) -> datetime | None:
+    if not has:
+        return None
+    return t.ToDatetime(tzinfo=UTC)
+
+
+def reason_pb(r: gate.Reason) -> dnc_pb2.BlockReason:
+    return dnc_pb2.BlockReason(
+        code=r.code,
+        list_id=r.list_id,
+        list_kind=KIND_TO_PB.get(r.list_kind, dnc_pb2.LIST_KIND_UNSPECIFIED),
+        since=ts(r.since),
+        expires_at=ts(r.expires_at),
+        detail=r.detail,
+    )
+
+
+def decision_pb(d: gate.Decision, seq: int = 0) -> dnc_pb2.NumberDecision:
+    return dnc_pb2.NumberDecision(
+        number=d.number, allowed=d.allowed, reasons=[reason_pb(r) for r in d.reasons], audit_seq=seq
+    )
+
+
+def record_pb(r: AuditRecord) -> dnc_pb2.AuditRecord:
+    return dnc_pb2.AuditRecord(
+        seq=r.seq,
+        at=ts(r.at),
+        actor=r.actor,
+        action=r.action,
+        number=r.number,
+        campaign_id=r.campaign_id,
+        result=r.result,
+        reason=r.reason,
+        details_json=r.details,
+        prev_hash=r.prev_hash,
+        hash=r.hash,
+        call_id=r.call_id,
+    )
+
+
+def _token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"a1:{seq}".encode()).decode()
+
+
+def _untoken(tok: str) -> int:
+    try:
+        kind, seq = base64.urlsafe_b64decode(tok.encode()).decode().split(":", 1)
+        if kind != "a1":
+            raise ValueError(kind)
+        return int(seq)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("bad page token", field="page_token") from exc
+
+
+class DncServicer(dnc_pb2_grpc.DncServiceServicer):
+    def __init__(self, engine: DncEngine) -> None:
+        self.engine = engine
+
+    def _list(self, req: Any) -> gate.ListInfo:
+        return self.engine.resolve_list(
+            req.list_id,
+            PB_TO_KIND.get(req.list_kind, ""),
+            req.campaign_id,
+            req.state,
+            PB_TO_J.get(req.jurisdiction, ""),
+        )
+
+    async def CheckNumbers(
+        self, request: dnc_pb2.CheckNumbersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dnc_pb2.CheckNumbersResponse:
+        decisions, seqs = await self.engine.check(
+            list(request.numbers),
+            request.campaign_id,
+            PB_TO_J.get(request.jurisdiction, ""),
+            dial_time=request.dial_time,
+            call_ids=list(request.call_ids),
+            actor=current_actor(),
+        )
+        return dnc_pb2.CheckNumbersResponse(
+            decisions=[decision_pb(d, s) for d, s in zip(decisions, seqs, strict=True)]
+        )
+
+    async def AddNumbers(
+        self, request: dnc_pb2.AddNumbersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dnc_pb2.AddNumbersResponse:
+        li = self._list(request)
+        if li.kind == "national":
+            raise FailedPrecondition("national registry lists change only by ImportRegistry")
+        ok, bad = self.engine.normalise_many(list(request.numbers), li.jurisdiction)
+        if not ok and not bad:
+            raise InvalidArgument("no numbers given", field="numbers")
+        added, _ = await self.engine.add(
+            li,
+            ok,
+            actor=current_actor(),
+            reason=request.reason,
+            source=request.source or "api",
+            expires_at=from_ts(request.expires_at, request.HasField("expires_at")),
+        )
+        return dnc_pb2.AddNumbersResponse(
+            added=len(added), already_present=len(ok) - len(added), invalid=bad, list_id=li.id
+        )
+
+    async def RemoveNumbers(
+        self, request: dnc_pb2.RemoveNumbersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dnc_pb2.RemoveNumbersResponse:
+        li = self._list(request)
+        if not request.reason:
+            raise InvalidArgument("a removal needs a reason (it is audited)", field="reason")
+        ok, _bad = self.engine.normalise_many(list(request.numbers), li.jurisdiction)
+        removed = await self.engine.remove(li, ok, actor=current_actor(), reason=request.reason)
+        return dnc_pb2.RemoveNumbersResponse(
+            removed=len(removed), not_present=len(request.numbers) - len(removed), list_id=li.id
+        )
+
+    async def ListLists(
+        self, request: dnc_pb2.ListListsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dnc_pb2.ListListsResponse:
+        async with self.engine.pool.acquire() as conn:
+            rows = await store.list_counts(conn)
+        return dnc_pb2.ListListsResponse(
+            lists=[
+                dnc_pb2.DncList(
+                    id=li.id,
+                    kind=KIND_TO_PB[li.kind],
+                    name=li.name,
+                    jurisdiction=J_TO_PB.get(li.jurisdiction, common_pb2.JURISDICTION_UNSPECIFIED),
+                    state=li.state,
+                    campaign_id=li.campaign_id,
+                    entries=n,
+                    registry_date=ts(li.registry_date),
+                    updated_at=ts(updated),
+                )
+                for li, n, updated in rows
+            ]
+        )
+
+    async def ImportRegistry(
+        self,
+        request_iterator: AsyncIterator[dnc_pb2.ImportRegistryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> dnc_pb2.ImportRegistryResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgument("the first message must be the header", field="header")
+        h = first.header
+        kind = PB_TO_KIND.get(h.list_kind, "national")
+        li = self.engine.resolve_list(h.list_id, kind, "", h.state, PB_TO_J.get(h.jurisdiction, "US"))
+        if li.kind in ("internal", "campaign"):
+            raise InvalidArgument("import into national, state or wireless lists", field="list_kind")
+        downloaded = from_ts(h.downloaded_at, h.HasField("downloaded_at"))
+        if downloaded is None:
+            raise InvalidArgument(
+                "downloaded_at is required (the registry copy's age is checked)", field="downloaded_at"
+            )
+        mode = "changes" if h.mode == dnc_pb2.IMPORT_MODE_CHANGES else "full"
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for msg in request_iterator:
+                if msg.HasField("header"):
+                    raise InvalidArgument("only one header", field="header")
+                yield msg.chunk
+
+        res = await self.engine.import_registry(
+            li, mode, downloaded, chunks(), actor=current_actor(), source=h.source or "import"
+        )
+        return dnc_pb2.ImportRegistryResponse(
+            list_id=res.list_id,
+            lines=res.lines,
+            added=res.added,
+            removed=res.removed,
+            invalid=res.invalid,
+            invalid_samples=res.invalid_samples,
+            index_version=res.index_version,
+        )
+
+    async def QueryAudit(
+        self, request: dnc_pb2.QueryAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[dnc_pb2.QueryAuditResponse]:
+        number = request.number
+        if number:
+            ok, bad = self.engine.normalise_many([number])
+            if bad:
+                raise InvalidArgument("not a phone number", field="number")
+            number = ok[0]
+        f = store.AuditFilter(
+            number=number,
+            campaign_id=request.campaign_id,
+            since=from_ts(request.since, request.HasField("since")),
+            until=from_ts(request.until, request.HasField("until")),
+            actor=request.actor,
+            action=request.action,
+            result=request.result,
+        )
+        after = _untoken(request.page_token) if request.page_token else 0
+        one_page = request.page_size > 0 or bool(request.page_token)
+        size = min(request.page_size or 1000, 5000)
+        while True:
+            async with self.engine.pool.acquire() as conn:
+                recs = await store.query_audit(conn, f, after, size + 1)
+            more = len(recs) > size
+            recs = recs[:size]
+            after = recs[-1].seq if recs else after
+            yield dnc_pb2.QueryAuditResponse(
+                records=[record_pb(r) for r in recs], next_page_token=_token(after) if more else ""
+            )
+            if one_page or not more:
+                return
+
+    async def VerifyAudit(
+        self, request: dnc_pb2.VerifyAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dnc_pb2.VerifyAuditResponse:
+        v = await self.engine.verify(request.from_seq)
+        return dnc_pb2.VerifyAuditResponse(
+            ok=v.ok,
+            records_checked=v.checked,
+            first_bad_seq=v.first_bad_seq,
+            problem=v.problem,
+            head_hash=v.head_hash,
+        )
+
+    async def ExplainDecision(
+        self, request: dnc_pb2.ExplainDecisionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dnc_pb2.ExplainDecisionResponse:
+        ok, bad = self.engine.normalise_many([request.number])
+        if bad or not ok:
+            raise InvalidArgument("not a phone number", field="number")
+        at = from_ts(request.at, request.HasField("at")) or self.engine.clock.now()
+        e = await self.engine.explain(ok[0], at, request.campaign_id)
+        return dnc_pb2.ExplainDecisionResponse(
+            number=e.number,
+            at=ts(e.at),
+            decision=decision_pb(e.decision),
+            records=[record_pb(r) for r in e.records],
+            explanation=e.text,
+        )
+
+    async def RecordOptOut(
+        self, request: dnc_pb2.RecordOptOutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dnc_pb2.RecordOptOutResponse:
+        ok, bad = self.engine.normalise_many([request.number])
+        if bad or not ok:
+            raise InvalidArgument("not a phone number", field="number")
+        actor = current_actor()
+        if request.agent_id:
+            actor = f"{actor} (agent {request.agent_id})"
+        _, records = await self.engine.add(
+            gate.ListInfo("internal", "internal"),
+            ok,
+            actor=actor,
+            reason="opt-out",
+            source=request.source or "api",
+            expires_at=None,
+            action="opt_out",
+            call_id=request.call_id,
+            campaign_id=request.campaign_id,
+        )
+        return dnc_pb2.RecordOptOutResponse(list_id="internal", audit_seq=records[-1].seq if records else 0)
+
+    async def SetConsent(
+        self, request: dnc_pb2.SetConsentRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dnc_pb2.SetConsentResponse:
+        ok, bad = self.engine.normalise_many([request.number])
+        if bad or not ok:
+            raise InvalidArgument("not a phone number", field="number")
+        if not request.revoke and request.kind not in CONSENT:
+            raise InvalidArgument("consent kind is required", field="kind")
+        rec = await self.engine.set_consent(
+            ok[0],
+            CONSENT.get(request.kind, ""),
+            request.revoke,
+            request.campaign_id,
+            request.evidence,
+            current_actor(),
+            from_ts(request.expires_at, request.HasField("expires_at")),
+        )
+        return dnc_pb2.SetConsentResponse(audit_seq=rec.seq)
+
+    async def RebuildIndex(
+        self, request: dnc_pb2.RebuildIndexRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dnc_pb2.RebuildIndexResponse:
+        version, n = await self.engine.rebuild(current_actor())
+        return dnc_pb2.RebuildIndexResponse(index_version=version, numbers=n)
