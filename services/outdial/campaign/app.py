@@ -2,17 +2,75 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import grpc
 
+from outdial.campaign import store
+from outdial.campaign.events import EventConsumer
+from outdial.campaign.feeder import Feeder
+from outdial.campaign.model import CampaignRecord
+from outdial.campaign.scheduler import CampaignScheduler
+from outdial.campaign.service import CampaignServicer
+from outdial.campaign.settings import CampaignSettings
+from outdial.core import keys
 from outdial.core.server import ServiceContext, ServiceSpec
 from outdial.v1 import campaign_pb2_grpc
 
+log = logging.getLogger("outdial.campaign")
+
+
+async def _publish_all(ctx: ServiceContext, sched: CampaignScheduler) -> None:
+    """At start: write every campaign's config to Redis, rebuild the active set, schedule start/end."""
+    await ctx.ready.wait()
+    delay = 0.5
+    while True:
+        try:
+            recs = await store.all_campaigns(ctx.pool)
+            for rec in recs:
+                await store.publish(ctx.redis, rec)
+                sched.sync(rec)
+            active = {r.id for r in recs if r.state == "active"}
+            stale = [
+                str(c) for c in await ctx.redis.smembers(keys.active_campaigns()) if str(c) not in active
+            ]
+            if stale:
+                await ctx.redis.srem(keys.active_campaigns(), *stale)
+            log.info("published %d campaign configs (%d active)", len(recs), len(active))
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("publishing campaign configs failed; retrying")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
 
 async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
-    campaign_pb2_grpc.add_CampaignServiceServicer_to_server(
-        campaign_pb2_grpc.CampaignServiceServicer(),  # type: ignore[abstract]  # replaced by the service issue
-        server,
-    )
+    settings = CampaignSettings()
+    feeder = Feeder(ctx.pool, ctx.redis, ctx.clock, settings, ctx.channel("dnc"), ctx.instance_id)
+    servicer = CampaignServicer(ctx, settings)
+    sched = CampaignScheduler(servicer._move)
+
+    async def changed(rec: CampaignRecord) -> None:
+        sched.sync(rec)
+        if rec.state == "active":
+            feeder.wake.set()
+
+    servicer.on_change = changed
+    campaign_pb2_grpc.add_CampaignServiceServicer_to_server(servicer, server)
+    consumer = EventConsumer(ctx.pool, ctx.redis, ctx.clock, settings, ctx.instance_id)
+    sched.start()
+
+    async def _stop() -> None:
+        sched.shutdown()
+
+    ctx.on_close(_stop)
+    ctx.spawn(_publish_all(ctx, sched), "publish")
+    ctx.spawn(feeder.run(ctx.ready), "feeder")
+    ctx.spawn(consumer.run(ctx.ready), "events")
+    servicer.feeder, servicer.consumer, servicer.scheduler = feeder, consumer, sched
 
 
 SPEC = ServiceSpec(name="campaign", full_names=("outdial.v1.CampaignService",), setup=setup)

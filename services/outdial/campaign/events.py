@@ -1,0 +1,293 @@
+"""Call-event consumer (group "campaign" on ``keys.call_events()``): call detail records and lead updates.
+
+At-least-once delivery, applied exactly once: each event is applied in one PostgreSQL transaction that
+first inserts its ``event_id`` into ``campaign_events_applied``; a redelivered event finds it there and
+changes nothing. The entry is acknowledged (XACK) only after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import redis.exceptions
+
+from outdial.campaign import retries
+from outdial.campaign.settings import CampaignSettings
+from outdial.core import keys
+from outdial.core.clock import Clock
+from outdial.core.redis import Redis
+
+log = logging.getLogger("outdial.campaign.events")
+
+
+def _ts(v: str | None) -> datetime | None:
+    if not v:
+        return None
+    try:
+        return datetime.fromtimestamp(int(float(v)) / 1000, UTC)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(v: str | None) -> int | None:
+    try:
+        return int(v) if v not in (None, "") else None
+    except ValueError:
+        return None
+
+
+class EventConsumer:
+    def __init__(
+        self, pool: asyncpg.Pool, redis: Redis, clock: Clock, settings: CampaignSettings, consumer: str
+    ) -> None:
+        self.pool = pool
+        self.redis = redis
+        self.clock = clock
+        self.settings = settings
+        self.group = settings.consumer_group
+        self.consumer = consumer
+        self.stream = keys.call_events()
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, ready: asyncio.Event) -> None:
+        await ready.wait()
+        backoff = 0.5
+        pending_first = True
+        while True:
+            try:
+                await self.ensure_group()
+                n = await self.read_once(pending=pending_first)
+                if pending_first and n == 0:
+                    pending_first = False
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event consumer failed; retrying in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def read_once(self, *, pending: bool = False, block_ms: int | None = None) -> int:
+        """Read and apply one batch; returns the number of entries handled."""
+        resp: Any = await self.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            {self.stream: "0" if pending else ">"},
+            count=self.settings.events_batch,
+            block=None if pending else (block_ms if block_ms is not None else self.settings.events_block_ms),
+        )
+        handled = 0
+        for _stream, entries in resp or []:
+            for entry_id, fields in entries:
+                await self.apply(dict(fields))
+                await self.redis.xack(self.stream, self.group, entry_id)
+                handled += 1
+        return handled
+
+    async def apply(self, ev: dict[str, str]) -> bool:
+        """Apply one event; False when it was already applied (or carries no event_id)."""
+        eid = ev.get("event_id")
+        if not eid:
+            log.warning("call event without event_id ignored: %s", ev.get("type"))
+            return False
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await conn.fetchval(
+                "INSERT INTO campaign_events_applied (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1",
+                eid,
+            )
+            if fresh is None:
+                return False
+            await self._apply(conn, ev)
+        return True
+
+    async def _apply(self, conn: asyncpg.Connection, ev: dict[str, str]) -> None:
+        typ = ev.get("type", "")
+        call_id = ev.get("call_id", "")
+        cid = ev.get("campaign_id", "")
+        if not call_id or not cid:
+            return
+        at = _ts(ev.get("at")) or self.clock.now()
+        lead_id = _int(ev.get("lead_id"))
+        if lead_id is not None:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM leads WHERE id = $1 AND campaign_id = $2", lead_id, cid
+            )
+            if not exists:
+                lead_id = None
+        await conn.execute(
+            """INSERT INTO call_records (call_id, campaign_id, lead_id, called_number) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (call_id) DO NOTHING""",
+            call_id,
+            cid,
+            lead_id,
+            ev.get("number", ""),
+        )
+        if typ == "call.dialing":
+            await conn.execute(
+                """UPDATE call_records SET calling_number = $2, called_number = coalesce(nullif($3, ''), called_number),
+                          attempt = $4, dial_at = coalesce(dial_at, $5), updated_at = now() WHERE call_id = $1""",
+                call_id,
+                ev.get("caller_id", ""),
+                ev.get("number", ""),
+                _int(ev.get("attempt")) or 0,
+                at,
+            )
+            if lead_id is not None:
+                await conn.execute(
+                    """UPDATE leads SET attempts = attempts + 1, last_attempt_at = $2, updated_at = now()
+                        WHERE id = $1""",
+                    lead_id,
+                    at,
+                )
+        elif typ == "call.answered":
+            await conn.execute(
+                "UPDATE call_records SET answer = $2, answer_at = coalesce(answer_at, $3) WHERE call_id = $1",
+                call_id,
+                ev.get("answer", ""),
+                at,
+            )
+        elif typ == "call.connected":
+            await conn.execute(
+                "UPDATE call_records SET agent_id = $2, connect_at = coalesce(connect_at, $3) WHERE call_id = $1",
+                call_id,
+                ev.get("agent_id", ""),
+                at,
+            )
+        elif typ == "call.ended":
+            await self._ended(conn, ev, call_id, cid, lead_id, at)
+        elif typ == "agent.disposition":
+            await self._disposition(conn, ev, call_id, lead_id, at)
+        elif typ == "dial.blocked":
+            await self._blocked(conn, ev, call_id, lead_id, at)
+
+    async def _ended(
+        self,
+        conn: asyncpg.Connection,
+        ev: dict[str, str],
+        call_id: str,
+        cid: str,
+        lead_id: int | None,
+        at: datetime,
+    ) -> None:
+        outcome = ev.get("outcome", "")
+        dur = ev.get("duration_s", "")
+        await conn.execute(
+            """UPDATE call_records SET outcome = $2, dial_at = coalesce($3, dial_at), answer_at = coalesce($4, answer_at),
+                      connect_at = coalesce($5, connect_at), end_at = coalesce($6, $9),
+                      agent_id = coalesce(nullif($7, ''), agent_id), duration_s = $8, updated_at = now()
+                WHERE call_id = $1""",
+            call_id,
+            outcome,
+            _ts(ev.get("dial_at")),
+            _ts(ev.get("answer_at")),
+            _ts(ev.get("connect_at")),
+            _ts(ev.get("end_at")),
+            ev.get("agent_id", ""),
+            float(dur) if dur not in ("", None) else None,
+            at,
+        )
+        if lead_id is None:
+            return
+        rec = await conn.fetchrow("SELECT disposition FROM call_records WHERE call_id = $1", call_id)
+        if outcome == "connected" and rec is not None and rec["disposition"]:
+            return  # the disposition (already applied) decides
+        cfg = await conn.fetchval("SELECT settings::text FROM campaigns WHERE id = $1", cid)
+        s: dict[str, Any] = json.loads(cfg) if cfg else {}
+        counts = await conn.fetchrow(
+            """SELECT count(*) FILTER (WHERE outcome = $2) AS same,
+                      count(*) FILTER (WHERE outcome NOT IN ('', 'blocked')) AS total
+                 FROM call_records WHERE lead_id = $1""",
+            lead_id,
+            outcome,
+        )
+        assert counts is not None
+        upd = retries.after_outcome(
+            outcome,
+            outcome_count=int(counts["same"]),
+            attempts_total=int(counts["total"]),
+            rules=s.get("retry_rules", []),
+            max_attempts_per_lead=int(s.get("max_attempts_per_lead", 0) or 0),
+            now=at,
+        )
+        await conn.execute(
+            """UPDATE leads SET status = $2, final_reason = $3, next_attempt_at = $4, last_outcome = $5,
+                      recheck_at = NULL, updated_at = now()
+                WHERE id = $1 AND NOT (status = 'final' AND final_reason IN ('dnc', 'wrong_number'))""",
+            lead_id,
+            upd.status,
+            upd.final_reason,
+            upd.next_attempt_at,
+            outcome,
+        )
+
+    async def _disposition(
+        self, conn: asyncpg.Connection, ev: dict[str, str], call_id: str, lead_id: int | None, at: datetime
+    ) -> None:
+        disp = ev.get("disposition", "")
+        await conn.execute(
+            """UPDATE call_records SET disposition = $2, notes = $3, agent_id = coalesce(nullif($4, ''), agent_id),
+                      updated_at = now() WHERE call_id = $1""",
+            call_id,
+            disp,
+            ev.get("notes", ""),
+            ev.get("agent_id", ""),
+        )
+        if lead_id is None:
+            return
+        upd = retries.after_disposition(disp, _ts(ev.get("callback_at")), at)
+        await conn.execute(
+            """UPDATE leads SET status = $2, final_reason = $3, next_attempt_at = $4, recheck_at = NULL,
+                      updated_at = now() WHERE id = $1""",
+            lead_id,
+            upd.status,
+            upd.final_reason,
+            upd.next_attempt_at,
+        )
+        if upd.status == "callback" and upd.next_attempt_at is not None:
+            await conn.execute(
+                """INSERT INTO callbacks (id, campaign_id, lead_id, at, agent_id, note, created_by)
+                   SELECT $1, campaign_id, id, $2, $3, $4, 'disposition' FROM leads WHERE id = $5""",
+                f"disp-{call_id}",
+                upd.next_attempt_at,
+                ev.get("agent_id", ""),
+                ev.get("notes", ""),
+                lead_id,
+            )
+
+    async def _blocked(
+        self, conn: asyncpg.Connection, ev: dict[str, str], call_id: str, lead_id: int | None, at: datetime
+    ) -> None:
+        try:
+            reasons = [str(r) for r in json.loads(ev.get("reasons") or "[]")]
+        except ValueError:
+            reasons = []
+        await conn.execute(
+            "UPDATE call_records SET outcome = 'blocked', notes = $2, dial_at = NULL, end_at = $3 WHERE call_id = $1",
+            call_id,
+            json.dumps({"reasons": reasons, "detail": ev.get("detail", "")}),
+            at,
+        )
+        if lead_id is None:
+            return
+        if any(r.startswith("dnc.") for r in reasons):
+            await conn.execute(
+                "UPDATE leads SET status = 'final', final_reason = 'dnc', updated_at = now() WHERE id = $1",
+                lead_id,
+            )
+        else:
+            await conn.execute(
+                "UPDATE leads SET recheck_at = $2, updated_at = now() WHERE id = $1",
+                lead_id,
+                at + timedelta(minutes=15),
+            )

@@ -1,0 +1,454 @@
+"""Campaign settings: defaults per jurisdiction, validation (naming the field), proto <-> dict, the lifecycle.
+
+The settings dict is stored as-is in ``campaigns.settings`` and is, with id/name/state added, the JSON the
+campaign service writes to Redis for the dialer (the campaign-config contract of COMMON.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import phonenumbers
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from outdial.core.errors import FailedPrecondition, InvalidArgument
+from outdial.rules import windows
+from outdial.v1 import campaign_pb2, common_pb2
+
+DIAL_MODES = ("preview", "progressive", "power", "predictive", "agentless")
+JURISDICTIONS = ("US", "CA", "UK")
+STATES = ("draft", "active", "paused", "completed", "archived")
+OUTCOMES = ("no_answer", "busy", "failed", "machine", "fax", "connected", "abandoned", "blocked")
+
+#: Abandonment cap and measurement window per jurisdiction.
+#: US: 3 % of live answers per campaign per 30-day period (47 CFR 64.1200(a)(7)(i)).
+#: UK: 3 % per campaign per 24 hours (Ofcom persistent-misuse policy).
+#: CA: 5 % per campaign (CRTC Telemarketing Rules); outdial measures it over 30 days: check the current rule.
+ABANDON_LAW: dict[str, tuple[float, int]] = {
+    "US": (0.03, 30 * 86400),
+    "UK": (0.03, 86400),
+    "CA": (0.05, 30 * 86400),
+}
+DEFAULT_REGION = {"US": "US", "CA": "CA", "UK": "GB"}
+#: Ring at least 15 s (47 CFR 64.1200(a)(6); Ofcom).
+MIN_RING_TIMEOUT_S = 15
+
+DEFAULT_DISPOSITIONS = ["sale", "callback", "not_interested", "wrong_number", "do_not_call", "no_contact"]
+
+
+def default_retry_rules(jurisdiction: str) -> list[dict[str, Any]]:
+    abandoned_delay = 72 * 3600 if jurisdiction == "UK" else 3600
+    return [
+        {"outcome": "no_answer", "delay_s": 3600, "max_attempts": 5},
+        {"outcome": "busy", "delay_s": 600, "max_attempts": 5},
+        {"outcome": "machine", "delay_s": 4 * 3600, "max_attempts": 3},
+        {"outcome": "abandoned", "delay_s": abandoned_delay, "max_attempts": 3},
+        {"outcome": "failed", "delay_s": 3600, "max_attempts": 2},
+        {"outcome": "fax", "delay_s": 0, "max_attempts": 0},
+    ]
+
+
+def defaults(jurisdiction: str = "US") -> dict[str, Any]:
+    cap, window_s = ABANDON_LAW[jurisdiction]
+    return {
+        "dial_mode": "progressive",
+        "power_ratio": 1.0,
+        "caller_id": "",
+        "jurisdiction": jurisdiction,
+        "calling_window": windows.window_to_json(windows.WindowSpec()),
+        "abandon_cap": cap,
+        "abandon_window_s": window_s,
+        "retry_rules": default_retry_rules(jurisdiction),
+        "max_calls_per_number_24h": 0,
+        "default_region": DEFAULT_REGION[jurisdiction],
+        "ring_timeout_s": 25,
+        "max_lines_per_agent": 3,
+        "dispositions": list(DEFAULT_DISPOSITIONS),
+        "seller_name": "",
+        "opt_out_number": "",
+        "max_attempts_per_lead": 0,
+    }
+
+
+@dataclass
+class CampaignRecord:
+    id: str
+    name: str
+    description: str
+    state: str
+    settings: dict[str, Any]
+    scheduled_start: datetime | None
+    scheduled_end: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> CampaignRecord:
+        s = row["settings"]
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            description=row["description"],
+            state=row["state"],
+            settings=json.loads(s) if isinstance(s, str) else dict(s),
+            scheduled_start=row["scheduled_start"],
+            scheduled_end=row["scheduled_end"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+    def config_json(self) -> dict[str, Any]:
+        """The campaign-config contract read by the dialer and the agent service."""
+        s = self.settings
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            **{k: s[k] for k in s},
+            "seller_name": s.get("seller_name") or self.name,
+            "opt_out_number": s.get("opt_out_number") or s.get("caller_id", ""),
+        }
+
+    def to_proto(self) -> campaign_pb2.Campaign:
+        s = self.settings
+        c = campaign_pb2.Campaign(
+            id=self.id,
+            name=self.name,
+            description=self.description,
+            state=common_pb2.CampaignState.Value(f"CAMPAIGN_STATE_{self.state.upper()}"),
+            dial_mode=common_pb2.DialMode.Value(f"DIAL_MODE_{s['dial_mode'].upper()}"),
+            power_ratio=float(s["power_ratio"]),
+            caller_id=s["caller_id"],
+            jurisdiction=common_pb2.Jurisdiction.Value(f"JURISDICTION_{s['jurisdiction']}"),
+            abandon_cap=float(s["abandon_cap"]),
+            max_calls_per_number_24h=int(s["max_calls_per_number_24h"]),
+            default_region=s["default_region"],
+            max_lines_per_agent=int(s["max_lines_per_agent"]),
+            dispositions=list(s["dispositions"]),
+            seller_name=s.get("seller_name", ""),
+            opt_out_number=s.get("opt_out_number", ""),
+            max_attempts_per_lead=int(s.get("max_attempts_per_lead", 0)),
+        )
+        cw = s["calling_window"]
+        c.calling_window.start_local = cw["start_local"]
+        c.calling_window.end_local = cw["end_local"]
+        c.calling_window.days_of_week.extend(cw["days_of_week"])
+        c.calling_window.holiday_dates.extend(cw["holiday_dates"])
+        c.calling_window.skip_public_holidays = bool(cw["skip_public_holidays"])
+        c.abandon_window.FromSeconds(int(s["abandon_window_s"]))
+        c.ring_timeout.FromSeconds(int(s["ring_timeout_s"]))
+        for r in s["retry_rules"]:
+            rr = c.retry_rules.add(
+                outcome=common_pb2.CallOutcome.Value(f"CALL_OUTCOME_{r['outcome'].upper()}"),
+                max_attempts=int(r["max_attempts"]),
+            )
+            rr.delay.FromSeconds(int(r["delay_s"]))
+        for name, ts in (("scheduled_start", self.scheduled_start), ("scheduled_end", self.scheduled_end)):
+            if ts is not None:
+                getattr(c, name).FromDatetime(ts)
+        c.created_at.FromDatetime(self.created_at)
+        c.updated_at.FromDatetime(self.updated_at)
+        return c
+
+
+# ----------------------------------------------------------------------------------- proto -> settings
+
+#: Settable field paths of Campaign (an empty update mask means all of them).
+SETTABLE = (
+    "name",
+    "description",
+    "dial_mode",
+    "power_ratio",
+    "caller_id",
+    "jurisdiction",
+    "calling_window",
+    "abandon_cap",
+    "abandon_window",
+    "retry_rules",
+    "max_calls_per_number_24h",
+    "default_region",
+    "scheduled_start",
+    "scheduled_end",
+    "ring_timeout",
+    "max_lines_per_agent",
+    "dispositions",
+    "seller_name",
+    "opt_out_number",
+    "max_attempts_per_lead",
+)
+
+
+def _dur(d: duration_pb2.Duration) -> int:
+    return int(d.seconds)
+
+
+def _ts(t: timestamp_pb2.Timestamp) -> datetime | None:
+    if t.seconds == 0 and t.nanos == 0:
+        return None
+    return t.ToDatetime(tzinfo=UTC)
+
+
+def _enum_name(prefix: str, enum: Any, value: int, field: str) -> str | None:
+    if value == 0:
+        return None
+    try:
+        return str(enum.Name(value)).removeprefix(prefix).lower()
+    except ValueError:
+        raise InvalidArgument(f"unknown value {value}", field=field) from None
+
+
+def apply_proto(
+    rec: CampaignRecord | None, msg: campaign_pb2.Campaign, paths: list[str] | None
+) -> tuple[str, str, dict[str, Any], datetime | None, datetime | None]:
+    """Merge ``msg`` (only ``paths``; all settable fields when None) into ``rec`` (None = a new campaign).
+    Unset scalars of a new campaign take the jurisdiction's defaults. Returns validated values."""
+    if paths is not None:
+        unknown = [p for p in paths if p.split(".")[0] not in SETTABLE]
+        if unknown:
+            raise InvalidArgument(f"unknown or read-only field(s) {', '.join(unknown)}", field="update_mask")
+        want = {p.split(".")[0] for p in paths}
+    else:
+        want = set(SETTABLE)
+    creating = rec is None
+    jur_name = _enum_name("JURISDICTION_", common_pb2.Jurisdiction, msg.jurisdiction, "jurisdiction")
+    if creating:
+        jur = (jur_name or "us").upper()
+        s = defaults(jur)
+        name, description, start, end = "", "", None, None
+    else:
+        assert rec is not None
+        s = json.loads(json.dumps(rec.settings))
+        name, description, start, end = rec.name, rec.description, rec.scheduled_start, rec.scheduled_end
+        jur = s["jurisdiction"]
+        if "jurisdiction" in want and jur_name and jur_name.upper() != jur:
+            # A new jurisdiction brings its own legal defaults for what the message does not set.
+            jur = jur_name.upper()
+            law = defaults(jur)
+            for k in ("abandon_cap", "abandon_window_s", "default_region", "retry_rules"):
+                s[k] = law[k]
+            s["jurisdiction"] = jur
+
+    def take(field: str) -> bool:
+        # On create, a field is taken when set (non-default); on update with an explicit mask, always;
+        # on update without a mask, when set.
+        if field not in want:
+            return False
+        if paths is not None and not creating:
+            return True
+        return _is_set(msg, field)
+
+    name, description, start, end = _merge(msg, s, take, name, description, start, end)
+    validate(name, s, start, end)
+    return name, description, s, start, end
+
+
+Take = Any  # Callable[[str], bool]
+
+
+def _merge(
+    msg: campaign_pb2.Campaign,
+    s: dict[str, Any],
+    take: Take,
+    name: str,
+    description: str,
+    start: datetime | None,
+    end: datetime | None,
+) -> tuple[str, str, datetime | None, datetime | None]:
+    if take("name"):
+        name = msg.name.strip()
+    if take("description"):
+        description = msg.description
+    if take("dial_mode"):
+        mode = _enum_name("DIAL_MODE_", common_pb2.DialMode, msg.dial_mode, "dial_mode")
+        if mode is None:
+            raise InvalidArgument("dial_mode must be set", field="dial_mode")
+        s["dial_mode"] = mode
+    for f in ("power_ratio", "abandon_cap"):
+        if take(f):
+            s[f] = float(getattr(msg, f))
+    for f in ("caller_id", "default_region", "seller_name", "opt_out_number"):
+        if take(f):
+            s[f] = getattr(msg, f).strip()
+    for f in ("max_calls_per_number_24h", "max_lines_per_agent", "max_attempts_per_lead"):
+        if take(f):
+            s[f] = int(getattr(msg, f))
+    _merge_structs(msg, s, take)
+    if take("scheduled_start"):
+        start = _ts(msg.scheduled_start)
+    if take("scheduled_end"):
+        end = _ts(msg.scheduled_end)
+    return name, description, start, end
+
+
+def _merge_structs(msg: campaign_pb2.Campaign, s: dict[str, Any], take: Take) -> None:
+    if take("abandon_window"):
+        s["abandon_window_s"] = _dur(msg.abandon_window)
+    if take("ring_timeout"):
+        s["ring_timeout_s"] = _dur(msg.ring_timeout)
+    if take("dispositions"):
+        s["dispositions"] = [d.strip() for d in msg.dispositions]
+    if take("calling_window"):
+        cw = msg.calling_window
+        try:
+            spec = windows.window_from_json(
+                {
+                    "start_local": cw.start_local or "08:00",
+                    "end_local": cw.end_local or "21:00",
+                    "days_of_week": list(cw.days_of_week) or None,
+                    "holiday_dates": list(cw.holiday_dates),
+                    "skip_public_holidays": cw.skip_public_holidays,
+                }
+            )
+        except ValueError as exc:
+            raise InvalidArgument(str(exc), field="calling_window") from None
+        s["calling_window"] = windows.window_to_json(spec)
+    if take("retry_rules"):
+        rules: list[dict[str, Any]] = []
+        for i, r in enumerate(msg.retry_rules):
+            outcome = _enum_name(
+                "CALL_OUTCOME_", common_pb2.CallOutcome, r.outcome, f"retry_rules[{i}].outcome"
+            )
+            if outcome is None:
+                raise InvalidArgument("outcome must be set", field=f"retry_rules[{i}].outcome")
+            rules.append({"outcome": outcome, "delay_s": _dur(r.delay), "max_attempts": int(r.max_attempts)})
+        s["retry_rules"] = rules
+
+
+def _is_set(msg: campaign_pb2.Campaign, field: str) -> bool:
+    if field in ("calling_window", "abandon_window", "ring_timeout", "scheduled_start", "scheduled_end"):
+        return bool(msg.HasField(field))  # type: ignore[arg-type]
+    value = getattr(msg, field)
+    if field in ("retry_rules", "dispositions"):
+        return len(value) > 0
+    return bool(value)
+
+
+def _check_e164(value: str, field: str) -> None:
+    try:
+        num = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException:
+        raise InvalidArgument(f"{value!r} is not an E.164 number (+<country><number>)", field=field) from None
+    if not value.startswith("+") or not phonenumbers.is_valid_number(num):
+        raise InvalidArgument(f"{value!r} is not a valid E.164 number", field=field)
+    if phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164) != value:
+        raise InvalidArgument(
+            f"{value!r} is not in E.164 form (expected "
+            f"{phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.E164)})",
+            field=field,
+        )
+
+
+def validate(name: str, s: dict[str, Any], start: datetime | None, end: datetime | None) -> None:
+    if not name:
+        raise InvalidArgument("a campaign needs a name", field="name")
+    if len(name) > 200:
+        raise InvalidArgument("name is longer than 200 characters", field="name")
+    jur = s["jurisdiction"]
+    _validate_basics(s)
+    _validate_limits(jur, s)
+    _validate_retry(jur, s)
+    if not s["dispositions"] or any(not d for d in s["dispositions"]):
+        raise InvalidArgument("dispositions must be a non-empty list of names", field="dispositions")
+    if start is not None and end is not None and end <= start:
+        raise InvalidArgument("scheduled_end must be after scheduled_start", field="scheduled_end")
+
+
+def _validate_basics(s: dict[str, Any]) -> None:
+    jur = s["jurisdiction"]
+    if jur not in JURISDICTIONS:
+        raise InvalidArgument(f"jurisdiction must be one of {', '.join(JURISDICTIONS)}", field="jurisdiction")
+    if s["dial_mode"] not in DIAL_MODES:
+        raise InvalidArgument(f"dial_mode must be one of {', '.join(DIAL_MODES)}", field="dial_mode")
+    if s["dial_mode"] == "power" and not (1.0 <= s["power_ratio"] <= 10.0):
+        raise InvalidArgument("power_ratio must be between 1 and 10 in power mode", field="power_ratio")
+    if s["power_ratio"] < 0:
+        raise InvalidArgument("power_ratio must not be negative", field="power_ratio")
+    if s["caller_id"]:
+        _check_e164(s["caller_id"], "caller_id")
+    if s["opt_out_number"]:
+        _check_e164(s["opt_out_number"], "opt_out_number")
+
+
+def _validate_limits(jur: str, s: dict[str, Any]) -> None:
+    cap, window_s = ABANDON_LAW[jur]
+    if not (0.0 < s["abandon_cap"] <= cap):
+        raise InvalidArgument(
+            f"abandon_cap must be above 0 and at most the {jur} cap {cap:g} (a fraction: 0.03 = 3 %)",
+            field="abandon_cap",
+        )
+    if s["abandon_window_s"] != window_s:
+        raise InvalidArgument(
+            f"abandon_window must be the {jur} measurement period of {window_s} s", field="abandon_window"
+        )
+    if s["ring_timeout_s"] < MIN_RING_TIMEOUT_S or s["ring_timeout_s"] > 120:
+        raise InvalidArgument(
+            f"ring_timeout must be between {MIN_RING_TIMEOUT_S} s (the legal minimum) and 120 s",
+            field="ring_timeout",
+        )
+    if s["max_calls_per_number_24h"] < 0:
+        raise InvalidArgument(
+            "max_calls_per_number_24h must be >= 0 (0 = legal default)", field="max_calls_per_number_24h"
+        )
+    if s["max_attempts_per_lead"] < 0:
+        raise InvalidArgument(
+            "max_attempts_per_lead must be >= 0 (0 = no limit)", field="max_attempts_per_lead"
+        )
+    if not (1 <= s["max_lines_per_agent"] <= 20):
+        raise InvalidArgument("max_lines_per_agent must be between 1 and 20", field="max_lines_per_agent")
+    region = s["default_region"].upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise InvalidArgument(f"{s['default_region']!r} is not an ISO 3166 region", field="default_region")
+    s["default_region"] = region
+
+
+def _validate_retry(jur: str, s: dict[str, Any]) -> None:
+    seen: set[str] = set()
+    for i, r in enumerate(s["retry_rules"]):
+        if r["outcome"] not in OUTCOMES or r["outcome"] in ("connected", "blocked"):
+            raise InvalidArgument(
+                "retry rules apply to no_answer, busy, failed, machine, fax, abandoned",
+                field=f"retry_rules[{i}].outcome",
+            )
+        if r["outcome"] in seen:
+            raise InvalidArgument(f"two rules for {r['outcome']}", field=f"retry_rules[{i}].outcome")
+        seen.add(r["outcome"])
+        if r["delay_s"] < 0:
+            raise InvalidArgument("delay must not be negative", field=f"retry_rules[{i}].delay")
+        if r["max_attempts"] < 0:
+            raise InvalidArgument("max_attempts must not be negative", field=f"retry_rules[{i}].max_attempts")
+        if jur == "UK" and r["outcome"] == "abandoned" and r["max_attempts"] > 0 and r["delay_s"] < 72 * 3600:
+            raise InvalidArgument(
+                "UK: no call within 72 h of an abandoned call (Ofcom)", field=f"retry_rules[{i}].delay"
+            )
+
+
+# ----------------------------------------------------------------------------------- lifecycle
+
+#: (action, from states) -> to state
+TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
+    "start": (frozenset({"draft"}), "active"),
+    "pause": (frozenset({"active"}), "paused"),
+    "resume": (frozenset({"paused"}), "active"),
+    "complete": (frozenset({"draft", "active", "paused"}), "completed"),
+    "archive": (frozenset({"draft", "paused", "completed"}), "archived"),
+}
+
+
+def transition(rec: CampaignRecord, action: str) -> str:
+    allowed, to = TRANSITIONS[action]
+    if rec.state not in allowed:
+        raise FailedPrecondition(
+            f"cannot {action} a campaign that is {rec.state} (allowed from: {', '.join(sorted(allowed))})",
+            error_id="invalid_transition",
+        )
+    if to == "active" and not rec.settings.get("caller_id"):
+        raise FailedPrecondition("a caller ID is required to start a campaign", error_id="caller_id_required")
+    return to
+
+
+def state_from_proto(value: int) -> str:
+    name = str(common_pb2.CampaignState.Name(value))  # type: ignore[arg-type]
+    return name.removeprefix("CAMPAIGN_STATE_").lower()

@@ -1,0 +1,30 @@
+"""Settings of the campaign service (``OUTDIAL_CAMPAIGN_*``), built once in ``setup``."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CampaignSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OUTDIAL_CAMPAIGN_", extra="ignore")
+
+    # Largest lead file accepted by UploadLeads (bytes), and the longest physical line.
+    upload_max_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)
+    upload_max_line_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Rows parsed and COPY'd per batch during an upload (memory bound).
+    upload_batch_rows: int = Field(default=5000, gt=0)
+    # Hopper feeder: pass interval, leads kept ready per campaign, leads examined per pass.
+    feeder_interval_s: float = Field(default=2.0, gt=0)
+    hopper_target: int = Field(default=200, gt=0)
+    feeder_batch: int = Field(default=1000, gt=0)
+    # A lead enters the hopper only if its window is still open this long after now.
+    window_margin_s: float = Field(default=300.0, ge=0)
+    # Deadline of the DNC batch check.
+    dnc_timeout_s: float = Field(default=5.0, gt=0)
+    # How long a DNC-blocked lead is left alone before being looked at again.
+    dnc_recheck_s: float = Field(default=3600.0, gt=0)
+    # Event consumer: XREADGROUP block time and batch size.
+    events_block_ms: int = Field(default=1000, gt=0)
+    events_batch: int = Field(default=200, gt=0)
+    consumer_group: str = "campaign"

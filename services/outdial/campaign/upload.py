@@ -1,0 +1,240 @@
+"""UploadLeads: stream a CSV into a campaign, all rows or none, duplicates stored once.
+
+Memory stays bounded: records are parsed, normalised and COPY'd (asyncpg ``copy_records_to_table``) into
+temporary staging tables one batch at a time inside one transaction. At the end one set-based statement
+moves the staged numbers into ``lead_numbers`` with ``ON CONFLICT DO NOTHING`` on the unique
+(campaign_id, e164) key - which also settles two concurrent uploads of overlapping files: the second one
+waits on the first one's rows and then skips them - and inserts exactly the leads that got a number.
+A malformed file raises before the commit, so nothing of it is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from outdial.campaign.csvstream import CsvStream, MalformedFile
+from outdial.campaign.leads import Columns, LeadRow, MappingError, Parser, find_columns, normalise_row
+from outdial.campaign.store import new_id
+from outdial.core.errors import InvalidArgument
+from outdial.rules.numbers import parse_number
+
+
+@dataclass
+class UploadSummary:
+    list_id: str
+    rows: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    numbers_accepted: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    committed: bool = False
+
+
+@dataclass
+class _Batch:
+    leads: list[LeadRow] = field(default_factory=list)
+
+
+def _normalise_batch(
+    rows: list[tuple[int, list[str]]], cols: Columns, region: str, jurisdiction: str, parser: Parser
+) -> list[LeadRow]:
+    return [
+        normalise_row(n, r, cols, default_region=region, jurisdiction=jurisdiction, parser=parser)
+        for n, r in rows
+    ]
+
+
+class LeadUpload:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        campaign_id: str,
+        jurisdiction: str,
+        default_region: str,
+        mapping: Mapping[str, str],
+        file_name: str,
+        request_id: str,
+        actor: str,
+        now: datetime,
+        max_bytes: int,
+        max_line: int,
+        batch_rows: int,
+        parser: Parser = parse_number,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.cid = campaign_id
+        self.jurisdiction = jurisdiction
+        self.region = default_region
+        self.mapping = dict(mapping)
+        self.file_name = file_name
+        self.request_id = request_id
+        self.actor = actor
+        self.now = now
+        self.csv = CsvStream(max_bytes=max_bytes, max_line=max_line)
+        self.batch_rows = batch_rows
+        self.parser = parser
+        self.cols: Columns | None = None
+        self.summary = UploadSummary(list_id=new_id())
+        self.reasons: Counter[str] = Counter()
+        self.staged_leads = 0
+        self.sha = hashlib.sha256()
+        self.record_no = 1  # the header is row 1, as a spreadsheet shows it
+        self._pending: list[tuple[int, list[str]]] = []
+
+    async def run(self, chunks: AsyncIterator[bytes]) -> UploadSummary:
+        async with self.conn.transaction():
+            await self._prepare()
+            try:
+                async for chunk in chunks:
+                    self.sha.update(chunk)
+                    await self._take(self.csv.feed(chunk))
+                await self._take(self.csv.finish())
+            except MalformedFile as exc:
+                raise InvalidArgument(str(exc), field="file", error_id="malformed_file") from None
+            if self.cols is None:
+                raise InvalidArgument(
+                    "the file is empty (no header line)", field="file", error_id="malformed_file"
+                )
+            await self._flush()
+            await self._commit()
+        self.summary.committed = True
+        return self.summary
+
+    async def _prepare(self) -> None:
+        await self.conn.execute(
+            """CREATE TEMP TABLE stage_leads (lead_id bigint, row_number bigint, first_name text, last_name text,
+                   zip text, state text, fields jsonb) ON COMMIT DROP;
+               CREATE TEMP TABLE stage_numbers (lead_id bigint, row_number bigint, position smallint, e164 text,
+                   number_type text, timezones text[]) ON COMMIT DROP;"""
+        )
+        await self.conn.execute(
+            """INSERT INTO lead_lists (id, campaign_id, file_name, request_id, uploaded_by, uploaded_at)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
+            self.summary.list_id,
+            self.cid,
+            self.file_name,
+            self.request_id,
+            self.actor,
+            self.now,
+        )
+
+    async def _take(self, records: list[list[str]]) -> None:
+        for rec in records:
+            if self.cols is None:
+                try:
+                    self.cols = find_columns(rec, self.mapping)
+                except MappingError as exc:
+                    raise InvalidArgument(
+                        str(exc), field="column_mapping", error_id="no_phone_column"
+                    ) from None
+                continue
+            self.record_no += 1
+            if not rec or all(not c.strip() for c in rec):
+                continue  # blank line
+            self._pending.append((self.record_no, rec))
+            if len(self._pending) >= self.batch_rows:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._pending or self.cols is None:
+            return
+        rows, self._pending = self._pending, []
+        leads = await asyncio.to_thread(
+            _normalise_batch, rows, self.cols, self.region, self.jurisdiction, self.parser
+        )
+        with_numbers = [lead for lead in leads if lead.numbers]
+        ids: list[int] = []
+        if with_numbers:
+            ids = [
+                r[0]
+                for r in await self.conn.fetch(
+                    "SELECT nextval('leads_id_seq') FROM generate_series(1, $1)", len(with_numbers)
+                )
+            ]
+        stage_leads: list[tuple[Any, ...]] = []
+        stage_numbers: list[tuple[Any, ...]] = []
+        rejects: list[tuple[Any, ...]] = []
+        for lead in leads:
+            self.summary.rows += 1
+            for rj in lead.rejects:
+                rejects.append(
+                    (self.summary.list_id, rj.row_number, rj.field, rj.raw_value, rj.reason, rj.detail)
+                )
+            if not lead.numbers:
+                self.summary.rejected += 1
+                self.reasons[lead.rejects[0].reason] += 1
+        for lead, lid in zip(with_numbers, ids, strict=True):
+            stage_leads.append(
+                (
+                    lid,
+                    lead.row_number,
+                    lead.first_name,
+                    lead.last_name,
+                    lead.zip,
+                    lead.state,
+                    json.dumps(lead.fields),
+                )
+            )
+            for pos, (e164, ntype, zones) in enumerate(lead.numbers):
+                stage_numbers.append((lid, lead.row_number, pos, e164, ntype, list(zones)))
+        self.staged_leads += len(stage_leads)
+        if stage_leads:
+            await self.conn.copy_records_to_table("stage_leads", records=stage_leads)
+            await self.conn.copy_records_to_table("stage_numbers", records=stage_numbers)
+        if rejects:
+            await self.conn.copy_records_to_table(
+                "lead_rejects",
+                records=rejects,
+                columns=["list_id", "row_number", "field", "raw_value", "reason", "detail"],
+            )
+
+    async def _commit(self) -> None:
+        row = await self.conn.fetchrow(
+            """WITH ins AS (
+                 INSERT INTO lead_numbers (campaign_id, e164, lead_id, position, number_type, timezones)
+                 SELECT DISTINCT ON (e164) $1, e164, lead_id, position, number_type, timezones
+                   FROM stage_numbers ORDER BY e164, row_number, position
+                 ON CONFLICT (campaign_id, e164) DO NOTHING
+                 RETURNING lead_id),
+               got AS (SELECT DISTINCT lead_id FROM ins),
+               leads_in AS (
+                 INSERT INTO leads (id, campaign_id, list_id, row_number, first_name, last_name, zip, state, fields,
+                                    created_at, updated_at)
+                 SELECT s.lead_id, $1, $2, s.row_number, s.first_name, s.last_name, s.zip, s.state, s.fields, $3, $3
+                   FROM stage_leads s JOIN got USING (lead_id)
+                 RETURNING 1)
+               SELECT (SELECT count(*) FROM leads_in) AS leads, (SELECT count(*) FROM ins) AS numbers""",
+            self.cid,
+            self.summary.list_id,
+            self.now,
+        )
+        assert row is not None
+        s = self.summary
+        s.accepted = int(row["leads"])
+        s.numbers_accepted = int(row["numbers"])
+        s.duplicates = self.staged_leads - s.accepted
+        s.rejected_by_reason = dict(self.reasons)
+        await self.conn.execute(
+            """UPDATE lead_lists SET sha256 = $2, rows = $3, accepted = $4, duplicates = $5, rejected = $6,
+                      numbers_accepted = $7, rejected_by_reason = $8::jsonb WHERE id = $1""",
+            s.list_id,
+            self.sha.hexdigest(),
+            s.rows,
+            s.accepted,
+            s.duplicates,
+            s.rejected,
+            s.numbers_accepted,
+            json.dumps(s.rejected_by_reason),
+        )
