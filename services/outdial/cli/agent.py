@@ -1,0 +1,348 @@
+"""``outdial agent console|list|counts`` and ``outdial sim agents``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import termios
+import tty
+from collections import Counter, deque
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import jwt
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from outdial.agent.simulated import Distribution, agent_token, run_simulated_agents
+from outdial.cli.base import channel, command, console, fail, group, print_json, print_table, to_dict
+from outdial.core.config import Settings
+from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+
+STATE_NAMES = {v: k.removeprefix("AGENT_STATE_").lower() for k, v in common_pb2.AgentState.items()}
+
+
+def _since(ts: Any) -> str:
+    if not ts.seconds:
+        return ""
+    return str(ts.ToDatetime(tzinfo=UTC).astimezone().strftime("%H:%M:%S"))
+
+
+# ------------------------------------------------------------------------------------------- list / counts
+
+
+async def agent_list(args: argparse.Namespace, settings: Settings) -> int:
+    stub = agent_pb2_grpc.AgentServiceStub(channel(args, settings, "agent"))
+    resp = await stub.ListAgents(agent_pb2.ListAgentsRequest(campaign_id=args.campaign or ""))
+    if args.json:
+        print_json([to_dict(a) for a in resp.agents])
+        return 0
+    print_table(
+        f"agents{' of ' + args.campaign if args.campaign else ''}",
+        ["agent", "state", "since", "campaigns (priority)", "skills", "call", "pause reason"],
+        [
+            (
+                a.agent_id,
+                STATE_NAMES.get(a.state, "?"),
+                _since(a.since),
+                ", ".join(f"{c.campaign_id} ({c.priority})" for c in a.campaigns),
+                ", ".join(a.skills),
+                a.call_id,
+                a.pause_reason,
+            )
+            for a in resp.agents
+        ],
+    )
+    return 0
+
+
+async def agent_counts(args: argparse.Namespace, settings: Settings) -> int:
+    stub = agent_pb2_grpc.AgentServiceStub(channel(args, settings, "agent"))
+    resp = await stub.GetAgentCounts(agent_pb2.GetAgentCountsRequest(campaign_id=args.campaign))
+    if args.json:
+        print_json(to_dict(resp.counts))
+        return 0
+    c = resp.counts
+    print_table(
+        f"agents of {args.campaign}",
+        ["logged in", "ready", "reserved", "on call", "wrap-up", "paused"],
+        [(c.logged_in, c.ready, c.reserved, c.on_call, c.wrap_up, c.paused)],
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- console
+
+
+class ConsoleState:
+    def __init__(self, dispositions: list[str]) -> None:
+        self.status: agent_pb2.AgentStatus | None = None
+        self.offer: agent_pb2.CallOffer | None = None
+        self.log: deque[str] = deque(maxlen=8)
+        self.dispositions = dispositions
+        self.prompt = ""
+
+    def note(self, text: str) -> None:
+        self.log.appendleft(f"{datetime.now().strftime('%H:%M:%S')} {text}")
+
+    def render(self) -> Panel:
+        st = self.status
+        state = STATE_NAMES.get(st.state, "?") if st else "connecting"
+        head = Table.grid(padding=(0, 2))
+        head.add_row("agent", Text(st.agent_id if st else "", style="bold"))
+        head.add_row("state", Text(state.upper(), style="bold green" if state == "ready" else "bold yellow"))
+        head.add_row("since", _since(st.since) if st else "")
+        if st and st.pause_reason:
+            head.add_row("pause reason", st.pause_reason)
+        if st:
+            head.add_row("campaigns", ", ".join(f"{c.campaign_id} ({c.priority})" for c in st.campaigns))
+        parts: list[Any] = [head]
+        if self.offer is not None:
+            o = self.offer
+            call = Table(title=f"call {o.call_id}", show_header=False)
+            call.add_row("lead", f"{o.lead_name} ({o.lead_id})")
+            call.add_row("number", o.number)
+            call.add_row("campaign", o.campaign_id)
+            for k, v in sorted(o.lead_fields.items()):
+                call.add_row(k, v)
+            parts.append(call)
+        if state == "wrap_up":
+            parts.append(
+                Text("disposition: " + "  ".join(f"[{i + 1}] {d}" for i, d in enumerate(self.dispositions)))
+            )
+        parts.append(Text("\n".join(self.log), style="dim"))
+        parts.append(Text("keys: r ready · p pause · e end call · 1-9 disposition · q quit", style="cyan"))
+        return Panel(Group(*parts), title="outdial agent console")
+
+
+class _RawStdin:
+    """Single key presses from a terminal (cbreak mode; works under tmux); line input otherwise."""
+
+    def __init__(self) -> None:
+        self.fd = sys.stdin.fileno()
+        self.tty = os.isatty(self.fd)
+        self.old: Any = None
+
+    def __enter__(self) -> _RawStdin:
+        if self.tty:
+            self.old = termios.tcgetattr(self.fd)
+            tty.setcbreak(self.fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.old is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self.old)
+
+
+async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  # noqa: C901 - one screen
+    token = getattr(args, "token", None) or settings.token
+    if not token:
+        if not args.agent_id:
+            return fail(
+                "give --token (an agent token) or --agent-id (dev: a token is minted with the secret)"
+            )
+        token = agent_token(settings, args.agent_id)
+    if args.agent_id:
+        agent_id = args.agent_id
+    else:
+        agent_id = str(jwt.decode(token, options={"verify_signature": False}).get("sub", ""))
+    ch = channel(argparse.Namespace(token=token), settings, "agent")
+    stub = agent_pb2_grpc.AgentServiceStub(ch)
+    md = (("authorization", f"Bearer {token}"),)
+    campaigns = [agent_pb2.CampaignMembership(campaign_id=c, priority=args.priority) for c in args.campaign]
+    login = await stub.Login(
+        agent_pb2.LoginRequest(agent_id=agent_id, campaigns=campaigns, skills=args.skill or []), metadata=md
+    )
+    ui = ConsoleState(args.dispositions.split(","))
+    ui.status = login.status
+    ui.note(f"logged in (session {login.session_id[:8]})")
+    keys: asyncio.Queue[str] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def on_key() -> None:
+        data = os.read(sys.stdin.fileno(), 64).decode(errors="ignore")
+        if not data:
+            keys.put_nowait("q")
+        for ch_ in data:
+            if not ch_.isspace():
+                keys.put_nowait(ch_)
+
+    async def read_stream() -> None:
+        async for msg in stub.Connect(agent_pb2.ConnectRequest(agent_id=agent_id), metadata=md):
+            if msg.HasField("status"):
+                ui.status = msg.status
+                ui.note(f"state {STATE_NAMES.get(msg.status.state, '?')}")
+            elif msg.HasField("offer"):
+                ui.offer = msg.offer
+                ui.note(f"call {msg.offer.call_id} from {msg.offer.lead_name or msg.offer.number}")
+                console.bell()
+            elif msg.call_ended:
+                ui.note(f"far end hung up {msg.call_ended}")
+
+    async def act(key: str) -> bool:
+        try:
+            if key == "q":
+                return False
+            if key == "r":
+                resp = await stub.SetState(
+                    agent_pb2.SetStateRequest(agent_id=agent_id, state=common_pb2.AGENT_STATE_READY),
+                    metadata=md,
+                )
+                ui.status = resp.status
+            elif key == "p":
+                resp2 = await stub.SetState(
+                    agent_pb2.SetStateRequest(
+                        agent_id=agent_id, state=common_pb2.AGENT_STATE_PAUSED, pause_reason=args.pause_reason
+                    ),
+                    metadata=md,
+                )
+                ui.status = resp2.status
+            elif key == "e":
+                resp3 = await stub.EndCall(agent_pb2.EndCallRequest(agent_id=agent_id), metadata=md)
+                ui.status = resp3.status
+                ui.note("call ended")
+            elif key.isdigit() and 0 < int(key) <= len(ui.dispositions):
+                dispo = ui.dispositions[int(key) - 1]
+                req = agent_pb2.SetDispositionRequest(agent_id=agent_id, disposition=dispo)
+                if dispo == "callback":
+                    req.callback_at.FromDatetime(datetime.now(UTC) + timedelta(minutes=args.callback_minutes))
+                resp4 = await stub.SetDisposition(req, metadata=md)
+                ui.status = resp4.status
+                ui.offer = None
+                ui.note(f"disposition {dispo}")
+        except grpc.aio.AioRpcError as exc:
+            ui.note(f"{exc.code().name}: {exc.details()}")
+        return True
+
+    stream = asyncio.create_task(read_stream())
+    with _RawStdin() as raw, Live(ui.render(), console=console, refresh_per_second=8, screen=raw.tty) as live:
+        loop.add_reader(sys.stdin.fileno(), on_key)
+        try:
+            while True:
+                get = asyncio.create_task(keys.get())
+                done, _ = await asyncio.wait({get, stream}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+                if stream in done:
+                    get.cancel()
+                    exc = stream.exception()
+                    ui.note(
+                        f"stream closed: {exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc}"
+                    )
+                    live.update(ui.render())
+                    break
+                if get in done:
+                    if not await act(get.result()):
+                        break
+                else:
+                    get.cancel()
+                live.update(ui.render())
+        finally:
+            loop.remove_reader(sys.stdin.fileno())
+            stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await stream
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await stub.Logout(agent_pb2.LogoutRequest(agent_id=agent_id), metadata=md)
+            await ch.close()
+    console.print(f"logged out {agent_id}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- sim agents
+
+
+async def sim_agents(args: argparse.Namespace, settings: Settings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if args.duration:
+        loop.call_later(args.duration, stop.set)
+    offers = 0
+
+    def on_offer(agent_id: str, offer: agent_pb2.CallOffer) -> None:
+        nonlocal offers
+        offers += 1
+        if not args.json and not args.quiet:
+            console.print(f"{agent_id} <- call {offer.call_id} ({offer.lead_name or offer.number})")
+
+    started = asyncio.Event()
+
+    async def announce() -> None:
+        await started.wait()
+        if not args.json:
+            console.print(f"{args.count} simulated agents connected to {', '.join(args.campaign)}")
+
+    ann = asyncio.create_task(announce())
+    try:
+        agents = await run_simulated_agents(
+            settings,
+            [(c, args.priority) for c in args.campaign],
+            args.count,
+            stop=stop,
+            talk=Distribution(args.talk_mean, args.talk_dist),
+            wrap=Distribution(args.wrap_mean, args.wrap_dist),
+            seed=args.seed,
+            prefix=args.prefix,
+            dispositions=json.loads(args.dispositions) if args.dispositions else None,
+            on_offer=on_offer,
+            started=started,
+        )
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        ann.cancel()
+    total = {
+        "agents": len(agents),
+        "offers": sum(a.stats.offers for a in agents),
+        "ended": sum(a.stats.ended for a in agents),
+        "dispositions": dict(sum((a.stats.dispositions for a in agents), Counter[str]())),
+        "errors": sum(a.stats.errors for a in agents),
+    }
+    if args.json:
+        print_json(total)
+    else:
+        print_table("simulated agents", list(total), [[str(v) for v in total.values()]])
+    return 0
+
+
+def register(sub: Any) -> None:
+    agent = sub.add_parser("agent", help="agents: console, list, counts").add_subparsers(
+        dest="agent_cmd", required=True
+    )
+    p = command(agent, "console", agent_console, "terminal agent console: log in, take calls, disposition")
+    p.add_argument("--campaign", action="append", required=True, help="campaign id (repeat for several)")
+    p.add_argument("--priority", type=int, default=5, help="priority of these campaigns (0-99, higher first)")
+    p.add_argument("--skill", action="append", help="a skill (repeat)")
+    p.add_argument("--agent-id", help="agent id (default: the token's subject)")
+    p.add_argument("--pause-reason", default="break")
+    p.add_argument("--callback-minutes", type=int, default=60)
+    p.add_argument(
+        "--dispositions",
+        default="sale,not_interested,callback,wrong_number,do_not_call,other",
+        help="comma-separated dispositions offered on keys 1-9",
+    )
+    p = command(agent, "list", agent_list, "list logged-in agents (of a campaign)")
+    p.add_argument("--campaign", help="campaign id")
+    p = command(agent, "counts", agent_counts, "agents of a campaign by state (what pacing sees)")
+    p.add_argument("--campaign", required=True)
+
+    sim = group(sub, "sim", "simulators")
+    p = command(sim, "agents", sim_agents, "simulated agents taking calls through the real agent RPCs")
+    p.add_argument("--campaign", action="append", required=True, help="campaign id (repeat for several)")
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--duration", type=float, default=0, help="seconds to run (0: until Ctrl-C)")
+    p.add_argument("--talk-mean", type=float, default=30.0, help="mean talk time, seconds")
+    p.add_argument("--wrap-mean", type=float, default=5.0, help="mean wrap-up time, seconds")
+    p.add_argument("--talk-dist", choices=["exp", "lognormal", "fixed"], default="exp")
+    p.add_argument("--wrap-dist", choices=["exp", "lognormal", "fixed"], default="exp")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--priority", type=int, default=5)
+    p.add_argument("--prefix", default="sim", help="agent ids are PREFIX-0001 …")
+    p.add_argument("--dispositions", help='JSON weights, e.g. {"sale": 0.2, "not_interested": 0.8}')
+    p.add_argument("--quiet", action="store_true", help="do not print every offer")
