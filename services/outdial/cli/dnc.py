@@ -1,0 +1,342 @@
+"""``outdial dnc add|remove|check|import|lists|audit|verify|why``: the compliance officer's commands."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from outdial.cli.base import channel, command, err_console, fail, group, print_json, print_table, to_dict
+from outdial.core.config import Settings
+from outdial.v1 import common_pb2, dnc_pb2, dnc_pb2_grpc
+
+KINDS = {
+    "internal": dnc_pb2.LIST_KIND_INTERNAL,
+    "campaign": dnc_pb2.LIST_KIND_CAMPAIGN,
+    "national": dnc_pb2.LIST_KIND_NATIONAL,
+    "state": dnc_pb2.LIST_KIND_STATE,
+    "wireless": dnc_pb2.LIST_KIND_WIRELESS,
+}
+JUR = {"US": common_pb2.JURISDICTION_US, "CA": common_pb2.JURISDICTION_CA, "UK": common_pb2.JURISDICTION_UK}
+CHUNK = 1 << 20
+
+
+def _stub(args: argparse.Namespace, settings: Settings) -> dnc_pb2_grpc.DncServiceStub:
+    # keep the channel referenced for the command's life (grpc.aio closes a channel when it is collected)
+    ch = args.dnc_channel = channel(args, settings, "dnc")
+    return dnc_pb2_grpc.DncServiceStub(ch)
+
+
+def _auth(args: argparse.Namespace, settings: Settings) -> list[tuple[str, str]]:
+    """Streaming calls carry the token themselves (the channel interceptor covers unary calls only)."""
+    token = getattr(args, "token", None) or settings.token
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
+def _time(s: str) -> Timestamp:
+    s = s.strip()
+    dt = datetime.fromisoformat(s.replace("Z", "+00:00")) if s.lower() != "now" else datetime.now(UTC)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    t = Timestamp()
+    t.FromDatetime(dt.astimezone(UTC))
+    return t
+
+
+def _target(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "list_kind": KINDS[args.list_kind],
+        "campaign_id": args.campaign or "",
+        "state": args.state or "",
+        "jurisdiction": JUR[args.jurisdiction] if args.jurisdiction else common_pb2.JURISDICTION_UNSPECIFIED,
+    }
+    if args.list:
+        out["list_id"] = args.list
+    return out
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("numbers", nargs="+", metavar="NUMBER")
+    p.add_argument("--reason", required=True, help="why (kept in the audit log)")
+    p.add_argument("--list-kind", choices=sorted(KINDS), default="internal")
+    p.add_argument("--list", help="list id (e.g. internal, campaign:C1, state:US-FL, wireless:US)")
+    p.add_argument("--campaign", help="campaign id (campaign lists)")
+    p.add_argument("--state", help="state code (state lists)")
+    p.add_argument("--jurisdiction", choices=sorted(JUR))
+
+
+async def _add(args: argparse.Namespace, settings: Settings) -> int:
+    req = dnc_pb2.AddNumbersRequest(numbers=args.numbers, reason=args.reason, source="cli", **_target(args))
+    if args.expires:
+        req.expires_at.CopyFrom(_time(args.expires))
+    resp = await _stub(args, settings).AddNumbers(req, timeout=30)
+    if args.json:
+        print_json(to_dict(resp))
+    else:
+        print(f"{resp.added} added to {resp.list_id}, {resp.already_present} already there")
+        for bad in resp.invalid:
+            err_console.print(f"[yellow]not a phone number:[/yellow] {bad}")
+    return 2 if resp.invalid else 0
+
+
+async def _remove(args: argparse.Namespace, settings: Settings) -> int:
+    req = dnc_pb2.RemoveNumbersRequest(numbers=args.numbers, reason=args.reason, **_target(args))
+    resp = await _stub(args, settings).RemoveNumbers(req, timeout=30)
+    if args.json:
+        print_json(to_dict(resp))
+    else:
+        print(f"{resp.removed} removed from {resp.list_id}, {resp.not_present} were not on it")
+    return 0
+
+
+def _reason(r: dnc_pb2.BlockReason) -> dict[str, Any]:
+    d: dict[str, Any] = {"code": r.code, "detail": r.detail}
+    if r.list_id:
+        d["list_id"] = r.list_id
+    if r.HasField("since"):
+        d["since"] = r.since.ToDatetime(tzinfo=UTC).isoformat()
+    if r.HasField("expires_at"):
+        d["expires_at"] = r.expires_at.ToDatetime(tzinfo=UTC).isoformat()
+    return d
+
+
+async def _check(args: argparse.Namespace, settings: Settings) -> int:
+    req = dnc_pb2.CheckNumbersRequest(
+        numbers=args.numbers,
+        campaign_id=args.campaign or "",
+        jurisdiction=JUR[args.jurisdiction] if args.jurisdiction else common_pb2.JURISDICTION_UNSPECIFIED,
+    )
+    resp = await _stub(args, settings).CheckNumbers(req, timeout=30)
+    if args.json:
+        for d in resp.decisions:
+            print_json({"number": d.number, "allowed": d.allowed, "reasons": [_reason(r) for r in d.reasons]})
+    else:
+        print_table(
+            None,
+            ["number", "allowed", "reasons"],
+            [
+                (
+                    d.number,
+                    "yes" if d.allowed else "NO",
+                    "; ".join(f"{r.code}: {r.detail}" for r in d.reasons),
+                )
+                for d in resp.decisions
+            ],
+        )
+    return 0 if all(d.allowed for d in resp.decisions) else 1
+
+
+async def _import(args: argparse.Namespace, settings: Settings) -> int:
+    if not os.path.exists(args.file):
+        return fail(f"no such file: {args.file}", 2)
+    size = os.path.getsize(args.file)
+    header = dnc_pb2.ImportRegistryHeader(
+        list_kind=KINDS[args.kind],
+        jurisdiction=JUR[args.jurisdiction],
+        state=args.state or "",
+        mode=dnc_pb2.IMPORT_MODE_CHANGES if args.changes else dnc_pb2.IMPORT_MODE_FULL,
+        downloaded_at=_time(args.downloaded_at),
+        source=os.path.basename(args.file),
+    )
+    show = not args.json and sys.stderr.isatty()
+    progress = Progress(
+        TextColumn("importing"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not show,
+    )
+
+    async def gen() -> AsyncIterator[dnc_pb2.ImportRegistryRequest]:
+        yield dnc_pb2.ImportRegistryRequest(header=header)
+        task = progress.add_task("import", total=size)
+        with open(args.file, "rb") as f:
+            while chunk := f.read(CHUNK):
+                progress.update(task, advance=len(chunk))
+                yield dnc_pb2.ImportRegistryRequest(chunk=chunk)
+
+    with progress:
+        resp = await _stub(args, settings).ImportRegistry(gen(), timeout=3600, metadata=_auth(args, settings))
+    if args.json:
+        print_json(to_dict(resp))
+    else:
+        print(
+            f"{resp.list_id}: {resp.lines} lines, {resp.added} added, {resp.removed} removed, "
+            f"{resp.invalid} invalid; index version {resp.index_version}"
+        )
+        for s in resp.invalid_samples:
+            err_console.print(f"[yellow]invalid line:[/yellow] {s}")
+    return 0
+
+
+async def _lists(args: argparse.Namespace, settings: Settings) -> int:
+    resp = await _stub(args, settings).ListLists(dnc_pb2.ListListsRequest(), timeout=30)
+    if args.json:
+        print_json(to_dict(resp))
+        return 0
+    rows = []
+    for li in resp.lists:
+        reg = (
+            li.registry_date.ToDatetime(tzinfo=UTC).date().isoformat() if li.HasField("registry_date") else ""
+        )
+        rows.append(
+            (
+                li.id,
+                dnc_pb2.ListKind.Name(li.kind).removeprefix("LIST_KIND_").lower(),
+                li.name,
+                li.entries,
+                reg,
+            )
+        )
+    print_table("DNC lists", ["id", "kind", "name", "entries", "registry date"], rows)
+    return 0
+
+
+AUDIT_COLUMNS = [
+    "seq",
+    "at",
+    "actor",
+    "action",
+    "number",
+    "campaign_id",
+    "call_id",
+    "result",
+    "reason",
+    "details_json",
+    "hash",
+]
+
+
+def csv_safe(value: str) -> str:
+    """Neutralise spreadsheet formulas (OWASP CSV injection): a cell starting with = @ tab CR, or with + -
+    not followed by digits only (E.164 numbers stay readable), gets a leading apostrophe."""
+    if not value:
+        return value
+    if value[0] in "=@\t\r" or (value[0] in "+-" and not value[1:].isdigit()):
+        return "'" + value
+    return value
+
+
+async def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    req = dnc_pb2.QueryAuditRequest(
+        number=args.number or "",
+        campaign_id=args.campaign or "",
+        actor=args.actor or "",
+        action=args.action or "",
+        result=args.result or "",
+    )
+    if args.since:
+        req.since.CopyFrom(_time(args.since))
+    if args.until:
+        req.until.CopyFrom(_time(args.until))
+    stream = _stub(args, settings).QueryAudit(req, timeout=3600, metadata=_auth(args, settings))
+    writer = csv.writer(sys.stdout) if args.csv else None
+    if writer:
+        writer.writerow(AUDIT_COLUMNS)
+    rows: list[list[str]] = []
+    async for page in stream:
+        for r in page.records:
+            row = [
+                str(r.seq),
+                r.at.ToDatetime(tzinfo=UTC).isoformat(),
+                r.actor,
+                r.action,
+                r.number,
+                r.campaign_id,
+                r.call_id,
+                r.result,
+                r.reason,
+                r.details_json,
+                r.hash,
+            ]
+            if writer:
+                writer.writerow([csv_safe(c) for c in row])
+            elif args.json:
+                print_json(dict(zip(AUDIT_COLUMNS, row, strict=True)))
+            else:
+                rows.append(row)
+    if rows:
+        print_table("DNC audit log", AUDIT_COLUMNS[:9], [r[:9] for r in rows])
+    return 0
+
+
+async def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    resp = await _stub(args, settings).VerifyAudit(
+        dnc_pb2.VerifyAuditRequest(from_seq=args.from_seq), timeout=3600
+    )
+    if args.json:
+        print_json(to_dict(resp))
+    elif resp.ok:
+        print(f"audit log intact: {resp.records_checked} records, head {resp.head_hash}")
+    else:
+        err_console.print(f"[red]audit log BROKEN at record {resp.first_bad_seq}[/red]: {resp.problem}")
+    if not resp.ok:
+        if args.json:
+            sys.stderr.write(f"audit log broken at record {resp.first_bad_seq}: {resp.problem}\n")
+        return 3
+    return 0
+
+
+async def _why(args: argparse.Namespace, settings: Settings) -> int:
+    req = dnc_pb2.ExplainDecisionRequest(number=args.number, campaign_id=args.campaign or "")
+    req.at.CopyFrom(_time(args.at))
+    resp = await _stub(args, settings).ExplainDecision(req, timeout=30)
+    if args.json:
+        out = to_dict(resp)
+        print_json(out)
+    else:
+        print(resp.explanation)
+        for r in resp.records:
+            print(
+                f"  #{r.seq} {r.at.ToDatetime(tzinfo=UTC).isoformat()} {r.actor} {r.action} {r.result} {r.reason}"
+            )
+    return 0
+
+
+def register(sub: Any) -> None:
+    g = group(sub, "dnc", "do-not-call lists, the gate and the audit log")
+    p = command(g, "add", _add, "put numbers on a DNC list (internal by default)")
+    _target_args(p)
+    p.add_argument("--expires", help="expiry time (ISO 8601)")
+    p = command(g, "remove", _remove, "take numbers off a DNC list (audited; history is kept)")
+    _target_args(p)
+    p = command(g, "check", _check, "may these numbers be dialled? (exit 1 when any is blocked)")
+    p.add_argument("numbers", nargs="+", metavar="NUMBER")
+    p.add_argument("--campaign")
+    p.add_argument("--jurisdiction", choices=sorted(JUR))
+    p = command(g, "import", _import, "import a registry file (full copy, or a change file with --changes)")
+    p.add_argument("file")
+    p.add_argument("--kind", choices=["national", "state", "wireless"], default="national")
+    p.add_argument("--jurisdiction", choices=sorted(JUR), default="US")
+    p.add_argument("--state")
+    p.add_argument("--downloaded-at", required=True, help="when the registry copy was downloaded (ISO 8601)")
+    p.add_argument("--changes", action="store_true", help="lines are +N / -N (or N,A / N,D)")
+    command(g, "lists", _lists, "the DNC lists and their sizes")
+    p = command(g, "audit", _audit, "query the audit log")
+    for opt in ("--number", "--campaign", "--since", "--until", "--actor", "--action", "--result"):
+        p.add_argument(opt)
+    p.add_argument("--csv", action="store_true", help="CSV export (formula-safe)")
+    p = command(
+        g, "verify", _verify, "recompute the audit hash chain (exit non-zero naming the first bad record)"
+    )
+    p.add_argument("--from-seq", type=int, default=0)
+    p = command(g, "why", _why, "why a number was or was not dialled at a time")
+    p.add_argument("number")
+    p.add_argument("--at", required=True, help="time (ISO 8601, or 'now')")
+    p.add_argument("--campaign")
