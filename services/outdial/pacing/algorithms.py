@@ -157,7 +157,14 @@ class _Model:
 
 @lru_cache(maxsize=64)
 def _model(
-    p: float, delay_mean: float, shape: int, ring_s: float, release_s: float, talk_s: float, wrap_s: float
+    p: float,
+    machine: float,
+    delay_mean: float,
+    shape: int,
+    ring_s: float,
+    release_s: float,
+    talk_s: float,
+    wrap_s: float,
 ) -> _Model:
     step = 1.0
     n = math.ceil(ring_s / step) + 1
@@ -169,10 +176,14 @@ def _model(
         return min(1.0, _erlang_cdf(min(x, ring_s), shape, scale) / g_ring)
 
     new_answer = tuple(p * gt(t) for t in taus)
+    # Calls nobody answers end either at once (busy, failed) or at the ring time: the share of the latter
+    # follows from their mean release time.
+    unanswered = max(0.0, 1.0 - p - machine)
+    long_share = min(1.0, max(0.0, release_s / ring_s))
     rows = []
     for age in range(n + 1):
         live_left = p * (1.0 - gt(age))
-        other_left = (1.0 - p) if age < release_s else 0.0
+        other_left = machine * (1.0 - gt(age)) + (unanswered * long_share if age < ring_s else 0.0)
         alive = live_left + other_left
         g0 = gt(age)
         rows.append(tuple((p * (gt(age + t) - g0) / alive) if alive > 1e-12 else 0.0 for t in taus))
@@ -185,6 +196,8 @@ def _model(
 
 # Expected abandoned calls below this are noise (keeps N = 0 from being refused when nothing is ringing).
 _EPS = 1e-3
+# Below this target abandonment rate, predictive hands over to agent-reserved progressive.
+_MIN_RATE = 0.002
 
 
 def _phi(z: float) -> float:
@@ -214,7 +227,7 @@ def target_rate(budget: BudgetView, params: PacingParams, margin: float = 0.8) -
         base = budget.cap * margin + 0.5 * max(0.0, budget.remaining) / max(budget.live_answers, 500)
     short = budget.short_window_cap
     base = min(base, 0.6 * short)
-    knee = 0.4 * short
+    knee = 0.5 * short
     if budget.rate_60min > knee:
         base *= max(0.0, (short - budget.rate_60min) / (short - knee))
     return max(0.0, base)
@@ -241,7 +254,7 @@ class Predictive:
 
     name = "predictive"
 
-    def __init__(self, gain: float = 1.0, margin: float = 0.8) -> None:
+    def __init__(self, gain: float = 1.0, margin: float = 0.7) -> None:
         self.gain = gain
         self.margin = margin
 
@@ -251,6 +264,7 @@ class Predictive:
         p = min(max(est.live_answer_rate, 1e-4), 1.0)
         m = _model(
             round(p, 3),
+            round(est.machine_rate, 2),
             round(est.mean_answer_delay_s, 1),
             max(1, round(est.answer_delay_shape)),
             ring_timeout(snap.params),
@@ -263,21 +277,33 @@ class Predictive:
         rel_sd = est.live_answer_rate_sd / p
         room = max(0, snap.params.max_lines_per_agent * c.active - c.in_flight - c.waiting)
 
-        def excess(n: int) -> float:
-            worst = 0.0
-            for j, g in enumerate(m.new_answer):
-                a_new = n * g
-                var = base_var[j] + a_new * (1.0 - p) + (rel_sd * (answers[j] + a_new)) ** 2
-                worst = max(worst, _expected_excess(base_mu[j] + a_new, var))
-            return worst - self.gain * rate * (answers[-1] + n * m.new_answer[-1]) - _EPS
+        if rate < _MIN_RATE:
+            d = Progressive().decide(snap)
+            return replace(d, reason=f"last hour near its cap ({snap.budget.rate_60min:.1%}): {d.reason}")
+        theta = min(0.9, self.gain * rate)
+        w = [m.new_answer[0]] + [m.new_answer[j] - m.new_answer[j - 1] for j in range(1, len(m.new_answer))]
+        total = m.new_answer[-1]
 
-        if excess(0) > 0.0:
+        def risk(n: int) -> float:
+            """P(the next call, launched after n others now, is abandoned | a person answers it)."""
+            acc = 0.0
+            for j, wj in enumerate(w):
+                if wj <= 1e-9:
+                    continue
+                g = m.new_answer[j]
+                a_new = n * g
+                var = base_var[j] + a_new * (1.0 - g) + (rel_sd * (answers[j] + a_new)) ** 2 + 0.25
+                z = (base_mu[j] + a_new + 0.5) / math.sqrt(var)
+                acc += wj * 0.5 * math.erfc(-z * 0.7071067811865476)
+            return acc / total
+
+        if risk(0) > theta:
             calls = 0
         else:
             lo, hi = 0, room
-            while lo < hi:  # largest n with excess(n) <= 0 (excess is convex in n)
+            while lo < hi:  # most calls whose last one's risk stays under theta (risk grows with n)
                 mid = (lo + hi + 1) // 2
-                if excess(mid) <= 0.0:
+                if risk(mid - 1) <= theta:
                     lo = mid
                 else:
                     hi = mid - 1

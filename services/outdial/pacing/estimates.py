@@ -59,6 +59,7 @@ class OnlineEstimator:
         self.a = prior_rate * 4.0
         self.b = (1.0 - prior_rate) * 4.0
         self.fast = prior_rate
+        self.machine = 0.0
         self.since_change = 0
         self.samples = 0
         self.changes = 0
@@ -79,6 +80,9 @@ class OnlineEstimator:
         self.since_change += 1
         self.a = self.a * self.decay + x
         self.b = self.b * self.decay + (1.0 - x)
+        self.machine += max(1.0 - self.decay, 1.0 / self.samples) * (
+            (1.0 if answered_machine else 0.0) - self.machine
+        )
         n_fast = min(self.since_change, 1.0 / self.fast_alpha)
         self.fast += max(self.fast_alpha, 1.0 / self.since_change) * (x - self.fast)
         if answered_human or answered_machine:
@@ -129,4 +133,5 @@ class OnlineEstimator:
             samples=self.samples,
             confident=confident,
             answer_delay_shape=min(10.0, max(1.0, shape)),
+            machine_rate=self.machine,
         )

@@ -35,7 +35,9 @@ class Estimates:
 
     ``live_answer_rate`` is the probability that a dialed call is answered by a person (per dialed call);
     ``live_answer_rate_sd`` its posterior standard deviation. ``answer_delay_shape`` is the shape of the
-    Gamma law assumed for the answer delay (its mean is ``mean_answer_delay_s``).
+    Gamma law assumed for the answer delay (its mean is ``mean_answer_delay_s``), the same for answering
+    machines, which answer a ``machine_rate`` share of dialed calls. ``mean_no_answer_release_s`` is the
+    mean time to the end of calls nobody answered (busy, failed and unanswered together).
     """
 
     live_answer_rate: float
@@ -47,6 +49,7 @@ class Estimates:
     samples: int
     confident: bool
     answer_delay_shape: float = 4.0
+    machine_rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
