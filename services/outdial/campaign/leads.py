@@ -19,7 +19,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "state": ("state", "province", "stateprovince", "st", "provincestate", "statecode"),
     "timezone": ("timezone", "tz", "timezonename", "olsontimezone"),
 }
-_PHONE_WORDS = ("phone", "telephone", "mobile", "cell", "tel", "msisdn", "number")
 LEAD_FIELDS = ("first_name", "last_name", "zip", "state", "timezone")
 
 
@@ -27,13 +26,16 @@ def norm_header(h: str) -> str:
     return _NON_ALNUM.sub("", h.strip().lower())
 
 
-def _is_phone_header(n: str) -> bool:
-    if n in ("tel", "number", "phone", "msisdn"):
+def _is_phone_header(header: str) -> bool:
+    """Phone-like header: a word tel/phone/telephone/mobile/cell/msisdn (any case and spacing), or glued
+    forms such as "HomePhone", "cellphone", "phone2"; "number" alone too, but not "Account Number"."""
+    n = norm_header(header)
+    if n in ("number", "tel", "msisdn") or re.fullmatch(r"(tel|number|phone)\d*", n):
         return True
-    return (
-        any(w in n for w in ("phone", "mobile", "cell", "telephone"))
-        or re.fullmatch(r"(tel|number)\d*", n) is not None
-    )
+    words = re.findall(r"[a-z]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", header).lower())
+    if any(w in ("tel", "phone", "telephone", "mobile", "cell", "msisdn", "cellphone", "fax") for w in words):
+        return "fax" not in words
+    return any(w in n for w in ("phone", "mobile", "cell", "telephone"))
 
 
 class MappingError(ValueError):
@@ -71,7 +73,7 @@ def find_columns(header: Sequence[str], mapping: Mapping[str, str] | None = None
         else:
             raise MappingError(f"mapping {key}: unknown lead field (phone, phoneN, {', '.join(LEAD_FIELDS)})")
     if not any(k.strip().lower().startswith("phone") for k in mapping):
-        phones = [i for i, n in enumerate(normed) if n and _is_phone_header(n)]
+        phones = [i for i, h in enumerate(hdr) if h and _is_phone_header(h)]
     for f, names in ALIASES.items():
         if f in fields:
             continue
