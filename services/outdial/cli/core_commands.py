@@ -72,13 +72,16 @@ class Supervisor:
         services: tuple[ServiceName, ...] = SERVICES,
         extra_env: dict[str, str] | None = None,
         quiet: bool = False,
+        log_path: str | None = None,
     ) -> None:
         self.settings = settings
         self.services = services
         self.extra_env = extra_env or {}
         self.quiet = quiet
+        self.log_path = log_path
         self.infra: Infra | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._env: dict[str, str] = {}
 
     async def start(self) -> Infra:
         self.infra = await ensure_infra(self.settings.database_url, self.settings.redis_url)
@@ -88,12 +91,22 @@ class Supervisor:
         env.update(self.extra_env)
         env["OUTDIAL_DATABASE_URL"] = self.infra.database_url
         env["OUTDIAL_REDIS_URL"] = self.infra.redis_url
-        out = subprocess.DEVNULL if self.quiet else None
         for name in self.services:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"outdial.{name}"], env=env, stdout=out
-            )
+            self.start_one(name, env)
         return self.infra
+
+    def start_one(self, name: str, env: dict[str, str] | None = None) -> None:
+        """(Re)start one service process (the e2e test kills and restarts pacing this way)."""
+        if env is None:
+            env = self._env
+        self._env = env
+        cmd = [sys.executable, "-m", f"outdial.{name}"]
+        if self.log_path:
+            with open(self.log_path, "ab") as log_file:
+                self.procs[name] = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        else:
+            out = subprocess.DEVNULL if self.quiet else None
+            self.procs[name] = subprocess.Popen(cmd, env=env, stdout=out)
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs.values())

@@ -20,14 +20,9 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 
-class _AuthInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Adds ``authorization: Bearer <token>`` to every call; the token comes from a callable so that a
-    service can renew its own short-lived token."""
+class _TokenDetails:
+    """Adds ``authorization: Bearer <token>`` to a call; the token comes from a callable so that a service
+    can renew its own short-lived token."""
 
     def __init__(self, token: Callable[[], str | None]) -> None:
         self._token = token
@@ -42,21 +37,32 @@ class _AuthInterceptor(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+# grpc.aio files each interceptor under the FIRST kind it is an instance of, so one class per kind.
+class _UnaryUnaryAuth(_TokenDetails, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _UnaryStreamAuth(_TokenDetails, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
+
+class _StreamUnaryAuth(_TokenDetails, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         return await continuation(self._details(details), request_iterator)
 
+
+class _StreamStreamAuth(_TokenDetails, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         return await continuation(self._details(details), request_iterator)
 
 
 def open_channel(settings: Settings, target: str, token: Callable[[], str | None]) -> grpc.aio.Channel:
-    interceptors = [_AuthInterceptor(token)]
+    interceptors = [
+        cls(token) for cls in (_UnaryUnaryAuth, _UnaryStreamAuth, _StreamUnaryAuth, _StreamStreamAuth)
+    ]
     if settings.tls_ca or settings.tls_enabled:
         root = settings.tls_ca.read_bytes() if settings.tls_ca else None
         creds = grpc.ssl_channel_credentials(root_certificates=root)
