@@ -184,7 +184,7 @@ class EventConsumer:
         dur = ev.get("duration_s", "")
         await conn.execute(
             """UPDATE call_records SET outcome = $2, dial_at = coalesce($3, dial_at), answer_at = coalesce($4, answer_at),
-                      connect_at = coalesce($5, connect_at), end_at = coalesce($6, $9),
+                      connect_at = coalesce($5, connect_at), end_at = coalesce($6::timestamptz, $9::timestamptz),
                       agent_id = coalesce(nullif($7, ''), agent_id), duration_s = $8, updated_at = now()
                 WHERE call_id = $1""",
             call_id,
