@@ -150,3 +150,16 @@ def test_nanp_fast_path_matches_libphonenumber_shape(a: int, b: int, c: int, d: 
     assert normalise(digits) == "+1" + digits
     prefix, offset = split("+1" + digits)
     assert int(prefix + f"{offset:07d}") == int("1" + digits)
+
+
+def test_jurisdiction_by_number() -> None:
+    from outdial.dnc.numbers import jurisdiction_of
+
+    assert [
+        jurisdiction_of(n) for n in ("+14165550123", "+12025550123", "+442079460958", "+33142685300")
+    ] == [
+        "CA",
+        "US",
+        "UK",
+        "",
+    ]

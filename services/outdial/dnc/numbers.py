@@ -11,6 +11,7 @@ Index layout helpers live here too: a number's digits minus the last 7 form its 
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -59,13 +60,19 @@ def jurisdiction_of(e164: str) -> str:
     """The jurisdiction whose rules apply to a number by default (US for NANP numbers outside Canada)."""
     if e164.startswith("+44"):
         return "UK"
-    if e164.startswith("+1"):
-        try:
-            region = phonenumbers.region_code_for_number(phonenumbers.parse(e164))
-        except phonenumbers.NumberParseException:
-            return "US"
-        return REGION_JURISDICTION.get(region or "US", "US")
+    if e164.startswith("+1") and len(e164) == 12:
+        return _nanp_jurisdiction(e164[2:5])
     return ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _nanp_jurisdiction(npa: str) -> str:
+    """NANP numbers belong to a country by area code, so one lookup per area code is enough."""
+    try:
+        region = phonenumbers.region_code_for_number(phonenumbers.parse(f"+1{npa}2220000"))
+    except phonenumbers.NumberParseException:
+        return "US"
+    return REGION_JURISDICTION.get(region or "US", "US")
 
 
 def split(e164: str) -> tuple[str, int]:
