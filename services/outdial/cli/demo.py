@@ -1,0 +1,486 @@
+"""``outdial demo``: a whole simulated campaign end to end on this machine.
+
+PostgreSQL and Redis are found or started (as for ``outdial run``), the four services start as child
+processes with the simulated carrier, 20 simulated agents log in over the agent service's RPCs, a campaign
+is created, a generated lead list across US time zones (with invalid rows, duplicates and numbers on DNC
+lists) is uploaded, the campaign runs predictively for about a minute with a live view, and a final report
+is printed from PostgreSQL and the DNC audit log. Everything it started is stopped before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.live import Live
+from rich.table import Table
+
+from outdial.agent.kpi import compute_kpis
+from outdial.agent.simulated import Distribution, run_simulated_agents
+from outdial.agent.store import load_timeline
+from outdial.cli.base import command, console, print_json
+from outdial.cli.core_commands import Supervisor
+from outdial.cli.demo_data import generate_leads, registry_extract
+from outdial.core.auth import Role, issue_token
+from outdial.core.clients import open_channel
+from outdial.core.config import SERVICES, Settings
+from outdial.v1 import (
+    campaign_pb2,
+    campaign_pb2_grpc,
+    common_pb2,
+    dnc_pb2,
+    dnc_pb2_grpc,
+    pacing_pb2,
+    pacing_pb2_grpc,
+)
+
+CHUNK = 64 * 1024
+
+
+def virtual_offset(now: datetime, utc_hour: int = 19) -> float:
+    """Seconds to add to ``now`` so that the services' clock reads ``utc_hour``:00 UTC today: at 19:00
+    UTC every US zone from Hawaii (09:00) to the East Coast (14:00) is inside the federal 08:00–21:00
+    window, whatever hour the demo is run at."""
+    target = now.replace(hour=utc_hour, minute=0, second=0, microsecond=0)
+    return (target - now).total_seconds()
+
+
+@dataclass
+class DemoConfig:
+    seconds: float = 60.0
+    agents: int = 20
+    leads: int = 3000
+    seed: int = 7
+    talk_mean_s: float = 6.0
+    wrap_s: float = 1.5
+    time_scale: float = 8.0
+    p_live: float = 0.30
+    clock_offset_s: float | None = None
+    log_path: str | None = None
+    live: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DemoResult:
+    campaign_id: str = ""
+    upload: dict[str, Any] = field(default_factory=dict)
+    calls_placed: int = 0
+    live_answers: int = 0
+    connected: int = 0
+    abandoned: int = 0
+    abandon_rate: float = 0.0
+    abandon_cap: float = 0.03
+    messages_played: int = 0
+    opt_outs: int = 0
+    machine: int = 0
+    no_answer: int = 0
+    busy: int = 0
+    failed: int = 0
+    blocked_by_reason: dict[str, int] = field(default_factory=dict)
+    occupancy: float = 0.0
+    audit_ok: bool = False
+    audit_records: int = 0
+    audit_problem: str = ""
+    dnc_numbers_in_leads: int = 0
+    leads_by_state: dict[str, int] = field(default_factory=dict)
+    database_url: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.audit_ok and self.abandon_rate <= self.abandon_cap + 1e-12 and self.calls_placed > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "database_url"}
+        d["ok"] = self.ok
+        return d
+
+
+async def _wait_serving(settings: Settings, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    for name in SERVICES:
+        addr = settings.addr(name)
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(addr) as ch:
+                    resp = await health_pb2_grpc.HealthStub(ch).Check(
+                        health_pb2.HealthCheckRequest(), timeout=2
+                    )
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not become SERVING within {timeout:.0f}s")
+            await asyncio.sleep(0.2)
+
+
+async def _upload(stub: campaign_pb2_grpc.CampaignServiceStub, campaign_id: str, data: bytes) -> Any:
+    async def chunks() -> Any:
+        yield campaign_pb2.UploadLeadsRequest(
+            header=campaign_pb2.UploadLeadsHeader(campaign_id=campaign_id, file_name="demo-leads.csv")
+        )
+        for i in range(0, len(data), CHUNK):
+            yield campaign_pb2.UploadLeadsRequest(chunk=data[i : i + CHUNK])
+
+    return await stub.UploadLeads(chunks())
+
+
+async def _import_registry(stub: dnc_pb2_grpc.DncServiceStub, text: str, downloaded_at: datetime) -> Any:
+    header = dnc_pb2.ImportRegistryHeader(
+        list_kind=dnc_pb2.LIST_KIND_NATIONAL,
+        jurisdiction=common_pb2.JURISDICTION_US,
+        mode=dnc_pb2.IMPORT_MODE_FULL,
+        source="demo national registry extract",
+    )
+    header.downloaded_at.FromDatetime(downloaded_at)
+    data = text.encode()
+
+    async def chunks() -> Any:
+        yield dnc_pb2.ImportRegistryRequest(header=header)
+        for i in range(0, len(data), CHUNK):
+            yield dnc_pb2.ImportRegistryRequest(chunk=data[i : i + CHUNK])
+
+    return await stub.ImportRegistry(chunks())
+
+
+def _live_table(
+    state: pacing_pb2.PacingState | None,
+    stats: campaign_pb2.GetCampaignStatsResponse | None,
+    elapsed: float,
+    total: float,
+) -> Table:
+    t = Table(title=f"outdial demo — {elapsed:3.0f}s / {total:.0f}s", show_header=False, min_width=60)
+    t.add_column("what", style="bold")
+    t.add_column("value", justify="right")
+    if state is None or stats is None:
+        t.add_row("starting", "…")
+        return t
+    a = state.agents
+    busy = (a.on_call + a.wrap_up + a.reserved) / a.logged_in if a.logged_in else 0.0
+    rate = stats.abandoned / stats.live_answers if stats.live_answers else 0.0
+    mode = (
+        pacing_pb2.PacingAlgorithm.Name(state.effective_algorithm).removeprefix("PACING_ALGORITHM_").lower()
+    )
+    fallback = f" ({state.fallback_reason})" if state.fallback_reason else ""
+    t.add_row("pacing mode", mode + fallback)
+    t.add_row("dial level (lines per agent)", f"{state.dial_level:.2f}")
+    t.add_row("lines in flight", str(state.lines_in_flight))
+    t.add_row(
+        "agents ready / reserved / on call / wrap-up / paused",
+        f"{a.ready} / {a.reserved} / {a.on_call} / {a.wrap_up} / {a.paused}",
+    )
+    t.add_row("calls placed / blocked at dial time", f"{state.calls_placed} / {state.calls_blocked}")
+    t.add_row(
+        "live answers / connected / abandoned",
+        f"{stats.live_answers} / {stats.connected} / {stats.abandoned}",
+    )
+    t.add_row("abandonment (cap)", f"{rate:.2%} ({stats.abandon_cap or 0.03:.0%})")
+    t.add_row("agents busy now (occupancy)", f"{busy:.0%}")
+    return t
+
+
+async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
+    now = datetime.now(UTC)
+    offset = cfg.clock_offset_s if cfg.clock_offset_s is not None else virtual_offset(now)
+    virtual_now = now + timedelta(seconds=offset)
+    env = {
+        "OUTDIAL_CLOCK_OFFSET_SECONDS": str(offset),
+        "OUTDIAL_SIM_TIME_SCALE": str(cfg.time_scale),
+        "OUTDIAL_SIM_SEED": str(cfg.seed),
+        "OUTDIAL_SIM_P_LIVE": str(cfg.p_live),
+        "OUTDIAL_SIM_TALK_MEAN_S": str(cfg.talk_mean_s * cfg.time_scale),
+        "OUTDIAL_CAMPAIGN_FEEDER_INTERVAL_S": "1",
+        "OUTDIAL_LOG_LEVEL": "WARNING",
+        "OUTDIAL_METRICS_PORT": "0",
+        "OUTDIAL_AUTH_SECRET": settings.auth_secret,
+        **cfg.extra_env,
+    }
+    log_path = cfg.log_path or tempfile.mktemp(prefix="outdial-demo-", suffix=".log")
+    sup = Supervisor(settings, extra_env=env, log_path=log_path)
+    result = DemoResult()
+    stop_agents = asyncio.Event()
+    agents_task: asyncio.Task[Any] | None = None
+    try:
+        console.print(
+            f"[bold]outdial demo[/bold]: starting PostgreSQL/Redis and the four services "
+            f"(service logs: {log_path})"
+        )
+        infra = await sup.start()
+        result.database_url = infra.database_url
+        s = settings.model_copy(update={"database_url": infra.database_url, "redis_url": infra.redis_url})
+        await _wait_serving(s)
+        token = issue_token(s.auth_secret, "demo", Role.ADMIN)
+        chans = {name: open_channel(s, s.addr(name), lambda: token) for name in SERVICES}
+        camp = campaign_pb2_grpc.CampaignServiceStub(chans["campaign"])
+        dnc = dnc_pb2_grpc.DncServiceStub(chans["dnc"])
+        pacing = pacing_pb2_grpc.PacingServiceStub(chans["pacing"])
+
+        leads = generate_leads(cfg.leads, seed=cfg.seed)
+        registry_text, on_registry = registry_extract(leads.numbers, 0.03, seed=cfg.seed + 1)
+        internal = leads.numbers[5::60]
+        await _import_registry(dnc, registry_text, virtual_now - timedelta(days=2))
+        await dnc.AddNumbers(
+            dnc_pb2.AddNumbersRequest(
+                numbers=internal,
+                list_kind=dnc_pb2.LIST_KIND_INTERNAL,
+                reason="asked not to be called (demo)",
+                source="demo",
+            )
+        )
+        result.dnc_numbers_in_leads = len(set(on_registry) | set(internal))
+        console.print(
+            f"DNC: national registry extract imported ({registry_text.count(chr(10))} numbers, "
+            f"{len(on_registry)} of them in the lead list); {len(internal)} numbers on the internal list"
+        )
+
+        created = await camp.CreateCampaign(
+            campaign_pb2.CreateCampaignRequest(
+                campaign=campaign_pb2.Campaign(
+                    name=f"Demo {virtual_now:%Y-%m-%d %H:%M}",
+                    dial_mode=common_pb2.DIAL_MODE_PREDICTIVE,
+                    caller_id="+12127363100",
+                    jurisdiction=common_pb2.JURISDICTION_US,
+                    abandon_cap=0.03,
+                    default_region="US",
+                    ring_timeout=Duration(seconds=25),
+                    max_lines_per_agent=3,
+                    seller_name="Outdial Demo Co",
+                    opt_out_number="+12127363199",
+                )
+            )
+        )
+        cid = created.campaign.id
+        result.campaign_id = cid
+        result.abandon_cap = created.campaign.abandon_cap or 0.03
+        data = leads.csv_text.encode("utf-8")
+        up = await _upload(camp, cid, data)
+        result.upload = {
+            "rows": up.rows,
+            "accepted": up.accepted,
+            "duplicates": up.duplicates,
+            "rejected": up.rejected,
+            "rejected_by_reason": dict(up.rejected_by_reason),
+        }
+        console.print(
+            f"Leads: {up.rows} rows, {up.accepted} accepted, {up.duplicates} duplicates, "
+            f"{up.rejected} rejected {dict(up.rejected_by_reason)}"
+        )
+
+        started = asyncio.Event()
+        agents_task = asyncio.create_task(
+            run_simulated_agents(
+                s,
+                [(cid, 1)],
+                cfg.agents,
+                stop=stop_agents,
+                talk=Distribution(cfg.talk_mean_s, "exp"),
+                wrap=Distribution(cfg.wrap_s, "fixed"),
+                seed=cfg.seed,
+                prefix="demo-agent",
+                started=started,
+                dispositions={
+                    "sale": 0.2,
+                    "not_interested": 0.6,
+                    "wrong_number": 0.1,
+                    "do_not_call": 0.05,
+                    "other": 0.05,
+                },
+            )
+        )
+        await asyncio.wait_for(started.wait(), 30)
+        await camp.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=cid))
+        console.print(
+            f"Campaign {cid} started (predictive) with {cfg.agents} simulated agents; running "
+            f"{cfg.seconds:.0f}s (virtual time {virtual_now:%H:%M} UTC)"
+        )
+
+        t0 = time.monotonic()
+        state: pacing_pb2.PacingState | None = None
+        stats: campaign_pb2.GetCampaignStatsResponse | None = None
+        last_print = 0.0
+        with Live(
+            _live_table(None, None, 0, cfg.seconds),
+            console=console,
+            refresh_per_second=4,
+            transient=False,
+            auto_refresh=cfg.live and console.is_terminal,
+        ) as live:
+            while (elapsed := time.monotonic() - t0) < cfg.seconds:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    state = (
+                        await pacing.GetPacingState(
+                            pacing_pb2.GetPacingStateRequest(campaign_id=cid), timeout=5
+                        )
+                    ).state
+                    stats = await camp.GetCampaignStats(
+                        campaign_pb2.GetCampaignStatsRequest(campaign_id=cid), timeout=5
+                    )
+                table = _live_table(state, stats, elapsed, cfg.seconds)
+                live.update(table)
+                if not console.is_terminal and elapsed - last_print >= 10:
+                    console.print(table)
+                    last_print = elapsed
+                await asyncio.sleep(0.5)
+
+        await camp.PauseCampaign(campaign_pb2.PauseCampaignRequest(campaign_id=cid, reason="demo over"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            st = (await pacing.GetPacingState(pacing_pb2.GetPacingStateRequest(campaign_id=cid))).state
+            if st.lines_in_flight == 0 and st.agents.on_call == 0 and st.agents.reserved == 0:
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(cfg.wrap_s + 1.5)
+        stop_agents.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(agents_task, 20)
+        await _fill_report(result, infra.database_url, cid, dnc)
+        final = await camp.GetCampaignStats(campaign_pb2.GetCampaignStatsRequest(campaign_id=cid))
+        result.leads_by_state = dict(final.leads_by_state)
+        for ch in chans.values():
+            await ch.close()
+    finally:
+        stop_agents.set()
+        if agents_task is not None and not agents_task.done():
+            agents_task.cancel()
+            with contextlib.suppress(BaseException):
+                await agents_task
+        await asyncio.to_thread(sup.stop)
+    return result
+
+
+async def _fill_report(
+    result: DemoResult, database_url: str, cid: str, dnc: dnc_pb2_grpc.DncServiceStub
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            """SELECT count(*) FILTER (WHERE dial_at IS NOT NULL) AS placed,
+                      count(*) FILTER (WHERE answer = 'human') AS live,
+                      count(*) FILTER (WHERE outcome = 'connected') AS connected,
+                      count(*) FILTER (WHERE outcome = 'abandoned') AS abandoned,
+                      count(*) FILTER (WHERE outcome = 'machine') AS machine,
+                      count(*) FILTER (WHERE outcome = 'no_answer') AS no_answer,
+                      count(*) FILTER (WHERE outcome = 'busy') AS busy,
+                      count(*) FILTER (WHERE outcome = 'failed') AS failed,
+                      count(*) FILTER (WHERE opt_out) AS opt_outs
+                 FROM dial_attempts WHERE campaign_id = $1""",
+            cid,
+        )
+        assert row is not None
+        result.calls_placed, result.live_answers = row["placed"], row["live"]
+        result.connected, result.abandoned = row["connected"], row["abandoned"]
+        result.machine, result.no_answer, result.busy, result.failed = (
+            row["machine"],
+            row["no_answer"],
+            row["busy"],
+            row["failed"],
+        )
+        result.opt_outs = row["opt_outs"]
+        result.messages_played = result.abandoned
+        result.abandon_rate = result.abandoned / result.live_answers if result.live_answers else 0.0
+        reasons: Counter[str] = Counter()
+        for r in await conn.fetch(
+            "SELECT reasons FROM dial_attempts WHERE campaign_id = $1 AND NOT allowed", cid
+        ):
+            for code in json.loads(r["reasons"]) if isinstance(r["reasons"], str) else r["reasons"]:
+                reasons[str(code)] += 1
+        result.blocked_by_reason = dict(reasons)
+        agent_ids = [
+            r["agent_id"]
+            for r in await conn.fetch(
+                "SELECT DISTINCT agent_id FROM agent_state_events WHERE agent_id LIKE 'demo-agent-%'"
+            )
+        ]
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        talk_wrap = logged = 0.0
+        now = datetime.now(UTC) + timedelta(days=1)
+        for aid in agent_ids:
+            k = compute_kpis(await load_timeline(pool, aid), until=now)
+            talk_wrap += k.talk_s + k.wrap_s
+            logged += k.logged_in_s
+        result.occupancy = talk_wrap / logged if logged else 0.0
+    finally:
+        await pool.close()
+    verify = await dnc.VerifyAudit(dnc_pb2.VerifyAuditRequest())
+    result.audit_ok, result.audit_records, result.audit_problem = (
+        verify.ok,
+        verify.records_checked,
+        verify.problem,
+    )
+
+
+def print_report(r: DemoResult) -> None:
+    t = Table(title="outdial demo — final report")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    rows: list[tuple[str, str]] = [
+        ("campaign", r.campaign_id),
+        (
+            "lead rows read / accepted / duplicates / rejected",
+            f"{r.upload.get('rows')} / {r.upload.get('accepted')} / {r.upload.get('duplicates')} / "
+            f"{r.upload.get('rejected')}",
+        ),
+        (
+            "rejected at upload, by reason",
+            ", ".join(f"{k}: {v}" for k, v in sorted(r.upload.get("rejected_by_reason", {}).items())),
+        ),
+        ("leads by state", ", ".join(f"{k}: {v}" for k, v in sorted(r.leads_by_state.items()))),
+        ("lead numbers on a DNC list (never to be dialled)", str(r.dnc_numbers_in_leads)),
+        ("calls placed", str(r.calls_placed)),
+        ("live answers", str(r.live_answers)),
+        ("connected to an agent", str(r.connected)),
+        ("abandoned (message played)", f"{r.abandoned} ({r.messages_played})"),
+        ("abandonment rate / cap", f"{r.abandon_rate:.2%} / {r.abandon_cap:.0%}"),
+        ("machine / no answer / busy / failed", f"{r.machine} / {r.no_answer} / {r.busy} / {r.failed}"),
+        ("key-press opt-outs", str(r.opt_outs)),
+        ("agent occupancy (talk + wrap / logged in)", f"{r.occupancy:.1%}"),
+        (
+            "blocked by the gate, by reason",
+            ", ".join(f"{k}: {v}" for k, v in sorted(r.blocked_by_reason.items())) or "none",
+        ),
+        (
+            "DNC audit log",
+            f"{'verified' if r.audit_ok else 'BROKEN: ' + r.audit_problem} ({r.audit_records} records)",
+        ),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
+    console.print("[green]demo OK[/green]" if r.ok else "[red]demo FAILED[/red]")
+
+
+async def demo(args: argparse.Namespace, settings: Settings) -> int:
+    cfg = DemoConfig(
+        seconds=args.seconds, agents=args.agents, leads=args.leads, seed=args.seed, live=not args.json
+    )
+    result = await run_demo(settings, cfg)
+    if args.json:
+        print_json(result.as_dict())
+    else:
+        print_report(result)
+    return 0 if result.ok else 1
+
+
+def register(sub: Any) -> None:
+    p = command(sub, "demo", demo, "run a simulated campaign end to end and print its report")
+    p.add_argument("--seconds", type=float, default=60.0, help="how long the campaign runs (wall clock)")
+    p.add_argument("--agents", type=int, default=20)
+    p.add_argument("--leads", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=7)
