@@ -1,0 +1,433 @@
+"""``outdial campaign create|update|list|show|start|pause|resume|complete|archive|stats`` and
+``outdial leads upload|rejects|lists``: the campaign manager's commands."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import field_mask_pb2
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from outdial.campaign.leads import neutralise_formula
+from outdial.cli.base import channel, command, console, fail, group, print_json, print_table, to_dict
+from outdial.core.config import Settings
+from outdial.v1 import campaign_pb2, campaign_pb2_grpc, common_pb2
+
+MODES = {
+    "preview": common_pb2.DIAL_MODE_PREVIEW,
+    "progressive": common_pb2.DIAL_MODE_PROGRESSIVE,
+    "power": common_pb2.DIAL_MODE_POWER,
+    "predictive": common_pb2.DIAL_MODE_PREDICTIVE,
+    "agentless": common_pb2.DIAL_MODE_AGENTLESS,
+}
+JUR = {"US": common_pb2.JURISDICTION_US, "CA": common_pb2.JURISDICTION_CA, "UK": common_pb2.JURISDICTION_UK}
+STATES = {
+    "draft": common_pb2.CAMPAIGN_STATE_DRAFT,
+    "active": common_pb2.CAMPAIGN_STATE_ACTIVE,
+    "paused": common_pb2.CAMPAIGN_STATE_PAUSED,
+    "completed": common_pb2.CAMPAIGN_STATE_COMPLETED,
+    "archived": common_pb2.CAMPAIGN_STATE_ARCHIVED,
+}
+CHUNK = 1 << 20
+
+
+def _stub(args: argparse.Namespace, settings: Settings) -> campaign_pb2_grpc.CampaignServiceStub:
+    ch = args.campaign_channel = channel(args, settings, "campaign")  # keep the channel referenced
+    return campaign_pb2_grpc.CampaignServiceStub(ch)
+
+
+def _auth(args: argparse.Namespace, settings: Settings) -> list[tuple[str, str]]:
+    """Streaming calls carry the token themselves (the channel interceptor covers unary calls only)."""
+    token = getattr(args, "token", None) or settings.token
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
+def _campaign_json(c: campaign_pb2.Campaign) -> dict[str, Any]:
+    d = to_dict(c)
+    for k, enum, prefix in (
+        ("state", common_pb2.CampaignState, "CAMPAIGN_STATE_"),
+        ("dial_mode", common_pb2.DialMode, "DIAL_MODE_"),
+        ("jurisdiction", common_pb2.Jurisdiction, "JURISDICTION_"),
+    ):
+        d[k] = str(enum.Name(getattr(c, k))).removeprefix(prefix).lower()
+    d["jurisdiction"] = d["jurisdiction"].upper()
+    return d
+
+
+def _time(s: str) -> datetime:
+    dt = datetime.fromisoformat(s.strip().replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _settings_args(p: argparse.ArgumentParser, create: bool) -> None:
+    p.add_argument("--name", required=create)
+    p.add_argument("--description")
+    p.add_argument("--caller-id", help="E.164 caller ID, e.g. +12125550100 (required to start)")
+    p.add_argument("--mode", choices=sorted(MODES))
+    p.add_argument("--power-ratio", type=float)
+    p.add_argument("--jurisdiction", choices=sorted(JUR))
+    p.add_argument("--window", help="calling window in the lead's local time, HH:MM-HH:MM")
+    p.add_argument("--days", help="ISO weekdays allowed, e.g. 1,2,3,4,5")
+    p.add_argument("--holiday", action="append", help="YYYY-MM-DD with no calls (repeatable)")
+    p.add_argument("--skip-public-holidays", action="store_true", default=None)
+    p.add_argument("--abandon-cap", type=float, help="fraction of live answers, e.g. 0.03")
+    p.add_argument(
+        "--max-calls-24h", type=int, help="max calls per number per rolling 24 h (0 = legal default)"
+    )
+    p.add_argument("--max-attempts", type=int, help="max attempts per lead (0 = retry rules only)")
+    p.add_argument("--region", help="default region for national-format numbers (US, CA, GB …)")
+    p.add_argument("--ring-timeout", type=int, help="seconds (>= 15)")
+    p.add_argument("--max-lines-per-agent", type=int)
+    p.add_argument("--seller-name")
+    p.add_argument("--opt-out-number")
+    p.add_argument("--disposition", action="append", help="disposition name (repeatable; replaces the list)")
+    p.add_argument(
+        "--retry",
+        action="append",
+        metavar="OUTCOME=DELAY_S:MAX",
+        help="retry rule, e.g. no_answer=3600:5 (repeatable; replaces the rules)",
+    )
+    p.add_argument("--start-at", help="scheduled start (ISO 8601)")
+    p.add_argument("--end-at", help="scheduled end (ISO 8601)")
+
+
+def _campaign_from_args(args: argparse.Namespace) -> tuple[campaign_pb2.Campaign, list[str]]:
+    c = campaign_pb2.Campaign()
+    paths: list[str] = []
+
+    def put(path: str, attr: str, value: Any) -> None:
+        if value is not None:
+            setattr(c, attr, value)
+            paths.append(path)
+
+    put("name", "name", args.name)
+    put("description", "description", args.description)
+    put("caller_id", "caller_id", args.caller_id)
+    put("dial_mode", "dial_mode", MODES[args.mode] if args.mode else None)
+    put("power_ratio", "power_ratio", args.power_ratio)
+    put("jurisdiction", "jurisdiction", JUR[args.jurisdiction] if args.jurisdiction else None)
+    put("abandon_cap", "abandon_cap", args.abandon_cap)
+    put("max_calls_per_number_24h", "max_calls_per_number_24h", args.max_calls_24h)
+    put("max_attempts_per_lead", "max_attempts_per_lead", args.max_attempts)
+    put("default_region", "default_region", args.region)
+    put("max_lines_per_agent", "max_lines_per_agent", args.max_lines_per_agent)
+    put("seller_name", "seller_name", args.seller_name)
+    put("opt_out_number", "opt_out_number", args.opt_out_number)
+    if args.ring_timeout is not None:
+        c.ring_timeout.FromSeconds(args.ring_timeout)
+        paths.append("ring_timeout")
+    if args.window or args.days or args.holiday or args.skip_public_holidays:
+        start, _, end = (args.window or "08:00-21:00").partition("-")
+        c.calling_window.start_local, c.calling_window.end_local = start.strip(), end.strip()
+        if args.days:
+            c.calling_window.days_of_week.extend(int(d) for d in args.days.split(","))
+        c.calling_window.holiday_dates.extend(args.holiday or [])
+        c.calling_window.skip_public_holidays = bool(args.skip_public_holidays)
+        paths.append("calling_window")
+    if args.disposition:
+        c.dispositions.extend(args.disposition)
+        paths.append("dispositions")
+    if args.retry:
+        for spec in args.retry:
+            outcome, _, rest = spec.partition("=")
+            delay, _, mx = rest.partition(":")
+            r = c.retry_rules.add(
+                outcome=common_pb2.CallOutcome.Value(f"CALL_OUTCOME_{outcome.strip().upper()}"),
+                max_attempts=int(mx or 0),
+            )
+            r.delay.FromSeconds(int(delay or 0))
+        paths.append("retry_rules")
+    for flag, path in ((args.start_at, "scheduled_start"), (args.end_at, "scheduled_end")):
+        if flag:
+            getattr(c, path).FromDatetime(_time(flag))
+            paths.append(path)
+    return c, paths
+
+
+def _show(args: argparse.Namespace, c: campaign_pb2.Campaign) -> None:
+    d = _campaign_json(c)
+    if args.json:
+        print_json(d)
+        return
+    cw = c.calling_window
+    print_table(
+        f"campaign {c.id}",
+        ["field", "value"],
+        [
+            ("name", c.name),
+            ("state", d["state"]),
+            ("mode", d["dial_mode"] + (f" x{c.power_ratio:g}" if d["dial_mode"] == "power" else "")),
+            ("caller id", c.caller_id),
+            ("jurisdiction", d["jurisdiction"]),
+            ("window", f"{cw.start_local}-{cw.end_local} days {','.join(map(str, cw.days_of_week))}"),
+            ("abandon cap", f"{c.abandon_cap:.1%} over {c.abandon_window.seconds // 3600} h"),
+            ("max calls/number/24h", c.max_calls_per_number_24h or "legal default"),
+            (
+                "retry",
+                ", ".join(
+                    f"{common_pb2.CallOutcome.Name(r.outcome).removeprefix('CALL_OUTCOME_').lower()}"
+                    f"={r.delay.seconds}s:{r.max_attempts}"
+                    for r in c.retry_rules
+                ),
+            ),
+        ],
+    )
+
+
+async def cmd_create(args: argparse.Namespace, settings: Settings) -> int:
+    c, _ = _campaign_from_args(args)
+    resp = await _stub(args, settings).CreateCampaign(campaign_pb2.CreateCampaignRequest(campaign=c))
+    _show(args, resp.campaign)
+    return 0
+
+
+async def cmd_update(args: argparse.Namespace, settings: Settings) -> int:
+    c, paths = _campaign_from_args(args)
+    if not paths:
+        return fail("nothing to change: give at least one setting")
+    c.id = args.id
+    req = campaign_pb2.UpdateCampaignRequest(campaign=c, update_mask=field_mask_pb2.FieldMask(paths=paths))
+    resp = await _stub(args, settings).UpdateCampaign(req)
+    _show(args, resp.campaign)
+    return 0
+
+
+async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    resp = await _stub(args, settings).GetCampaign(campaign_pb2.GetCampaignRequest(campaign_id=args.id))
+    _show(args, resp.campaign)
+    return 0
+
+
+async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    stub = _stub(args, settings)
+    out: list[campaign_pb2.Campaign] = []
+    token = ""
+    while True:
+        resp = await stub.ListCampaigns(
+            campaign_pb2.ListCampaignsRequest(states=[STATES[s] for s in args.state or []], page_token=token)
+        )
+        out += list(resp.campaigns)
+        token = resp.next_page_token
+        if not token:
+            break
+    if args.json:
+        print_json([_campaign_json(c) for c in out])
+        return 0
+    print_table(
+        "campaigns",
+        ["id", "name", "state", "mode", "caller id"],
+        [
+            (c.id, c.name, _campaign_json(c)["state"], _campaign_json(c)["dial_mode"], c.caller_id)
+            for c in out
+        ],
+    )
+    return 0
+
+
+def _mover(action: str) -> Any:
+    async def handler(args: argparse.Namespace, settings: Settings) -> int:
+        stub = _stub(args, settings)
+        rpc = getattr(stub, f"{action.capitalize()}Campaign")
+        req_cls = getattr(campaign_pb2, f"{action.capitalize()}CampaignRequest")
+        kw = {"reason": args.reason} if action == "pause" and args.reason else {}
+        resp = await rpc(req_cls(campaign_id=args.id, **kw))
+        _show(args, resp.campaign)
+        return 0
+
+    return handler
+
+
+async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    st = await _stub(args, settings).GetCampaignStats(
+        campaign_pb2.GetCampaignStatsRequest(campaign_id=args.id)
+    )
+    if args.json:
+        print_json(to_dict(st))
+        return 0
+    print_table(
+        f"campaign {st.campaign_id}",
+        ["figure", "value"],
+        [
+            ("leads", st.leads_total),
+            *((f"  {k}", v) for k, v in sorted(st.leads_by_state.items())),
+            ("attempts", st.attempts),
+            ("live answers", st.live_answers),
+            ("connected", st.connected),
+            ("abandoned", st.abandoned),
+            ("abandonment 24 h", f"{st.abandon_rate_24h:.2%}"),
+            ("abandonment 30 d", f"{st.abandon_rate_30d:.2%} (cap {st.abandon_cap:.1%})"),
+            ("contacts last hour", f"{st.contacts_per_hour:g}"),
+            ("list penetration", f"{st.list_penetration:.1%}"),
+            ("blocked at dial time", st.blocked),
+            ("hopper", st.hopper_size),
+        ],
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------------- leads
+
+
+def _mapping(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for it in items or []:
+        k, sep, v = it.partition("=")
+        if not sep or not k.strip() or not v.strip():
+            raise ValueError(f'--map {it!r}: expected field="Header"')
+        out[k.strip()] = v.strip().strip('"')
+    return out
+
+
+async def cmd_upload(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        mapping = _mapping(args.map)
+    except ValueError as exc:
+        return fail(str(exc))
+    if not os.path.isfile(args.file):
+        return fail(f"no such file: {args.file}")
+    size = os.path.getsize(args.file)
+    header = campaign_pb2.UploadLeadsHeader(
+        campaign_id=args.campaign,
+        file_name=os.path.basename(args.file),
+        column_mapping=mapping,
+        default_region=args.region or "",
+        request_id=args.request_id or "",
+    )
+    show = not args.json and sys.stderr.isatty()
+    progress = Progress(
+        TextColumn("[bold]uploading"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console if not args.json else None,
+        disable=not show,
+    )
+
+    async def chunks() -> AsyncIterator[campaign_pb2.UploadLeadsRequest]:
+        yield campaign_pb2.UploadLeadsRequest(header=header)
+        task = progress.add_task("upload", total=size)
+        with open(args.file, "rb") as fh:
+            while data := fh.read(CHUNK):
+                yield campaign_pb2.UploadLeadsRequest(chunk=data)
+                progress.advance(task, len(data))
+
+    with progress:
+        resp = await _stub(args, settings).UploadLeads(chunks(), metadata=_auth(args, settings), timeout=3600)
+    out = {
+        "list_id": resp.list_id,
+        "rows": resp.rows,
+        "accepted": resp.accepted,
+        "duplicates": resp.duplicates,
+        "rejected": resp.rejected,
+        "rejected_by_reason": dict(sorted(resp.rejected_by_reason.items())),
+    }
+    if args.json:
+        print_json(out)
+        return 0
+    print_table(
+        f"lead list {resp.list_id}",
+        ["", "count"],
+        [
+            ("rows read", resp.rows),
+            ("leads accepted", resp.accepted),
+            ("numbers accepted", resp.numbers_accepted),
+            ("duplicates", resp.duplicates),
+            ("rejected", resp.rejected),
+            *((f"  {k}", v) for k, v in sorted(resp.rejected_by_reason.items())),
+        ],
+    )
+    if resp.rejected:
+        console.print(f"rejected rows: outdial leads rejects --list {resp.list_id} > rejects.csv")
+    return 0
+
+
+async def cmd_rejects(args: argparse.Namespace, settings: Settings) -> int:
+    stub = _stub(args, settings)
+    call = stub.ListLeadRejects(
+        campaign_pb2.ListLeadRejectsRequest(list_id=args.list), metadata=_auth(args, settings)
+    )
+    if args.json:
+        rows = [to_dict(r) async for page in call for r in page.rejects]
+        print_json(rows)
+        return 0
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(["row_number", "field", "raw_value", "reason", "detail"])
+    async for page in call:
+        for r in page.rejects:
+            w.writerow(
+                [r.row_number, *(neutralise_formula(v) for v in (r.field, r.raw_value, r.reason, r.detail))]
+            )
+    sys.stdout.flush()
+    return 0
+
+
+async def cmd_lists(args: argparse.Namespace, settings: Settings) -> int:
+    resp = await _stub(args, settings).ListLeadLists(
+        campaign_pb2.ListLeadListsRequest(campaign_id=args.campaign)
+    )
+    if args.json:
+        print_json([to_dict(x) for x in resp.lists])
+        return 0
+    print_table(
+        "lead lists",
+        ["id", "file", "rows", "accepted", "duplicates", "rejected"],
+        [(x.id, x.file_name, x.rows, x.accepted, x.duplicates, x.rejected) for x in resp.lists],
+    )
+    return 0
+
+
+def register(sub: Any) -> None:
+    g = group(sub, "campaign", "campaigns: create, change, run, watch")
+    p = command(g, "create", cmd_create, "create a campaign (draft)")
+    _settings_args(p, True)
+    p = command(g, "update", cmd_update, "change a campaign's settings")
+    p.add_argument("id")
+    _settings_args(p, False)
+    p = command(g, "list", cmd_list, "list campaigns")
+    p.add_argument("--state", action="append", choices=sorted(STATES))
+    p = command(g, "show", cmd_show, "show one campaign")
+    p.add_argument("id")
+    for action, text in (
+        ("start", "start a draft campaign"),
+        ("pause", "pause an active campaign"),
+        ("resume", "resume a paused campaign"),
+        ("complete", "complete a campaign"),
+        ("archive", "archive a campaign"),
+    ):
+        p = command(g, action, _mover(action), text)
+        p.add_argument("id")
+        if action == "pause":
+            p.add_argument("--reason")
+    p = command(g, "stats", cmd_stats, "a campaign's figures")
+    p.add_argument("id")
+
+    lg = group(sub, "leads", "lead lists: upload, rejects")
+    p = command(lg, "upload", cmd_upload, "upload a CSV lead file to a campaign")
+    p.add_argument("file")
+    p.add_argument("--campaign", required=True)
+    p.add_argument(
+        "--map",
+        action="append",
+        metavar='FIELD="Header"',
+        help="map a lead field to a column: phone, phone2, first_name, last_name, zip, state, timezone",
+    )
+    p.add_argument("--region", help="default region for this file's national-format numbers")
+    p.add_argument("--request-id", help="idempotency key: a retried upload returns the first result")
+    p = command(lg, "rejects", cmd_rejects, "the rejected rows of a lead list, as CSV on stdout")
+    p.add_argument("--list", required=True)
+    p = command(lg, "lists", cmd_lists, "the lead lists of a campaign")
+    p.add_argument("--campaign", required=True)
