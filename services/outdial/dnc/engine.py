@@ -452,7 +452,7 @@ class DncEngine:
     async def rebuild(self, actor: str) -> tuple[int, int]:
         """Build a new index version from PostgreSQL, switch to it, delete the old one."""
         async with self.pool.acquire() as lock_conn:
-            await lock_conn.execute("SELECT pg_advisory_lock($1)", REBUILD_LOCK)
+            await lock_conn.execute("SELECT pg_advisory_lock($1)", REBUILD_LOCK, timeout=store.BULK_TIMEOUT)
             try:
                 return await self._rebuild(actor)
             finally:
@@ -465,7 +465,10 @@ class DncEngine:
             async with snap.transaction(isolation="repeatable_read", readonly=True):
                 async with self.pool.acquire() as excl:
                     async with excl.transaction():
-                        await excl.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                        # try, never queue: a queued exclusive request would stall every opt-out
+                        # behind a long registry import
+                        while not await excl.fetchval("SELECT pg_try_advisory_xact_lock($1)", WRITE_LOCK):
+                            await asyncio.sleep(0.2)
                         # the snapshot is taken by the first query, while no writer is in flight
                         snapshot_at = await store.db_now(snap)
                 lists, _ = await store.fetch_lists(snap)

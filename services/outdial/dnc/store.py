@@ -12,6 +12,9 @@ import asyncpg
 from outdial.dnc.audit import AuditEntry, AuditRecord, chain
 from outdial.dnc.gate import EntryInfo, ListInfo
 
+#: Statement timeout for bulk work (registry imports, rebuilds): the pool's default is for OLTP queries.
+BULK_TIMEOUT = 3600.0
+
 _AUDIT_COLS = (
     "seq",
     "at",
@@ -229,11 +232,13 @@ async def import_staged(
     )
 
     async def sink(batch: list[tuple[str, str]]) -> None:
-        await conn.copy_records_to_table("dnc_staging", records=batch, columns=("op", "number"))
+        await conn.copy_records_to_table(
+            "dnc_staging", records=batch, columns=("op", "number"), timeout=BULK_TIMEOUT
+        )
 
     await rows(sink)
-    await conn.execute("CREATE INDEX ON dnc_staging (number)")
-    await conn.execute("ANALYZE dnc_staging")
+    await conn.execute("CREATE INDEX ON dnc_staging (number)", timeout=BULK_TIMEOUT)
+    await conn.execute("ANALYZE dnc_staging", timeout=BULK_TIMEOUT)
     if mode == "full":
         removed_n = await conn.execute(
             """UPDATE dnc_entries e SET removed_at = $2, removed_by = $3, removed_reason = 'registry full import',
@@ -244,6 +249,7 @@ async def import_staged(
             list_id,
             at,
             actor,
+            timeout=BULK_TIMEOUT,
         )
         added_n = await conn.execute(
             """INSERT INTO dnc_entries (list_id, number, source, actor, reason, added_at)
@@ -255,6 +261,7 @@ async def import_staged(
             source,
             actor,
             at,
+            timeout=BULK_TIMEOUT,
         )
         return int(added_n.split()[-1]), int(removed_n.split()[-1]), [], []
     else:
@@ -266,6 +273,7 @@ async def import_staged(
             list_id,
             at,
             actor,
+            timeout=BULK_TIMEOUT,
         )
         added = await conn.fetch(
             """INSERT INTO dnc_entries (list_id, number, source, actor, reason, added_at)
@@ -276,6 +284,7 @@ async def import_staged(
             source,
             actor,
             at,
+            timeout=BULK_TIMEOUT,
         )
     return len(added), len(removed), [r["number"] for r in added], [r["number"] for r in removed]
 
@@ -326,7 +335,9 @@ async def db_now(conn: asyncpg.Connection) -> datetime:
 
 async def current_numbers(conn: asyncpg.Connection, list_id: str) -> list[str]:
     rows = await conn.fetch(
-        "SELECT number FROM dnc_entries WHERE list_id = $1 AND removed_at IS NULL", list_id
+        "SELECT number FROM dnc_entries WHERE list_id = $1 AND removed_at IS NULL",
+        list_id,
+        timeout=BULK_TIMEOUT,
     )
     return [r["number"] for r in rows]
 
@@ -339,6 +350,7 @@ async def copy_digits(
         "SELECT substr(number, 2) FROM dnc_entries WHERE list_id = $1 AND removed_at IS NULL ORDER BY number",
         list_id,
         output=output,
+        timeout=BULK_TIMEOUT,
     )
 
 
@@ -350,6 +362,7 @@ async def changed_since(conn: asyncpg.Connection, since: datetime) -> list[tuple
                           AND e.removed_at IS NULL) AS present
            FROM dnc_entries c WHERE c.changed_at >= $1""",
         since,
+        timeout=BULK_TIMEOUT,
     )
     return [(r["list_id"], r["number"], r["present"]) for r in rows]
 
