@@ -54,6 +54,7 @@ class Run:
     overlaps: int = 0
     results: Counter[str] = field(default_factory=Counter)
     assigned_to: dict[str, str] = field(default_factory=dict)
+    agent_errors: Counter[str] = field(default_factory=Counter)
 
 
 async def wait_health(addr: str, timeout: float = 60) -> None:
@@ -133,8 +134,9 @@ class BenchAgent:
                 agent_pb2.SetDispositionRequest(agent_id=self.agent_id, call_id=call_id, disposition="sale"),
                 metadata=self.md,
             )
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
             self.current = None  # offer withdrawn before it was acknowledged
+            self.run_.agent_errors[f"{exc.code().name}: {exc.details()}"] += 1
 
     async def stop(self) -> None:
         self.call.cancel()
@@ -265,6 +267,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         stop_ping.set()
         await ping_task
         await asyncio.sleep(0.5)  # let in-flight stream deliveries land before counting
+        counts = (
+            await dialers[0].GetAgentCounts(agent_pb2.GetAgentCountsRequest(campaign_id=campaign), metadata=svc_md)
+        ).counts
         double_calls = sum(1 for who in run.received_by.values() if len(set(who)) > 1)
         mismatched = sum(1 for cid, aid in run.assigned_to.items() if run.received_by.get(cid) != [aid])
         for a in agents:
@@ -284,6 +289,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "offercall_rpc_ms": {k: (v * ms if k != "n" else v) for k, v in rpc.items()},
             "redis_ping_ms": {k: (v * ms if k != "n" else v) for k, v in ping.items()},
             "double_assigned_calls": double_calls,
+            "agent_rpc_errors": dict(run.agent_errors),
+            "agents_at_end": {f: getattr(counts, f) for f in ("ready", "reserved", "on_call", "wrap_up", "paused")},
             "agent_overlapping_offers": run.overlaps,
             "assigned_but_not_delivered_to_that_agent": mismatched,
         }

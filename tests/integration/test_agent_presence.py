@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from outdial.core import keys
-from outdial.v1 import agent_pb2
+from outdial.v1 import agent_pb2, common_pb2
 from tests.conftest import Services
 from tests.integration.test_agent_service import Console, dialer, offer_req, timeline, wait_for
 
@@ -103,3 +103,35 @@ async def test_call_is_reported_not_assigned_when_no_one_takes_it_in_time(
     assert await redis.hget(keys.agent("zed"), "state") in ("ready", "logged_out")
     assert await redis.hget(keys.agent("zed"), "call_id") in ("", "r2")
     await zombie.aclose()  # type: ignore[no-untyped-call]
+
+
+async def test_wrap_up_times_out_to_ready_and_a_late_disposition_is_still_recorded(
+    services: Services, pg: asyncpg.Pool, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OUTDIAL_AGENT_WRAP_TIMEOUT_S", "0.5")
+    rs = await services.start("agent")
+    wes = Console(services, rs, "wes")
+    await wes.login(("c1", 1))
+    await wes.connect()
+    assert (await dialer(services, rs).OfferCall(offer_req("c1", "w1"))).assigned
+    await wes.stub.EndCall(agent_pb2.EndCallRequest(call_id="w1"))
+
+    async def ready_again() -> bool:
+        return await redis.hget(keys.agent("wes"), "state") == "ready"
+
+    await wait_for(ready_again, what="wrap-up timeout")
+    hb = await wes.stub.Heartbeat(agent_pb2.HeartbeatRequest())
+    assert hb.status.state == common_pb2.AGENT_STATE_READY
+    done = await wes.stub.SetDisposition(agent_pb2.SetDispositionRequest(call_id="w1", disposition="other"))
+    assert done.status.call_id == ""
+    assert await pg.fetchval("SELECT disposition FROM agent_dispositions WHERE call_id = 'w1'") == "other"
+
+    async def tl() -> list[tuple[str, str, str]]:
+        rows = await timeline(pg, "wes")
+        return rows if len(rows) >= 5 else []
+
+    assert (await wait_for(tl, what="timeline"))[3:] == [
+        ("wrap_up", "end_call", "w1"),
+        ("ready", "wrap_timeout", "w1"),
+    ]
+    await wes.kill()

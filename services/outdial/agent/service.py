@@ -213,11 +213,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             await self.store.touch_presence(agent_id, session_id, self.cfg.heartbeat_timeout_s)
             yield agent_pb2.ConnectResponse(status=await self._status(agent_id))
+            loop = asyncio.get_running_loop()
+            refreshed = loop.time()
             while True:
-                try:
-                    msg = await asyncio.wait_for(q.get(), timeout=refresh)
-                except TimeoutError:
+                # Presence is refreshed while the stream is open, however busy it is.
+                if loop.time() - refreshed >= refresh:
                     await self.store.touch_presence(agent_id, session_id, self.cfg.heartbeat_timeout_s)
+                    refreshed = loop.time()
+                try:
+                    msg = await asyncio.wait_for(
+                        q.get(), timeout=max(refresh - (loop.time() - refreshed), 0.01)
+                    )
+                except TimeoutError:
                     continue
                 if msg.get("type") == "offer":
                     pending = msg
@@ -225,9 +232,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     await self.store.publish_ack(str(msg["reply_to"]), "ack", str(msg["call_id"]), agent_id)
                     pending = None
                 elif msg.get("type") == "status":
-                    yield agent_pb2.ConnectResponse(status=await self._status(agent_id))
-                    if msg.get("state") == "logged_out":
-                        return
+                    st = await self._status(agent_id)
+                    if st.session_id != session_id:
+                        return  # logged out, or logged in again from another console: this stream is over
+                    yield agent_pb2.ConnectResponse(status=st)
                 elif msg.get("type") == "call_ended":
                     yield agent_pb2.ConnectResponse(call_ended=str(msg.get("call_id", "")))
         finally:
@@ -312,7 +320,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 self.hub.forget(request.call_id)
             if kind == "ack":
                 con = await self.store.run("connected", tr.agent_id, request.call_id)
-                if con.changed:
+                if con.changed or con.status == "already":
                     self.timeline.record(con, "connected")
                     delivered = json.loads(tr.extra)
                     self._background(self._call_events(delivered, tr.agent_id, con.at_ms))

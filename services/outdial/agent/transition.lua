@@ -206,7 +206,14 @@ end
 
 if op == 'connected' then
   -- ARGV[8] call id
-  if prev ~= 'reserved' or call_id ~= ARGV[8] then return result('bad_state', aid, prev, prev, 0, craw, call_id) end
+  if prev ~= 'reserved' or call_id ~= ARGV[8] then
+    -- A quick console may have ended the call before the connection was recorded: it was connected.
+    local last = redis.call('HGET', akey, 'last_call') or ''
+    if last ~= '' and cjson.decode(last)['call_id'] == ARGV[8] then
+      return result('already', aid, prev, prev, 0, craw, ARGV[8], last)
+    end
+    return result('bad_state', aid, prev, prev, 0, craw, call_id)
+  end
   local seq = apply(aid, akey, 'on_call', '', call_id, campaigns, true)
   redis.call('HSET', akey, 'offer_deadline_ms', '')
   return result('ok', aid, prev, 'on_call', seq, craw, call_id, redis.call('HGET', akey, 'offer') or '')
@@ -222,11 +229,13 @@ end
 
 if op == 'end_call' then
   -- ARGV[8] call id ('' = the current one), [9] wrap-up timeout ms
-  if prev ~= 'on_call' or (ARGV[8] ~= '' and call_id ~= ARGV[8]) then
+  -- From reserved too: the offer reached the console (it shows the call) before OfferCall recorded the
+  -- connection; 'connected' then sees last_call and reports the call as connected.
+  if (prev ~= 'on_call' and prev ~= 'reserved') or (ARGV[8] ~= '' and call_id ~= ARGV[8]) then
     return result('bad_state', aid, prev, prev, 0, craw, call_id)
   end
   redis.call('HSET', akey, 'last_call', redis.call('HGET', akey, 'offer') or '', 'offer', '',
-             'wrap_deadline_ms', now + tonumber(ARGV[9]))
+             'offer_deadline_ms', '', 'wrap_deadline_ms', now + tonumber(ARGV[9]))
   local seq = apply(aid, akey, 'wrap_up', '', call_id, campaigns, true)
   return result('ok', aid, prev, 'wrap_up', seq, craw, call_id, redis.call('HGET', akey, 'last_call'))
 end
