@@ -103,3 +103,57 @@ def test_parse_never_crashes(raw: str) -> None:
         assert exc.reason
     else:
         assert p.e164.startswith("+1")
+
+
+# ------------------------------------------------------------------ the fast path gives phonenumbers' answers
+
+_sep = st.sampled_from(["", " ", "-", ".", "  ", "/", "\t"])
+_npa = st.one_of(
+    st.sampled_from(
+        ["212", "310", "808", "646", "415", "305", "907", "800", "888", "900", "555", "416", "011", "123"]
+    ),
+    st.text(alphabet="0123456789", min_size=3, max_size=3),
+)
+
+
+@st.composite
+def us_shaped(draw: st.DrawFn) -> str:
+    prefix = draw(st.sampled_from(["", "1", "+1", "+1 ", "1-", "1 ", "+", "01", "+44 "]))
+    npa = draw(_npa)
+    paren = draw(st.booleans())
+    a = f"({npa})" if paren else npa
+    if draw(st.integers(0, 9)) == 0:
+        a = "(" + npa  # unbalanced
+    nxx = draw(st.text(alphabet="0123456789", min_size=3, max_size=3))
+    line = draw(st.text(alphabet="0123456789", min_size=3, max_size=5))
+    tail = draw(st.sampled_from(["", "", "", " ", " x12", " ext. 3", "#", "a"]))
+    lead = draw(st.sampled_from(["", "", " ", "\t"]))
+    return lead + prefix + a + draw(_sep) + nxx + draw(_sep) + line + tail
+
+
+def _answer(fn, raw: str, region: str, jur: str) -> object:  # type: ignore[no-untyped-def]
+    try:
+        return fn(raw, region, jur)
+    except NumberError as exc:
+        return ("error", exc.reason, exc.detail)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(us_shaped(), st.text(max_size=20)),
+    st.sampled_from([("US", "US"), ("US", "CA"), ("CA", "CA"), ("GB", "UK")]),
+)
+def test_fast_path_is_exact(raw: str, rj: tuple[str, str]) -> None:
+    from outdial.rules.numbers import parse_number_fast
+
+    assert _answer(parse_number_fast, raw, *rj) == _answer(parse_number, raw, *rj)
+
+
+def test_fast_path_takes_common_shapes() -> None:
+    from outdial.rules import numbers
+
+    before = numbers._nanp_geo_zones.cache_info().hits + numbers._nanp_geo_zones.cache_info().misses
+    for raw in ("(212) 555-0100", "212.555.0101", "+1 212 555 0102", "1-212-555-0103", "2125550104"):
+        assert numbers.parse_number_fast(raw) == numbers.parse_number(raw)
+    after = numbers._nanp_geo_zones.cache_info().hits + numbers._nanp_geo_zones.cache_info().misses
+    assert after - before == 5  # every one of them answered by the fast path

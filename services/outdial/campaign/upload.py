@@ -25,7 +25,7 @@ from outdial.campaign.csvstream import CsvStream, MalformedFile
 from outdial.campaign.leads import Columns, LeadRow, MappingError, Parser, find_columns, normalise_row
 from outdial.campaign.store import new_id
 from outdial.core.errors import InvalidArgument
-from outdial.rules.numbers import parse_number
+from outdial.rules.numbers import parse_number_fast
 
 
 @dataclass
@@ -70,7 +70,7 @@ class LeadUpload:
         max_bytes: int,
         max_line: int,
         batch_rows: int,
-        parser: Parser = parse_number,
+        parser: Parser = parse_number_fast,
         progress: Callable[[int], None] | None = None,
     ) -> None:
         self.conn = conn

@@ -12,12 +12,14 @@ that :func:`outdial.rules.windows.check_window` takes the intersection (the most
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 import phonenumbers
 import us
 import zipcodes
-from phonenumbers import PhoneNumberType, timezone
+from phonenumbers import PhoneNumberType, phonenumberutil, timezone
+from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 __all__ = [
     "JURISDICTION_REGIONS",
@@ -26,6 +28,7 @@ __all__ = [
     "jurisdiction_regions",
     "normalise_state",
     "parse_number",
+    "parse_number_fast",
     "timezones_for",
 ]
 
@@ -200,3 +203,53 @@ def timezones_for(e164: str, zip_code: str | None = None, state: str | None = No
         # The address picks among the number's candidates (or overlaps a multi-zone state).
         return tuple(sorted(common))
     return tuple(sorted(set(address_zones) | set(number_zones)))
+
+
+# ------------------------------------------------------------------------------------------- fast path
+#
+# ``parse_number`` costs ~30-50 us per number, most of it in ``phonenumbers.parse`` (generic extraction
+# and normalisation) and in finding the region of a NANP number among 25 regions. Lead files are
+# overwhelmingly US numbers written in a handful of shapes. For exactly those shapes the outcome of
+# ``phonenumbers.parse(raw, "US")`` is known without running it - country code 1 and the ten digits as the
+# national number - and for a number valid for the US, region_code_for_number() is "US" (the US comes
+# first among NANP regions) so its type is the US metadata's type of those digits. Time zones of a
+# geographical NANP number depend only on its first 7 E.164 digits (the longest "1…" prefix in
+# phonenumbers' tz data is 7 digits), so they are cached by that prefix. Anything else - other shapes,
+# other regions, invalid, unusual types - goes to ``parse_number``. tests/unit/test_rules_numbers.py proves
+# with hypothesis that both give identical answers.
+
+_SIMPLE_US = re.compile(r"\s*(?:\+?1[ .\-]?)?\(?([2-9]\d\d)\)?[ .\-]?(\d{3})[ .\-]?(\d{4})\s*")
+_US_META = phonenumbers.PhoneMetadata.metadata_for_region("US")
+_GEO_TYPES = {
+    PhoneNumberType.FIXED_LINE: "fixed_line",
+    PhoneNumberType.FIXED_LINE_OR_MOBILE: "fixed_line_or_mobile",
+}
+_NANP_TZ_PREFIX = max(len(k) for k in TIMEZONE_DATA if k.startswith("1"))
+assert _NANP_TZ_PREFIX <= TIMEZONE_LONGEST_PREFIX
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _nanp_geo_zones(prefix7: str) -> tuple[str, ...]:
+    """Zones of a valid geographical +1 number from its first 7 digits (as time_zones_for_geographical_number
+    would look them up: longest prefix first)."""
+    for n in range(len(prefix7), 0, -1):
+        zones = TIMEZONE_DATA.get(prefix7[:n])
+        if zones is not None:
+            return tuple(sorted(z for z in zones if z != _UNKNOWN_ZONE))
+    return ()
+
+
+def parse_number_fast(raw: str, default_region: str = "US", jurisdiction: str = "US") -> ParsedNumber:
+    """Same answers as :func:`parse_number`, several times faster on common US number shapes."""
+    if default_region == "US" and jurisdiction == "US" and _US_META is not None:
+        m = _SIMPLE_US.fullmatch(raw) if raw else None
+        if m is not None:
+            nsn = m.group(1) + m.group(2) + m.group(3)
+            ntype = phonenumberutil._number_type_helper(nsn, _US_META)
+            name = _GEO_TYPES.get(ntype)
+            if name is not None:
+                e164 = "+1" + nsn
+                return ParsedNumber(
+                    e164=e164, region="US", number_type=name, timezones=_nanp_geo_zones(e164[1:8])
+                )
+    return parse_number(raw, default_region, jurisdiction)
