@@ -306,6 +306,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     max(int(remaining * 1000), 1),
                     self.replica_id,
                     self.cfg.max_candidates,
+                    self.cfg.stuck_offer_slack_ms,
                 )
                 if tr.status != "ok":
                     return done(False, why=reason)

@@ -56,12 +56,13 @@ class AgentRedis:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._script = redis.register_script(load_lua(__package__, "transition.lua"))
+        self._keys = [keys.agents_index(), keys.agents_presence_due(), keys.agents_deadlines_due()]
         self._templates = [
             keys.agent_key_template(k) for k in ("ready", "view", "agent", "presence", "offers")
         ]
 
     async def run(self, op: str, *args: str | int) -> Transition:
-        raw = await self._script(keys=[keys.agents_index()], args=[*self._templates, op, *args])
+        raw = await self._script(keys=self._keys, args=[*self._templates, op, *args])
         status, aid, prev, new, now, seq, craw, call_id, extra = (str(x) for x in raw)
         return Transition(
             status, aid, prev, new, int(now), int(seq), json.loads(craw or "[]"), call_id, extra
@@ -81,7 +82,7 @@ class AgentRedis:
         return [(aid, row) for aid, row in zip(agent_ids, rows, strict=True) if row]
 
     async def touch_presence(self, agent_id: str, session_id: str, ttl_s: float) -> None:
-        await self.redis.set(keys.agent_presence(agent_id), session_id or "1", px=int(ttl_s * 1000))
+        await self.run("touch", agent_id, session_id or "1", int(ttl_s * 1000))
 
     async def publish_ack(self, replica: str, kind: str, call_id: str, agent_id: str) -> None:
         await self.redis.publish(keys.agent_acks(replica), json.dumps([kind, call_id, agent_id]))

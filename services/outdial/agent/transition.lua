@@ -1,6 +1,7 @@
 -- Every state change of an agent, as ONE atomic script (see keys.py "Atomicity of agent transitions").
 --
--- KEYS[1] = agents index (set of logged-in agent ids)
+-- KEYS[1] = agents index (set of logged-in agent ids), KEYS[2] = presence due zset,
+-- KEYS[3] = deadlines due zset (the sweeper reads both up to now)
 -- ARGV[1..5] = key templates (%s = id): ready set, pacing view, agent hash, presence, offers channel
 -- ARGV[6] = op; ARGV[7..] = op arguments (below)
 -- Time comes from Redis TIME so that replicas compare like with like.
@@ -9,7 +10,7 @@
 -- "no_agent").
 
 local ready_tpl, view_tpl, agent_tpl, presence_tpl, offers_tpl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local index_key = KEYS[1]
+local index_key, presence_due, deadlines_due = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[6]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -67,7 +68,7 @@ end
 
 if op == 'reserve' then
   -- ARGV[7] campaign id, [8] call id, [9] required skills JSON list, [10] offer JSON, [11] deadline ms,
-  -- [12] replica id waiting for the ack, [13] max agents to examine
+  -- [12] replica id waiting for the ack, [13] max agents to examine, [14] sweeper slack ms
   local cid, call_id, skills_json, offer_json = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
   local deadline_ms, replica, limit = tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])
   local need = cjson.decode(skills_json)
@@ -116,6 +117,7 @@ if op == 'reserve' then
   redis.call('HSET', akey, 'offer', payload, 'offer_deadline_ms', now + deadline_ms, 'offer_replica', replica,
              'offer_campaign', cid)
   local seq = apply(chosen, akey, 'reserved', '', call_id, campaigns, false)
+  redis.call('ZADD', deadlines_due, now + deadline_ms + tonumber(ARGV[14]), chosen)
   redis.call('PUBLISH', string.format(offers_tpl, chosen), payload)
   return result('ok', chosen, 'ready', 'reserved', seq, craw, call_id, payload)
 end
@@ -123,6 +125,13 @@ end
 local aid = ARGV[7]
 local akey = string.format(agent_tpl, aid)
 local prev = state_of(akey)
+
+if op == 'touch' then
+  -- Presence: ARGV[8] session id, [9] ttl ms
+  redis.call('SET', string.format(presence_tpl, aid), ARGV[8], 'PX', tonumber(ARGV[9]))
+  redis.call('ZADD', presence_due, now + tonumber(ARGV[9]), aid)
+  return result('noop', aid, prev, prev, 0, '[]', '')
+end
 
 if op == 'login' then
   -- ARGV[8] campaigns JSON [{id, priority}], [9] skills JSON, [10] session id
@@ -154,6 +163,8 @@ if op == 'logout' then
   local seq = apply(aid, akey, 'logged_out', ARGV[8], call_id, campaigns, true)
   redis.call('HSET', akey, 'session_id', '', 'offer', '', 'offer_deadline_ms', '')
   redis.call('SREM', index_key, aid)
+  redis.call('ZREM', presence_due, aid)
+  redis.call('ZREM', deadlines_due, aid)
   return result('ok', aid, prev, 'logged_out', seq, craw, call_id, extra)
 end
 
@@ -162,6 +173,8 @@ if op == 'sweep' then
   -- Wrap-up past its timeout: back to ready. ARGV[8] slack ms for stuck offers.
   if prev == 'logged_out' then
     redis.call('SREM', index_key, aid)
+    redis.call('ZREM', presence_due, aid)
+    redis.call('ZREM', deadlines_due, aid)
     return result('noop', aid, prev, prev, 0, craw, '')
   end
   if redis.call('EXISTS', string.format(presence_tpl, aid)) == 0 then
@@ -170,6 +183,8 @@ if op == 'sweep' then
     local seq = apply(aid, akey, 'logged_out', 'heartbeat_timeout', call_id, campaigns, true)
     redis.call('HSET', akey, 'session_id', '', 'offer', '', 'offer_deadline_ms', '')
     redis.call('SREM', index_key, aid)
+    redis.call('ZREM', presence_due, aid)
+    redis.call('ZREM', deadlines_due, aid)
     return result('ok', aid, prev, 'logged_out', seq, craw, call_id, extra)
   end
   if prev == 'reserved' then
@@ -187,6 +202,17 @@ if op == 'sweep' then
       redis.call('HSET', akey, 'wrap_deadline_ms', '')
       return result('ok', aid, prev, 'ready', seq, craw, call_id, '')
     end
+  end
+  -- Nothing due: reschedule this agent in the due sets from its current state.
+  local pttl = redis.call('PTTL', string.format(presence_tpl, aid))
+  if pttl > 0 then redis.call('ZADD', presence_due, now + pttl, aid) end
+  if prev == 'wrap_up' then
+    redis.call('ZADD', deadlines_due, tonumber(redis.call('HGET', akey, 'wrap_deadline_ms') or '') or now, aid)
+  elseif prev == 'reserved' then
+    local dl = tonumber(redis.call('HGET', akey, 'offer_deadline_ms') or '') or now
+    redis.call('ZADD', deadlines_due, dl + tonumber(ARGV[8]), aid)
+  else
+    redis.call('ZREM', deadlines_due, aid)
   end
   return result('noop', aid, prev, prev, 0, craw, call_id)
 end
@@ -237,6 +263,7 @@ if op == 'end_call' then
   redis.call('HSET', akey, 'last_call', redis.call('HGET', akey, 'offer') or '', 'offer', '',
              'offer_deadline_ms', '', 'wrap_deadline_ms', now + tonumber(ARGV[9]))
   local seq = apply(aid, akey, 'wrap_up', '', call_id, campaigns, true)
+  redis.call('ZADD', deadlines_due, now + tonumber(ARGV[9]), aid)
   return result('ok', aid, prev, 'wrap_up', seq, craw, call_id, redis.call('HGET', akey, 'last_call'))
 end
 

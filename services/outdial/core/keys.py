@@ -195,6 +195,20 @@ def agent_acks(replica_id: str) -> str:
     return f"{PREFIX}agentsvc:acks:{replica_id}"
 
 
+def agents_presence_due() -> str:
+    """Sorted set: agent id -> when (Redis TIME ms) their presence key expires unless refreshed. Writer:
+    agent service (presence touch, logout). Reader: the presence sweeper (ZRANGEBYSCORE up to now), so a
+    sweep costs O(agents due), not O(agents online). No TTL; members removed at logout."""
+    return f"{PREFIX}agents:due:presence"
+
+
+def agents_deadlines_due() -> str:
+    """Sorted set: agent id -> next state deadline (ms): wrap-up timeout, or a reservation's offer deadline
+    plus slack. Writer: agent transition script. Reader: the presence sweeper. No TTL; members removed or
+    rescheduled by the sweep."""
+    return f"{PREFIX}agents:due:deadlines"
+
+
 # ---------------------------------------------------------------- DNC
 
 
