@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from outdial.pacing.algorithms import ALGORITHMS, make_algorithm
+from outdial.pacing.algorithms import ALGORITHMS, make_algorithm, target_rate
 from outdial.pacing.snapshot import (
     MIN_RING_S,
     AgentSnap,
@@ -165,3 +165,33 @@ def test_predictive_dials_less_with_a_smaller_budget() -> None:
 def test_unknown_algorithm_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown pacing algorithm"):
         make_algorithm("buzz")
+
+
+def test_target_spends_unspent_budget_and_saves_when_overspent() -> None:
+    params = PacingParams()
+    thrifty = BudgetView(
+        cap=0.03, window_s=30 * 86400.0, live_answers=10_000, abandoned=50, remaining=250.0, rate_60min=0.0
+    )
+    lavish = BudgetView(
+        cap=0.03, window_s=30 * 86400.0, live_answers=10_000, abandoned=280, remaining=20.0, rate_60min=0.0
+    )
+    assert target_rate(thrifty, params) > target_rate(lavish, params)
+    assert target_rate(thrifty, params) <= 0.03
+    assert target_rate(lavish, params) < 0.0225
+
+
+def test_small_team_keeps_abandoned_calls_in_hand_for_the_hour() -> None:
+    # 100 live answers in the last hour, 4 abandoned: one more and the hour is at its 5 % cap
+    tight = BudgetView(
+        cap=0.03,
+        window_s=30 * 86400.0,
+        live_answers=5000,
+        abandoned=50,
+        remaining=100.0,
+        rate_60min=0.04,
+        live_60min=100,
+        abandoned_60min=4,
+    )
+    assert target_rate(tight, PacingParams()) == 0.0
+    d = make_algorithm("predictive").decide(snap(ready(4), budget=tight))
+    assert (d.mode, d.reserve_agent, d.calls) == ("progressive", True, 4)

@@ -175,18 +175,23 @@ def _model(
     def gt(x: float) -> float:  # answer-delay CDF of live calls, truncated at the ring time
         return min(1.0, _erlang_cdf(min(x, ring_s), shape, scale) / g_ring)
 
-    new_answer = tuple(p * gt(t) for t in taus)
+    g_at = [gt(i * step) for i in range(2 * n + 2)]  # the grid is integral: one CDF value per instant
+    new_answer = tuple(p * g_at[j] for j in range(n + 1))
     # Calls nobody answers end either at once (busy, failed) or at the ring time: the share of the latter
     # follows from their mean release time.
     unanswered = max(0.0, 1.0 - p - machine)
     long_share = min(1.0, max(0.0, release_s / ring_s))
     rows = []
     for age in range(n + 1):
-        live_left = p * (1.0 - gt(age))
-        other_left = machine * (1.0 - gt(age)) + (unanswered * long_share if age < ring_s else 0.0)
+        g0 = g_at[age]
+        live_left = p * (1.0 - g0)
+        other_left = machine * (1.0 - g0) + (unanswered * long_share if age < ring_s else 0.0)
         alive = live_left + other_left
-        g0 = gt(age)
-        rows.append(tuple((p * (gt(age + t) - g0) / alive) if alive > 1e-12 else 0.0 for t in taus))
+        if alive <= 1e-12:
+            rows.append((0.0,) * (n + 1))
+            continue
+        k = p / alive
+        rows.append(tuple(k * (g_at[age + j] - g0) for j in range(n + 1)))
     talk = max(talk_s, 1.0)
     on_call = tuple(
         (1.0 - math.exp(-(t + PATIENCE_S - wrap_s) / talk)) if t + PATIENCE_S > wrap_s else 0.0 for t in taus
@@ -213,23 +218,32 @@ def _expected_excess(mu: float, var: float) -> float:
     return mu * 0.5 * math.erfc(-z * 0.7071067811865476) + sd * _phi(z)
 
 
-def target_rate(budget: BudgetView, params: PacingParams, margin: float = 0.8) -> float:
+def target_rate(budget: BudgetView, params: PacingParams, margin: float = 0.75) -> float:
     """The abandonment rate to aim at now, from what is left of the budget.
 
-    The cap is a rate over a long window (30 days): what has not been spent of it (``remaining``
-    abandoned calls) is spread over the live answers to come, taken as many as the window has seen; a
-    ``margin`` below the cap absorbs chance. The last 60 minutes are kept well below their own cap: as
-    their rate climbs past 40 % of it, the target tapers down to nothing.
+    The cap is a rate over a long window (30 days): the pacer aims at ``margin * cap`` and steers the
+    window's rate there, spending deliberately what earlier hours left unspent and saving when they
+    overspent: ``target = margin * cap + (margin * cap - window rate)``, the window rate counted over at
+    least 500 live answers (a young campaign is not steered by its first few calls). Whatever the window,
+    the target stays within the cap. The last 60 minutes are kept below their own cap
+    (``short_window_cap``, 5 %): once their rate passes half of it, the target tapers down to nothing,
+    and it tapers too when fewer than 5 more abandoned calls would take the hour over (small teams).
     """
     if params.target_abandon_rate is not None:
         base = params.target_abandon_rate
     else:
-        base = budget.cap * margin + 0.5 * max(0.0, budget.remaining) / max(budget.live_answers, 500)
+        aim = margin * budget.cap
+        spent = budget.abandoned / max(budget.live_answers, 500)
+        base = min(budget.cap, 2.0 * aim - spent)
     short = budget.short_window_cap
     base = min(base, 0.6 * short)
     knee = 0.5 * short
     if budget.rate_60min > knee:
         base *= max(0.0, (short - budget.rate_60min) / (short - knee))
+    # Small teams: a handful of abandoned calls moves the hour's rate; keep a few in hand.
+    if budget.live_60min or budget.abandoned_60min:  # (counts given: AbandonBudget.view fills them)
+        headroom = short * budget.live_60min - budget.abandoned_60min
+        base *= min(1.0, max(0.0, (headroom - 1.0) / 4.0))
     return max(0.0, base)
 
 
@@ -254,7 +268,7 @@ class Predictive:
 
     name = "predictive"
 
-    def __init__(self, gain: float = 1.0, margin: float = 0.7) -> None:
+    def __init__(self, gain: float = 1.0, margin: float = 0.75) -> None:
         self.gain = gain
         self.margin = margin
 

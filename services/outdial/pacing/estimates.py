@@ -2,7 +2,7 @@
 
 - live-answer rate: a Beta posterior over discounted counts (memory of about ``memory`` calls), so it
   follows slow drift; a fast EWMA beside it detects abrupt changes (a z-test on the gap, the EWMA's own
-  standard deviation); on a change the posterior restarts from the recent calls and the estimates are
+  standard deviation, a minimum size, and it must last); on a change the posterior restarts from the recent calls and the estimates are
   not ``confident`` again until ``min_samples`` calls have been observed since;
 - answer delay: EWMA of its mean and second moment (the Gamma shape follows from them);
 - no-answer release, talk and wrap-up times: EWMA means.
@@ -39,9 +39,11 @@ class OnlineEstimator:
     def __init__(
         self,
         *,
-        memory: float = 2000.0,
+        memory: float = 4000.0,
         fast_memory: float = 150.0,
-        change_z: float = 4.5,
+        change_z: float = 3.5,
+        min_change: float = 0.25,
+        persist: int = 50,
         min_samples: int = 100,
         min_talk_samples: int = 20,
         prior_rate: float = 0.2,
@@ -53,6 +55,9 @@ class OnlineEstimator:
         self.decay = 1.0 - 1.0 / memory
         self.fast_alpha = 1.0 / fast_memory
         self.change_z = change_z
+        self.min_change = min_change
+        self.persist = persist
+        self._streak = 0
         self.min_samples = min_samples
         self.min_talk_samples = min_talk_samples
         # Beta(a, b) over discounted counts; a weak prior worth 4 calls.
@@ -92,8 +97,15 @@ class OnlineEstimator:
         if self.since_change >= self.min_samples:
             p = self.rate
             sd = math.sqrt(max(p * (1.0 - p), 1e-6) / (2.0 * n_fast - 1.0))
-            if abs(self.fast - p) > self.change_z * sd:
-                self._restart()
+            # A change worth relearning: improbable under the current estimate and big (a quarter or more).
+            # It must also last (``persist`` calls in a row): outcomes of a burst of calls arrive sorted
+            # by how fast they resolve (failures, then answers, then no-answers), a passing cluster.
+            if abs(self.fast - p) > max(self.change_z * sd, self.min_change * p):
+                self._streak += 1
+                if self._streak >= self.persist:
+                    self._restart()
+            else:
+                self._streak = 0
 
     def _restart(self) -> None:
         """An abrupt change: start again from the recent calls; not confident until enough new ones."""
@@ -101,6 +113,7 @@ class OnlineEstimator:
         self.a = self.fast * weight
         self.b = (1.0 - self.fast) * weight
         self.since_change = 0
+        self._streak = 0
         self.changes += 1
 
     def observe_talk(self, s: float) -> None:
