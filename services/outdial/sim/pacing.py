@@ -222,6 +222,8 @@ class PacingSim:
         self.progressive_ticks = 0
         self.timeline: list[dict[str, float | str]] = []
         self.last_decision: Decision | None = None
+        self._lines_sum = 0
+        self._lines_n = 0
 
     # ------------------------------------------------------------------------------------------ plumbing
     def _push(self, t: float, kind: int, ref: Any) -> None:
@@ -428,6 +430,8 @@ class PacingSim:
 
     def _tick(self, t: float) -> None:
         self.ticks += 1
+        self._lines_sum += len(self.in_flight) + self.n_waiting
+        self._lines_n += 1
         if self.algo is None:
             self._clairvoyant(t)
         else:
@@ -481,10 +485,12 @@ class PacingSim:
         active = sum(1 for a in self.agents if a.logged_in and a.state != PAUSED)
         view = self.budget.view(t)
         d = self.last_decision
+        lines = self._lines_sum / self._lines_n if self._lines_n else 0.0
+        self._lines_sum = self._lines_n = 0
         self.timeline.append(
             {
                 "t_s": t,
-                "dial_level": (len(self.in_flight) + self.n_waiting) / active if active else 0.0,
+                "dial_level": lines / active if active else 0.0,  # lines per agent, mean over the minute
                 "ready": float(len(self.ready)),
                 "active_agents": float(active),
                 "abandon_rate": view.rate,
