@@ -79,6 +79,9 @@ class FakeAgents(agent_pb2_grpc.AgentServiceServicer):
             return agent_pb2.OfferCallResponse(assigned=False, reason="no_agent_ready")
         return agent_pb2.OfferCallResponse(assigned=True, agent_id=f"agent-{self.offers % 4}")
 
+    async def EndCall(self, request: Any, context: Any) -> agent_pb2.EndCallResponse:
+        return agent_pb2.EndCallResponse()
+
 
 async def start_peers(services: Services, dnc: FakeDnc, agents: FakeAgents) -> grpc.aio.Server:
     server = grpc.aio.server()
@@ -293,3 +296,39 @@ async def test_two_replicas_never_both_dial_and_stop_hands_over(
         calls.sort(key=lambda r: r["dial_at"])
         for a, b in itertools.pairwise(calls):
             assert a["end_at"] is not None and a["end_at"] <= b["dial_at"]
+
+
+async def test_a_replica_that_lost_its_lease_stops_dialing(
+    services: Services, redis: aioredis.Redis, pg: asyncpg.Pool, fast_env: None
+) -> None:
+    """As when the holder froze past its lease and another replica took over: its renewal fails, and the
+    fence refuses any origination it still tries."""
+    await seed_campaign(redis, n_leads=400, n_agents=4, dial_mode="power")
+    peers = await start_peers(services, FakeDnc(set()), FakeAgents(refuse_every=1000))
+    try:
+        await services.start("pacing", clock=workday_clock(), instance_id="r1")
+
+        async def dialing() -> bool:
+            return bool(
+                await pg.fetchval("SELECT count(*) FROM dial_attempts WHERE dial_at IS NOT NULL") >= 5
+            )
+
+        await wait_for(dialing)
+        # Another holder appears with a newer token (the fence counter moves on as a real acquisition does).
+        token = await redis.incr(keys.pacing_fence(CID))
+        await redis.set(keys.pacing_lease(CID), f"intruder|{token}", px=60_000)
+
+        async def r1_gave_up() -> bool:
+            st = await redis.get(keys.pacing_state(CID))
+            return st is not None and await redis.ttl(keys.pacing_state(CID)) < 29
+
+        await wait_for(r1_gave_up, timeout=30)
+        before = await pg.fetchval("SELECT count(*) FROM dial_attempts WHERE dial_at IS NOT NULL")
+        hopper = await redis.zcard(keys.hopper(CID))
+        await asyncio.sleep(1.5)
+        after = await pg.fetchval("SELECT count(*) FROM dial_attempts WHERE dial_at IS NOT NULL")
+        assert after == before and await redis.zcard(keys.hopper(CID)) == hopper > 0
+        assert await redis.get(keys.pacing_lease(CID)) == f"intruder|{token}"
+        assert await pg.fetchval("SELECT max(fence_token) FROM dial_attempts") < token
+    finally:
+        await peers.stop(None)

@@ -114,6 +114,13 @@ def pacing_estimates(campaign_id: str) -> str:
     return f"{_c(campaign_id)}:pacing:estimates"
 
 
+def pacing_updates(campaign_id: str) -> str:
+    """Pub/sub channel: "the pacing state or settings of this campaign changed". Publisher: pacing (lease
+    holder when its published state changes; UpdatePacingSettings). Subscribers: WatchPacing streams. No
+    storage (pub/sub)."""
+    return f"{_c(campaign_id)}:pacing:updates"
+
+
 def calls_in_flight(campaign_id: str) -> str:
     """Sorted set of call ids in flight (score = dial time, ms). Writer: dialer. Readers: pacing, stats.
     No TTL; entries removed when the call ends."""

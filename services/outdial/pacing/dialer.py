@@ -127,6 +127,10 @@ class CampaignRun:
     estimator: OnlineEstimator = field(default_factory=OnlineEstimator)
     algo_name: str = ""
     algo: PacingAlgorithm | None = None
+    last_state: str = ""
+    # Set before the loop is cancelled: a cancellation that a client library turned into an error must
+    # not keep the loop (or its state publication) going.
+    stopped: bool = False
 
     def algorithm(self, name: str) -> PacingAlgorithm:
         if self.algo is None or name != self.algo_name:
@@ -209,6 +213,7 @@ class Dialer:
         run = self.campaigns.pop(cid, None)
         if run is None:
             return
+        run.stopped = True
         if run.task is not None:
             run.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -223,6 +228,7 @@ class Dialer:
         self._dialing = False
         for cid in list(self.campaigns):
             run = self.campaigns[cid]
+            run.stopped = True
             if run.task is not None:
                 run.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -258,7 +264,7 @@ class Dialer:
     # ================================================================ per-campaign loop
 
     async def _campaign_loop(self, cid: str, run: CampaignRun) -> None:
-        while True:
+        while not run.stopped:
             try:
                 await self._tick(cid, run)
             except asyncio.CancelledError:
@@ -342,6 +348,8 @@ class Dialer:
         n = min(n, max(0, params.max_lines_per_agent * len(working) - lines))
         if decision.reserve_agent:
             n = min(n, max(0, ready - lines))
+        if run.stopped:
+            return
         if n > 0 and config is not None:
             await self._launch(cid, run, config, n, max(15.0, decision.ring_timeout_s, params.ring_timeout_s))
         await self._publish(
@@ -413,7 +421,7 @@ class Dialer:
                 )
                 await self.redis.delete(keys.lead_claim(cid, g.lead_id))
                 continue
-            if not await self._originate(cid, run, config, g, lead, ring_s):
+            if run.stopped or not await self._originate(cid, run, config, g, lead, ring_s):
                 # Fenced off (lease lost) or shutting down: hand the lead back untouched.
                 await self.redis.delete(keys.lead_claim(cid, g.lead_id))
                 await self.redis.zadd(keys.hopper(cid), {g.lead_id: 0})
@@ -697,5 +705,10 @@ class Dialer:
             "calls_placed": run.placed,
             "calls_blocked": run.blocked,
         }
-        await self.store.publish_state(cid, state)
+        if run.stopped:
+            return
+        volatile = {"updated_at_ms"}
+        sig = json.dumps({k: v for k, v in state.items() if k not in volatile}, sort_keys=True)
+        await self.store.publish_state(cid, state, changed=sig != run.last_state)
+        run.last_state = sig
         await self.redis.set(keys.pacing_estimates(cid), json.dumps(state["estimates"]), ex=7 * 24 * 3600)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -171,25 +170,42 @@ class PacingServicer(pacing_pb2_grpc.PacingServiceServicer):
                 current["paused"] = bool(s.paused)
         current = {k: v for k, v in current.items() if v is not None and v != ""}
         await self.store.save_settings(cid, current, current_actor())
-        await self.redis.publish(keys.pacing_state(cid), json.dumps({"settings": current}))
+        await self.redis.publish(keys.pacing_updates(cid), "settings")
         return pacing_pb2.UpdatePacingSettingsResponse(settings=settings_to_pb(current))
 
     async def WatchPacing(
         self, request: pacing_pb2.WatchPacingRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pacing_pb2.WatchPacingResponse]:
-        """Push the state when it changes (checked every 200 ms, the dialer's tick) and at least every
-        ``interval`` (default 5 s) even when nothing changed."""
+        """Push the state when it changes (the lease holder and UpdatePacingSettings publish on
+        ``keys.pacing_updates``) and at least every ``interval`` (default 5 s) even when nothing changed.
+        Between those, the stream waits on the subscription: no polling."""
         interval = request.interval.seconds + request.interval.nanos / 1e9 or 5.0
         interval = max(0.2, interval)
-        last: pacing_pb2.PacingState | None = None
+        first = await self._state(request.campaign_id)
         loop = asyncio.get_running_loop()
-        last_sent = 0.0
-        while True:
-            st = await self._state(request.campaign_id)
-            cmp = pacing_pb2.PacingState()
-            cmp.CopyFrom(st)
-            cmp.ClearField("updated_at")
-            if last is None or cmp != last or loop.time() - last_sent >= interval:
-                yield pacing_pb2.WatchPacingResponse(state=st)
-                last, last_sent = cmp, loop.time()
-            await asyncio.sleep(min(interval, 0.2))
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(keys.pacing_updates(request.campaign_id))
+        try:
+            yield pacing_pb2.WatchPacingResponse(state=first)
+            last, last_sent = _comparable(first), loop.time()
+            while True:
+                wait = max(0.0, interval - (loop.time() - last_sent))
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                due = loop.time() - last_sent >= interval
+                if msg is None and not due:
+                    continue
+                st = await self._state(request.campaign_id)
+                cmp = _comparable(st)
+                if cmp != last or due:
+                    yield pacing_pb2.WatchPacingResponse(state=st)
+                    last, last_sent = cmp, loop.time()
+        finally:
+            # aclose() drops the subscription with its connection (also when the client went away).
+            await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+
+
+def _comparable(st: pacing_pb2.PacingState) -> pacing_pb2.PacingState:
+    cmp = pacing_pb2.PacingState()
+    cmp.CopyFrom(st)
+    cmp.ClearField("updated_at")
+    return cmp

@@ -157,9 +157,8 @@ class PacingStore:
         row = await self.pool.fetchval(
             "SELECT settings FROM pacing_settings WHERE campaign_id = $1", campaign_id
         )
-        if row is None:
-            return {}
-        value = json.loads(row) if isinstance(row, str) else row
+        value = {} if row is None else (json.loads(row) if isinstance(row, str) else row)
+        # Cached in Redis, also when empty, so that the dialer's tick does not query PostgreSQL.
         await self.redis.hset(keys.pacing_settings(campaign_id), "json", json.dumps(value))
         return dict(value)
 
@@ -178,9 +177,12 @@ class PacingStore:
 
     # ------------------------------------------------------------------ published state
 
-    async def publish_state(self, campaign_id: str, state: dict[str, Any]) -> None:
+    async def publish_state(self, campaign_id: str, state: dict[str, Any], *, changed: bool) -> None:
+        """Store the holder's state (any replica serves it) and, when it changed, wake the watchers."""
         doc = json.dumps(state, sort_keys=True)
         await self.redis.set(keys.pacing_state(campaign_id), doc, ex=PACING_STATE_TTL_S)
+        if changed:
+            await self.redis.publish(keys.pacing_updates(campaign_id), "state")
 
     async def read_state(self, campaign_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(keys.pacing_state(campaign_id))
