@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from outdial.rules.numbers import NumberError, ParsedNumber, normalise_state, parse_number, timezones_for
+from outdial.rules.numbers import NumberError, ParsedNumber, normalise_state, parse_number, refine_zones
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
@@ -168,7 +168,9 @@ def normalise_row(
         if p.e164 in seen:
             continue
         seen.add(p.e164)
-        zones = timezones_for(p.e164, zip_code or None, state or None) if (zip_code or state) else p.timezones
+        zones = (
+            refine_zones(p.timezones, zip_code or None, state or None) if (zip_code or state) else p.timezones
+        )
         if tz_col:
             tz = _valid_zone(tz_col)
             if tz is not None:

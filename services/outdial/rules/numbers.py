@@ -29,6 +29,7 @@ __all__ = [
     "normalise_state",
     "parse_number",
     "parse_number_fast",
+    "refine_zones",
     "timezones_for",
 ]
 
@@ -186,7 +187,13 @@ def timezones_for(e164: str, zip_code: str | None = None, state: str | None = No
     them; when the address and the number disagree, every candidate from both is kept so the calling
     window is their intersection. An empty tuple means "unknown": callers must fail closed.
     """
-    number_zones = _number_zones(e164)
+    return refine_zones(_number_zones(e164), zip_code, state)
+
+
+def refine_zones(
+    number_zones: tuple[str, ...], zip_code: str | None = None, state: str | None = None
+) -> tuple[str, ...]:
+    """:func:`timezones_for` given the number's own zones (``ParsedNumber.timezones``)."""
     address_zones: tuple[str, ...] = ()
     if zip_code:
         zz = _zip_zone(zip_code)
@@ -198,6 +205,11 @@ def timezones_for(e164: str, zip_code: str | None = None, state: str | None = No
         return number_zones
     if not number_zones:
         return tuple(sorted(set(address_zones)))
+    return _combine(number_zones, address_zones)
+
+
+@functools.lru_cache(maxsize=4096)
+def _combine(number_zones: tuple[str, ...], address_zones: tuple[str, ...]) -> tuple[str, ...]:
     common = set(address_zones) & set(number_zones)
     if common:
         # The address picks among the number's candidates (or overlaps a multi-zone state).
