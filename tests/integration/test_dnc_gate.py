@@ -363,3 +363,30 @@ async def test_postgres_down_blocks(
     await wait_index(stub)
     (d,) = await check(stub, "+12025550123")
     assert d.allowed
+
+
+async def test_changes_during_a_rebuild_are_not_lost(services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    stub = await start(services, monkeypatch)
+    await import_file(
+        stub,
+        "".join(f"20255{i:05d}\n" for i in range(2000)),
+        mode=dnc_pb2.IMPORT_MODE_FULL,
+        downloaded=datetime.now(UTC),
+        chunk=4096,
+    )
+    added: list[str] = []
+
+    async def adder() -> None:
+        for i in range(40):
+            n = f"+1415555{i:04d}"
+            await stub.AddNumbers(dnc_pb2.AddNumbersRequest(numbers=[n], reason="during rebuild"))
+            added.append(n)
+
+    async def rebuilder() -> None:
+        for _ in range(4):
+            await stub.RebuildIndex(dnc_pb2.RebuildIndexRequest(), timeout=60)
+
+    await asyncio.gather(adder(), rebuilder())
+    ds = await check(stub, *added, "+12025500007", "+12025509999")
+    assert all(not d.allowed for d in ds[:-1]), [d.number for d in ds if d.allowed]
+    assert ds[-1].allowed
