@@ -49,12 +49,22 @@ class Run:
     sent_at: dict[str, float] = field(default_factory=dict)
     offer_latency: list[float] = field(default_factory=list)
     rpc_latency: list[float] = field(default_factory=list)
+    server_latency: list[float] = field(default_factory=list)
     ping: list[float] = field(default_factory=list)
     received_by: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     overlaps: int = 0
     results: Counter[str] = field(default_factory=Counter)
     assigned_to: dict[str, str] = field(default_factory=dict)
     agent_errors: Counter[str] = field(default_factory=Counter)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0.0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_health(addr: str, timeout: float = 60) -> None:
@@ -247,12 +257,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 metadata=svc_md,
             )
             run.rpc_latency.append(time.perf_counter() - t0)
+            run.server_latency.append(resp.latency.ToNanoseconds() / 1e9)
             if resp.assigned:
                 run.results["assigned"] += 1
                 run.assigned_to[cid] = resp.agent_id
             else:
                 run.results[f"not assigned: {resp.reason}"] += 1
 
+        cpu0 = [cpu_seconds(p.pid) for p in procs]
+        self_cpu0 = time.process_time()
         ping_task = asyncio.create_task(pinger())
         total = int(args.rate * args.seconds)
         start = time.perf_counter()
@@ -264,11 +277,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             answers.append(asyncio.create_task(answer(n)))
         await asyncio.gather(*answers)
         elapsed = time.perf_counter() - start
+        svc_cpu = [
+            round(100 * (cpu_seconds(p.pid) - c0) / elapsed, 1) for p, c0 in zip(procs, cpu0, strict=True)
+        ]
+        client_cpu = round(100 * (time.process_time() - self_cpu0) / elapsed, 1)
         stop_ping.set()
         await ping_task
         await asyncio.sleep(0.5)  # let in-flight stream deliveries land before counting
         counts = (
-            await dialers[0].GetAgentCounts(agent_pb2.GetAgentCountsRequest(campaign_id=campaign), metadata=svc_md)
+            await dialers[0].GetAgentCounts(
+                agent_pb2.GetAgentCountsRequest(campaign_id=campaign), metadata=svc_md
+            )
         ).counts
         double_calls = sum(1 for who in run.received_by.values() if len(set(who)) > 1)
         mismatched = sum(1 for cid, aid in run.assigned_to.items() if run.received_by.get(cid) != [aid])
@@ -277,6 +296,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         await rclient.aclose()
         ms = 1000.0
         off, rpc, ping = summary(run.offer_latency), summary(run.rpc_latency), summary(run.ping)
+        srv = summary(run.server_latency)
         return {
             "agents": args.agents,
             "replicas": args.replicas,
@@ -287,10 +307,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "results": dict(run.results),
             "offer_received_ms": {k: (v * ms if k != "n" else v) for k, v in off.items()},
             "offercall_rpc_ms": {k: (v * ms if k != "n" else v) for k, v in rpc.items()},
+            "offercall_in_service_ms": {k: (v * ms if k != "n" else v) for k, v in srv.items()},
             "redis_ping_ms": {k: (v * ms if k != "n" else v) for k, v in ping.items()},
             "double_assigned_calls": double_calls,
+            "service_cpu_percent": svc_cpu,
+            "bench_client_cpu_percent": client_cpu,
+            "load_average": os.getloadavg(),
             "agent_rpc_errors": dict(run.agent_errors),
-            "agents_at_end": {f: getattr(counts, f) for f in ("ready", "reserved", "on_call", "wrap_up", "paused")},
+            "agents_at_end": {
+                f: getattr(counts, f) for f in ("ready", "reserved", "on_call", "wrap_up", "paused")
+            },
             "agent_overlapping_offers": run.overlaps,
             "assigned_but_not_delivered_to_that_agent": mismatched,
         }
@@ -333,6 +359,10 @@ def main() -> int:
             [
                 "OfferCall round trip (dialer)",
                 *[out["offercall_rpc_ms"][k] for k in ("n", "p50", "p99", "max")],
+            ],
+            [
+                "OfferCall inside the service",
+                *[out["offercall_in_service_ms"][k] for k in ("n", "p50", "p99", "max")],
             ],
             ["baseline: Redis PING", *[out["redis_ping_ms"][k] for k in ("n", "p50", "p99", "max")]],
         ]

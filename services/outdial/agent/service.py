@@ -212,7 +212,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         refresh = self.cfg.heartbeat_timeout_s / 3
         try:
             await self.store.touch_presence(agent_id, session_id, self.cfg.heartbeat_timeout_s)
-            yield agent_pb2.ConnectResponse(status=await self._status(agent_id))
+            base = status_pb(agent_id, await self.store.agent(agent_id))
+            yield agent_pb2.ConnectResponse(status=base)
             loop = asyncio.get_running_loop()
             refreshed = loop.time()
             while True:
@@ -232,10 +233,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     await self.store.publish_ack(str(msg["reply_to"]), "ack", str(msg["call_id"]), agent_id)
                     pending = None
                 elif msg.get("type") == "status":
-                    st = await self._status(agent_id)
-                    if st.session_id != session_id:
-                        return  # logged out, or logged in again from another console: this stream is over
-                    yield agent_pb2.ConnectResponse(status=st)
+                    if msg.get("state") == "logged_out" or msg.get("reason") == "login":
+                        # Logged out, or logged in again (maybe from another console): read the session.
+                        h = await self.store.agent(agent_id)
+                        if h.get("session_id", "") != session_id or h.get("state") == "logged_out":
+                            return  # this stream's session is over
+                    yield agent_pb2.ConnectResponse(status=self._status_from_notice(base, msg))
                 elif msg.get("type") == "call_ended":
                     yield agent_pb2.ConnectResponse(call_ended=str(msg.get("call_id", "")))
         finally:
@@ -245,6 +248,19 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 if m.get("type") == "offer":
                     undelivered.append(m)
             self._background(self._stream_closed(agent_id, q, undelivered))
+
+    @staticmethod
+    def _status_from_notice(base: agent_pb2.AgentStatus, msg: dict[str, Any]) -> agent_pb2.AgentStatus:
+        """The agent's status from a state-change notice, campaigns/skills/session from the stream's start
+        (they change only at login, which ends or refreshes the stream): no Redis round trip per change."""
+        st = agent_pb2.AgentStatus()
+        st.CopyFrom(base)
+        state = str(msg.get("state", ""))
+        st.state = STATE_TO_PB.get(state, common_pb2.AGENT_STATE_UNSPECIFIED)
+        st.since.FromMilliseconds(int(msg.get("since_ms", 0)))
+        st.call_id = str(msg.get("call_id", ""))
+        st.pause_reason = str(msg.get("reason", "")) if state == "paused" else ""
+        return st
 
     async def _stream_closed(
         self, agent_id: str, q: asyncio.Queue[dict[str, Any]], offers: list[dict[str, Any]]
@@ -288,7 +304,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
         def done(assigned: bool, agent_id: str = "", why: str = "") -> agent_pb2.OfferCallResponse:
             resp = agent_pb2.OfferCallResponse(assigned=assigned, agent_id=agent_id, reason=why)
-            resp.latency.FromMilliseconds(int((loop.time() - started) * 1000))
+            resp.latency.FromNanoseconds(int((loop.time() - started) * 1e9))
             return resp
 
         while True:
