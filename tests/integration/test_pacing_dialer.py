@@ -269,6 +269,20 @@ async def test_two_replicas_never_both_dial_and_stop_hands_over(
 
         await wait_for(handed_over, timeout=30)
         took_over = datetime.now(UTC)
+        # The new holder starts from what the old one learned (the campaign's recent call.ended events).
+        learned = sum(
+            1
+            for e in await events(redis)
+            if e["type"] == "call.ended" and e["outcome"] != "failed" and int(e["at"]) > 0
+        )
+
+        async def bootstrapped() -> bool:
+            st = await redis.get(keys.pacing_state(CID))
+            if not st or not json.loads(st)["leader"].startswith(other + "|"):
+                return False
+            return bool(json.loads(st)["estimates"]["samples"] >= learned > 0)
+
+        await wait_for(bootstrapped, timeout=30)
 
         async def other_dialed() -> bool:
             return bool(

@@ -93,6 +93,28 @@ def make_guarded(name: str) -> PacingAlgorithm:
         return make_algorithm("progressive")
 
 
+BOOTSTRAP_EVENTS = 20_000
+
+
+def observe(
+    est: OnlineEstimator,
+    outcome: str,
+    dial_ms: int,
+    answer_ms: int | None,
+    connect_ms: int | None,
+    end_ms: int,
+) -> None:
+    """Feed one ended call to the estimator (network failures say nothing about people: skipped)."""
+    if outcome == "failed" or not outcome:
+        return
+    human = outcome in ("connected", "abandoned")
+    machine = outcome in ("machine", "fax")
+    resolved = answer_ms if answer_ms is not None else end_ms
+    est.observe_outcome(human, machine, max(0.0, (resolved - dial_ms) / 1000))
+    if connect_ms is not None:
+        est.observe_talk(max(0.0, (end_ms - connect_ms) / 1000))
+
+
 @dataclass
 class Call:
     call_id: str
@@ -206,6 +228,7 @@ class Dialer:
             if lease is not None:
                 log.info("campaign %s: lease taken (token %d)", cid, lease.token)
                 run = CampaignRun(lease)
+                await self._bootstrap_estimates(cid, run)
                 self.campaigns[cid] = run
                 run.task = asyncio.create_task(self._campaign_loop(cid, run), name=f"pacing:dial:{cid}")
 
@@ -644,13 +667,43 @@ class Dialer:
                 log.warning("EndCall for agent %s failed: %s", call.agent_id, exc.code().name)
 
     def _learn(self, call: Call, run: CampaignRun, end_at: datetime) -> None:
-        if call.reason in ("shutdown",) or call.outcome == "failed":
-            return  # network failures say nothing about people
-        resolved = call.answer_at or end_at
-        delay = max(0.0, (resolved - call.dial_at).total_seconds())
-        run.estimator.observe_outcome(call.answer == "human", call.answer == "machine", delay)
-        if call.connect_at is not None:
-            run.estimator.observe_talk(max(0.0, (end_at - call.connect_at).total_seconds()))
+        if call.reason == "shutdown":
+            return
+        observe(
+            run.estimator,
+            call.outcome,
+            ms(call.dial_at),
+            ms(call.answer_at) if call.answer_at else None,
+            ms(call.connect_at) if call.connect_at else None,
+            ms(end_at),
+        )
+
+    async def _bootstrap_estimates(self, cid: str, run: CampaignRun) -> None:
+        """A new holder learns from the campaign's recent ``call.ended`` events (the last
+        ``BOOTSTRAP_EVENTS`` of the stream), so a failover does not start from nothing."""
+        try:
+            entries: Any = await self.redis.xrevrange(keys.call_events(), count=BOOTSTRAP_EVENTS)
+        except Exception as exc:
+            log.warning("campaign %s: no estimate bootstrap (%s)", cid, type(exc).__name__)
+            return
+        n = 0
+        for _id, f in reversed(entries):
+            if f.get("type") != "call.ended" or f.get("campaign_id") != cid:
+                continue
+            try:
+                observe(
+                    run.estimator,
+                    f.get("outcome", ""),
+                    int(f["dial_at"]),
+                    int(f["answer_at"]) if f.get("answer_at") else None,
+                    int(f["connect_at"]) if f.get("connect_at") else None,
+                    int(f["end_at"]),
+                )
+                n += 1
+            except (KeyError, ValueError):
+                continue
+        if n:
+            log.info("campaign %s: estimates bootstrapped from %d recent calls", cid, n)
 
     # ================================================================ published state
 
