@@ -4,11 +4,13 @@ for them is re-offered to another agent or reported not assigned, never lost."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from outdial.agent.store import AgentRedis
 from outdial.core import keys
 from outdial.v1 import agent_pb2, common_pb2
 from tests.conftest import Services
@@ -135,3 +137,28 @@ async def test_wrap_up_times_out_to_ready_and_a_late_disposition_is_still_record
         ("ready", "wrap_timeout", "w1"),
     ]
     await wes.kill()
+
+
+async def test_reservation_whose_offering_replica_died_is_released_by_the_sweeper(
+    services: Services, pg: asyncpg.Pool, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OUTDIAL_AGENT_STUCK_OFFER_SLACK_MS", "200")
+    rs = await services.start("agent")
+    uma = Console(services, rs, "uma")
+    await uma.login(("c1", 1))
+    await uma.connect()
+    # A replica reserves uma for a call and dies before it hears back: only its reservation remains.
+    store = AgentRedis(redis)
+    offer = {"call_id": "dead1", "campaign_id": "c1", "lead_id": "L1", "number": "+12025550123"}
+    tr = await store.run("reserve", "c1", "dead1", "[]", json.dumps(offer), 100, "gone-replica", 10, 200)
+    assert (tr.status, tr.agent_id) == ("ok", "uma")
+    assert (await asyncio.wait_for(uma.offers.get(), 10)).call_id == "dead1"
+
+    async def released() -> bool:
+        return await redis.hget(keys.agent("uma"), "state") == "ready"
+
+    await wait_for(released, what="stuck reservation released")
+    assert await redis.zscore(keys.campaign_ready("c1"), "uma") is not None
+    resp = await dialer(services, rs).OfferCall(offer_req("c1", "next"))
+    assert (resp.assigned, resp.agent_id) == (True, "uma")
+    await uma.kill()
