@@ -177,7 +177,9 @@ async def test_dial_time_decisions_are_audited_and_explained(
     assert before.decision.allowed
 
 
-async def test_registry_missing_stale_and_imports(services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_registry_missing_stale_and_imports(
+    services: Any, monkeypatch: pytest.MonkeyPatch, redis: Any
+) -> None:
     stub = await start(services, monkeypatch, env={"OUTDIAL_DNC_KEEPER_INTERVAL_SECONDS": "0.2"})
     (d,) = await check(stub, "+12025550100", jurisdiction=common_pb2.JURISDICTION_US)
     assert codes(d) == ["registry.missing"]
@@ -222,6 +224,16 @@ async def test_registry_missing_stale_and_imports(services: Any, monkeypatch: py
     before = await stub.RebuildIndex(dnc_pb2.RebuildIndexRequest())
     after = await stub.RebuildIndex(dnc_pb2.RebuildIndexRequest())
     assert after.index_version > before.index_version and after.numbers == 3
+    old_keys = [
+        keys.dnc_index_meta(before.index_version),
+        keys.dnc_index(before.index_version, "national:US|1202"),
+    ]
+    new_keys = [
+        keys.dnc_index_meta(after.index_version),
+        keys.dnc_index(after.index_version, "national:US|1202"),
+    ]
+    assert await redis.exists(*old_keys) == 0
+    assert await redis.exists(*new_keys) == 2
     ds = await check(stub, "+12025550104", "+12025550102")
     assert [d.allowed for d in ds] == [False, True]
 
