@@ -92,8 +92,16 @@ class LeadUpload:
         self.sha = hashlib.sha256()
         self.record_no = 1  # the header is row 1, as a spreadsheet shows it
         self._pending: list[tuple[int, list[str]]] = []
+        self._inflight: asyncio.Task[list[LeadRow]] | None = None
 
     async def run(self, chunks: AsyncIterator[bytes]) -> UploadSummary:
+        try:
+            return await self._run(chunks)
+        finally:
+            if self._inflight is not None and not self._inflight.done():
+                self._inflight.cancel()
+
+    async def _run(self, chunks: AsyncIterator[bytes]) -> UploadSummary:
         async with self.conn.transaction():
             await self._prepare()
             try:
@@ -107,7 +115,7 @@ class LeadUpload:
                 raise InvalidArgument(
                     "the file is empty (no header line)", field="file", error_id="malformed_file"
                 )
-            await self._flush()
+            await self._flush(final=True)
             await self._commit()
         self.summary.committed = True
         return self.summary
@@ -147,13 +155,31 @@ class LeadUpload:
             if len(self._pending) >= self.batch_rows:
                 await self._flush()
 
-    async def _flush(self) -> None:
-        if not self._pending or self.cols is None:
-            return
-        rows, self._pending = self._pending, []
-        leads = await asyncio.to_thread(
-            _normalise_batch, rows, self.cols, self.region, self.jurisdiction, self.parser
-        )
+    async def _flush(self, final: bool = False) -> None:
+        """Normalise the pending rows in a worker thread while the previous batch is COPY'd (two batches in
+        memory at most)."""
+        nxt: asyncio.Task[list[LeadRow]] | None = None
+        if self._pending and self.cols is not None:
+            rows, self._pending = self._pending, []
+            nxt = asyncio.create_task(
+                asyncio.to_thread(
+                    _normalise_batch, rows, self.cols, self.region, self.jurisdiction, self.parser
+                )
+            )
+        prev, self._inflight = self._inflight, nxt
+        try:
+            if prev is not None:
+                await self._store(await prev)
+            if final and self._inflight is not None:
+                last, self._inflight = self._inflight, None
+                await self._store(await last)
+        except BaseException:
+            for t in (prev, self._inflight):
+                if t is not None and not t.done():
+                    t.cancel()
+            raise
+
+    async def _store(self, leads: list[LeadRow]) -> None:
         with_numbers = [lead for lead in leads if lead.numbers]
         ids: list[int] = []
         if with_numbers:
