@@ -19,7 +19,7 @@ from tests.conftest import Services, make_token
 
 AUTH = [("authorization", f"Bearer {make_token('manager')}")]
 FAST = {"OUTDIAL_CAMPAIGN_FEEDER_INTERVAL_S": "0.1", "OUTDIAL_CAMPAIGN_WINDOW_MARGIN_S": "300"}
-NY, LA, HI = "+12125550134", "+13105550134", "+18085550134"
+NY, LA, HI, FL = "+12125550134", "+13105550134", "+18085550134", "+13055550134"
 DNC_NUMBER = "+12125550177"
 
 
@@ -80,7 +80,7 @@ async def test_leads_enter_only_inside_their_local_window(
     await dstub.AddNumbers(dnc_pb2.AddNumbersRequest(numbers=[DNC_NUMBER], reason="asked"))
     # Tuesday 13 January 2026, 12:00 UTC: 07:00 in New York, 04:00 in Los Angeles, 02:00 in Honolulu.
     clock = ManualClock(utc(2026, 1, 13, 12, 0))
-    rows = f"phone,first name\n{NY},Nina\n{LA},Lou\n{HI},Hana\n{DNC_NUMBER},Dee\n"
+    rows = f"phone,first name\n{NY},Nina\n{LA},Lou\n{HI},Hana\n{FL},Flo\n{DNC_NUMBER},Dee\n"
     stub, cid = await make_campaign(services, clock, rows)
     await stub.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=cid))
 
@@ -100,12 +100,14 @@ async def test_leads_enter_only_inside_their_local_window(
     assert got[NY] == local("America/New_York", 2026, 1, 13, 8)
     assert got[LA] == local("America/Los_Angeles", 2026, 1, 13, 8)
     assert got[HI] == local("Pacific/Honolulu", 2026, 1, 13, 8)
+    assert got[FL] == local("America/New_York", 2026, 1, 13, 8)
     assert await hopper_numbers(redis, cid) == set()
 
     instants = [
-        (utc(2026, 1, 13, 14, 0), {NY}),  # 09:00 NY, 06:00 LA, 04:00 HI
-        (utc(2026, 1, 13, 17, 0), {NY, LA}),  # 12:00 NY, 09:00 LA, 07:00 HI
-        (utc(2026, 1, 13, 19, 0), {NY, LA, HI}),  # 14:00, 11:00, 09:00
+        (utc(2026, 1, 13, 14, 0), {NY, FL}),  # 09:00 New York and Miami, 06:00 LA, 04:00 HI
+        (utc(2026, 1, 13, 17, 0), {NY, FL, LA}),  # 12:00 NY, 09:00 LA, 07:00 HI
+        (utc(2026, 1, 13, 19, 0), {NY, FL, LA, HI}),  # 14:00, 11:00, 09:00
+        (utc(2026, 1, 14, 1, 30), {NY, LA, HI}),  # 20:30 Eastern: Florida law stops at 20:00
         (utc(2026, 1, 14, 1, 57), {LA, HI}),  # 20:57 NY: the 5-minute margin runs past 21:00
         (utc(2026, 1, 14, 6, 0), {HI}),  # 01:00 NY, 22:00 LA, 20:00 HI
         (utc(2026, 1, 14, 7, 30), set()),  # 21:30 in Honolulu
@@ -124,10 +126,10 @@ async def test_leads_enter_only_inside_their_local_window(
     clock.set(utc(2026, 1, 13, 19, 0))
     await pg.execute("UPDATE leads SET recheck_at = NULL WHERE campaign_id = $1", cid)
 
-    async def three() -> bool:
-        return len(await hopper_numbers(redis, cid)) == 3
+    async def four() -> bool:
+        return len(await hopper_numbers(redis, cid)) == 4
 
-    await wait_for(three, "refill")
+    await wait_for(four, "refill")
     lid = next(iter(await redis.zrange(keys.hopper(cid), 0, 0)))
     h = await redis.hgetall(keys.hopper_lead(cid, lid))
     assert set(h) == {

@@ -157,3 +157,12 @@ def test_fast_path_takes_common_shapes() -> None:
         assert numbers.parse_number_fast(raw) == numbers.parse_number(raw)
     after = numbers._nanp_geo_zones.cache_info().hits + numbers._nanp_geo_zones.cache_info().misses
     assert after - before == 5  # every one of them answered by the fast path
+
+
+def test_area_code_state() -> None:
+    from outdial.rules.numbers import area_code_state
+
+    assert area_code_state("+13055550100") == "FL"
+    assert area_code_state("+12125550100") == "NY"
+    assert area_code_state("+14055550100") == "OK"
+    assert area_code_state("+442079460958") is None

@@ -29,6 +29,7 @@ from outdial.core import keys
 from outdial.core.clock import Clock
 from outdial.core.redis import Redis
 from outdial.rules import caps, windows
+from outdial.rules.numbers import area_code_state
 from outdial.v1 import common_pb2, dnc_pb2, dnc_pb2_grpc
 
 log = logging.getLogger("outdial.campaign.feeder")
@@ -73,6 +74,34 @@ class Candidate:
 
 class DncUnavailable(Exception):
     pass
+
+
+def lead_states(state: str, number: str) -> tuple[str | None, ...]:
+    """The states whose law applies to a lead: its address's and its area code's (state laws presume an
+    in-state area code is a resident)."""
+    found = {s for s in (state or None, area_code_state(number)) if s}
+    return tuple(sorted(found)) or (None,)
+
+
+def window_decision(
+    now: datetime,
+    zones: tuple[str, ...] | list[str],
+    spec: windows.WindowSpec,
+    jur: str,
+    states: tuple[str | None, ...],
+    margin: timedelta,
+) -> windows.WindowDecision:
+    """Most restrictive decision over every applicable state (all must allow; opens at the latest)."""
+    decisions = [
+        windows.check_window(now, zones, spec, jurisdiction=jur, state=st, margin=margin) for st in states
+    ]
+    closed = [d for d in decisions if not d.allowed]
+    if not closed:
+        return decisions[0]
+    opens = [d.next_open for d in closed]
+    return windows.WindowDecision(
+        False, closed[0].reason, None if any(o is None for o in opens) else max(o for o in opens if o)
+    )
 
 
 def _ms(d: datetime) -> int:
@@ -161,15 +190,15 @@ class Feeder:
         jur = cfg.get("jurisdiction", "US")
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in members:
-                pipe.hmget(keys.hopper_lead(cid, m), ["timezones", "state"])
+                pipe.hmget(keys.hopper_lead(cid, m), ["timezones", "state", "number"])
             infos = await pipe.execute()
         stale: list[str] = []
-        for m, (tz, state) in zip(members, infos, strict=True):
+        for m, (tz, state, number) in zip(members, infos, strict=True):
             if tz is None:
                 stale.append(m)
                 continue
-            d = windows.check_window(
-                now, json.loads(tz), spec, jurisdiction=jur, state=state or None, margin=self.margin
+            d = window_decision(
+                now, json.loads(tz), spec, jur, lead_states(state or "", number or ""), self.margin
             )
             if not d.allowed:
                 stale.append(m)
@@ -247,9 +276,7 @@ class Feeder:
                 continue
             pick = nums[r["attempts"] % len(nums)]
             zones = tuple(pick["tz"])
-            d = windows.check_window(
-                now, zones, spec, jurisdiction=jur, state=r["state"] or None, margin=self.margin
-            )
+            d = window_decision(now, zones, spec, jur, lead_states(r["state"], pick["e"]), self.margin)
             if not d.allowed:
                 recheck[r["id"]] = d.next_open or now + timedelta(hours=1)
                 continue
@@ -324,8 +351,8 @@ class Feeder:
         own = int(cfg.get("max_calls_per_number_24h") or 0) or None
         out: list[Candidate] = []
         for c in cands:
-            legal = caps.default_max_calls_24h(jur, c.state or None)
-            limit = min(x for x in (own, legal, 10**9) if x is not None)
+            legal = [caps.default_max_calls_24h(jur, st) for st in lead_states(c.state, c.number)]
+            limit = min(x for x in (own, *legal, 10**9) if x is not None)
             limit_opt = None if limit == 10**9 else limit
             times = list(attempts[c.number].values())
             d = caps.check_attempts(times, now, limit_opt)

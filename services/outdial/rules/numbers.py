@@ -18,13 +18,14 @@ from dataclasses import dataclass
 import phonenumbers
 import us
 import zipcodes
-from phonenumbers import PhoneNumberType, phonenumberutil, timezone
+from phonenumbers import PhoneNumberType, geocoder, phonenumberutil, timezone
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 __all__ = [
     "JURISDICTION_REGIONS",
     "NumberError",
     "ParsedNumber",
+    "area_code_state",
     "jurisdiction_regions",
     "normalise_state",
     "parse_number",
@@ -265,3 +266,23 @@ def parse_number_fast(raw: str, default_region: str = "US", jurisdiction: str = 
                     e164=e164, region="US", number_type=name, timezones=_nanp_geo_zones(e164[1:8])
                 )
     return parse_number(raw, default_region, jurisdiction)
+
+
+@functools.lru_cache(maxsize=65536)
+def area_code_state(e164: str) -> str | None:
+    """The US state (or Canadian province) of a NANP number's area code, from libphonenumber's geocoding
+    data. State mini-TCPA laws presume that a person with an in-state area code lives there (e.g. Fla.
+    Stat. 501.059), so their rules apply on the number's state as well as the address's."""
+    if not e164.startswith("+1"):
+        return None
+    try:
+        num = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return None
+    desc = geocoder.description_for_number(num, "en")
+    if not desc:
+        return None
+    _, sep, code = desc.rpartition(", ")
+    if sep and len(code) == 2:
+        return normalise_state(code)
+    return normalise_state(desc)
