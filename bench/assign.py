@@ -150,7 +150,10 @@ class BenchAgent:
 
     async def stop(self) -> None:
         self.call.cancel()
-        for t in (self.reader, *self.tasks):
+        self.reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await self.reader
+        for t in list(self.tasks):
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await t
