@@ -228,6 +228,10 @@ class Dialer:
             if lease is not None:
                 log.info("campaign %s: lease taken (token %d)", cid, lease.token)
                 run = CampaignRun(lease)
+                try:
+                    await self._sweep_orphans(cid)
+                except Exception:
+                    log.exception("campaign %s: orphan sweep failed; dialing anyway", cid)
                 await self._bootstrap_estimates(cid, run)
                 self.campaigns[cid] = run
                 run.task = asyncio.create_task(self._campaign_loop(cid, run), name=f"pacing:dial:{cid}")
@@ -554,6 +558,7 @@ class Dialer:
         if assigned and (now - call.answer_at) <= timedelta(seconds=2.0):
             call.agent_id, call.connect_at, call.phase, call.outcome = agent_id, now, "connected", "connected"
             await self.adapter.bridge(call.call_id, agent_id)
+            await self.store.mark_connected(call.call_id, now, agent_id)
             await self.redis.zadd(
                 keys.abandon_window(call.campaign_id), {f"{call.call_id}:h": ms(call.answer_at)}
             )
@@ -607,6 +612,9 @@ class Dialer:
             with contextlib.suppress(Exception):
                 await self.adapter.hangup(call.call_id)
         try:
+            if not await self._own_end(call.campaign_id, call.call_id):
+                log.warning("call %s was closed by the campaign's new lease holder", call.call_id)
+                return
             if call.outcome == "abandoned":
                 if not call.message_played and call.answer_at is not None:
                     await self.redis.zadd(
@@ -651,10 +659,80 @@ class Dialer:
             log.exception("call %s: end record failed", call.call_id)
         finally:
             with contextlib.suppress(Exception):
-                await self.redis.zrem(keys.calls_in_flight(call.campaign_id), call.call_id)
-                await self.redis.delete(keys.lead_claim(call.campaign_id, call.lead_id))
+                claim = keys.lead_claim(call.campaign_id, call.lead_id)
+                if await self.redis.get(claim) == call.call_id:
+                    await self.redis.delete(claim)
             self.calls.pop(call.call_id, None)
             run.wake.set()
+
+    async def _own_end(self, campaign_id: str, call_id: str) -> bool:
+        """Whoever removes a call from the in-flight set writes its end (ZREM is atomic): the replica that
+        followed it, or a new lease holder sweeping the calls of one that died. Exactly one ``call.ended``."""
+        try:
+            return bool(await self.redis.zrem(keys.calls_in_flight(campaign_id), call_id))
+        except Exception:
+            log.warning("call %s: in-flight set unreachable; writing its end anyway", call_id)
+            return True
+
+    async def _sweep_orphans(self, cid: str) -> None:
+        """At lease acquisition: calls still in flight belong to a holder whose lease ran out (a graceful stop
+        ends or hands back its calls first). Nobody follows them any more: close each one (outcome as far as
+        it got: connected, else failed with reason ``replica_lost``), release its lead and its agent."""
+        entries: Any = await self.redis.zrange(keys.calls_in_flight(cid), 0, -1, withscores=True)
+        orphans = [(str(m), float(sc)) for m, sc in entries if m not in self.calls]
+        if not orphans:
+            return
+        rows = await self.store.attempts([m for m, _ in orphans])
+        now = self.clock.now()
+        for call_id, score in orphans:
+            if not await self._own_end(cid, call_id):
+                continue
+            row = rows.get(call_id)
+            lead_id = str(row["lead_id"]) if row else ""
+            number = str(row["number"]) if row else ""
+            connect_at = row["connect_at"] if row else None
+            agent_id = str(row["agent_id"] or "") if row else ""
+            outcome = "connected" if connect_at is not None else "failed"
+            if outcome == "failed":
+                await self.store.emit(
+                    "call.failed", now, cid, call_id, lead_id, number, reason="replica_lost"
+                )
+            await self.store.emit(
+                "call.ended",
+                now,
+                cid,
+                call_id,
+                lead_id,
+                number,
+                outcome=outcome,
+                dial_at=int(score),
+                answer_at="",
+                connect_at=ms(connect_at) if connect_at else "",
+                end_at=ms(now),
+                agent_id=agent_id,
+                duration_s=f"{(now - connect_at).total_seconds():.3f}" if connect_at else "0",
+            )
+            if row is not None:
+                await self.store.finish_attempt(
+                    call_id,
+                    outcome=outcome,
+                    answer=row["answer"],
+                    answer_at=row["answer_at"],
+                    connect_at=connect_at,
+                    end_at=now,
+                    agent_id=agent_id or None,
+                    opt_out=False,
+                )
+            if lead_id:
+                claim = keys.lead_claim(cid, lead_id)
+                if await self.redis.get(claim) == call_id:
+                    await self.redis.delete(claim)
+            if agent_id:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await self.agent.EndCall(
+                        agent_pb2.EndCallRequest(agent_id=agent_id, call_id=call_id), timeout=2.0
+                    )
+        log.warning("campaign %s: closed %d calls left in flight by a lost replica", cid, len(orphans))
 
     async def _agent_call_ended(self, call: Call) -> None:
         """The far side hung up: the agent moves on to wrap-up (it may have ended the call itself first)."""

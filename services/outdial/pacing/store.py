@@ -118,6 +118,18 @@ class PacingStore:
     async def mark_dialed(self, call_id: str, dial_at: datetime) -> None:
         await self.pool.execute("UPDATE dial_attempts SET dial_at = $2 WHERE call_id = $1", call_id, dial_at)
 
+    async def mark_connected(self, call_id: str, connect_at: datetime, agent_id: str) -> None:
+        await self.pool.execute(
+            "UPDATE dial_attempts SET connect_at = $2, agent_id = $3 WHERE call_id = $1",
+            call_id,
+            connect_at,
+            agent_id,
+        )
+
+    async def attempts(self, call_ids: list[str]) -> dict[str, asyncpg.Record]:
+        rows = await self.pool.fetch("SELECT * FROM dial_attempts WHERE call_id = ANY($1::text[])", call_ids)
+        return {r["call_id"]: r for r in rows}
+
     async def finish_attempt(
         self,
         call_id: str,
