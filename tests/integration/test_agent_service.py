@@ -49,6 +49,7 @@ class Console:
         self.stub = agent_pb2_grpc.AgentServiceStub(services.channel(rs, role="agent", sub=agent_id))
         self.offers: asyncio.Queue[agent_pb2.CallOffer] = asyncio.Queue()
         self.statuses: list[agent_pb2.AgentStatus] = []
+        self.ended: list[str] = []
         self.call: Any = None
         self.task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
@@ -77,6 +78,8 @@ class Console:
                 elif msg.HasField("status"):
                     self.statuses.append(msg.status)
                     self.connected.set()
+                elif msg.call_ended:
+                    self.ended.append(msg.call_ended)
 
         self.task = asyncio.create_task(read())
         await asyncio.wait_for(self.connected.wait(), 10)
@@ -247,3 +250,40 @@ async def test_do_not_call_disposition_survives_an_unreachable_dnc_service(
     await wait_for(retried, what="background retries")
     assert await pg.fetchval("SELECT dnc_status FROM agent_dispositions WHERE call_id = 'n1'") == "pending"
     await con.kill()
+
+
+async def test_far_end_hangup_moves_the_agent_to_wrap_up_and_tells_the_console(
+    services: Services, pg: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    rs = await start_agent(services)
+    con = Console(services, rs, "hal")
+    await con.login(("c1", 1))
+    await con.connect()
+    assert (await dialer(services, rs).OfferCall(offer_req("c1", "h1"))).assigned
+    ended = {"event_id": "e1", "type": "call.ended", "at": "1", "campaign_id": "c1", "call_id": "h1"}
+    for _ in range(2):  # delivered twice: applied once
+        await redis.xadd(keys.call_events(), {**ended, "agent_id": "hal", "outcome": "connected"})
+
+    async def wrapped() -> bool:
+        return await redis.hget(keys.agent("hal"), "state") == "wrap_up"
+
+    await wait_for(wrapped, what="far-end hang-up")
+    await wait_for(lambda: _has(con.ended, "h1"), what="call_ended on the stream")
+    await con.stub.SetDisposition(agent_pb2.SetDispositionRequest(call_id="h1", disposition="sale"))
+
+    async def tl() -> list[tuple[str, str, str]]:
+        rows = await timeline(pg, "hal")
+        return rows if len(rows) >= 5 else []
+
+    assert [r[:2] for r in await wait_for(tl, what="timeline")] == [
+        ("ready", "login"),
+        ("reserved", "offer"),
+        ("on_call", "connected"),
+        ("wrap_up", "far_end_hangup"),
+        ("ready", "disposition"),
+    ]
+    await con.kill()
+
+
+async def _has(items: list[str], item: str) -> bool:
+    return item in items

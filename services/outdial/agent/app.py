@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from outdial.agent.followups import Followups
+from outdial.agent.hangups import HangupConsumer
 from outdial.agent.hub import Hub
 from outdial.agent.presence import Sweeper
 from outdial.agent.service import AgentService
@@ -38,6 +39,8 @@ async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
     ctx.spawn(timeline.run(), "timeline-writer")
     ctx.spawn(sweeper.run(cfg.sweep_interval_s), "presence-sweeper")
     ctx.spawn(followups.run(ctx.ready, cfg.followup_retry_s), "disposition-followups")
+    hangups = HangupConsumer(store, timeline, consumer=replica_id, wrap_timeout_s=cfg.wrap_timeout_s)
+    ctx.spawn(hangups.run(), "hangup-consumer")
     ctx.on_close(hub.close)
     ctx.on_close(timeline.drain)
 

@@ -90,6 +90,7 @@ class SimulatedAgent:
         self.stats = SimStats()
         self.connected = asyncio.Event()
         self._calls: set[asyncio.Task[None]] = set()
+        self._hangups: dict[str, asyncio.Event] = {}
 
     async def run(self, stop: asyncio.Event) -> SimStats:
         await self.stub.Login(
@@ -127,6 +128,8 @@ class SimulatedAgent:
         async for msg in call:
             if msg.HasField("status"):
                 self.connected.set()
+            elif msg.call_ended:
+                self._hangups.setdefault(msg.call_ended, asyncio.Event()).set()
             elif msg.HasField("offer"):
                 self.stats.offers += 1
                 offer = msg.offer
@@ -142,12 +145,17 @@ class SimulatedAgent:
                 task.add_done_callback(self._calls.discard)
 
     async def _handle(self, offer: agent_pb2.CallOffer) -> None:
+        hangup = self._hangups.setdefault(offer.call_id, asyncio.Event())
         try:
-            await asyncio.sleep(self.talk.sample(self.rng))
-            await self.stub.EndCall(
-                agent_pb2.EndCallRequest(agent_id=self.agent_id, call_id=offer.call_id),
-                metadata=self.metadata,
-            )
+            try:
+                # Talk until the agent is done, or until the far end hangs up (the service then has
+                # already put the agent in wrap-up).
+                await asyncio.wait_for(hangup.wait(), self.talk.sample(self.rng))
+            except TimeoutError:
+                await self.stub.EndCall(
+                    agent_pb2.EndCallRequest(agent_id=self.agent_id, call_id=offer.call_id),
+                    metadata=self.metadata,
+                )
             self.stats.ended += 1
             await asyncio.sleep(self.wrap.sample(self.rng))
             dispo = self.rng.choices(self.dispo_names, self.dispo_weights)[0]
@@ -161,6 +169,8 @@ class SimulatedAgent:
         except grpc.aio.AioRpcError:
             # The offer was withdrawn or the wrap-up timed out first: the agent is ready again either way.
             self.stats.errors += 1
+        finally:
+            self._hangups.pop(offer.call_id, None)
 
 
 def agent_token(settings: Settings, agent_id: str) -> str:
