@@ -14,6 +14,8 @@ class CampaignSettings(BaseSettings):
     upload_max_line_bytes: int = Field(default=1024 * 1024, gt=0)
     # Rows parsed and COPY'd per batch during an upload (memory bound).
     upload_batch_rows: int = Field(default=5000, gt=0)
+    # Timeout of each bulk statement of an upload (COPY batches, the final dedupe insert).
+    upload_statement_timeout_s: float = Field(default=3600.0, gt=0)
     # Hopper feeder: pass interval, leads kept ready per campaign, leads examined per pass.
     feeder_interval_s: float = Field(default=2.0, gt=0)
     hopper_target: int = Field(default=200, gt=0)

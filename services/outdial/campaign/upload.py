@@ -72,7 +72,11 @@ class LeadUpload:
         batch_rows: int,
         parser: Parser = parse_number_fast,
         progress: Callable[[int], None] | None = None,
+        statement_timeout_s: float = 3600.0,
     ) -> None:
+        # The pool's 30 s command timeout is for interactive queries; the set-based statements of a
+        # multi-million-row upload take longer.
+        self.timeout = statement_timeout_s
         self.conn = conn
         self.cid = campaign_id
         self.jurisdiction = jurisdiction
@@ -217,13 +221,16 @@ class LeadUpload:
                 stage_numbers.append((lid, lead.row_number, pos, e164, ntype, list(zones)))
         self.staged_leads += len(stage_leads)
         if stage_leads:
-            await self.conn.copy_records_to_table("stage_leads", records=stage_leads)
-            await self.conn.copy_records_to_table("stage_numbers", records=stage_numbers)
+            await self.conn.copy_records_to_table("stage_leads", records=stage_leads, timeout=self.timeout)
+            await self.conn.copy_records_to_table(
+                "stage_numbers", records=stage_numbers, timeout=self.timeout
+            )
         if rejects:
             await self.conn.copy_records_to_table(
                 "lead_rejects",
                 records=rejects,
                 columns=["list_id", "row_number", "field", "raw_value", "reason", "detail"],
+                timeout=self.timeout,
             )
 
     async def _commit(self) -> None:
@@ -245,6 +252,7 @@ class LeadUpload:
             self.cid,
             self.summary.list_id,
             self.now,
+            timeout=self.timeout,
         )
         assert row is not None
         s = self.summary
