@@ -178,7 +178,7 @@ async def test_a_call_offered_connected_wrapped_and_dispositioned(
     await con.kill()
 
 
-async def test_agents_act_only_for_themselves(services: Services) -> None:
+async def test_agents_act_only_for_themselves(services: Services, pg: asyncpg.Pool) -> None:
     rs = await start_agent(services)
     con = Console(services, rs, "bob")
     await con.login(("c1", 1))
@@ -191,6 +191,18 @@ async def test_agents_act_only_for_themselves(services: Services) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err3:
         await con.stub.EndCall(agent_pb2.EndCallRequest(call_id="nope"))
     assert err3.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    manager = agent_pb2_grpc.AgentServiceStub(services.channel(rs, role="manager", sub="mia"))
+    out = await manager.Logout(agent_pb2.LogoutRequest(agent_id="bob"))
+    assert out.status.state == common_pb2.AGENT_STATE_LOGGED_OUT
+    with pytest.raises(grpc.aio.AioRpcError) as err4:
+        await manager.Login(agent_pb2.LoginRequest(agent_id="bob"))
+    assert err4.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    async def tl() -> list[tuple[str, str, str]]:
+        rows = await timeline(pg, "bob")
+        return rows if len(rows) >= 2 else []
+
+    assert (await wait_for(tl, what="timeline"))[-1] == ("logged_out", "logout_by_manager", "")
 
 
 async def test_assignment_respects_priority_skills_and_longest_ready(services: Services) -> None:
