@@ -129,3 +129,58 @@ async def test_killed_holder_hands_over_within_the_lease(
     ):
         for a, b in itertools.pairwise(list(calls)):
             assert a["end_at"] is not None and a["end_at"] <= b["dial_at"]
+
+
+async def test_sigterm_stops_dialing_cleanly(
+    services: Services, redis: aioredis.Redis, pg: asyncpg.Pool, env: None
+) -> None:
+    """SIGTERM: no new dial, calls in flight finish or are handed back (each with its call.ended, written by
+    the replica itself), the lease released at once, exit status 0."""
+    await seed_campaign(redis, n_leads=400, n_agents=4, dial_mode="power")
+    peers = await start_peers(services, FakeDnc(set()), FakeAgents(refuse_every=1000))
+    s = services.settings
+    child_env = {
+        **os.environ,
+        "OUTDIAL_DATABASE_URL": str(s.database_url),
+        "OUTDIAL_REDIS_URL": str(s.redis_url),
+        "OUTDIAL_DNC_ADDR": s.dnc_addr,
+        "OUTDIAL_AGENT_ADDR": s.agent_addr,
+        "OUTDIAL_AUTH_SECRET": s.auth_secret,
+        "OUTDIAL_LISTEN_PORT": "0",
+        "OUTDIAL_METRICS_PORT": "0",
+        "OUTDIAL_INSTANCE_ID": "leaving",
+        "OUTDIAL_CLOCK_OFFSET_SECONDS": str((WORKDAY - datetime.now(UTC)).total_seconds()),
+        "OUTDIAL_GRACE_SECONDS": "2",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "outdial.pacing", env=child_env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+
+        async def dialing() -> bool:
+            n = await pg.fetchval("SELECT count(*) FROM dial_attempts WHERE dial_at IS NOT NULL")
+            return bool(n >= 6 and await redis.zcard(keys.calls_in_flight(CID)) > 0)
+
+        await wait_for(dialing, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.wait_for(proc.wait(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await peers.stop(None)
+    assert rc == 0
+    assert await redis.get(keys.pacing_lease(CID)) is None
+    assert await redis.zcard(keys.calls_in_flight(CID)) == 0
+    assert await redis.keys(f"od:{{c:{CID}}}:claim:*") == []
+    rows = await pg.fetch("SELECT * FROM dial_attempts WHERE dial_at IS NOT NULL")
+    assert rows and all(r["end_at"] is not None and r["outcome"] for r in rows)
+    evs = await events(redis)
+    ended = Counter(e["call_id"] for e in evs if e["type"] == "call.ended")
+    assert ended == Counter({r["call_id"]: 1 for r in rows})
+    assert not [e for e in evs if e.get("reason") == "replica_lost"]
+    # No lead lost: each was dialled, or is (back) in the hopper.
+    dialled = {r["lead_id"] for r in rows}
+    in_hopper = set(await redis.zrange(keys.hopper(CID), 0, -1))
+    assert dialled | in_hopper == {f"lead-{i}" for i in range(400)}

@@ -240,26 +240,34 @@ class Dialer:
         run = self.campaigns.pop(cid, None)
         if run is None:
             return
-        run.stopped = True
-        if run.task is not None:
-            run.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await run.task
+        await self._halt(run)
         if release:
             with contextlib.suppress(Exception):
                 await self.leases.release(run.lease)
         log.info("campaign %s: stopped dialing (lease %s)", cid, "released" if release else "lost")
 
+    async def _halt(self, run: CampaignRun, patience_s: float = 10.0) -> None:
+        """Stop a campaign loop between two steps, not in the middle of one: a tick that popped leads
+        finishes with them (the ones it can no longer dial go back to the hopper, their claims released).
+        Cancelled only when it does not stop within ``patience_s``."""
+        run.stopped = True
+        run.wake.set()
+        if run.task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(run.task), patience_s)
+        except TimeoutError:
+            run.task.cancel()
+        except Exception:
+            pass
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await run.task
+
     async def _shutdown(self, pump: asyncio.Task[None]) -> None:
         """Stop dialing; let calls in flight finish for ``drain_s``; hand back the rest; release leases."""
         self._dialing = False
         for cid in list(self.campaigns):
-            run = self.campaigns[cid]
-            run.stopped = True
-            if run.task is not None:
-                run.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await run.task
+            await self._halt(self.campaigns[cid])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_s
         while self.calls and loop.time() < deadline:
@@ -298,9 +306,12 @@ class Dialer:
                 raise
             except Exception:
                 log.exception("campaign %s: tick failed", cid)
+            if run.stopped:
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.wake.wait(), self.tick_s)
-            run.wake.clear()
+            if not run.stopped:
+                run.wake.clear()
 
     async def _budget(self, cid: str, run: CampaignRun, config: dict[str, Any], now: datetime) -> BudgetView:
         mono = self.clock.monotonic()
