@@ -47,6 +47,7 @@ async def test_settings_state_watch_and_safety(
     stream = stub.WatchPacing(req, metadata=auth)
     st = await next_state(stream, lambda s: s.leader.startswith("r1|"))
     assert st.fallback_reason == "no agent logged in" and st.lines_in_flight == 0
+    assert (st.mode, st.effective_mode) == ("progressive", "none")
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         bad = pacing_pb2.PacingSettings()
@@ -78,7 +79,7 @@ async def test_settings_state_watch_and_safety(
         keys.campaign_agents(CID), "a1", json.dumps({"state": "ready", "since_ms": 0, "call_id": ""})
     )
     st = await next_state(stream, lambda s: s.agents.ready == 1 and s.settings.paused)
-    assert st.fallback_reason == "paused by pacing settings"
+    assert st.fallback_reason == "paused by pacing settings" and st.mode == "power"
     await asyncio.sleep(0.5)
     assert await pg.fetchval("SELECT count(*) FROM dial_attempts") == 0
     assert await redis.zcard(keys.hopper(CID)) == 5

@@ -27,7 +27,7 @@ def _rows(st: pacing_pb2.PacingState) -> list[tuple[str, Any]]:
     return [
         ("campaign", st.campaign_id),
         ("leader", st.leader or "(none)"),
-        ("mode (effective)", f"{_algo(st.settings.algorithm)} ({_algo(st.effective_algorithm)})"),
+        ("mode (in force)", f"{st.mode or '-'} ({st.effective_mode or '-'})"),
         ("reason", st.fallback_reason),
         ("dial level", f"{st.dial_level:.2f}"),
         ("lines in flight", st.lines_in_flight),

@@ -59,6 +59,8 @@ def state_to_pb(
     st.effective_algorithm = _ALGOS.get(
         str(s.get("effective_algorithm")), pacing_pb2.PACING_ALGORITHM_UNSPECIFIED
     )
+    st.mode = str(s.get("algorithm") or "")
+    st.effective_mode = str(s.get("effective_algorithm") or "")
     st.fallback_reason = str(s.get("reason") or "")
     st.dial_level = float(s.get("dial_level") or 0)
     st.lines_in_flight = int(s.get("lines_in_flight") or 0)

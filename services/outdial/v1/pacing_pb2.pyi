@@ -174,6 +174,8 @@ class PacingState(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     CALLS_PLACED_FIELD_NUMBER: _builtins.int
     CALLS_BLOCKED_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_MODE_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     effective_algorithm: Global___PacingAlgorithm.ValueType
     """The mode actually in force (may fall back to progressive)."""
@@ -184,6 +186,10 @@ class PacingState(_message.Message):
     leader: _builtins.str
     calls_placed: _builtins.int
     calls_blocked: _builtins.int
+    mode: _builtins.str
+    """The mode the pacer applies (the campaign's dial mode unless settings.algorithm overrides it)."""
+    effective_mode: _builtins.str
+    """What the last decision actually used: "progressive", "power", "predictive", … or "none" (no dialing)."""
     @_builtins.property
     def settings(self) -> Global___PacingSettings: ...
     @_builtins.property
@@ -211,10 +217,12 @@ class PacingState(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         calls_placed: _builtins.int = ...,
         calls_blocked: _builtins.int = ...,
+        mode: _builtins.str = ...,
+        effective_mode: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "budget", b"budget", "estimates", b"estimates", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "answered_waiting", b"answered_waiting", "budget", b"budget", "calls_blocked", b"calls_blocked", "calls_placed", b"calls_placed", "campaign_id", b"campaign_id", "dial_level", b"dial_level", "effective_algorithm", b"effective_algorithm", "estimates", b"estimates", "fallback_reason", b"fallback_reason", "leader", b"leader", "lines_in_flight", b"lines_in_flight", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "answered_waiting", b"answered_waiting", "budget", b"budget", "calls_blocked", b"calls_blocked", "calls_placed", b"calls_placed", "campaign_id", b"campaign_id", "dial_level", b"dial_level", "effective_algorithm", b"effective_algorithm", "effective_mode", b"effective_mode", "estimates", b"estimates", "fallback_reason", b"fallback_reason", "leader", b"leader", "lines_in_flight", b"lines_in_flight", "mode", b"mode", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
