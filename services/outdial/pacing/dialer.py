@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -362,6 +362,9 @@ class Dialer:
             max(0.0, (ms(now) - s) / 1000) for s in foreign
         )
         budget = await self._budget(cid, run, config or {}, now)
+        short_cap = overrides.get("short_window_cap")
+        if short_cap:
+            budget = replace(budget, short_window_cap=min(0.05, float(short_cap)))
         estimates = run.estimator.snapshot()
         snap = Snapshot(now.timestamp(), snaps, ages, waiting, estimates, budget, params)
         working = [a for a in snaps if a.state != PAUSED]
