@@ -299,3 +299,28 @@ async def test_far_end_hangup_moves_the_agent_to_wrap_up_and_tells_the_console(
 
 async def _has(items: list[str], item: str) -> bool:
     return item in items
+
+
+async def test_a_disposition_is_recorded_once_even_when_retried_or_after_logout(
+    services: Services, pg: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    rs = await start_agent(services)
+    con = Console(services, rs, "ray")
+    await con.login(("c1", 1))
+    await con.connect()
+    assert (await dialer(services, rs).OfferCall(offer_req("c1", "t1"))).assigned
+    await con.stub.EndCall(agent_pb2.EndCallRequest(call_id="t1"))
+    await con.stub.Logout(agent_pb2.LogoutRequest())  # gone before choosing a disposition
+    for _ in range(2):
+        await con.stub.SetDisposition(
+            agent_pb2.SetDispositionRequest(call_id="t1", disposition="not_interested")
+        )
+    rows = await pg.fetch("SELECT disposition, event_id FROM agent_dispositions WHERE agent_id = 'ray'")
+    assert [r["disposition"] for r in rows] == ["not_interested"]
+    events = [f for _, f in await redis.xrange(keys.call_events()) if f["type"] == "agent.disposition"]
+    assert {e["event_id"] for e in events} == {rows[0]["event_id"]}
+    assert await redis.hget(keys.agent("ray"), "state") == "logged_out"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await con.stub.SetDisposition(agent_pb2.SetDispositionRequest(call_id="other", disposition="sale"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await con.kill()

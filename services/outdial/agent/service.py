@@ -375,8 +375,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if not disposition:
             raise InvalidArgument("disposition is required", field="disposition")
         h = await self.store.agent(agent_id)
-        last = json.loads(h.get("last_call") or "{}")
-        allowed = await self._dispositions_of(str(last.get("campaign_id", "")))
+        offer = json.loads(h.get("last_call") or "{}")
+        call_id = request.call_id or str(offer.get("call_id", ""))
+        if not offer or call_id != offer.get("call_id"):
+            raise FailedPrecondition(
+                f"no ended call {call_id!r} to set a disposition for", error_id="no_call"
+            )
+        if h.get("dispositioned") == call_id:
+            return agent_pb2.SetDispositionResponse(status=status_pb(agent_id, h))  # a retry: already done
+        allowed = await self._dispositions_of(str(offer.get("campaign_id", "")))
         if disposition not in allowed:
             raise InvalidArgument(
                 f"unknown disposition {disposition!r}; allowed: {', '.join(allowed)}", field="disposition"
@@ -386,27 +393,24 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             if not request.HasField("callback_at"):
                 raise InvalidArgument("a callback needs callback_at", field="callback_at")
             callback_at = request.callback_at.ToDatetime(tzinfo=ms_to_dt(0).tzinfo)
-        tr = await self.store.run("disposition", agent_id, request.call_id)
-        self._check(tr, "set a disposition")
-        if tr.status == "already":
-            return agent_pb2.SetDispositionResponse(status=await self._status(agent_id))
-        self.timeline.record(tr, "disposition")
-        offer = json.loads(tr.extra)
-        event_id = uuid.uuid4().hex
-        row_id = await self.dispositions.insert(
-            event_id=event_id,
+        # Durable first (PostgreSQL row, then the event), state change last: a failure anywhere leaves the
+        # agent in wrap-up, and the console's retry writes the same row and the same event id again.
+        now_s, now_us = await self.store.redis.time()
+        at_ms = int(now_s) * 1000 + int(now_us) // 1000
+        row_id, event_id = await self.dispositions.insert(
+            event_id=uuid.uuid4().hex,
             agent_id=agent_id,
             offer=offer,
             disposition=disposition,
             callback_at=callback_at,
             notes=request.notes,
-            at=ms_to_dt(tr.at_ms),
+            at=ms_to_dt(at_ms),
             dnc_status="pending" if disposition == DO_NOT_CALL else "none",
             callback_status="pending" if callback_at is not None else "none",
         )
         fields = call_event(
             "agent.disposition",
-            tr.at_ms,
+            at_ms,
             offer,
             agent_id=agent_id,
             disposition=disposition,
@@ -415,6 +419,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         )
         fields["event_id"] = event_id
         await self.store.add_event(fields)
+        tr = await self.store.run("disposition", agent_id, call_id)
+        self._check(tr, "set a disposition")
+        self.timeline.record(tr, "disposition")
         if disposition == DO_NOT_CALL:
             await self.followups.opt_out(
                 row_id,

@@ -188,13 +188,20 @@ class Dispositions:
         at: datetime,
         dnc_status: str,
         callback_status: str,
-    ) -> int:
-        row_id = await self.pool.fetchval(
+    ) -> tuple[int, str]:
+        """Insert the disposition of one call; a retry (same agent and call) updates it and keeps the
+        first event id, so the agent.disposition event it re-emits is a duplicate consumers skip."""
+        row = await self.pool.fetchrow(
             """INSERT INTO agent_dispositions (event_id, agent_id, call_id, campaign_id, lead_id, number,
                    disposition, callback_at, notes, at, dnc_status, callback_status)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-               ON CONFLICT (agent_id, call_id) DO UPDATE SET disposition = EXCLUDED.disposition
-               RETURNING id""",
+               ON CONFLICT (agent_id, call_id) DO UPDATE SET disposition = EXCLUDED.disposition,
+                   callback_at = EXCLUDED.callback_at, notes = EXCLUDED.notes,
+                   dnc_status = CASE WHEN agent_dispositions.dnc_status = 'done' THEN 'done'
+                                     ELSE EXCLUDED.dnc_status END,
+                   callback_status = CASE WHEN agent_dispositions.callback_status = 'done' THEN 'done'
+                                          ELSE EXCLUDED.callback_status END
+               RETURNING id, event_id""",
             event_id,
             agent_id,
             str(offer.get("call_id", "")),
@@ -208,7 +215,8 @@ class Dispositions:
             dnc_status,
             callback_status,
         )
-        return int(row_id)
+        assert row is not None
+        return int(row["id"]), str(row["event_id"])
 
     async def mark(self, row_id: int, column: str, status: str, error: str = "") -> None:
         assert column in ("dnc_status", "callback_status")

@@ -217,7 +217,7 @@ if op == 'sweep' then
   return result('noop', aid, prev, prev, 0, craw, call_id)
 end
 
-if prev == 'logged_out' then return result('not_found', aid, prev, prev, 0, craw, call_id) end
+if prev == 'logged_out' and op ~= 'disposition' then return result('not_found', aid, prev, prev, 0, craw, call_id) end
 
 if op == 'set_state' then
   -- ARGV[8] 'ready' | 'paused', [9] reason
