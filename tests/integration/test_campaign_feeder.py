@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -188,3 +188,48 @@ async def test_dnc_unavailable_adds_nothing(
         await pg.fetchval("SELECT count(*) FROM leads WHERE campaign_id = $1 AND recheck_at IS NOT NULL", cid)
         == 1
     )
+
+
+async def test_rolling_24h_cap_keeps_a_florida_number_out(
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+    redis,
+    pg: asyncpg.Pool,  # type: ignore[no-untyped-def]
+) -> None:
+    for k, v in {
+        **FAST,
+        "OUTDIAL_DNC_REQUIRE_REGISTRY": "false",
+        "OUTDIAL_DNC_KEEPER_INTERVAL_SECONDS": "0.2",
+    }.items():
+        monkeypatch.setenv(k, v)
+    await services.start("dnc")
+    now = utc(2026, 1, 13, 19, 0)  # 14:00 in Miami and New York
+    clock = ManualClock(now)
+    stub, cid = await make_campaign(services, clock, f"phone\n{FL}\n{NY}\n")
+    # Three calls to the Miami number in the last 24 h (one of them only in Redis, written by the dialer).
+    for i, hours in enumerate((23, 5)):
+        await pg.execute(
+            """INSERT INTO call_records (call_id, campaign_id, called_number, dial_at, end_at, outcome)
+               VALUES ($1, $2, $3, $4, $4, 'no_answer')""",
+            f"old{i}",
+            cid,
+            FL,
+            now - timedelta(hours=hours),
+        )
+    await redis.zadd(keys.number_attempts(FL), {"live1": int((now - timedelta(hours=1)).timestamp() * 1000)})
+    await stub.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=cid))
+
+    async def only_ny() -> bool:
+        return await hopper_numbers(redis, cid) == {NY}
+
+    await wait_for(only_ny, "the New York lead alone")
+    recheck = await pg.fetchval(
+        "SELECT l.recheck_at FROM leads l JOIN lead_numbers n ON n.lead_id = l.id WHERE n.e164 = $1", FL
+    )
+    assert recheck == now - timedelta(hours=23) + timedelta(hours=24)  # the oldest call ages out
+    clock.set(now + timedelta(hours=1, minutes=1))
+
+    async def both() -> bool:
+        return await hopper_numbers(redis, cid) == {NY, FL}
+
+    await wait_for(both, "the Miami lead once a call aged out")
