@@ -245,3 +245,24 @@ async def test_schedule_callback_rpc(services: Services, pg: asyncpg.Pool) -> No
                 campaign_pb2.ScheduleCallbackRequest(campaign_id=cid, lead_id=lead_id, at=at)
             )
         assert err.value.code() is code
+
+
+async def test_an_event_that_fails_stays_pending_and_others_go_on(
+    services: Services, redis, pg: asyncpg.Pool
+) -> None:  # type: ignore[no-untyped-def]
+    _stub, cid, _ = await setup(services)
+    lead = str(await pg.fetchval("SELECT min(id) FROM leads WHERE campaign_id = $1", cid))
+    ev = Events(redis, cid)
+    await ev.add("call.ended", "bad", lead, "+12125550101", T0, outcome="busy", duration_s="not-a-number")
+    await ev.add("call.dialing", "good", lead, "+12125550101", T0, caller_id="+12125550100", attempt="1")
+
+    async def good_applied() -> bool:
+        return bool(
+            await pg.fetchval("SELECT 1 FROM call_records WHERE call_id = 'good' AND dial_at IS NOT NULL")
+        )
+
+    await wait_for(good_applied, "the good event")
+    pending = await redis.xpending(keys.call_events(), "campaign")
+    assert pending["pending"] == 1
+    # Nothing of the failed event was kept (its transaction rolled back, its event id is not marked).
+    assert await pg.fetchval("SELECT count(*) FROM call_records WHERE call_id = 'bad'") == 0

@@ -63,13 +63,20 @@ class EventConsumer:
     async def run(self, ready: asyncio.Event) -> None:
         await ready.wait()
         backoff = 0.5
-        pending_first = True
+        pending_due = 0.0  # re-read our own unacknowledged entries (failed applies) now and then
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self.ensure_group()
-                n = await self.read_once(pending=pending_first)
-                if pending_first and n == 0:
-                    pending_first = False
+                if loop.time() >= pending_due:
+                    # Entries another (dead) replica took and never acknowledged become ours after 60 s.
+                    await self.redis.xautoclaim(
+                        self.stream, self.group, self.consumer, min_idle_time=60_000, start_id="0-0",
+                        count=self.settings.events_batch,
+                    )  # fmt: skip
+                    await self.read_once(pending=True)
+                    pending_due = loop.time() + 30.0
+                await self.read_once()
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
@@ -90,7 +97,12 @@ class EventConsumer:
         handled = 0
         for _stream, entries in resp or []:
             for entry_id, fields in entries:
-                await self.apply(dict(fields))
+                try:
+                    await self.apply(dict(fields))
+                except (asyncpg.PostgresError, ValueError, KeyError) as exc:
+                    # Left pending (not acknowledged): retried by the next pending pass; others go on.
+                    log.error("call event %s not applied: %s", entry_id, exc)
+                    continue
                 await self.redis.xack(self.stream, self.group, entry_id)
                 handled += 1
         return handled
