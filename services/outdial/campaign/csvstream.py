@@ -85,6 +85,14 @@ class CsvStream:
         return out
 
     def _records(self, lines: list[str]) -> list[list[str]]:
+        if not self._pending and lines and not any('"' in line for line in lines):
+            # The common case: no quotes in the whole chunk, every line is a record.
+            longest = max(map(len, lines))
+            if longest > self.max_line:
+                at = next(i for i, line in enumerate(lines) if len(line) > self.max_line)
+                raise MalformedFile(f"line {self.line_no + at + 1} is longer than {self.max_line} bytes")
+            self.line_no += len(lines)
+            return self._parse(lines)
         complete: list[str] = []
         for line in lines:
             self.line_no += 1

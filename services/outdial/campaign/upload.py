@@ -40,6 +40,21 @@ class UploadSummary:
     committed: bool = False
 
 
+_LEAD_COLUMNS = [
+    "id",
+    "campaign_id",
+    "list_id",
+    "row_number",
+    "first_name",
+    "last_name",
+    "zip",
+    "state",
+    "fields",
+    "created_at",
+    "updated_at",
+]
+
+
 @dataclass
 class _Batch:
     leads: list[LeadRow] = field(default_factory=list)
@@ -126,9 +141,7 @@ class LeadUpload:
 
     async def _prepare(self) -> None:
         await self.conn.execute(
-            """CREATE TEMP TABLE stage_leads (lead_id bigint, row_number bigint, first_name text, last_name text,
-                   zip text, state text, fields jsonb) ON COMMIT DROP;
-               CREATE TEMP TABLE stage_numbers (lead_id bigint, row_number bigint, position smallint, e164 text,
+            """CREATE TEMP TABLE stage_numbers (lead_id bigint, row_number bigint, position smallint, e164 text,
                    number_type text, timezones text[]) ON COMMIT DROP;"""
         )
         await self.conn.execute(
@@ -153,8 +166,8 @@ class LeadUpload:
                     ) from None
                 continue
             self.record_no += 1
-            if not rec or all(not c.strip() for c in rec):
-                continue  # blank line
+            if not any(rec):
+                continue  # blank line (or only delimiters)
             self._pending.append((self.record_no, rec))
             if len(self._pending) >= self.batch_rows:
                 await self._flush()
@@ -209,19 +222,25 @@ class LeadUpload:
             stage_leads.append(
                 (
                     lid,
+                    self.cid,
+                    self.summary.list_id,
                     lead.row_number,
                     lead.first_name,
                     lead.last_name,
                     lead.zip,
                     lead.state,
                     json.dumps(lead.fields),
+                    self.now,
+                    self.now,
                 )
             )
             for pos, (e164, ntype, zones) in enumerate(lead.numbers):
                 stage_numbers.append((lid, lead.row_number, pos, e164, ntype, list(zones)))
         self.staged_leads += len(stage_leads)
         if stage_leads:
-            await self.conn.copy_records_to_table("stage_leads", records=stage_leads, timeout=self.timeout)
+            await self.conn.copy_records_to_table(
+                "leads", records=stage_leads, columns=_LEAD_COLUMNS, timeout=self.timeout
+            )
             await self.conn.copy_records_to_table(
                 "stage_numbers", records=stage_numbers, timeout=self.timeout
             )
@@ -234,6 +253,8 @@ class LeadUpload:
             )
 
     async def _commit(self) -> None:
+        # Every lead row was COPY'd straight into ``leads`` (uncommitted, so invisible to others); the
+        # numbers that win the unique (campaign_id, e164) key decide which leads stay.
         row = await self.conn.fetchrow(
             """WITH ins AS (
                  INSERT INTO lead_numbers (campaign_id, e164, lead_id, position, number_type, timezones)
@@ -242,16 +263,13 @@ class LeadUpload:
                  ON CONFLICT (campaign_id, e164) DO NOTHING
                  RETURNING lead_id),
                got AS (SELECT DISTINCT lead_id FROM ins),
-               leads_in AS (
-                 INSERT INTO leads (id, campaign_id, list_id, row_number, first_name, last_name, zip, state, fields,
-                                    created_at, updated_at)
-                 SELECT s.lead_id, $1, $2, s.row_number, s.first_name, s.last_name, s.zip, s.state, s.fields, $3, $3
-                   FROM stage_leads s JOIN got USING (lead_id)
+               dropped AS (
+                 DELETE FROM leads l WHERE l.list_id = $2 AND NOT EXISTS (SELECT 1 FROM got WHERE got.lead_id = l.id)
                  RETURNING 1)
-               SELECT (SELECT count(*) FROM leads_in) AS leads, (SELECT count(*) FROM ins) AS numbers""",
+               SELECT (SELECT count(*) FROM got) AS leads, (SELECT count(*) FROM ins) AS numbers,
+                      (SELECT count(*) FROM dropped) AS dropped""",
             self.cid,
             self.summary.list_id,
-            self.now,
             timeout=self.timeout,
         )
         assert row is not None
