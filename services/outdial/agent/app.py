@@ -43,6 +43,7 @@ async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
     ctx.spawn(hangups.run(), "hangup-consumer")
     ctx.on_close(hub.close)
     ctx.on_close(timeline.drain)
+    ctx.on_close(servicer.close)  # closers run last-registered first: this one before the hub closes
 
 
 SPEC = ServiceSpec(name="agent", full_names=("outdial.v1.AgentService",), setup=setup)

@@ -34,6 +34,7 @@ class Hub:
         self._waiters: dict[str, asyncio.Future[tuple[str, str]]] = {}
         self._lock = asyncio.Lock()
         self._started = asyncio.Event()
+        self._closed = False
 
     async def run(self) -> None:
         """Reader loop; reconnects on errors (redis-py re-subscribes the channels)."""
@@ -59,6 +60,7 @@ class Hub:
                 await asyncio.sleep(0.2)
 
     async def close(self) -> None:
+        self._closed = True
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -88,7 +90,7 @@ class Hub:
             first = not self._queues.get(agent_id)
             self._channel_agent[keys.agent_offers(agent_id)] = agent_id
             self._queues[agent_id].add(q)
-            if first and self._pubsub is not None:
+            if first and self._pubsub is not None and not self._closed:
                 await self._pubsub.subscribe(keys.agent_offers(agent_id))
         return q
 
@@ -101,7 +103,8 @@ class Hub:
             if not qs:
                 del self._queues[agent_id]
                 self._channel_agent.pop(keys.agent_offers(agent_id), None)
-                if self._pubsub is not None:
+                if self._pubsub is not None and not self._closed:
+                    # (A closed PubSub would take a fresh connection from the pool just to unsubscribe.)
                     with contextlib.suppress(Exception):
                         await self._pubsub.unsubscribe(keys.agent_offers(agent_id))
 

@@ -107,6 +107,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
 
+    async def close(self) -> None:
+        """On shutdown: let the short clean-up tasks (stream closed, call events) finish, briefly."""
+        pending = list(self._bg)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=2.0)
+            for t in late:
+                t.cancel()
+            if late:
+                await asyncio.wait(late)
+
     async def _status(self, agent_id: str) -> agent_pb2.AgentStatus:
         return status_pb(agent_id, await self.store.agent(agent_id))
 
