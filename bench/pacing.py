@@ -140,6 +140,11 @@ def main() -> int:
         ]
         table(f"Robustness: {name}", columns, rows)
 
+    console.print(
+        "clairvoyant: a greedy dialer that knows every call's outcome, answer delay and talk time and every"
+        " agent's free time, deciding each 1 s tick; it is not an exact optimum (at 200 agents it loses"
+        " seconds to the tick and to its buffer), the ceiling for these times being 120/135 = 0.889."
+    )
     _targets(results, agents, robust)
     return 0
 

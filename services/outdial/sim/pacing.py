@@ -221,6 +221,7 @@ class PacingSim:
         self.ticks = 0
         self.progressive_ticks = 0
         self.timeline: list[dict[str, float | str]] = []
+        self._buffer: list[_Lead] = []  # clairvoyant: live leads drawn in order, not dialed yet
         self.last_decision: Decision | None = None
         self._lines_sum = 0
         self._lines_n = 0
@@ -342,14 +343,15 @@ class PacingSim:
             self._push(t + r.uniform(0.0, 120.0), _LOGIN, a)
 
     # ------------------------------------------------------------------------------------------ calls
-    def _launch(self, t: float, reserve: bool) -> bool:
+    def _launch(self, t: float, reserve: bool, lead: _Lead | None = None) -> bool:
         agent: _Agent | None = None
         if reserve:
             if not self.ready:
                 return False
             agent = self.ready.pop(next(iter(self.ready)))
             agent.state, agent.since = RESERVED, t
-        lead = self.leads.pop()
+        if lead is None:
+            lead = self.leads.pop()
         p = self._p_live(t)
         c = self.cfg
         u = lead.u
@@ -449,8 +451,11 @@ class PacingSim:
     def _clairvoyant(self, t: float) -> None:
         """The bound: knows every lead's outcome and timing and every agent's free time in advance.
 
-        It dials non-live leads at once (they never need an agent) and each live lead so that the person
-        answers as an agent frees up (never before ``free - 2 s``), agents taken in order of free time.
+        Leads are drawn in order; a lead nobody will answer is dialed at once (it never needs an agent).
+        Live leads wait in a buffer (as many as agents, at least 32): for each agent about to be free that no answer
+        covers yet, in order of free time, it dials now the buffered lead whose answer comes soonest
+        after ``free - 1 s`` (so within the 2 s allowed), or waits when none would answer that late.
+        Lines are not limited.
         """
         frees: list[float] = []
         for a in self.agents:
@@ -463,22 +468,24 @@ class PacingSim:
             elif a.state == WRAP_UP:
                 frees.append(a.since + self.cfg.wrap_s)
         frees.sort()
-        covered = self.n_waiting + sum(
-            1 for c in self.in_flight.values() if c.outcome == LIVE and c.lead.delay <= self.ring
-        )
+        covered = self.n_waiting + sum(1 for c in self.in_flight.values() if c.outcome == LIVE)
         p = self._p_live(t)
-        guard = 0
-        while covered < len(frees) and guard < 10_000:
-            guard += 1
-            lead = self.leads.peek(self.leads.next_index)
-            if lead.u >= p or lead.delay > self.ring:
-                self._launch(t, False)
-                continue
-            if t + lead.delay >= frees[covered] - PATIENCE_S:
-                self._launch(t, False)
-                covered += 1
-            else:
+        buf = self._buffer
+        while covered < len(frees):
+            need = frees[covered] - t - 1.0  # the answer delay that lands in the second before
+            while len(buf) < max(32, len(frees)):
+                lead = self.leads.pop()
+                if lead.u >= p or lead.delay > self.ring:
+                    self._launch(t, False, lead)
+                else:
+                    buf.append(lead)
+            fits = [ld for ld in buf if ld.delay >= need]
+            if not fits:
                 break
+            best = min(fits, key=lambda ld: ld.delay)
+            buf.remove(best)
+            self._launch(t, False, best)
+            covered += 1
 
     # ------------------------------------------------------------------------------------------ run
     def _sample(self, t: float) -> None:
