@@ -13,6 +13,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from outdial.core.clients import service_channel
@@ -72,13 +73,13 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
 
 
 def fail(message: str, code: int = 1) -> int:
-    err_console.print(f"[red]error:[/red] {message}")
+    err_console.print(f"[red]error:[/red] {escape(message)}")
     return code
 
 
 def rpc_error(exc: grpc.aio.AioRpcError) -> int:
     """Print a failed RPC as `CODE: details` on stderr; exit code 2 for bad input, 1 otherwise."""
-    err_console.print(f"[red]{exc.code().name}[/red]: {exc.details()}")
+    err_console.print(f"[red]{exc.code().name}[/red]: {escape(exc.details() or '')}")
     return 2 if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1
 
 
