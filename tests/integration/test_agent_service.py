@@ -324,3 +324,22 @@ async def test_a_disposition_is_recorded_once_even_when_retried_or_after_logout(
         await con.stub.SetDisposition(agent_pb2.SetDispositionRequest(call_id="other", disposition="sale"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     await con.kill()
+
+
+async def test_the_dialer_ending_a_call_reaches_the_console(services: Services, pg: asyncpg.Pool) -> None:
+    rs = await start_agent(services)
+    con = Console(services, rs, "ida")
+    await con.login(("c1", 1))
+    await con.connect()
+    d = dialer(services, rs)
+    assert (await d.OfferCall(offer_req("c1", "q1"))).assigned
+    ended = await d.EndCall(agent_pb2.EndCallRequest(agent_id="ida", call_id="q1"))
+    assert ended.status.state == common_pb2.AGENT_STATE_WRAP_UP
+    await wait_for(lambda: _has(con.ended, "q1"), what="call_ended on the stream")
+
+    async def tl() -> list[tuple[str, str, str]]:
+        rows = await timeline(pg, "ida")
+        return rows if len(rows) >= 4 else []
+
+    assert (await wait_for(tl, what="timeline"))[3] == ("wrap_up", "far_end_hangup", "q1")
+    await con.kill()

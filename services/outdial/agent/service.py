@@ -374,7 +374,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         agent_id = _agent_id(request.agent_id)
         tr = await self.store.run("end_call", agent_id, request.call_id, int(self.cfg.wrap_timeout_s * 1000))
         self._check(tr, "end a call")
-        self.timeline.record(tr, "end_call")
+        by_agent = current_principal().subject == agent_id
+        self.timeline.record(tr, "end_call" if by_agent else "far_end_hangup")
+        if not by_agent:
+            # The dialer (or a manager) ended it: the far end hung up. Tell the console.
+            await self.store.redis.publish(
+                keys.agent_offers(agent_id), json.dumps({"type": "call_ended", "call_id": tr.call_id})
+            )
         return agent_pb2.EndCallResponse(status=await self._status(agent_id))
 
     async def SetDisposition(

@@ -152,10 +152,15 @@ class SimulatedAgent:
                 # already put the agent in wrap-up).
                 await asyncio.wait_for(hangup.wait(), self.talk.sample(self.rng))
             except TimeoutError:
-                await self.stub.EndCall(
-                    agent_pb2.EndCallRequest(agent_id=self.agent_id, call_id=offer.call_id),
-                    metadata=self.metadata,
-                )
+                try:
+                    await self.stub.EndCall(
+                        agent_pb2.EndCallRequest(agent_id=self.agent_id, call_id=offer.call_id),
+                        metadata=self.metadata,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    # Ended on the far side at the same moment: wrap up and disposition all the same.
+                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                        raise
             self.stats.ended += 1
             await asyncio.sleep(self.wrap.sample(self.rng))
             dispo = self.rng.choices(self.dispo_names, self.dispo_weights)[0]
