@@ -20,7 +20,11 @@ def create_redis(url: str, *, decode: bool = True, max_connections: int = 64) ->
         decode_responses=decode,
         max_connections=max_connections,
         socket_connect_timeout=2.0,
-        socket_timeout=5.0,
+        # No read timeout: XREADGROUP/XREAD BLOCK and pub/sub reads wait longer than any fixed socket timeout
+        # would allow (a 5 s timeout broke 5 s BLOCK reads). A dead peer is found by TCP keepalive and the
+        # periodic health check; callers that need a bound wrap the call in asyncio.wait_for.
+        socket_timeout=None,
+        socket_keepalive=True,
         health_check_interval=10,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
         retry_on_timeout=False,
