@@ -39,14 +39,15 @@ def command(sub: Any, name: str, handler: Handler, help: str) -> argparse.Argume
     return p
 
 
-_groups: dict[str, Any] = {}
+_groups: dict[tuple[int, str], Any] = {}
 
 
 def group(sub: Any, name: str, help: str) -> Any:
     """The sub-command group ``outdial NAME …`` (created once, shared by modules: ``sim`` has several)."""
-    if name not in _groups:
-        _groups[name] = sub.add_parser(name, help=help).add_subparsers(dest=f"{name}_cmd", required=True)
-    return _groups[name]
+    key = (id(sub), name)  # per parser: building the parser twice in one process must work
+    if key not in _groups:
+        _groups[key] = sub.add_parser(name, help=help).add_subparsers(dest=f"{name}_cmd", required=True)
+    return _groups[key]
 
 
 def channel(args: argparse.Namespace, settings: Settings, service: ServiceName) -> grpc.aio.Channel:

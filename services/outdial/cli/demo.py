@@ -16,6 +16,7 @@ import json
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -70,7 +71,12 @@ class DemoConfig:
     clock_offset_s: float | None = None
     log_path: str | None = None
     live: bool = True
+    # Feeder margin before a lead's window closes (None: the service default).
+    window_margin_s: float | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Called about twice a second while the campaign runs, with the seconds elapsed and the supervisor
+    # (the end-to-end test kills and restarts the pacing service from here).
+    on_tick: Callable[[float, Supervisor], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -208,6 +214,8 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         "OUTDIAL_AUTH_SECRET": settings.auth_secret,
         **cfg.extra_env,
     }
+    if cfg.window_margin_s is not None:
+        env["OUTDIAL_CAMPAIGN_WINDOW_MARGIN_S"] = str(cfg.window_margin_s)
     log_path = cfg.log_path or tempfile.mktemp(prefix="outdial-demo-", suffix=".log")
     sup = Supervisor(settings, extra_env=env, log_path=log_path)
     result = DemoResult()
@@ -330,6 +338,8 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
                     )
                 table = _live_table(state, stats, elapsed, cfg.seconds)
                 live.update(table)
+                if cfg.on_tick is not None:
+                    await cfg.on_tick(elapsed, sup)
                 if not console.is_terminal and elapsed - last_print >= 10:
                     console.print(table)
                     last_print = elapsed
