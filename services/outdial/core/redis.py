@@ -4,17 +4,71 @@ from __future__ import annotations
 
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Redis
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 __all__ = ["Redis", "create_redis", "load_lua"]
 
 
+class _SentinelPrimary(Redis):
+    """The primary's client; closing it also closes the connections to the sentinels."""
+
+    _sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                await client.aclose()
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None]:
+    """``redis+sentinel://[:password@]host1:26379,host2:26379/MASTER[/DB]`` -> (sentinels, master, db,
+    password). Redis Sentinel gives automatic fail-over without any cluster code of ours."""
+    parsed = urlsplit(url)
+    if parsed.scheme != "redis+sentinel":
+        raise ValueError(f"not a redis+sentinel URL: {url!r}")
+    netloc = parsed.netloc.rpartition("@")
+    password = unquote(netloc[0].partition(":")[2]) if netloc[1] else None
+    hosts: list[tuple[str, int]] = []
+    for part in netloc[2].split(","):
+        host, _, port = part.strip().rpartition(":") if ":" in part else (part.strip(), "", "26379")
+        if not host:
+            raise ValueError(f"sentinel host missing in {url!r}")
+        hosts.append((host, int(port)))
+    path = [p for p in parsed.path.split("/") if p]
+    if not path:
+        raise ValueError(f"the sentinel master name is missing in {url!r} (redis+sentinel://h:26379/MASTER)")
+    db = int(path[1]) if len(path) > 1 else 0
+    return hosts, path[0], db, password or None
+
+
 def create_redis(url: str, *, decode: bool = True, max_connections: int = 64) -> Redis:
-    """A pooled client. It connects lazily and reconnects by itself when Redis comes back."""
+    """A pooled client. It connects lazily and reconnects by itself when Redis comes back.
+
+    ``redis://`` / ``rediss://`` / ``unix://`` URLs name one server; ``redis+sentinel://h1:26379,h2:26379/
+    MASTER[/DB]`` asks Sentinel for the current primary (and follows fail-overs)."""
+    if url.startswith("redis+sentinel://"):
+        hosts, master, db, password = parse_sentinel_url(url)
+        sentinel = Sentinel(hosts, socket_connect_timeout=2.0, password=password)  # type: ignore[no-untyped-call]
+        primary: _SentinelPrimary = sentinel.master_for(
+            master,
+            redis_class=_SentinelPrimary,
+            db=db,
+            password=password,
+            decode_responses=decode,
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+            health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
+        )
+        primary._sentinel = sentinel
+        return primary
     client: Redis = aioredis.from_url(
         url,
         decode_responses=decode,
