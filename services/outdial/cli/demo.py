@@ -356,7 +356,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         stop_agents.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(agents_task, 20)
-        await _fill_report(result, infra.database_url, cid, dnc)
+        await _fill_report(result, infra.database_url, cid, dnc, since=virtual_now - timedelta(seconds=5))
         final = await camp.GetCampaignStats(campaign_pb2.GetCampaignStatsRequest(campaign_id=cid))
         result.leads_by_state = dict(final.leads_by_state)
         for ch in chans.values():
@@ -372,7 +372,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
 
 
 async def _fill_report(
-    result: DemoResult, database_url: str, cid: str, dnc: dnc_pb2_grpc.DncServiceStub
+    result: DemoResult, database_url: str, cid: str, dnc: dnc_pb2_grpc.DncServiceStub, since: datetime
 ) -> None:
     conn = await asyncpg.connect(database_url)
     try:
@@ -422,7 +422,8 @@ async def _fill_report(
         talk_wrap = logged = 0.0
         now = datetime.now(UTC) + timedelta(days=1)
         for aid in agent_ids:
-            k = compute_kpis(await load_timeline(pool, aid), until=now)
+            timeline = [e for e in await load_timeline(pool, aid) if e.at >= since]  # this run only
+            k = compute_kpis(timeline, until=now)
             talk_wrap += k.talk_s + k.wrap_s
             logged += k.logged_in_s
         result.occupancy = talk_wrap / logged if logged else 0.0
