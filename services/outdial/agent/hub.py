@@ -31,7 +31,7 @@ class Hub:
         self._pubsub: PubSub | None = None
         self._queues: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self._channel_agent: dict[str, str] = {}
-        self._waiters: dict[str, asyncio.Future[tuple[str, str]]] = {}
+        self._waiters: dict[str, set[asyncio.Future[tuple[str, str]]]] = defaultdict(set)
         self._lock = asyncio.Lock()
         self._started = asyncio.Event()
         self._closed = False
@@ -72,9 +72,9 @@ class Hub:
             return
         if channel == self.ack_channel:
             kind, call_id, agent_id = json.loads(data)
-            fut = self._waiters.get(call_id)
-            if fut is not None and not fut.done():
-                fut.set_result((kind, agent_id))
+            for fut in list(self._waiters.get(call_id, ())):
+                if not fut.done():
+                    fut.set_result((kind, agent_id))
             return
         agent_id = self._channel_agent.get(channel)
         if agent_id is None:
@@ -110,8 +110,13 @@ class Hub:
 
     def expect(self, call_id: str) -> asyncio.Future[tuple[str, str]]:
         fut: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
-        self._waiters[call_id] = fut
+        self._waiters[call_id].add(fut)
         return fut
 
-    def forget(self, call_id: str) -> None:
-        self._waiters.pop(call_id, None)
+    def forget(self, call_id: str, fut: asyncio.Future[tuple[str, str]]) -> None:
+        """Drop one waiter (a retried OfferCall for the same call may wait beside the original)."""
+        waiters = self._waiters.get(call_id)
+        if waiters is not None:
+            waiters.discard(fut)
+            if not waiters:
+                del self._waiters[call_id]

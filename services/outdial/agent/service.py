@@ -317,6 +317,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             resp.latency.FromNanoseconds(int((loop.time() - started) * 1e9))
             return resp
 
+        held = request.reserved_agent_id.strip()
         while True:
             remaining = end - loop.time()
             if remaining <= 0:
@@ -333,8 +334,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     self.replica_id,
                     self.cfg.max_candidates,
                     self.cfg.stuck_offer_slack_ms,
+                    keys.call_agent(request.call_id),
+                    held,
                 )
-                if tr.status != "ok":
+                held = ""
+                if tr.status == "existing":
+                    # A retry: the call already has this agent. Never a second one.
+                    self.hub.forget(request.call_id, fut)
+                    ok, why = await self._existing(tr.agent_id, request.call_id, tr.extra, end)
+                    return done(ok, tr.agent_id if ok else "", why)
+                if tr.status not in ("ok", "offered_held"):
                     return done(False, why=reason)
                 self.timeline.record(tr, "offer")
                 try:
@@ -344,7 +353,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     self.timeline.record(rel, "offer_timeout")
                     return done(False, why="deadline")
             finally:
-                self.hub.forget(request.call_id)
+                self.hub.forget(request.call_id, fut)
             if kind == "ack":
                 con = await self.store.run("connected", tr.agent_id, request.call_id)
                 if con.changed or con.status == "already":
@@ -358,6 +367,88 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 self.timeline.record(rel, "stream_closed")
                 reason = "agent_lost"
             # The agent went away between reservation and delivery: offer to another one while time allows.
+
+    async def _existing(self, agent_id: str, call_id: str, what: str, end: float) -> tuple[bool, str]:
+        """OfferCall retried for a call that already has ``agent_id``: connected (or connected and ended)
+        is assigned; an offer still out is awaited (the agent's state notices, no polling) until the
+        deadline; the first OfferCall keeps the job of releasing the agent when it times out."""
+        if what in ("on_call", "ended"):
+            return True, ""
+        if what != "offered":
+            return False, "agent_lost"
+        q = await self.hub.subscribe(agent_id)
+        loop = asyncio.get_running_loop()
+        try:
+            h = await self.store.agent(agent_id)
+            state, cur = h.get("state", ""), h.get("call_id", "")
+            while cur == call_id and state == "reserved":
+                remaining = end - loop.time()
+                if remaining <= 0:
+                    return False, "deadline"
+                try:
+                    msg = await asyncio.wait_for(q.get(), timeout=remaining)
+                except TimeoutError:
+                    return False, "deadline"
+                if msg.get("type") == "status":
+                    state, cur = str(msg.get("state", "")), str(msg.get("call_id", ""))
+            if cur == call_id and state in ("on_call", "wrap_up"):
+                return True, ""  # connected (and maybe already ended by the agent)
+            return False, "agent_lost"
+        finally:
+            await self.hub.unsubscribe(agent_id, q)
+
+    async def ReserveAgent(
+        self, request: agent_pb2.ReserveAgentRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ReserveAgentResponse:  # type: ignore[override]
+        if not request.campaign_id:
+            raise InvalidArgument("campaign_id is required", field="campaign_id")
+        if not request.call_id:
+            raise InvalidArgument("call_id is required", field="call_id")
+        ttl_ms = request.ttl.ToMilliseconds() if request.HasField("ttl") else 0
+        if ttl_ms < 0:
+            raise InvalidArgument("ttl must not be negative", field="ttl")
+        ttl_ms = min(ttl_ms or self.cfg.hold_default_ms, self.cfg.hold_max_ms)
+        skills = json.dumps(sorted({s for s in request.required_skills if s}))
+        tr = await self.store.run(
+            "hold",
+            request.campaign_id,
+            request.call_id,
+            skills,
+            ttl_ms,
+            self.cfg.max_candidates,
+            self.cfg.stuck_offer_slack_ms,
+            keys.call_agent(request.call_id),
+        )
+        if tr.status == "existing":
+            held = tr.extra in ("held", "offered", "on_call")
+            return agent_pb2.ReserveAgentResponse(
+                reserved=held, agent_id=tr.agent_id if held else "", reason="" if held else "call_ended"
+            )
+        if not tr.changed:
+            return agent_pb2.ReserveAgentResponse(reserved=False, reason="no_agent_ready")
+        self.timeline.record(tr, "hold")
+        return agent_pb2.ReserveAgentResponse(reserved=True, agent_id=tr.agent_id)
+
+    async def ReleaseAgent(
+        self, request: agent_pb2.ReleaseAgentRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ReleaseAgentResponse:  # type: ignore[override]
+        if not request.agent_id:
+            raise InvalidArgument("agent_id is required", field="agent_id")
+        if not request.call_id:
+            raise InvalidArgument("call_id is required", field="call_id")
+        reason = request.reason.strip() or "released"
+        tr = await self.store.run("release", request.agent_id, request.call_id, f"released_{reason}", "1")
+        if tr.changed:
+            self.timeline.record(tr, f"released_{reason}")
+            if tr.prev_state == "on_call":
+                # Withdrawn from an agent already on it (connected too late): the console drops the call.
+                await self.store.redis.publish(
+                    keys.agent_offers(request.agent_id),
+                    json.dumps({"type": "call_ended", "call_id": request.call_id}),
+                )
+        return agent_pb2.ReleaseAgentResponse(
+            released=tr.changed, status=await self._status(request.agent_id)
+        )
 
     async def _call_events(self, offer: dict[str, Any], agent_id: str, connected_ms: int) -> None:
         try:
@@ -381,6 +472,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             await self.store.redis.publish(
                 keys.agent_offers(agent_id), json.dumps({"type": "call_ended", "call_id": tr.call_id})
             )
+        elif tr.changed:
+            # The agent hung up: the dialer holding the campaign hangs up the carrier leg at once.
+            with contextlib.suppress(ValueError, TypeError):
+                cid = str(json.loads(tr.extra or "{}").get("campaign_id", ""))
+                if cid:
+                    await self.store.redis.publish(
+                        keys.agent_hangups(cid), json.dumps({"call_id": tr.call_id, "agent_id": agent_id})
+                    )
         return agent_pb2.EndCallResponse(status=await self._status(agent_id))
 
     async def SetDisposition(

@@ -24,6 +24,9 @@ class AgentSettings(BaseSettings):
     sweep_interval_s: float = Field(default=1.0, gt=0)
     # A reservation whose OfferCall replica died is released this long after its deadline.
     stuck_offer_slack_ms: int = Field(default=3000, ge=0)
+    # ReserveAgent holds (agent reserved before dialing): default and longest time to live.
+    hold_default_ms: int = Field(default=60_000, gt=0)
+    hold_max_ms: int = Field(default=180_000, gt=0)
     # Most ready agents the assignment script examines for one call (skills filtering).
     max_candidates: int = Field(default=512, gt=0)
     # Background retry of DNC opt-outs / callbacks that could not be delivered at once.

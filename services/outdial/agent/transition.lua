@@ -7,7 +7,7 @@
 -- Time comes from Redis TIME so that replicas compare like with like.
 -- Returns {status, agent_id, prev_state, new_state, now_ms, seq, campaigns_json, call_id, extra}
 -- status "ok" (changed), "noop" (nothing to do), or an error id ("bad_state", "busy", "not_found",
--- "no_agent").
+-- "no_agent", "existing" (the call already has that agent), "offered_held").
 
 local ready_tpl, view_tpl, agent_tpl, presence_tpl, offers_tpl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local index_key, presence_due, deadlines_due = KEYS[1], KEYS[2], KEYS[3]
@@ -66,12 +66,9 @@ local function state_of(akey)
   return s
 end
 
-if op == 'reserve' then
-  -- ARGV[7] campaign id, [8] call id, [9] required skills JSON list, [10] offer JSON, [11] deadline ms,
-  -- [12] replica id waiting for the ack, [13] max agents to examine, [14] sweeper slack ms
-  local cid, call_id, skills_json, offer_json = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-  local deadline_ms, replica, limit = tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])
-  local need = cjson.decode(skills_json)
+-- The longest-ready agent of the campaign with the skills and an open console, or nil; stale ready-set
+-- entries met on the way are removed. Returns chosen, examined.
+local function pick(cid, need, limit)
   local rk = string.format(ready_tpl, cid)
   local stale = {}
   local examined, pos, batch = 0, 0, 64
@@ -105,7 +102,31 @@ if op == 'reserve' then
     end
   end
   for _, aid in ipairs(stale) do redis.call('ZREM', rk, aid) end
-  if chosen == nil then return result('no_agent', '', '', '', 0, '[]', call_id, tostring(examined)) end
+  return chosen, examined
+end
+
+-- Who already has this call (idempotency, keys.call_agent): returns agent id and what they do with it:
+-- 'held' (reserved, not offered yet), 'offered' (reserved, offer out), 'on_call', 'ended' (connected and
+-- already ended), or nil when nobody holds it any more.
+local function holder(call_key, call_id, preferred)
+  local aid = preferred
+  if (aid == nil or aid == '') and call_key ~= '' then aid = redis.call('GET', call_key) end
+  if not aid or aid == '' then return nil, nil end
+  local akey = string.format(agent_tpl, aid)
+  local f = redis.call('HMGET', akey, 'state', 'call_id', 'offer', 'last_call')
+  if f[2] == call_id then
+    if f[1] == 'reserved' then
+      if f[3] and f[3] ~= '' then return aid, 'offered' end
+      return aid, 'held'
+    end
+    if f[1] == 'on_call' then return aid, 'on_call' end
+  end
+  if f[4] and f[4] ~= '' and cjson.decode(f[4])['call_id'] == call_id then return aid, 'ended' end
+  return nil, nil
+end
+
+-- Put an offer out to an agent (reserved now) and publish it on their console's channel.
+local function offer_to(chosen, prev, cid, call_id, offer_json, deadline_ms, replica, slack, call_key)
   local akey = string.format(agent_tpl, chosen)
   local campaigns, craw = campaigns_of(akey)
   local offer = cjson.decode(offer_json)
@@ -116,10 +137,63 @@ if op == 'reserve' then
   local payload = cjson.encode(offer)
   redis.call('HSET', akey, 'offer', payload, 'offer_deadline_ms', now + deadline_ms, 'offer_replica', replica,
              'offer_campaign', cid)
-  local seq = apply(chosen, akey, 'reserved', '', call_id, campaigns, false)
-  redis.call('ZADD', deadlines_due, now + deadline_ms + tonumber(ARGV[14]), chosen)
+  local seq = 0
+  if prev ~= 'reserved' then seq = apply(chosen, akey, 'reserved', '', call_id, campaigns, false) end
+  redis.call('ZADD', deadlines_due, now + deadline_ms + slack, chosen)
+  if call_key ~= '' then redis.call('SET', call_key, chosen, 'PX', 3600000) end
   redis.call('PUBLISH', string.format(offers_tpl, chosen), payload)
-  return result('ok', chosen, 'ready', 'reserved', seq, craw, call_id, payload)
+  local status = 'ok'
+  if prev == 'reserved' then status = 'offered_held' end
+  return result(status, chosen, prev, 'reserved', seq, craw, call_id, payload)
+end
+
+if op == 'reserve' then
+  -- ARGV[7] campaign id, [8] call id, [9] required skills JSON list, [10] offer JSON, [11] deadline ms,
+  -- [12] replica id waiting for the ack, [13] max agents to examine, [14] sweeper slack ms,
+  -- [15] call key (keys.call_agent), [16] agent held for this call by ReserveAgent ('' = look it up)
+  local cid, call_id, skills_json, offer_json = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+  local deadline_ms, replica, limit = tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])
+  local slack, call_key, preferred = tonumber(ARGV[14]), ARGV[15] or '', ARGV[16] or ''
+  local had, what = holder(call_key, call_id, preferred)
+  if had == nil and preferred ~= '' then had, what = holder(call_key, call_id, '') end
+  if had ~= nil then
+    if what == 'held' then
+      local subs = redis.call('PUBSUB', 'NUMSUB', string.format(offers_tpl, had))
+      if tonumber(subs[2]) > 0 then
+        return offer_to(had, 'reserved', cid, call_id, offer_json, deadline_ms, replica, slack, call_key)
+      end
+      -- The held agent's console is gone: give them back and pick another one below.
+      local hkey = string.format(agent_tpl, had)
+      local hc = campaigns_of(hkey)
+      apply(had, hkey, 'ready', 'console_gone', '', hc, true)
+      redis.call('HSET', hkey, 'offer', '', 'offer_deadline_ms', '')
+    else
+      -- A retry of a call that already has an agent: that agent, never a second one.
+      return result('existing', had, what, what, 0, '[]', call_id, what)
+    end
+  end
+  local chosen, examined = pick(cid, cjson.decode(skills_json), limit)
+  if chosen == nil then return result('no_agent', '', '', '', 0, '[]', call_id, tostring(examined)) end
+  return offer_to(chosen, 'ready', cid, call_id, offer_json, deadline_ms, replica, slack, call_key)
+end
+
+if op == 'hold' then
+  -- ReserveAgent: hold a ready agent for a call not answered yet (reserved, no offer).
+  -- ARGV[7] campaign id, [8] call id, [9] required skills JSON, [10] ttl ms, [11] max agents to examine,
+  -- [12] sweeper slack ms, [13] call key
+  local cid, call_id, ttl, limit, slack, call_key = ARGV[7], ARGV[8], tonumber(ARGV[10]), tonumber(ARGV[11]),
+                                                     tonumber(ARGV[12]), ARGV[13]
+  local had, what = holder(call_key, call_id, '')
+  if had ~= nil then return result('existing', had, what, what, 0, '[]', call_id, what) end
+  local chosen, examined = pick(cid, cjson.decode(ARGV[9]), limit)
+  if chosen == nil then return result('no_agent', '', '', '', 0, '[]', call_id, tostring(examined)) end
+  local akey = string.format(agent_tpl, chosen)
+  local campaigns, craw = campaigns_of(akey)
+  redis.call('HSET', akey, 'offer', '', 'offer_deadline_ms', now + ttl, 'offer_replica', '', 'offer_campaign', cid)
+  local seq = apply(chosen, akey, 'reserved', 'hold', call_id, campaigns, true)
+  redis.call('ZADD', deadlines_due, now + ttl + slack, chosen)
+  redis.call('SET', call_key, chosen, 'PX', 3600000)
+  return result('ok', chosen, 'ready', 'reserved', seq, craw, call_id, '')
 end
 
 local aid = ARGV[7]
@@ -247,7 +321,11 @@ end
 
 if op == 'release' then
   -- Undo a reservation: ARGV[8] call id, [9] reason
-  if prev ~= 'reserved' or call_id ~= ARGV[8] then return result('noop', aid, prev, prev, 0, craw, call_id) end
+  -- ARGV[10] '1': also withdraw the call from an agent already on it (the dialer abandoned it after all).
+  local withdraw = ARGV[10] == '1' and prev == 'on_call'
+  if (prev ~= 'reserved' and not withdraw) or call_id ~= ARGV[8] then
+    return result('noop', aid, prev, prev, 0, craw, call_id)
+  end
   local seq = apply(aid, akey, 'ready', ARGV[9], '', campaigns, true)
   redis.call('HSET', akey, 'offer', '', 'offer_deadline_ms', '')
   return result('ok', aid, prev, 'ready', seq, craw, call_id, '')
@@ -257,7 +335,8 @@ if op == 'end_call' then
   -- ARGV[8] call id ('' = the current one), [9] wrap-up timeout ms
   -- From reserved too: the offer reached the console (it shows the call) before OfferCall recorded the
   -- connection; 'connected' then sees last_call and reports the call as connected.
-  if (prev ~= 'on_call' and prev ~= 'reserved') or (ARGV[8] ~= '' and call_id ~= ARGV[8]) then
+  local offered = (redis.call('HGET', akey, 'offer') or '') ~= ''
+  if (prev ~= 'on_call' and not (prev == 'reserved' and offered)) or (ARGV[8] ~= '' and call_id ~= ARGV[8]) then
     return result('bad_state', aid, prev, prev, 0, craw, call_id)
   end
   redis.call('HSET', akey, 'last_call', redis.call('HGET', akey, 'offer') or '', 'offer', '',

@@ -132,6 +132,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
             "ListAgents": {_M, _C, _S},
             "OfferCall": {_S},
             "GetAgentCounts": {_M, _S},
+            "ReserveAgent": {_S},
+            "ReleaseAgent": {_S},
         },
         "PacingService": {
             "GetPacingState": {_M, _C, _S},

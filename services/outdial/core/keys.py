@@ -171,6 +171,20 @@ def campaign_ready(campaign_id: str) -> str:
     return f"{_c(campaign_id)}:ready"
 
 
+def call_agent(call_id: str) -> str:
+    """String: the agent who holds (or held) a call: set by the assignment script when it reserves or
+    offers, so a retried OfferCall/ReserveAgent for the same call gets the same agent, never a second one.
+    Writer: agent transition script (the key name reaches it as an argument). TTL 1 hour."""
+    return f"{PREFIX}call:{{k:{call_id}}}:agent"
+
+
+def agent_hangups(campaign_id: str) -> str:
+    """Pub/sub channel: "the agent ended call X" (JSON {call_id, agent_id}). Publisher: agent service
+    (EndCall by the agent). Subscriber: the pacing replica holding the campaign's lease, which hangs up
+    the carrier leg at once. No storage (pub/sub: the carrier's own end is the fallback)."""
+    return f"{_c(campaign_id)}:agent-hangups"
+
+
 # Atomicity of agent transitions (agent service). Every state change of an agent is ONE Lua script that
 # touches the agent hash, the ready sets of all the agent's campaigns and the pacing view
 # (campaign_agents) of each of them, and publishes on agent_offers. The agent's campaigns are only known

@@ -550,11 +550,17 @@ class OfferCallRequest(_message.Message):
     ANSWERED_AT_FIELD_NUMBER: _builtins.int
     DEADLINE_FIELD_NUMBER: _builtins.int
     REQUIRED_SKILLS_FIELD_NUMBER: _builtins.int
+    RESERVED_AGENT_ID_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     call_id: _builtins.str
     lead_id: _builtins.str
     number: _builtins.str
     lead_name: _builtins.str
+    reserved_agent_id: _builtins.str
+    """The agent ReserveAgent held for this call: offered first. When they can no longer take it, any
+    ready agent is tried while the deadline allows. OfferCall is idempotent per call_id: a call that
+    already has an agent gets that agent again, never a second one.
+    """
     @_builtins.property
     def lead_fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -577,10 +583,11 @@ class OfferCallRequest(_message.Message):
         answered_at: _timestamp_pb2.Timestamp | None = ...,
         deadline: _duration_pb2.Duration | None = ...,
         required_skills: _abc.Iterable[_builtins.str] | None = ...,
+        reserved_agent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "call_id", b"call_id", "campaign_id", b"campaign_id", "deadline", b"deadline", "lead_fields", b"lead_fields", "lead_id", b"lead_id", "lead_name", b"lead_name", "number", b"number", "required_skills", b"required_skills"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "call_id", b"call_id", "campaign_id", b"campaign_id", "deadline", b"deadline", "lead_fields", b"lead_fields", "lead_id", b"lead_id", "lead_name", b"lead_name", "number", b"number", "required_skills", b"required_skills", "reserved_agent_id", b"reserved_agent_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -654,3 +661,111 @@ class GetAgentCountsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAgentCountsResponse: _TypeAlias = GetAgentCountsResponse  # noqa: Y015
+
+@_typing.final
+class ReserveAgentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    REQUIRED_SKILLS_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    call_id: _builtins.str
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the hold lasts without an offer (ring time plus the offer deadline, typically)."""
+
+    @_builtins.property
+    def required_skills(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        call_id: _builtins.str = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+        required_skills: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "campaign_id", b"campaign_id", "required_skills", b"required_skills", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveAgentRequest: _TypeAlias = ReserveAgentRequest  # noqa: Y015
+
+@_typing.final
+class ReserveAgentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVED_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reserved: _builtins.bool
+    agent_id: _builtins.str
+    reason: _builtins.str
+    """Why no agent was held (no_agent_ready)."""
+    def __init__(
+        self,
+        *,
+        reserved: _builtins.bool = ...,
+        agent_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "reason", b"reason", "reserved", b"reserved"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveAgentResponse: _TypeAlias = ReserveAgentResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseAgentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    call_id: _builtins.str
+    reason: _builtins.str
+    """no_answer, busy, machine, failed, abandoned, ..."""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        call_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "call_id", b"call_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseAgentRequest: _TypeAlias = ReleaseAgentRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseAgentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    released: _builtins.bool
+    """False when the agent no longer held that call (already released, ended, or logged out)."""
+    @_builtins.property
+    def status(self) -> Global___AgentStatus: ...
+    def __init__(
+        self,
+        *,
+        released: _builtins.bool = ...,
+        status: Global___AgentStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released", b"released", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseAgentResponse: _TypeAlias = ReleaseAgentResponse  # noqa: Y015

@@ -85,6 +85,16 @@ class AgentServiceStub:
                 request_serializer=outdial_dot_v1_dot_agent__pb2.GetAgentCountsRequest.SerializeToString,
                 response_deserializer=outdial_dot_v1_dot_agent__pb2.GetAgentCountsResponse.FromString,
                 _registered_method=True)
+        self.ReserveAgent = channel.unary_unary(
+                '/outdial.v1.AgentService/ReserveAgent',
+                request_serializer=outdial_dot_v1_dot_agent__pb2.ReserveAgentRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_agent__pb2.ReserveAgentResponse.FromString,
+                _registered_method=True)
+        self.ReleaseAgent = channel.unary_unary(
+                '/outdial.v1.AgentService/ReleaseAgent',
+                request_serializer=outdial_dot_v1_dot_agent__pb2.ReleaseAgentRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_agent__pb2.ReleaseAgentResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -153,6 +163,23 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReserveAgent(self, request, context):
+        """Used by the dialer before it dials in agent-reserved (progressive) mode: hold one ready agent for a
+        call not yet answered (state RESERVED, no offer yet). Idempotent per call_id. The hold lapses after
+        ttl unless OfferCall or ReleaseAgent comes first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseAgent(self, request, context):
+        """Used by the dialer: give back an agent held for a call (no answer, machine, failure, or a call
+        abandoned after all, including one connected too late). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +232,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.GetAgentCounts,
                     request_deserializer=outdial_dot_v1_dot_agent__pb2.GetAgentCountsRequest.FromString,
                     response_serializer=outdial_dot_v1_dot_agent__pb2.GetAgentCountsResponse.SerializeToString,
+            ),
+            'ReserveAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveAgent,
+                    request_deserializer=outdial_dot_v1_dot_agent__pb2.ReserveAgentRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_agent__pb2.ReserveAgentResponse.SerializeToString,
+            ),
+            'ReleaseAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseAgent,
+                    request_deserializer=outdial_dot_v1_dot_agent__pb2.ReleaseAgentRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_agent__pb2.ReleaseAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -478,6 +515,60 @@ class AgentService:
             '/outdial.v1.AgentService/GetAgentCounts',
             outdial_dot_v1_dot_agent__pb2.GetAgentCountsRequest.SerializeToString,
             outdial_dot_v1_dot_agent__pb2.GetAgentCountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outdial.v1.AgentService/ReserveAgent',
+            outdial_dot_v1_dot_agent__pb2.ReserveAgentRequest.SerializeToString,
+            outdial_dot_v1_dot_agent__pb2.ReserveAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outdial.v1.AgentService/ReleaseAgent',
+            outdial_dot_v1_dot_agent__pb2.ReleaseAgentRequest.SerializeToString,
+            outdial_dot_v1_dot_agent__pb2.ReleaseAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,

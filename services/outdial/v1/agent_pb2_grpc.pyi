@@ -45,6 +45,15 @@ class AgentServiceStub:
     OfferCall: _grpc.UnaryUnaryMultiCallable[_agent_pb2.OfferCallRequest, _agent_pb2.OfferCallResponse]
     """Used by the dialer: reserve an agent for a live-answered call and offer it, within the deadline."""
     GetAgentCounts: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetAgentCountsRequest, _agent_pb2.GetAgentCountsResponse]
+    ReserveAgent: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ReserveAgentRequest, _agent_pb2.ReserveAgentResponse]
+    """Used by the dialer before it dials in agent-reserved (progressive) mode: hold one ready agent for a
+    call not yet answered (state RESERVED, no offer yet). Idempotent per call_id. The hold lapses after
+    ttl unless OfferCall or ReleaseAgent comes first.
+    """
+    ReleaseAgent: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ReleaseAgentRequest, _agent_pb2.ReleaseAgentResponse]
+    """Used by the dialer: give back an agent held for a call (no answer, machine, failure, or a call
+    abandoned after all, including one connected too late). Idempotent.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -63,6 +72,15 @@ class AgentServiceAsyncStub(AgentServiceStub):
     OfferCall: _aio.UnaryUnaryMultiCallable[_agent_pb2.OfferCallRequest, _agent_pb2.OfferCallResponse]  # type: ignore[assignment]
     """Used by the dialer: reserve an agent for a live-answered call and offer it, within the deadline."""
     GetAgentCounts: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetAgentCountsRequest, _agent_pb2.GetAgentCountsResponse]  # type: ignore[assignment]
+    ReserveAgent: _aio.UnaryUnaryMultiCallable[_agent_pb2.ReserveAgentRequest, _agent_pb2.ReserveAgentResponse]  # type: ignore[assignment]
+    """Used by the dialer before it dials in agent-reserved (progressive) mode: hold one ready agent for a
+    call not yet answered (state RESERVED, no offer yet). Idempotent per call_id. The hold lapses after
+    ttl unless OfferCall or ReleaseAgent comes first.
+    """
+    ReleaseAgent: _aio.UnaryUnaryMultiCallable[_agent_pb2.ReleaseAgentRequest, _agent_pb2.ReleaseAgentResponse]  # type: ignore[assignment]
+    """Used by the dialer: give back an agent held for a call (no answer, machine, failure, or a call
+    abandoned after all, including one connected too late). Idempotent.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Agent sessions and states; hands each live-answered call to an agent within the legal 2 s."""
@@ -138,5 +156,26 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.GetAgentCountsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.GetAgentCountsResponse, _abc.Awaitable[_agent_pb2.GetAgentCountsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReserveAgent(
+        self,
+        request: _agent_pb2.ReserveAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ReserveAgentResponse, _abc.Awaitable[_agent_pb2.ReserveAgentResponse]]:
+        """Used by the dialer before it dials in agent-reserved (progressive) mode: hold one ready agent for a
+        call not yet answered (state RESERVED, no offer yet). Idempotent per call_id. The hold lapses after
+        ttl unless OfferCall or ReleaseAgent comes first.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseAgent(
+        self,
+        request: _agent_pb2.ReleaseAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ReleaseAgentResponse, _abc.Awaitable[_agent_pb2.ReleaseAgentResponse]]:
+        """Used by the dialer: give back an agent held for a call (no answer, machine, failure, or a call
+        abandoned after all, including one connected too late). Idempotent.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
