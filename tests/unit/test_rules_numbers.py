@@ -166,3 +166,30 @@ def test_area_code_state() -> None:
     assert area_code_state("+12125550100") == "NY"
     assert area_code_state("+14055550100") == "OK"
     assert area_code_state("+442079460958") is None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789", min_size=10, max_size=10),
+        st.builds(
+            lambda npa, rest: npa + rest,
+            st.sampled_from(["212", "800", "900", "523", "524", "500", "983", "808", "555", "416", "345"]),
+            st.text(alphabet="0123456789", min_size=7, max_size=7),
+        ),
+    )
+)
+def test_us_type_matcher_is_phonenumbers_type_helper(nsn: str) -> None:
+    """The fast path's single combined regex answers exactly as phonenumbers' _number_type_helper for the
+    types it takes (fixed line, fixed line or mobile) and declines every other answer."""
+    from phonenumbers import PhoneNumberType, phonenumberutil
+
+    from outdial.rules import numbers
+
+    assert numbers._US_GEO_TYPE is not None
+    want = phonenumberutil._number_type_helper(nsn, numbers._US_META)
+    got = numbers._US_GEO_TYPE(nsn)
+    if want in (PhoneNumberType.FIXED_LINE, PhoneNumberType.FIXED_LINE_OR_MOBILE):
+        assert got == want
+    else:
+        assert got is None

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import phonenumbers
 import us
 import zipcodes
-from phonenumbers import PhoneNumberType, geocoder, phonenumberutil, timezone
+from phonenumbers import PhoneNumberType, geocoder, timezone
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 __all__ = [
@@ -241,6 +242,61 @@ _NANP_TZ_PREFIX = max(len(k) for k in TIMEZONE_DATA if k.startswith("1"))
 assert _NANP_TZ_PREFIX <= TIMEZONE_LONGEST_PREFIX
 
 
+def _applies(desc: phonenumbers.PhoneNumberDesc | None, length: int) -> bool:
+    """Whether ``_is_number_matching_desc`` would look at ``desc``'s pattern for a number of ``length``
+    digits (it answers False without a pattern, or when the possible lengths exclude it)."""
+    if desc is None or not desc.national_number_pattern:
+        return False
+    return not desc.possible_length or length in desc.possible_length
+
+
+def _us_type_matcher() -> Callable[[str], int | None] | None:
+    """One compiled regex that answers ``_number_type_helper(nsn, US metadata)`` for a 10-digit NSN when
+    the answer is FIXED_LINE or FIXED_LINE_OR_MOBILE (None for every other answer): the same patterns,
+    tried in the same order (a fullmatch of an alternation takes its first alternative that matches the
+    whole string). None when the metadata does not have the shape this relies on."""
+    m = _US_META
+    if m is None or not _applies(m.general_desc, 10) or not _applies(m.fixed_line, 10):
+        return None
+    assert m.general_desc is not None and m.fixed_line is not None
+    general = re.compile(m.general_desc.national_number_pattern)
+    others = [
+        d.national_number_pattern
+        for d in (
+            m.premium_rate,
+            m.toll_free,
+            m.shared_cost,
+            m.voip,
+            m.personal_number,
+            m.pager,
+            m.uan,
+            m.voicemail,
+        )
+        if d is not None and _applies(d, 10)
+    ]
+    alt = "|".join(f"(?:{p})" for p in others)
+    combined = re.compile(
+        (f"(?P<other>{alt})|" if alt else "") + f"(?P<fixed>{m.fixed_line.national_number_pattern})"
+    )
+    mobile = re.compile(m.mobile.national_number_pattern) if _applies(m.mobile, 10) and m.mobile else None
+    same = bool(m.same_mobile_and_fixed_line_pattern)
+
+    def answer(nsn: str) -> int | None:
+        if general.fullmatch(nsn) is None:
+            return None
+        hit = combined.fullmatch(nsn)
+        if hit is None or hit.group("fixed") is None:
+            return None
+        if same or (mobile is not None and mobile.fullmatch(nsn) is not None):
+            return PhoneNumberType.FIXED_LINE_OR_MOBILE
+        return PhoneNumberType.FIXED_LINE
+
+    return answer
+
+
+_US_GEO_TYPE = _us_type_matcher()
+
+
 @functools.lru_cache(maxsize=1 << 18)
 def _nanp_geo_zones(prefix7: str) -> tuple[str, ...]:
     """Zones of a valid geographical +1 number from its first 7 digits (as time_zones_for_geographical_number
@@ -254,12 +310,12 @@ def _nanp_geo_zones(prefix7: str) -> tuple[str, ...]:
 
 def parse_number_fast(raw: str, default_region: str = "US", jurisdiction: str = "US") -> ParsedNumber:
     """Same answers as :func:`parse_number`, several times faster on common US number shapes."""
-    if default_region == "US" and jurisdiction == "US" and _US_META is not None:
+    if default_region == "US" and jurisdiction == "US" and _US_GEO_TYPE is not None:
         m = _SIMPLE_US.fullmatch(raw) if raw else None
         if m is not None:
             nsn = m.group(1) + m.group(2) + m.group(3)
-            ntype = phonenumberutil._number_type_helper(nsn, _US_META)
-            name = _GEO_TYPES.get(ntype)
+            ntype = _US_GEO_TYPE(nsn)
+            name = _GEO_TYPES.get(ntype) if ntype is not None else None
             if name is not None:
                 e164 = "+1" + nsn
                 return ParsedNumber(
