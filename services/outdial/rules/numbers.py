@@ -259,7 +259,7 @@ def _us_type_matcher() -> Callable[[str], int | None] | None:
     if m is None or not _applies(m.general_desc, 10) or not _applies(m.fixed_line, 10):
         return None
     assert m.general_desc is not None and m.fixed_line is not None
-    general = re.compile(m.general_desc.national_number_pattern)
+    general = re.compile(m.general_desc.national_number_pattern or "")
     others = [
         d.national_number_pattern
         for d in (
@@ -278,7 +278,11 @@ def _us_type_matcher() -> Callable[[str], int | None] | None:
     combined = re.compile(
         (f"(?P<other>{alt})|" if alt else "") + f"(?P<fixed>{m.fixed_line.national_number_pattern})"
     )
-    mobile = re.compile(m.mobile.national_number_pattern) if _applies(m.mobile, 10) and m.mobile else None
+    mobile = (
+        re.compile(m.mobile.national_number_pattern or "")
+        if m.mobile is not None and _applies(m.mobile, 10)
+        else None
+    )
     same = bool(m.same_mobile_and_fixed_line_pattern)
 
     def answer(nsn: str) -> int | None:
