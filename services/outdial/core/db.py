@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import asyncpg
 
@@ -88,15 +89,37 @@ async def migrate_url(url: str) -> list[str]:
         await conn.close()
 
 
-async def create_pool(url: str, *, min_size: int = 0, max_size: int = 10) -> asyncpg.Pool:
+async def _reset_keeping_role(conn: asyncpg.Connection) -> None:
+    # RESET ALL leaves the role alone (PostgreSQL marks it GUC_NO_RESET_ALL), so a session-level SET ROLE
+    # would outlive the release; RESET ROLE goes back to the role given at connect time.
+    await conn.execute(conn.get_reset_query() + "RESET ROLE;")
+
+
+def role_settings(role: str) -> dict[str, str]:
+    """Connect-time settings that make every statement of a session run as ``role``."""
+    return {"role": role}
+
+
+async def create_pool(
+    url: str, *, min_size: int = 0, max_size: int = 10, role: str | None = None
+) -> asyncpg.Pool:
     """A pool that connects lazily (min_size 0 by default), so a service starts while PostgreSQL is down
-    and reports NOT_SERVING until it answers."""
+    and reports NOT_SERVING until it answers.
+
+    With ``role``, every session runs as that role: it is sent as the ``role`` setting at connect time, so
+    it is the session's default (PostgreSQL checks there and then that the login user is a superuser or
+    a member of it, else the connection is refused), and each release runs ``RESET ROLE`` after the usual
+    reset so that no ``SET ROLE`` outlives its borrower."""
+    extra: dict[str, Any] = {}
+    if role:
+        extra = {"server_settings": role_settings(role), "reset": _reset_keeping_role}
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         command_timeout=30,
         max_inactive_connection_lifetime=60,
+        **extra,
     )
     assert pool is not None
     return pool

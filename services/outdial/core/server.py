@@ -128,6 +128,9 @@ class ServiceSpec:
     # Full names of the gRPC services this process serves ("outdial.v1.CampaignService").
     full_names: tuple[str, ...]
     setup: Callable[[grpc.aio.Server, ServiceContext], Awaitable[None]]
+    # When set, the pool's sessions run as this PostgreSQL role (least privilege; the login user must be
+    # a superuser or a member of it) and migrations run on their own connection as the login user.
+    db_role: str | None = None
 
 
 # ------------------------------------------------------------------------------------------- interceptor
@@ -319,15 +322,31 @@ async def _health_loop(
         await asyncio.sleep(interval)
 
 
-async def _migrate_until_done(ctx: ServiceContext) -> None:
+async def _migrate_until_done(ctx: ServiceContext, login_url: str | None = None) -> None:
+    """Apply migrations through the pool, or on a plain connection of the login user when ``login_url``
+    is given (the pool then runs as a role without DDL rights)."""
     delay = 0.5
     while True:
         try:
-            async with ctx.pool.acquire() as conn:
-                applied = await db.migrate(conn)
+            if login_url is None:
+                async with ctx.pool.acquire() as conn:
+                    applied = await db.migrate(conn)
+            else:
+                applied = await db.migrate_url(login_url)
             if applied:
                 log.info("migrations applied: %s", ", ".join(applied))
             ctx.ready.set()
+            if login_url is not None:
+                try:
+                    await ctx.pool.fetchval("SELECT 1")
+                except asyncpg.PostgresError as exc:  # a refused role: say how to fix it, once
+                    log.error(
+                        "sessions cannot run as the service's database role (%s): the login user must be "
+                        "a superuser or a member of it (GRANT <role> TO <login user>); NOT_SERVING until then",
+                        exc,
+                    )
+                except Exception:  # unreachable database: the health loop reports it
+                    pass
             return
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning("database not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
@@ -359,7 +378,9 @@ async def serve(
     """Run one service until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully."""
     database_url = settings.database_url or DEFAULT_DATABASE_URL
     redis_url = settings.redis_url or DEFAULT_REDIS_URL
-    pool = await db.create_pool(database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    pool = await db.create_pool(
+        database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max, role=spec.db_role
+    )
     ctx = ServiceContext(
         name=spec.name,
         settings=settings,
@@ -402,7 +423,9 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-    migrate_task = asyncio.create_task(_migrate_until_done(ctx), name=f"{spec.name}:migrate")
+    migrate_task = asyncio.create_task(
+        _migrate_until_done(ctx, database_url if spec.db_role else None), name=f"{spec.name}:migrate"
+    )
     health_task = asyncio.create_task(
         _health_loop(ctx, health_servicer, spec.full_names), name=f"{spec.name}:health"
     )

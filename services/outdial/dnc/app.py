@@ -29,4 +29,18 @@ async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
     await asyncio.sleep(0)
 
 
-SPEC = ServiceSpec(name="dnc", full_names=("outdial.v1.DncService",), setup=setup)
+def spec() -> ServiceSpec:
+    """The service spec, with the database role read from the environment now (OUTDIAL_DNC_DB_ROLE)."""
+    return ServiceSpec(
+        name="dnc",
+        full_names=("outdial.v1.DncService",),
+        setup=setup,
+        db_role=DncSettings().db_role or None,
+    )
+
+
+def __getattr__(name: str) -> ServiceSpec:
+    # ``SPEC`` is built on each access, so the environment at start time (not import time) decides the role.
+    if name == "SPEC":
+        return spec()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,14 @@
-"""Settings of the dnc service (environment variables ``OUTDIAL_DNC_*``), built once in ``setup``."""
+"""Settings of the dnc service (environment variables ``OUTDIAL_DNC_*``), built once in ``setup``.
+
+Database role: the service's sessions run as ``db_role`` (default ``outdial_app``, the role created by
+migration 0200 and granted exactly the DNC privileges by 0201: read and append the audit log, never change
+or erase it). The login user of ``OUTDIAL_DATABASE_URL`` stays the one that applies migrations (it needs
+DDL rights), so it must be able to become the role: a superuser can; any other login user needs
+``GRANT outdial_app TO <login user>;`` (migration 0201 does it when the login user may grant it, else an
+administrator must). Until then the service cannot open a session and reports NOT_SERVING, with an error
+in its log. ``OUTDIAL_DNC_DB_ROLE=""`` runs as the login user itself (not recommended: the audit log is
+then protected by the trigger alone).
+"""
 
 from __future__ import annotations
 
@@ -19,3 +29,5 @@ class DncSettings(BaseSettings):
     consume_events: bool = True
     #: How often the index keeper checks that a live index exists and is in step with PostgreSQL.
     keeper_interval_seconds: float = 2.0
+    #: PostgreSQL role the service's sessions run as (see the module docstring); "" = the login user.
+    db_role: str = "outdial_app"
