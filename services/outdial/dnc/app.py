@@ -23,7 +23,12 @@ async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
         await ctx.ready.wait()
         await engine.keep_index()
 
+    async def sweeper() -> None:
+        await ctx.ready.wait()
+        await engine.keep_sweeping()
+
     ctx.spawn(keeper(), "index-keeper")
+    ctx.spawn(sweeper(), "expiry-sweeper")
     if settings.consume_events:
         ctx.spawn(consumer.run(engine, ctx.redis, f"dnc-{ctx.instance_id}", ctx.ready), "call-events")
     await asyncio.sleep(0)

@@ -317,6 +317,47 @@ class DncEngine:
         await self._apply_or_flag([(li.id, li.kind, n, False) for n in removed])
         return removed
 
+    async def sweep_expired(self, limit: int = 10_000) -> int:
+        """Take expired entries off their lists and out of the index, one audited "expire" record each.
+        (The gate already ignores an expired entry; this keeps the lists and the index free of them.)"""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", WRITE_LOCK)
+            expired = await store.expire_entries(conn, now, limit)
+            await store.append_audit(
+                conn,
+                now,
+                [
+                    AuditEntry(
+                        "system:expiry",
+                        "expire",
+                        n,
+                        campaign_id,
+                        "",
+                        "ok",
+                        "expired",
+                        details_json({"list_id": list_id, "expires_at": expires_at.isoformat()}),
+                    )
+                    for list_id, _, campaign_id, n, expires_at in expired
+                ],
+            )
+        if expired:
+            await self._apply_or_flag([(list_id, kind, n, False) for list_id, kind, _, n, _ in expired])
+            log.info("DNC expiry: %d entries taken off their lists", len(expired))
+        return len(expired)
+
+    async def keep_sweeping(self) -> None:
+        """Background: sweep expired entries every ``expiry_sweep_interval_seconds`` (and at once again
+        while a sweep finds a full batch)."""
+        while True:
+            n = 0
+            try:
+                n = await self.sweep_expired()
+            except Exception as exc:
+                log.warning("DNC expiry sweep: %s", _describe(exc))
+            if n < 10_000:
+                await asyncio.sleep(self.settings.expiry_sweep_interval_seconds)
+
     async def set_consent(
         self,
         number: str,

@@ -29,5 +29,7 @@ class DncSettings(BaseSettings):
     consume_events: bool = True
     #: How often the index keeper checks that a live index exists and is in step with PostgreSQL.
     keeper_interval_seconds: float = 2.0
+    #: How often expired entries are taken off their lists and out of the index (audited "expire").
+    expiry_sweep_interval_seconds: float = 60.0
     #: PostgreSQL role the service's sessions run as (see the module docstring); "" = the login user.
     db_role: str = "outdial_app"

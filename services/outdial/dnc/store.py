@@ -146,6 +146,25 @@ async def remove_entries(
     return [r["number"] for r in rows]
 
 
+async def expire_entries(
+    conn: asyncpg.Connection, at: datetime, limit: int
+) -> list[tuple[str, str, str, str, datetime]]:
+    """Take entries whose expiry has passed off their lists (removed when they expired; history kept).
+    Returns (list_id, list kind, campaign_id, number, expires_at) for at most ``limit`` entries."""
+    rows = await conn.fetch(
+        """WITH due AS (
+               SELECT id FROM dnc_entries WHERE removed_at IS NULL AND expires_at <= $1
+               ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+           UPDATE dnc_entries e SET removed_at = e.expires_at, removed_by = 'system:expiry',
+                  removed_reason = 'expired', changed_at = clock_timestamp()
+           FROM due, dnc_lists l WHERE e.id = due.id AND l.id = e.list_id
+           RETURNING e.list_id, l.kind, l.campaign_id, e.number, e.expires_at""",
+        at,
+        limit,
+    )
+    return [(r["list_id"], r["kind"], r["campaign_id"], r["number"], r["expires_at"]) for r in rows]
+
+
 async def entry_details(
     conn: asyncpg.Connection, numbers: Sequence[str], list_ids: Sequence[str]
 ) -> dict[tuple[str, str], EntryInfo]:
