@@ -11,18 +11,24 @@ A malformed file raises before the commit, so nothing of it is kept.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import collections
+import concurrent.futures
 import hashlib
 import json
+import multiprocessing
+import os
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from outdial.campaign.csvstream import CsvStream, MalformedFile
-from outdial.campaign.leads import Columns, LeadRow, MappingError, Parser, find_columns, normalise_row
+from outdial.campaign.leads import Columns, MappingError, Parser, find_columns, normalise_row
 from outdial.campaign.store import new_id
 from outdial.core.errors import InvalidArgument
 from outdial.rules.numbers import parse_number_fast
@@ -55,18 +61,96 @@ _LEAD_COLUMNS = [
 ]
 
 
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: str) -> str:
+    """A value in PostgreSQL's COPY text format (backslash, tab, newline and CR escaped)."""
+    return value.translate(_COPY_ESCAPES)
+
+
+def _pg_array(items: tuple[str, ...]) -> str:
+    return "{" + ",".join('"' + z.replace("\\", "\\\\").replace('"', '\\"') + '"' for z in items) + "}"
+
+
 @dataclass
-class _Batch:
-    leads: list[LeadRow] = field(default_factory=list)
+class _Encoded:
+    """One normalised batch, ready for COPY (text format): lead rows, staged number rows, rejects."""
+
+    rows: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    leads: int = 0
+    lead_copy: bytes = b""
+    number_copy: bytes = b""
+    rejects: list[tuple[Any, ...]] = field(default_factory=list)
 
 
-def _normalise_batch(
-    rows: list[tuple[int, list[str]]], cols: Columns, region: str, jurisdiction: str, parser: Parser
-) -> list[LeadRow]:
-    return [
-        normalise_row(n, r, cols, default_region=region, jurisdiction=jurisdiction, parser=parser)
-        for n, r in rows
-    ]
+def _encode_batch(
+    rows: list[tuple[int, list[str]]],
+    cols: Columns,
+    region: str,
+    jurisdiction: str,
+    parser: Parser,
+    ids: list[int],
+    cid: str,
+    list_id: str,
+    now: str,
+) -> _Encoded:
+    """Normalise ``rows`` (``normalise_row``, the same answers as ever) and encode them as COPY text. Runs
+    in a worker process for large files; pure (no I/O). ``ids`` holds one fresh lead id per row."""
+    out = _Encoded(rows=len(rows))
+    reasons: Counter[str] = Counter()
+    lead_lines: list[str] = []
+    number_lines: list[str] = []
+    head = f"\t{_copy_text(cid)}\t{_copy_text(list_id)}\t"
+    tail = f"\t{now}\t{now}\n"
+    dumps = json.dumps
+    for (n, r), lid in zip(rows, ids, strict=True):
+        lead = normalise_row(n, r, cols, default_region=region, jurisdiction=jurisdiction, parser=parser)
+        for rj in lead.rejects:
+            out.rejects.append((list_id, rj.row_number, rj.field, rj.raw_value, rj.reason, rj.detail))
+        if not lead.numbers:
+            out.rejected += 1
+            reasons[lead.rejects[0].reason] += 1
+            continue
+        out.leads += 1
+        lead_lines.append(
+            f"{lid}{head}{n}\t{_copy_text(lead.first_name)}\t{_copy_text(lead.last_name)}\t"
+            f"{_copy_text(lead.zip)}\t{_copy_text(lead.state)}\t{_copy_text(dumps(lead.fields))}{tail}"
+        )
+        for pos, (e164, ntype, zones) in enumerate(lead.numbers):
+            number_lines.append(
+                f"{lid}\t{n}\t{pos}\t{_copy_text(e164)}\t{_copy_text(ntype)}\t{_copy_text(_pg_array(zones))}\n"
+            )
+    out.reasons = dict(reasons)
+    out.lead_copy = "".join(lead_lines).encode()
+    out.number_copy = "".join(number_lines).encode()
+    return out
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    """COPY source for asyncpg (plain bytes would be taken for a file name)."""
+    yield data
+
+
+# Normalisation of large files runs in worker processes (both cores; the service's event loop keeps the
+# GIL for gRPC, CSV parsing and COPY). Started on first use with "spawn" (forking a process that runs
+# gRPC threads is unsafe) and shared by every upload of the process.
+_POOL: concurrent.futures.ProcessPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> concurrent.futures.ProcessPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ProcessPoolExecutor(
+                max_workers=max(1, min(2, os.cpu_count() or 1)),
+                mp_context=multiprocessing.get_context("spawn"),
+            )
+            atexit.register(_POOL.shutdown, wait=True, cancel_futures=True)
+        return _POOL
 
 
 class LeadUpload:
@@ -111,14 +195,17 @@ class LeadUpload:
         self.sha = hashlib.sha256()
         self.record_no = 1  # the header is row 1, as a spreadsheet shows it
         self._pending: list[tuple[int, list[str]]] = []
-        self._inflight: asyncio.Task[list[LeadRow]] | None = None
+        self._inflight: collections.deque[asyncio.Future[_Encoded]] = collections.deque()
+        self._depth = 2
+        self._batches = 0
+        aware = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+        self._now_text = aware.isoformat()
 
     async def run(self, chunks: AsyncIterator[bytes]) -> UploadSummary:
         try:
             return await self._run(chunks)
         finally:
-            if self._inflight is not None and not self._inflight.done():
-                self._inflight.cancel()
+            self._cancel()
 
     async def _run(self, chunks: AsyncIterator[bytes]) -> UploadSummary:
         async with self.conn.transaction():
@@ -173,81 +260,57 @@ class LeadUpload:
                 await self._flush()
 
     async def _flush(self, final: bool = False) -> None:
-        """Normalise the pending rows in a worker thread while the previous batch is COPY'd (two batches in
-        memory at most)."""
-        nxt: asyncio.Task[list[LeadRow]] | None = None
+        """Normalise the pending rows (in worker processes once the file is bigger than one batch) while
+        earlier batches are COPY'd; at most ``_depth`` batches are in flight, so memory stays bounded."""
         if self._pending and self.cols is not None:
             rows, self._pending = self._pending, []
-            nxt = asyncio.create_task(
-                asyncio.to_thread(
-                    _normalise_batch, rows, self.cols, self.region, self.jurisdiction, self.parser
-                )
-            )
-        prev, self._inflight = self._inflight, nxt
-        try:
-            if prev is not None:
-                await self._store(await prev)
-            if final and self._inflight is not None:
-                last, self._inflight = self._inflight, None
-                await self._store(await last)
-        except BaseException:
-            for t in (prev, self._inflight):
-                if t is not None and not t.done():
-                    t.cancel()
-            raise
-
-    async def _store(self, leads: list[LeadRow]) -> None:
-        with_numbers = [lead for lead in leads if lead.numbers]
-        ids: list[int] = []
-        if with_numbers:
             ids = [
                 r[0]
                 for r in await self.conn.fetch(
-                    "SELECT nextval('leads_id_seq') FROM generate_series(1, $1)", len(with_numbers)
+                    "SELECT nextval('leads_id_seq') FROM generate_series(1, $1)", len(rows)
                 )
             ]
-        stage_leads: list[tuple[Any, ...]] = []
-        stage_numbers: list[tuple[Any, ...]] = []
-        rejects: list[tuple[Any, ...]] = []
-        for lead in leads:
-            self.summary.rows += 1
-            for rj in lead.rejects:
-                rejects.append(
-                    (self.summary.list_id, rj.row_number, rj.field, rj.raw_value, rj.reason, rj.detail)
-                )
-            if not lead.numbers:
-                self.summary.rejected += 1
-                self.reasons[lead.rejects[0].reason] += 1
-        for lead, lid in zip(with_numbers, ids, strict=True):
-            stage_leads.append(
-                (
-                    lid,
-                    self.cid,
-                    self.summary.list_id,
-                    lead.row_number,
-                    lead.first_name,
-                    lead.last_name,
-                    lead.zip,
-                    lead.state,
-                    json.dumps(lead.fields),
-                    self.now,
-                    self.now,
-                )
+            args = (rows, self.cols, self.region, self.jurisdiction, self.parser, ids, self.cid,
+                    self.summary.list_id, self._now_text)  # fmt: skip
+            fut: asyncio.Future[_Encoded]
+            if final and not self._batches:
+                fut = asyncio.ensure_future(asyncio.to_thread(_encode_batch, *args))  # a small file
+            else:
+                fut = asyncio.get_running_loop().run_in_executor(_pool(), _encode_batch, *args)
+            self._batches += 1
+            self._inflight.append(fut)
+        try:
+            while self._inflight and (final or len(self._inflight) > self._depth):
+                await self._store(await self._inflight.popleft())
+        except BaseException:
+            self._cancel()
+            raise
+
+    def _cancel(self) -> None:
+        while self._inflight:
+            self._inflight.popleft().cancel()
+
+    async def _store(self, enc: _Encoded) -> None:
+        s = self.summary
+        s.rows += enc.rows
+        s.rejected += enc.rejected
+        self.reasons.update(enc.reasons)
+        self.staged_leads += enc.leads
+        if enc.leads:
+            await self.conn.copy_to_table(
+                "leads",
+                source=_once(enc.lead_copy),
+                columns=_LEAD_COLUMNS,
+                format="text",
+                timeout=self.timeout,
             )
-            for pos, (e164, ntype, zones) in enumerate(lead.numbers):
-                stage_numbers.append((lid, lead.row_number, pos, e164, ntype, list(zones)))
-        self.staged_leads += len(stage_leads)
-        if stage_leads:
-            await self.conn.copy_records_to_table(
-                "leads", records=stage_leads, columns=_LEAD_COLUMNS, timeout=self.timeout
+            await self.conn.copy_to_table(
+                "stage_numbers", source=_once(enc.number_copy), format="text", timeout=self.timeout
             )
-            await self.conn.copy_records_to_table(
-                "stage_numbers", records=stage_numbers, timeout=self.timeout
-            )
-        if rejects:
+        if enc.rejects:
             await self.conn.copy_records_to_table(
                 "lead_rejects",
-                records=rejects,
+                records=enc.rejects,
                 columns=["list_id", "row_number", "field", "raw_value", "reason", "detail"],
                 timeout=self.timeout,
             )
