@@ -82,6 +82,12 @@ class FakeAgents(agent_pb2_grpc.AgentServiceServicer):
     async def EndCall(self, request: Any, context: Any) -> agent_pb2.EndCallResponse:
         return agent_pb2.EndCallResponse()
 
+    async def ReserveAgent(self, request: Any, context: Any) -> agent_pb2.ReserveAgentResponse:
+        return agent_pb2.ReserveAgentResponse(reserved=True, agent_id="agent-held")
+
+    async def ReleaseAgent(self, request: Any, context: Any) -> agent_pb2.ReleaseAgentResponse:
+        return agent_pb2.ReleaseAgentResponse(released=True)
+
 
 async def start_peers(services: Services, dnc: FakeDnc, agents: FakeAgents) -> grpc.aio.Server:
     server = grpc.aio.server()

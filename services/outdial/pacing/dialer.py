@@ -6,10 +6,16 @@ One :class:`Dialer` per replica: it holds leases (``lease.py``), runs one loop p
 pumps the adapter's event feed to the calls, and on shutdown stops dialing, lets calls in flight finish for
 a while, hands the rest back (claim released, ``call.ended``), and releases its leases.
 
-Progressive mode (``Decision.reserve_agent``): the agent service has no reservation RPC yet, so the dialer
-launches at most one call per *ready* agent not already covered by a call in flight, and asks
-``OfferCall`` on answer. Residual risk: an agent who pauses or is taken by another campaign between dial
-and answer can leave that call without an agent (it is then abandoned with the message, and counted).
+Agent-reserved mode (``Decision.reserve_agent``: progressive, and the fallback of the others): before a
+call is dialled, ``AgentService.ReserveAgent`` holds one ready agent for it (no agent held: the lead goes
+back to the hopper, nothing is dialled). On a live answer ``OfferCall`` names that agent
+(``reserved_agent_id``), so the call cannot be abandoned for want of an agent; on no answer, busy,
+machine, failure or any end before a connection the agent is released (``ReleaseAgent``). A hold the
+dialer never follows up (it died) lapses in the agent service after its ttl.
+
+When the agent ends the call (``EndCall`` from the console), the agent service publishes on
+``keys.agent_hangups(campaign)``; this replica, subscribed for the campaigns it leases, hangs up the
+carrier leg at once and records that moment as the call's end.
 """
 
 from __future__ import annotations
@@ -135,6 +141,10 @@ class Call:
     outcome: str = ""
     reason: str = ""
     task: asyncio.Task[None] | None = None
+    # The agent ReserveAgent held for this call before it was dialled ("" when none is held).
+    held_agent: str = ""
+    # When the agent hung up (the carrier leg is then hung up by the dialer).
+    end_at: datetime | None = None
 
 
 @dataclass
@@ -194,6 +204,11 @@ class Dialer:
         self.calls: dict[str, Call] = {}
         self._dialing = True
         self._count: Any = redis.register_script(_COUNT_ABANDONED)
+        # Agent hang-ups (keys.agent_hangups) of the campaigns this replica leases: one pub/sub connection.
+        self._hang_channels: set[str] = set()
+        self._hang_wanted = asyncio.Event()
+        self._hang_ps: Any = None
+        self._hang_task: asyncio.Task[None] | None = None
 
     @property
     def replica(self) -> str:
@@ -203,6 +218,7 @@ class Dialer:
 
     async def run(self) -> None:
         pump = asyncio.create_task(self._pump(), name="pacing:event-pump")
+        self._hang_task = asyncio.create_task(self._hangup_listener(), name="pacing:agent-hangups")
         try:
             while True:
                 try:
@@ -228,6 +244,7 @@ class Dialer:
             if lease is not None:
                 log.info("campaign %s: lease taken (token %d)", cid, lease.token)
                 run = CampaignRun(lease)
+                await self._listen_hangups(cid)
                 try:
                     await self._sweep_orphans(cid)
                 except Exception:
@@ -241,6 +258,7 @@ class Dialer:
         if run is None:
             return
         await self._halt(run)
+        await self._unlisten_hangups(cid)
         if release:
             with contextlib.suppress(Exception):
                 await self.leases.release(run.lease)
@@ -287,8 +305,66 @@ class Dialer:
         pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pump
+        if self._hang_task is not None:
+            self._hang_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._hang_task
         with contextlib.suppress(Exception):
             await self.adapter.close()
+
+    async def _listen_hangups(self, cid: str) -> None:
+        ch = keys.agent_hangups(cid)
+        self._hang_channels.add(ch)
+        self._hang_wanted.set()
+        if self._hang_ps is not None:
+            with contextlib.suppress(Exception):
+                await self._hang_ps.subscribe(ch)
+
+    async def _unlisten_hangups(self, cid: str) -> None:
+        ch = keys.agent_hangups(cid)
+        self._hang_channels.discard(ch)
+        if self._hang_ps is not None:
+            with contextlib.suppress(Exception):
+                await self._hang_ps.unsubscribe(ch)
+
+    async def _hangup_listener(self) -> None:
+        """Blocks on the pub/sub socket (no polling); reconnects and re-subscribes on errors."""
+        while True:
+            ps: Any = None
+            try:
+                await self._hang_wanted.wait()
+                ps = self.redis.pubsub(ignore_subscribe_messages=True)
+                self._hang_ps = ps
+                await ps.subscribe(*self._hang_channels)
+                while True:
+                    msg = await ps.get_message(timeout=None)
+                    if msg is not None:
+                        await self._on_agent_hangup(msg.get("data"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("agent hang-up listener error (%s); reconnecting", type(exc).__name__)
+                await asyncio.sleep(0.2)
+            finally:
+                self._hang_ps = None
+                if ps is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(ps.aclose())
+
+    async def _on_agent_hangup(self, data: Any) -> None:
+        try:
+            call_id = str(json.loads(data)["call_id"])
+        except (ValueError, TypeError, KeyError):
+            return
+        call = self.calls.get(call_id)
+        if call is None or call.phase != "connected" or call.end_at is not None:
+            return
+        call.end_at = self.clock.now()
+        log.info("call %s: the agent hung up; hanging up the carrier leg", call_id)
+        try:
+            await self.adapter.hangup(call_id)
+        except Exception:
+            log.exception("call %s: carrier hang-up failed", call_id)
 
     async def _pump(self) -> None:
         async for ev in self.adapter.events():
@@ -388,11 +464,14 @@ class Dialer:
         lines = len(ages) + waiting
         n = min(n, max(0, params.max_lines_per_agent * len(working) - lines))
         if decision.reserve_agent:
-            n = min(n, max(0, ready - lines))
+            # Reserved agents are no longer ready; calls without a held agent still compete for the ready ones.
+            held = sum(1 for c in mine if c.held_agent and c.phase in ("ringing", "answered"))
+            n = min(n, max(0, ready - (lines - held)))
         if run.stopped:
             return
         if n > 0 and config is not None:
-            await self._launch(cid, run, config, n, max(15.0, decision.ring_timeout_s, params.ring_timeout_s))
+            ring_s = max(15.0, decision.ring_timeout_s, params.ring_timeout_s)
+            await self._launch(cid, run, config, n, ring_s, reserve=decision.reserve_agent)
         await self._publish(
             cid, run, now, overrides, params, decision, agents, lines, waiting, estimates, budget
         )
@@ -400,7 +479,14 @@ class Dialer:
     # ================================================================ launching calls
 
     async def _launch(
-        self, cid: str, run: CampaignRun, config: dict[str, Any], n: int, ring_s: float
+        self,
+        cid: str,
+        run: CampaignRun,
+        config: dict[str, Any],
+        n: int,
+        ring_s: float,
+        *,
+        reserve: bool = False,
     ) -> None:
         popped: Any = await self.redis.zpopmin(keys.hopper(cid), n)
         if not popped:
@@ -435,6 +521,7 @@ class Dialer:
             return
         now = self.clock.now()
         results = await self.gate.check(cid, config, [g for g, _ in claimed], now)
+        out_of_agents = False
         for (g, lead), r in zip(claimed, results, strict=True):
             await self.store.record_gate(
                 call_id=g.call_id,
@@ -462,8 +549,18 @@ class Dialer:
                 )
                 await self.redis.delete(keys.lead_claim(cid, g.lead_id))
                 continue
-            if run.stopped or not await self._originate(cid, run, config, g, lead, ring_s):
-                # Fenced off (lease lost) or shutting down: hand the lead back untouched.
+            held = ""
+            if reserve and not out_of_agents and not run.stopped:
+                held = await self._hold_agent(cid, g.call_id, ring_s)
+                out_of_agents = not held
+            if (
+                run.stopped
+                or (reserve and not held)
+                or not await self._originate(cid, run, config, g, lead, ring_s, held)
+            ):
+                # Fenced off (lease lost), shutting down, or no agent to hold: hand the lead back untouched.
+                if held:
+                    await self._release(held, g.call_id, "not_dialled")
                 await self.redis.delete(keys.lead_claim(cid, g.lead_id))
                 await self.redis.zadd(keys.hopper(cid), {g.lead_id: 0})
 
@@ -475,11 +572,12 @@ class Dialer:
         g: GateLead,
         lead: dict[str, str],
         ring_s: float,
+        held_agent: str = "",
     ) -> bool:
         dial_at = self.clock.now()
         if not self._dialing or not await self.leases.fence_and_register(run.lease, g.call_id, ms(dial_at)):
             return False
-        call = Call(g.call_id, cid, g.lead_id, g.number, lead, config, dial_at)
+        call = Call(g.call_id, cid, g.lead_id, g.number, lead, config, dial_at, held_agent=held_agent)
         self.calls[g.call_id] = call
         await self.redis.zadd(keys.number_attempts(g.number), {g.call_id: ms(dial_at)})
         await self.redis.expire(keys.number_attempts(g.number), 8 * 24 * 3600)
@@ -523,10 +621,12 @@ class Dialer:
                     call.outcome = ev.kind.value
                     call.phase = "done"
                     extra = {"reason": ev.reason} if ev.kind is EventKind.FAILED else {}
+                    await self._release_held(call, ev.kind.value)
                     await self._emit(call, f"call.{ev.kind.value}", at, **extra)
                 elif ev.kind is EventKind.ANSWERED and ev.answer is Answer.MACHINE:
                     call.answer, call.answer_at, call.outcome, call.phase = "machine", at, "machine", "done"
                     await self._emit(call, "call.answered", at, answer="machine")
+                    await self._release_held(call, "machine")
                     await self.adapter.hangup(call.call_id)
                 elif ev.kind is EventKind.ANSWERED:
                     call.answer, call.answer_at, call.phase = "human", at, "answered"
@@ -560,6 +660,7 @@ class Dialer:
             lead_fields=fields,
             answered_at=ts,
             deadline=Duration(nanos=int(budget * 1e9) % 1_000_000_000, seconds=int(budget)),
+            reserved_agent_id=call.held_agent,
         )
         assigned, agent_id, why = False, "", ""
         try:
@@ -570,6 +671,9 @@ class Dialer:
         now = self.clock.now()
         # The law counts from the greeting: an assignment that comes back late is an abandonment too.
         if assigned and (now - call.answer_at) <= timedelta(seconds=2.0):
+            if call.held_agent and call.held_agent != agent_id:
+                await self._release(call.held_agent, call.call_id, "offered_elsewhere")
+            call.held_agent = ""
             call.agent_id, call.connect_at, call.phase, call.outcome = agent_id, now, "connected", "connected"
             await self.adapter.bridge(call.call_id, agent_id)
             await self.store.mark_connected(call.call_id, now, agent_id)
@@ -579,6 +683,9 @@ class Dialer:
             return
         if assigned:
             why = "assigned after the 2 s deadline"
+            # The agent service connected them, but the call is abandoned: give the agent back at once.
+            await self._release(agent_id, call.call_id, "abandoned")
+        await self._release_held(call, "abandoned")
         call.phase, call.outcome, call.reason = "message", "abandoned", why or "no agent"
         cfg = call.config
         text = (
@@ -592,6 +699,36 @@ class Dialer:
         )
         await self.redis.set(keys.number_abandoned(call.number), ms(call.answer_at), ex=72 * 3600)
         run.budget = None  # refresh the budget at the next tick
+
+    async def _hold_agent(self, cid: str, call_id: str, ring_s: float) -> str:
+        """ReserveAgent for a call about to be dialled: the held agent's id, or "" (then nothing is dialled:
+        a progressive call must never wait for an agent)."""
+        ttl = ring_s + self.offer_deadline_s + 10.0
+        req = agent_pb2.ReserveAgentRequest(
+            campaign_id=cid,
+            call_id=call_id,
+            ttl=Duration(seconds=int(ttl), nanos=int(ttl * 1e9) % 1_000_000_000),
+        )
+        try:
+            resp = await self.agent.ReserveAgent(req, timeout=2.0)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("campaign %s: ReserveAgent failed (%s): not dialling", cid, exc.code().name)
+            return ""
+        return str(resp.agent_id) if resp.reserved else ""
+
+    async def _release(self, agent_id: str, call_id: str, reason: str) -> None:
+        """Give an agent back (idempotent in the agent service; the hold lapses by itself if this fails)."""
+        try:
+            await self.agent.ReleaseAgent(
+                agent_pb2.ReleaseAgentRequest(agent_id=agent_id, call_id=call_id, reason=reason), timeout=2.0
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("ReleaseAgent %s for call %s failed: %s", agent_id, call_id, exc.code().name)
+
+    async def _release_held(self, call: Call, reason: str) -> None:
+        if call.held_agent:
+            agent_id, call.held_agent = call.held_agent, ""
+            await self._release(agent_id, call.call_id, reason)
 
     async def _opt_out(self, call: Call) -> None:
         req = dnc_pb2.RecordOptOutRequest(
@@ -613,7 +750,9 @@ class Dialer:
 
     async def _end(self, call: Call, run: CampaignRun) -> None:
         """Exactly once per dialed call: the abandonment record, ``call.ended``, and the clean-up."""
-        end_at = self.clock.now()
+        end_at = call.end_at or self.clock.now()
+        with contextlib.suppress(Exception):
+            await self._release_held(call, call.reason or call.outcome or "ended")
         if not call.outcome:
             if call.phase == "connected":
                 call.outcome = "connected"
