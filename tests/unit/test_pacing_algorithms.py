@@ -193,5 +193,26 @@ def test_small_team_keeps_abandoned_calls_in_hand_for_the_hour() -> None:
         abandoned_60min=4,
     )
     assert target_rate(tight, PacingParams()) == 0.0
+    # It still dials, but only calls that will almost surely find an agent: handing over to progressive
+    # would make few live answers and keep the hour's rate up for longer (the safety bug at answer rate
+    # 0.10); near-safe predictive calls dilute it.
     d = make_algorithm("predictive").decide(snap(ready(4), budget=tight))
-    assert (d.mode, d.reserve_agent, d.calls) == ("progressive", True, 4)
+    roomy = make_algorithm("predictive").decide(snap(ready(4)))
+    assert (d.mode, d.reserve_agent) == ("predictive", False)
+    assert 4 <= d.calls < roomy.calls
+
+
+def test_young_campaign_keeps_abandoned_calls_in_hand_for_the_long_window() -> None:
+    # The first hour of a campaign is its whole 30-day window: 100 live answers, 2 abandoned, 1 left.
+    young = BudgetView(
+        cap=0.03,
+        window_s=30 * 86400.0,
+        live_answers=100,
+        abandoned=2,
+        remaining=1.0,
+        rate_60min=0.02,
+        live_60min=100,
+        abandoned_60min=2,
+    )
+    assert target_rate(young, PacingParams()) == 0.0
+    assert target_rate(BUDGET, PacingParams()) > 0.01

@@ -201,8 +201,11 @@ def _model(
 
 # Expected abandoned calls below this are noise (keeps N = 0 from being refused when nothing is ringing).
 _EPS = 1e-3
-# Below this target abandonment rate, predictive hands over to agent-reserved progressive.
-_MIN_RATE = 0.002
+# The least risk predictive takes for its last call when the target rate is (near) nothing: it keeps
+# dialing calls that will almost surely find an agent rather than handing over to progressive. Progressive
+# makes few live answers (a reserved agent idles through every unanswered ring), which would shrink the
+# hour's denominator and keep its rate high for longer; near-safe predictive calls dilute it instead.
+_MIN_THETA = 0.002
 
 
 def _phi(z: float) -> float:
@@ -243,7 +246,10 @@ def target_rate(budget: BudgetView, params: PacingParams, margin: float = 0.75) 
     # Small teams: a handful of abandoned calls moves the hour's rate; keep a few in hand.
     if budget.live_60min or budget.abandoned_60min:  # (counts given: AbandonBudget.view fills them)
         headroom = short * budget.live_60min - budget.abandoned_60min
-        base *= min(1.0, max(0.0, (headroom - 1.0) / 4.0))
+        base *= min(1.0, max(0.0, (headroom - 2.0) / 4.0))
+    # The same for the long window: a young campaign (its first hours are the whole window) or one that
+    # has just overspent keeps a few abandoned calls in hand instead of running into ``spent``.
+    base *= min(1.0, max(0.0, (budget.remaining - 1.0) / 4.0))
     return max(0.0, base)
 
 
@@ -291,10 +297,7 @@ class Predictive:
         rel_sd = est.live_answer_rate_sd / p
         room = max(0, snap.params.max_lines_per_agent * c.active - c.in_flight - c.waiting)
 
-        if rate < _MIN_RATE:
-            d = Progressive().decide(snap)
-            return replace(d, reason=f"last hour near its cap ({snap.budget.rate_60min:.1%}): {d.reason}")
-        theta = min(0.9, self.gain * rate)
+        theta = min(0.9, max(_MIN_THETA, self.gain * rate))
         w = [m.new_answer[0]] + [m.new_answer[j] - m.new_answer[j - 1] for j in range(1, len(m.new_answer))]
         total = m.new_answer[-1]
 
