@@ -246,7 +246,7 @@ def target_rate(budget: BudgetView, params: PacingParams, margin: float = 0.75) 
     # Small teams: a handful of abandoned calls moves the hour's rate; keep a few in hand.
     if budget.live_60min or budget.abandoned_60min:  # (counts given: AbandonBudget.view fills them)
         headroom = short * budget.live_60min - budget.abandoned_60min
-        base *= min(1.0, max(0.0, (headroom - 2.0) / 4.0))
+        base *= min(1.0, max(0.0, (headroom - 3.0) / 4.0))
     # The same for the long window: a young campaign (its first hours are the whole window) or one that
     # has just overspent keeps a few abandoned calls in hand instead of running into ``spent``.
     base *= min(1.0, max(0.0, (budget.remaining - 1.0) / 4.0))
