@@ -3,6 +3,7 @@ zones) or rejects. Pure; the upload pipeline (upload.py) streams rows through it
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +122,11 @@ def _cell(row: Sequence[str], i: int | None) -> str:
     return row[i].strip()
 
 
+# Pure lookups repeated on every row of a file: cached.
+_state_code = functools.lru_cache(maxsize=4096)(normalise_state)
+
+
+@functools.lru_cache(maxsize=1024)
 def _valid_zone(name: str) -> str | None:
     try:
         ZoneInfo(name)
@@ -142,7 +148,7 @@ def normalise_row(
     f = cols.fields
     zip_code = _cell(row, f.get("zip"))
     raw_state = _cell(row, f.get("state"))
-    state = normalise_state(raw_state) or "" if raw_state else ""
+    state = _state_code(raw_state) or "" if raw_state else ""
     tz_col = _cell(row, f.get("timezone"))
     lead = LeadRow(
         row_number=row_number,
