@@ -227,6 +227,9 @@ class LeadUpload:
         return self.summary
 
     async def _prepare(self) -> None:
+        # The final dedupe sorts and hashes every staged number: with the default 4 MB it spills to disk
+        # (external merge). Bounded, and for this transaction only.
+        await self.conn.execute("SET LOCAL work_mem = '64MB'")
         await self.conn.execute(
             """CREATE TEMP TABLE stage_numbers (lead_id bigint, row_number bigint, position smallint, e164 text,
                    number_type text, timezones text[]) ON COMMIT DROP;"""
