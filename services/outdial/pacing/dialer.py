@@ -35,7 +35,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from outdial.core import keys
 from outdial.core.clock import Clock
-from outdial.core.redis import Redis
+from outdial.core.redis import Redis, load_lua
 from outdial.pacing.algorithms import PacingAlgorithm, make_algorithm
 from outdial.pacing.estimates import OnlineEstimator
 from outdial.pacing.gate import DialGate, GateLead
@@ -204,6 +204,7 @@ class Dialer:
         self.calls: dict[str, Call] = {}
         self._dialing = True
         self._count: Any = redis.register_script(_COUNT_ABANDONED)
+        self._claim_release: Any = redis.register_script(load_lua(__package__, "claim_release.lua"))
         # Agent hang-ups (keys.agent_hangups) of the campaigns this replica leases: one pub/sub connection.
         self._hang_channels: set[str] = set()
         self._hang_wanted = asyncio.Event()
@@ -833,6 +834,7 @@ class Dialer:
         it got: connected, else failed with reason ``replica_lost``), release its lead and its agent."""
         entries: Any = await self.redis.zrange(keys.calls_in_flight(cid), 0, -1, withscores=True)
         orphans = [(str(m), float(sc)) for m, sc in entries if m not in self.calls]
+        await self._sweep_stale_claims(cid, {str(m) for m, _ in entries})
         if not orphans:
             return
         rows = await self.store.attempts([m for m, _ in orphans])
@@ -885,7 +887,28 @@ class Dialer:
                     await self.agent.EndCall(
                         agent_pb2.EndCallRequest(agent_id=agent_id, call_id=call_id), timeout=2.0
                     )
+            else:
+                # An agent held for this call before it was dialled (progressive) goes back to ready now
+                # rather than when the hold lapses.
+                held = await self.redis.get(keys.call_agent(call_id))
+                if held:
+                    await self._release(str(held), call_id, "replica_lost")
         log.warning("campaign %s: closed %d calls left in flight by a lost replica", cid, len(orphans))
+
+    async def _sweep_stale_claims(self, cid: str, in_flight: set[str]) -> None:
+        """At lease acquisition: a lead claimed by a holder that died between the claim and the dial (its call
+        never reached the in-flight set) would stay unavailable until the claim's TTL. The new holder is the
+        only one allowed to dial (a late dial by the old one is refused by the fence), so a claim whose call is
+        neither in flight nor ours is stale: delete it (compare-and-delete) so the feeder offers the lead again.
+        SCAN over this campaign's claim keys, never KEYS."""
+        freed = 0
+        async for key in self.redis.scan_iter(match=keys.lead_claim(cid, "*"), count=500):
+            call_id = await self.redis.get(key)
+            if call_id is None or call_id in in_flight or call_id in self.calls:
+                continue
+            freed += int(await self._claim_release(keys=[key], args=[call_id]))
+        if freed:
+            log.warning("campaign %s: freed %d leads claimed by a lost replica but never dialled", cid, freed)
 
     async def _agent_call_ended(self, call: Call) -> None:
         """The far side hung up: the agent moves on to wrap-up (it may have ended the call itself first)."""
