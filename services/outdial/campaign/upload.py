@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import collections
 import concurrent.futures
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -62,6 +63,9 @@ _LEAD_COLUMNS = [
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# One translate per line: values are joined with NUL (never in a lead file: CsvStream refuses NUL, and
+# json.dumps writes it as \u0000), which becomes the column separator while the values are escaped.
+_LINE_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": "\t"})
 
 
 def _copy_text(value: str) -> str:
@@ -69,8 +73,12 @@ def _copy_text(value: str) -> str:
     return value.translate(_COPY_ESCAPES)
 
 
+@functools.lru_cache(maxsize=4096)
 def _pg_array(items: tuple[str, ...]) -> str:
-    return "{" + ",".join('"' + z.replace("\\", "\\\\").replace('"', '\\"') + '"' for z in items) + "}"
+    """A text[] literal in COPY text format."""
+    return _copy_text(
+        "{" + ",".join('"' + z.replace("\\", "\\\\").replace('"', '\\"') + '"' for z in items) + "}"
+    )
 
 
 @dataclass
@@ -103,8 +111,8 @@ def _encode_batch(
     reasons: Counter[str] = Counter()
     lead_lines: list[str] = []
     number_lines: list[str] = []
-    head = f"\t{_copy_text(cid)}\t{_copy_text(list_id)}\t"
-    tail = f"\t{now}\t{now}\n"
+    head = f"\x00{cid}\x00{list_id}\x00"
+    tail = f"\x00{now}\x00{now}"
     dumps = json.dumps
     for (n, r), lid in zip(rows, ids, strict=True):
         lead = normalise_row(n, r, cols, default_region=region, jurisdiction=jurisdiction, parser=parser)
@@ -116,15 +124,14 @@ def _encode_batch(
             continue
         out.leads += 1
         lead_lines.append(
-            f"{lid}{head}{n}\t{_copy_text(lead.first_name)}\t{_copy_text(lead.last_name)}\t"
-            f"{_copy_text(lead.zip)}\t{_copy_text(lead.state)}\t{_copy_text(dumps(lead.fields))}{tail}"
+            f"{lid}{head}{n}\x00{lead.first_name}\x00{lead.last_name}\x00{lead.zip}\x00{lead.state}\x00"
+            f"{dumps(lead.fields)}{tail}".translate(_LINE_ESCAPES)
         )
         for pos, (e164, ntype, zones) in enumerate(lead.numbers):
-            number_lines.append(
-                f"{lid}\t{n}\t{pos}\t{_copy_text(e164)}\t{_copy_text(ntype)}\t{_copy_text(_pg_array(zones))}\n"
-            )
+            # E.164 digits and phonenumbers' type names need no escaping.
+            number_lines.append(f"{lid}\t{n}\t{pos}\t{e164}\t{ntype}\t{_pg_array(zones)}\n")
     out.reasons = dict(reasons)
-    out.lead_copy = "".join(lead_lines).encode()
+    out.lead_copy = ("\n".join(lead_lines) + "\n").encode() if lead_lines else b""
     out.number_copy = "".join(number_lines).encode()
     return out
 
