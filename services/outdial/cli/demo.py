@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import tempfile
 import time
@@ -31,7 +32,7 @@ from rich.table import Table
 from outdial.agent.kpi import compute_kpis
 from outdial.agent.simulated import Distribution, run_simulated_agents
 from outdial.agent.store import load_timeline
-from outdial.cli.base import command, console, print_json
+from outdial.cli.base import command, console, err_console, print_json
 from outdial.cli.core_commands import Supervisor
 from outdial.cli.demo_data import generate_leads, registry_extract
 from outdial.core.auth import Role, issue_token
@@ -71,6 +72,8 @@ class DemoConfig:
     clock_offset_s: float | None = None
     log_path: str | None = None
     live: bool = True
+    # Progress and the live view go to stderr (stdout then carries only the --json document).
+    to_stderr: bool = False
     # Feeder margin before a lead's window closes (None: the service default).
     window_margin_s: float | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -199,6 +202,7 @@ def _live_table(
 
 
 async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
+    out = err_console if cfg.to_stderr else console
     now = datetime.now(UTC)
     offset = cfg.clock_offset_s if cfg.clock_offset_s is not None else virtual_offset(now)
     virtual_now = now + timedelta(seconds=offset)
@@ -222,7 +226,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
     stop_agents = asyncio.Event()
     agents_task: asyncio.Task[Any] | None = None
     try:
-        console.print(
+        out.print(
             f"[bold]outdial demo[/bold]: starting PostgreSQL/Redis and the four services "
             f"(service logs: {log_path})"
         )
@@ -249,7 +253,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
             )
         )
         result.dnc_numbers_in_leads = len(set(on_registry) | set(internal))
-        console.print(
+        out.print(
             f"DNC: national registry extract imported ({registry_text.count(chr(10))} numbers, "
             f"{len(on_registry)} of them in the lead list); {len(internal)} numbers on the internal list"
         )
@@ -282,7 +286,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
             "rejected": up.rejected,
             "rejected_by_reason": dict(up.rejected_by_reason),
         }
-        console.print(
+        out.print(
             f"Leads: {up.rows} rows, {up.accepted} accepted, {up.duplicates} duplicates, "
             f"{up.rejected} rejected {dict(up.rejected_by_reason)}"
         )
@@ -309,8 +313,9 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
             )
         )
         await asyncio.wait_for(started.wait(), 30)
+        started_at = datetime.now(UTC)
         await camp.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=cid))
-        console.print(
+        out.print(
             f"Campaign {cid} started (predictive) with {cfg.agents} simulated agents; running "
             f"{cfg.seconds:.0f}s (virtual time {virtual_now:%H:%M} UTC)"
         )
@@ -321,10 +326,10 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         last_print = 0.0
         with Live(
             _live_table(None, None, 0, cfg.seconds),
-            console=console,
+            console=out,
             refresh_per_second=4,
             transient=False,
-            auto_refresh=cfg.live and console.is_terminal,
+            auto_refresh=cfg.live and out.is_terminal,
         ) as live:
             while (elapsed := time.monotonic() - t0) < cfg.seconds:
                 with contextlib.suppress(grpc.aio.AioRpcError):
@@ -340,11 +345,12 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
                 live.update(table)
                 if cfg.on_tick is not None:
                     await cfg.on_tick(elapsed, sup)
-                if not console.is_terminal and elapsed - last_print >= 10:
-                    console.print(table)
+                if not out.is_terminal and elapsed - last_print >= 10:
+                    out.print(table)
                     last_print = elapsed
                 await asyncio.sleep(0.5)
 
+        paused_at = datetime.now(UTC)
         await camp.PauseCampaign(campaign_pb2.PauseCampaignRequest(campaign_id=cid, reason="demo over"))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -356,7 +362,8 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         stop_agents.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(agents_task, 20)
-        await _fill_report(result, infra.database_url, cid, dnc, since=virtual_now - timedelta(seconds=5))
+        # The agent timeline is stamped with Redis TIME (real time), not the shifted service clock.
+        await _fill_report(result, infra.database_url, cid, dnc, since=started_at, until=paused_at)
         final = await camp.GetCampaignStats(campaign_pb2.GetCampaignStatsRequest(campaign_id=cid))
         result.leads_by_state = dict(final.leads_by_state)
         for ch in chans.values():
@@ -372,7 +379,12 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
 
 
 async def _fill_report(
-    result: DemoResult, database_url: str, cid: str, dnc: dnc_pb2_grpc.DncServiceStub, since: datetime
+    result: DemoResult,
+    database_url: str,
+    cid: str,
+    dnc: dnc_pb2_grpc.DncServiceStub,
+    since: datetime,
+    until: datetime,
 ) -> None:
     conn = await asyncpg.connect(database_url)
     try:
@@ -420,10 +432,14 @@ async def _fill_report(
     assert pool is not None
     try:
         talk_wrap = logged = 0.0
-        now = datetime.now(UTC) + timedelta(days=1)
         for aid in agent_ids:
-            timeline = [e for e in await load_timeline(pool, aid) if e.at >= since]  # this run only
-            k = compute_kpis(timeline, until=now)
+            # While the campaign ran (the agent timeline is stamped with Redis TIME, i.e. real time).
+            events = await load_timeline(pool, aid)
+            before = [e for e in events if e.at < since]
+            timeline = [e for e in events if since <= e.at <= until]
+            if before:  # the state the agent was in when the campaign started
+                timeline.insert(0, dataclasses.replace(before[-1], at=since))
+            k = compute_kpis(timeline, until=until)
             talk_wrap += k.talk_s + k.wrap_s
             logged += k.logged_in_s
         result.occupancy = talk_wrap / logged if logged else 0.0
@@ -479,7 +495,7 @@ def print_report(r: DemoResult) -> None:
 
 async def demo(args: argparse.Namespace, settings: Settings) -> int:
     cfg = DemoConfig(
-        seconds=args.seconds, agents=args.agents, leads=args.leads, seed=args.seed, live=not args.json
+        seconds=args.seconds, agents=args.agents, leads=args.leads, seed=args.seed, to_stderr=args.json
     )
     result = await run_demo(settings, cfg)
     if args.json:
