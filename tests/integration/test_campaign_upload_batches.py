@@ -86,3 +86,21 @@ async def test_many_batches_store_what_one_batch_stores(pg: asyncpg.Pool) -> Non
     notes = {json.loads(r[5])["notes"] for r in leads}  # type: ignore[index]
     assert "two\nlines" in notes and "back\\slash" in notes
     assert all(r[6] == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC) for r in leads)  # type: ignore[index]
+
+
+async def test_malformed_tail_after_stored_batches_keeps_nothing(pg: asyncpg.Pool) -> None:
+    import pytest
+
+    from outdial.core.errors import InvalidArgument
+
+    await pg.execute("INSERT INTO campaigns (id, name, settings) VALUES ('bad', 'bad', '{}')")
+    data = make_file() + b"x,y,\xc3\x28,1\r\n"
+    with pytest.raises(InvalidArgument) as info:
+        await upload(pg, "bad", data, batch_rows=7)
+    assert "UTF-8" in str(info.value)
+    assert await pg.fetchval("SELECT count(*) FROM leads WHERE campaign_id = 'bad'") == 0
+    assert await pg.fetchval("SELECT count(*) FROM lead_lists WHERE campaign_id = 'bad'") == 0
+    assert await pg.fetchval("SELECT count(*) FROM lead_numbers WHERE campaign_id = 'bad'") == 0
+    # The campaign's lock was released with the rolled-back transaction: a good upload goes through.
+    summary, _ = await upload(pg, "bad", make_file(), batch_rows=7)
+    assert summary[0] == 120  # type: ignore[index]

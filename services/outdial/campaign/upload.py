@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import json
@@ -160,6 +161,10 @@ def _pool() -> concurrent.futures.ProcessPoolExecutor:
         return _POOL
 
 
+# Advisory lock namespace of "inserting into lead_numbers for a campaign" (second key: hash of the id).
+_LOCK_NS = 0x0D1A1
+
+
 class LeadUpload:
     def __init__(
         self,
@@ -199,6 +204,9 @@ class LeadUpload:
         self.summary = UploadSummary(list_id=new_id())
         self.reasons: Counter[str] = Counter()
         self.staged_leads = 0
+        self._early = False
+        self._writer: asyncio.Task[None] | None = None
+        self._queue: asyncio.Queue[tuple[list[tuple[int, list[str]]], bool] | None] = asyncio.Queue(maxsize=2)
         self.sha = hashlib.sha256()
         self.record_no = 1  # the header is row 1, as a spreadsheet shows it
         self._pending: list[tuple[int, list[str]]] = []
@@ -217,26 +225,49 @@ class LeadUpload:
     async def _run(self, chunks: AsyncIterator[bytes]) -> UploadSummary:
         async with self.conn.transaction():
             await self._prepare()
+            # The connection belongs to the writer task from here until the final batch is stored, so
+            # reading and parsing the stream overlaps PostgreSQL's work.
+            self._writer = asyncio.create_task(self._write())
             try:
-                async for chunk in chunks:
-                    self.sha.update(chunk)
-                    await self._take(self.csv.feed(chunk))
-                await self._take(self.csv.finish())
-            except MalformedFile as exc:
-                raise InvalidArgument(str(exc), field="file", error_id="malformed_file") from None
-            if self.cols is None:
-                raise InvalidArgument(
-                    "the file is empty (no header line)", field="file", error_id="malformed_file"
-                )
-            await self._flush(final=True)
+                try:
+                    async for chunk in chunks:
+                        self.sha.update(chunk)
+                        await self._take(self.csv.feed(chunk))
+                    await self._take(self.csv.finish())
+                except MalformedFile as exc:
+                    raise InvalidArgument(str(exc), field="file", error_id="malformed_file") from None
+                if self.cols is None:
+                    raise InvalidArgument(
+                        "the file is empty (no header line)", field="file", error_id="malformed_file"
+                    )
+                await self._flush(final=True)
+            except BaseException:
+                await self._stop_writer()
+                raise
             await self._commit()
         self.summary.committed = True
         return self.summary
+
+    async def _stop_writer(self) -> None:
+        w = self._writer
+        if w is None:
+            return
+        if not w.done():
+            w.cancel()
+        with contextlib.suppress(BaseException):
+            await w  # its error (if any) is retrieved; the caller's own error is what is raised
 
     async def _prepare(self) -> None:
         # The final dedupe sorts and hashes every staged number: with the default 4 MB it spills to disk
         # (external merge). Bounded, and for this transaction only.
         await self.conn.execute("SET LOCAL work_mem = '64MB'")
+        # Only the holder of this campaign's lock inserts into lead_numbers, so uploads never wait on each
+        # other's rows in two orders (no deadlock). The first upload of a campaign takes it now and settles
+        # each batch as soon as it is COPY'd (the work overlaps the streaming); one that finds it taken
+        # streams into staging and waits for the lock only for its final insert.
+        self._early = bool(
+            await self.conn.fetchval("SELECT pg_try_advisory_xact_lock($1, hashtext($2))", _LOCK_NS, self.cid)
+        )
         await self.conn.execute(
             """CREATE TEMP TABLE stage_numbers (lead_id bigint, row_number bigint, position smallint, e164 text,
                    number_type text, timezones text[]) ON COMMIT DROP;"""
@@ -270,31 +301,59 @@ class LeadUpload:
                 await self._flush()
 
     async def _flush(self, final: bool = False) -> None:
-        """Normalise the pending rows (in worker processes once the file is bigger than one batch) while
-        earlier batches are COPY'd; at most ``_depth`` batches are in flight, so memory stays bounded."""
+        """Hand the pending rows to the writer task (a queue of two batches: memory stays bounded); with
+        ``final``, wait until everything is stored."""
         if self._pending and self.cols is not None:
             rows, self._pending = self._pending, []
-            ids = [
-                r[0]
-                for r in await self.conn.fetch(
-                    "SELECT nextval('leads_id_seq') FROM generate_series(1, $1)", len(rows)
-                )
-            ]
-            args = (rows, self.cols, self.region, self.jurisdiction, self.parser, ids, self.cid,
-                    self.summary.list_id, self._now_text)  # fmt: skip
-            fut: asyncio.Future[_Encoded]
-            if final and not self._batches:
-                fut = asyncio.ensure_future(asyncio.to_thread(_encode_batch, *args))  # a small file
-            else:
-                fut = asyncio.get_running_loop().run_in_executor(_pool(), _encode_batch, *args)
+            await self._put((rows, final and not self._batches))
             self._batches += 1
-            self._inflight.append(fut)
-        try:
-            while self._inflight and (final or len(self._inflight) > self._depth):
-                await self._store(await self._inflight.popleft())
-        except BaseException:
-            self._cancel()
-            raise
+        if final:
+            await self._put(None)
+            assert self._writer is not None
+            await self._writer
+
+    async def _put(self, item: tuple[list[tuple[int, list[str]]], bool] | None) -> None:
+        assert self._writer is not None
+        if self._writer.done():
+            self._writer.result()  # raises the writer's error
+            raise RuntimeError("the upload writer stopped early")
+        put = asyncio.ensure_future(self._queue.put(item))
+        await asyncio.wait({put, self._writer}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            self._writer.result()
+            raise RuntimeError("the upload writer stopped early")
+
+    async def _write(self) -> None:
+        """Normalise batches (in worker processes once the file is bigger than one batch) while earlier
+        ones are COPY'd; at most ``_depth`` batches are in flight."""
+        while True:
+            item = await self._queue.get()
+            if item is not None:
+                assert self.cols is not None  # batches follow the header
+                rows, small = item
+                ids = [
+                    r[0]
+                    for r in await self.conn.fetch(
+                        "SELECT nextval('leads_id_seq') FROM generate_series(1, $1)", len(rows)
+                    )
+                ]
+                args = (rows, self.cols, self.region, self.jurisdiction, self.parser, ids, self.cid,
+                        self.summary.list_id, self._now_text)  # fmt: skip
+                fut: asyncio.Future[_Encoded]
+                if small:
+                    fut = asyncio.ensure_future(asyncio.to_thread(_encode_batch, *args))
+                else:
+                    fut = asyncio.get_running_loop().run_in_executor(_pool(), _encode_batch, *args)
+                self._inflight.append(fut)
+            try:
+                while self._inflight and (item is None or len(self._inflight) > self._depth):
+                    await self._store(await self._inflight.popleft())
+            except BaseException:
+                self._cancel()
+                raise
+            if item is None:
+                return
 
     def _cancel(self) -> None:
         while self._inflight:
@@ -317,6 +376,9 @@ class LeadUpload:
             await self.conn.copy_to_table(
                 "stage_numbers", source=_once(enc.number_copy), format="text", timeout=self.timeout
             )
+            if self._early:
+                await self._settle()
+                await self.conn.execute("TRUNCATE stage_numbers")
         if enc.rejects:
             await self.conn.copy_records_to_table(
                 "lead_rejects",
@@ -325,9 +387,10 @@ class LeadUpload:
                 timeout=self.timeout,
             )
 
-    async def _commit(self) -> None:
-        # Every lead row was COPY'd straight into ``leads`` (uncommitted, so invisible to others); the
-        # numbers that win the unique (campaign_id, e164) key decide which leads stay.
+    async def _settle(self) -> None:
+        """Move the staged numbers into ``lead_numbers``: per number its first row wins (file order), one
+        already in the campaign is a duplicate; leads left without any number are deleted (every lead
+        was COPY'd straight into ``leads``, uncommitted so invisible to others)."""
         row = await self.conn.fetchrow(
             """WITH ins AS (
                  INSERT INTO lead_numbers (campaign_id, e164, lead_id, position, number_type, timezones)
@@ -337,18 +400,25 @@ class LeadUpload:
                  RETURNING lead_id),
                got AS (SELECT DISTINCT lead_id FROM ins),
                dropped AS (
-                 DELETE FROM leads l WHERE l.list_id = $2 AND NOT EXISTS (SELECT 1 FROM got WHERE got.lead_id = l.id)
+                 DELETE FROM leads l
+                  WHERE l.id = ANY (ARRAY(SELECT lead_id FROM stage_numbers EXCEPT SELECT lead_id FROM got))
                  RETURNING 1)
                SELECT (SELECT count(*) FROM got) AS leads, (SELECT count(*) FROM ins) AS numbers,
                       (SELECT count(*) FROM dropped) AS dropped""",
             self.cid,
-            self.summary.list_id,
             timeout=self.timeout,
         )
         assert row is not None
+        self.summary.accepted += int(row["leads"])
+        self.summary.numbers_accepted += int(row["numbers"])
+
+    async def _commit(self) -> None:
+        if not self._early:
+            await self.conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_NS, self.cid, timeout=self.timeout
+            )
+            await self._settle()
         s = self.summary
-        s.accepted = int(row["leads"])
-        s.numbers_accepted = int(row["numbers"])
         s.duplicates = self.staged_leads - s.accepted
         s.rejected_by_reason = dict(self.reasons)
         await self.conn.execute(
