@@ -332,12 +332,9 @@ class LeadUpload:
             if item is not None:
                 assert self.cols is not None  # batches follow the header
                 rows, small = item
-                ids = [
-                    r[0]
-                    for r in await self.conn.fetch(
-                        "SELECT nextval('leads_id_seq') FROM generate_series(1, $1)", len(rows)
-                    )
-                ]
+                ids: list[int] = await self.conn.fetchval(
+                    "SELECT array_agg(nextval('leads_id_seq')) FROM generate_series(1, $1)", len(rows)
+                )
                 args = (rows, self.cols, self.region, self.jurisdiction, self.parser, ids, self.cid,
                         self.summary.list_id, self._now_text)  # fmt: skip
                 fut: asyncio.Future[_Encoded]
