@@ -1,10 +1,15 @@
 """UploadLeads: stream a CSV into a campaign, all rows or none, duplicates stored once.
 
-Memory stays bounded: records are parsed, normalised and COPY'd (asyncpg ``copy_records_to_table``) into
-temporary staging tables one batch at a time inside one transaction. At the end one set-based statement
-moves the staged numbers into ``lead_numbers`` with ``ON CONFLICT DO NOTHING`` on the unique
-(campaign_id, e164) key - which also settles two concurrent uploads of overlapping files: the second one
-waits on the first one's rows and then skips them - and inserts exactly the leads that got a number.
+Memory stays bounded: the stream is parsed into batches of records (two queued at most); a writer task
+that owns the connection has each batch normalised (in worker processes for files bigger than one batch)
+into COPY text and COPYs it inside one transaction: leads straight into ``leads`` (uncommitted, invisible
+to others), their numbers into a temporary staging table. A set-based statement then moves the staged
+numbers into ``lead_numbers`` with ``ON CONFLICT DO NOTHING`` on the unique (campaign_id, e164) key (the
+first row of the file wins) and deletes the leads left without a number. Only the holder of the
+campaign's transaction advisory lock inserts into ``lead_numbers``: the first upload of a campaign takes
+it at once and settles each batch as it goes; a concurrent upload of the same campaign stages everything
+and settles once it gets the lock (after the first one committed or rolled back), so numbers already
+stored count as duplicates and no two uploads wait on each other's rows (no deadlock).
 A malformed file raises before the commit, so nothing of it is kept.
 """
 
