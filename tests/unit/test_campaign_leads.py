@@ -100,7 +100,17 @@ def test_normalise_row() -> None:
 
 
 @pytest.mark.parametrize(
-    ("v", "out"), [("=1+2", "'=1+2"), ("+1", "'+1"), ("-x", "'-x"), ("@a", "'@a"), ("ok", "ok"), ("", "")]
+    ("v", "out"),
+    [
+        ("=1+2", "'=1+2"),
+        ("+1+1", "'+1+1"),
+        ("+12125550100", "+12125550100"),
+        ("-x", "'-x"),
+        ("@a", "'@a"),
+        ("\tx", "'\tx"),
+        ("ok", "ok"),
+        ("", ""),
+    ],
 )
 def test_formula_neutralised(v: str, out: str) -> None:
     assert neutralise_formula(v) == out

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from outdial.core.csvsafe import csv_safe
 from outdial.rules.numbers import NumberError, ParsedNumber, normalise_state, parse_number, refine_zones
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
@@ -190,8 +191,5 @@ def normalise_row(
 
 
 def neutralise_formula(value: str) -> str:
-    """Text a spreadsheet would run as a formula (``= + - @``, and tab/CR that some tools strip first) is
-    prefixed with a quote (OWASP CSV injection guidance)."""
-    if value and value[0] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
+    """Text a spreadsheet would run as a formula is neutralised (see :func:`outdial.core.csvsafe.csv_safe`)."""
+    return csv_safe(value)

@@ -22,6 +22,7 @@ from rich.progress import (
 
 from outdial.cli.base import channel, command, err_console, fail, group, print_json, print_table, to_dict
 from outdial.core.config import Settings
+from outdial.core.csvsafe import csv_safe
 from outdial.v1 import common_pb2, dnc_pb2, dnc_pb2_grpc
 
 KINDS = {
@@ -221,16 +222,6 @@ AUDIT_COLUMNS = [
     "details_json",
     "hash",
 ]
-
-
-def csv_safe(value: str) -> str:
-    """Neutralise spreadsheet formulas (OWASP CSV injection): a cell starting with = @ tab CR, or with + -
-    not followed by digits only (E.164 numbers stay readable), gets a leading apostrophe."""
-    if not value:
-        return value
-    if value[0] in "=@\t\r" or (value[0] in "+-" and not value[1:].isdigit()):
-        return "'" + value
-    return value
 
 
 async def _audit(args: argparse.Namespace, settings: Settings) -> int:
