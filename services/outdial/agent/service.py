@@ -20,6 +20,7 @@ from outdial.agent.store import AgentRedis, Dispositions, Timeline, Transition, 
 from outdial.core import keys
 from outdial.core.auth import Role, agent_may_act_for, current_principal
 from outdial.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from outdial.core.metrics import OFFER_SECONDS, OFFERS
 from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 log = logging.getLogger("outdial.agent")
@@ -313,8 +314,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         reason = "no_agent_ready"
 
         def done(assigned: bool, agent_id: str = "", why: str = "") -> agent_pb2.OfferCallResponse:
+            elapsed = loop.time() - started
             resp = agent_pb2.OfferCallResponse(assigned=assigned, agent_id=agent_id, reason=why)
-            resp.latency.FromNanoseconds(int((loop.time() - started) * 1e9))
+            resp.latency.FromNanoseconds(int(elapsed * 1e9))
+            OFFERS.labels("assigned" if assigned else (why or "not_assigned")).inc()
+            if assigned:
+                OFFER_SECONDS.observe(elapsed)
             return resp
 
         held = request.reserved_agent_id.strip()

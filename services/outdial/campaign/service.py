@@ -21,6 +21,7 @@ from outdial.campaign.upload import LeadUpload, UploadSummary
 from outdial.core import keys
 from outdial.core.auth import current_actor
 from outdial.core.errors import FailedPrecondition, InvalidArgument
+from outdial.core.metrics import LEAD_ROWS
 from outdial.core.server import ServiceContext
 from outdial.v1 import campaign_pb2, campaign_pb2_grpc
 
@@ -219,6 +220,12 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             summary.duplicates,
             summary.rejected,
         )
+        for result, n in (
+            ("accepted", summary.accepted),
+            ("duplicate", summary.duplicates),
+            ("rejected", summary.rejected),
+        ):
+            LEAD_ROWS.labels(result).inc(n)
         return _summary_proto(summary)
 
     async def GetLeadList(

@@ -19,3 +19,30 @@ def start_metrics_server(host: str, port: int) -> None:
     """Serve /metrics on host:port (a daemon thread); port 0 disables it."""
     if port:
         start_http_server(port, addr=host)
+
+
+# ---------------------------------------------------------------- domain metrics (low-cardinality labels)
+# Per campaign labels are bounded by the number of active campaigns; numbers and agents are never labels.
+
+CALLS_PLACED = Counter("outdial_calls_placed_total", "Calls originated by the dialer", ["campaign"])
+CALLS_BLOCKED = Counter(
+    "outdial_calls_blocked_total",
+    "Dials refused by the dial-time gate, by first reason",
+    ["campaign", "reason"],
+)
+CALLS_ENDED = Counter("outdial_calls_ended_total", "Calls ended, by outcome", ["campaign", "outcome"])
+LINES_IN_FLIGHT = Gauge("outdial_lines_in_flight", "Calls in flight (lease holder's view)", ["campaign"])
+DIAL_LEVEL = Gauge("outdial_dial_level", "Lines per agent the pacing algorithm asks for", ["campaign"])
+ABANDON_RATE = Gauge(
+    "outdial_abandon_rate", "Abandoned / live answers over the campaign's legal window", ["campaign"]
+)
+DNC_DECISIONS = Counter(
+    "outdial_dnc_decisions_total", "DNC gate decisions", ["dial_time", "result", "reason"]
+)
+OFFERS = Counter("outdial_offers_total", "Live calls offered to agents, by result", ["result"])
+OFFER_SECONDS = Histogram(
+    "outdial_offer_seconds",
+    "OfferCall: from the call's answer to the offer delivered on the agent's stream",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0),
+)
+LEAD_ROWS = Counter("outdial_lead_rows_total", "Lead file rows read by UploadLeads, by result", ["result"])

@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from outdial.core.auth import current_actor
 from outdial.core.errors import FailedPrecondition, InvalidArgument
+from outdial.core.metrics import DNC_DECISIONS
 from outdial.dnc import gate, store
 from outdial.dnc.audit import AuditRecord
 from outdial.dnc.engine import DncEngine
@@ -124,6 +125,11 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
             call_ids=list(request.call_ids),
             actor=current_actor(),
         )
+        when = "true" if request.dial_time else "false"
+        for d in decisions:
+            DNC_DECISIONS.labels(
+                when, "allowed" if d.allowed else "blocked", d.reasons[0].code if d.reasons else ""
+            ).inc()
         return dnc_pb2.CheckNumbersResponse(
             decisions=[decision_pb(d, s) for d, s in zip(decisions, seqs, strict=True)]
         )

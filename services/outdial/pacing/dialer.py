@@ -35,6 +35,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from outdial.core import keys
 from outdial.core.clock import Clock
+from outdial.core.metrics import (
+    ABANDON_RATE,
+    CALLS_BLOCKED,
+    CALLS_ENDED,
+    CALLS_PLACED,
+    DIAL_LEVEL,
+    LINES_IN_FLIGHT,
+)
 from outdial.core.redis import Redis, load_lua
 from outdial.pacing.algorithms import PacingAlgorithm, make_algorithm
 from outdial.pacing.estimates import OnlineEstimator
@@ -538,6 +546,7 @@ class Dialer:
             )
             if not r.allowed:
                 run.blocked += 1
+                CALLS_BLOCKED.labels(cid, r.reasons[0] if r.reasons else "unknown").inc()
                 await self.store.emit(
                     "dial.blocked",
                     now,
@@ -594,6 +603,7 @@ class Dialer:
             attempt=g.attempt,
         )
         run.placed += 1
+        CALLS_PLACED.labels(cid).inc()
         try:
             await self.adapter.originate(g.call_id, g.number, str(config["caller_id"]), ring_s)
         except Exception as exc:
@@ -784,6 +794,7 @@ class Dialer:
             if call.outcome == "failed" and call.reason:
                 await self._emit(call, "call.failed", end_at, reason=call.reason)
             self._learn(call, run, end_at)
+            CALLS_ENDED.labels(call.campaign_id, call.outcome).inc()
             if call.outcome == "connected" and call.agent_id:
                 await self._agent_call_ended(call)
             start = call.connect_at or call.answer_at
@@ -975,6 +986,9 @@ class Dialer:
         est: Estimates,
         budget: BudgetView,
     ) -> None:
+        LINES_IN_FLIGHT.labels(cid).set(lines)
+        DIAL_LEVEL.labels(cid).set(decision.dial_level)
+        ABANDON_RATE.labels(cid).set(budget.abandoned / budget.live_answers if budget.live_answers else 0.0)
         counts = {s: 0 for s in AGENT_STATES}
         for a in agents.values():
             s = str(a.get("state"))
