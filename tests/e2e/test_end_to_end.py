@@ -10,6 +10,7 @@ import itertools
 import signal
 from collections import defaultdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -159,7 +160,9 @@ async def _check_invariants(result: DemoResult, redis_url: str) -> dict[str, Any
         await conn.close()
 
 
-async def test_window_closing_edge_and_pacing_restart(database_url: str, redis_url: str) -> None:
+async def test_window_closing_edge_and_pacing_restart(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
     """Virtual time starts at 01:59:35 UTC: New York's 21:00 closes 25 s in while Chicago, Denver, Los
     Angeles, Anchorage and Honolulu stay open. No feeder margin, so New York leads sit in the hopper when
     the window closes: the dial-time gate must stop them. Pacing is SIGKILLed 12 s in and restarted."""
@@ -180,6 +183,7 @@ async def test_window_closing_edge_and_pacing_restart(database_url: str, redis_u
         seed=3,
         clock_offset_s=offset,
         window_margin_s=0,
+        log_path=str(tmp_path / "services.log"),
         live=False,
         on_tick=kill_pacing,
     )
@@ -205,11 +209,19 @@ async def test_window_closing_edge_and_pacing_restart(database_url: str, redis_u
     assert "America/Chicago" in figures["zones"]
 
 
-async def test_window_opening_edge(database_url: str, redis_url: str) -> None:
+async def test_window_opening_edge(database_url: str, redis_url: str, tmp_path: Path) -> None:
     """Virtual time starts at 12:59:45 UTC: only New York's window opens (08:00 EST at 13:00 UTC), every
     zone west of it is still closed for the whole run. Calls must go to New York leads only, after 13:00."""
     offset, start = _offset_to(12, 59, 45)
-    cfg = DemoConfig(seconds=30, agents=8, leads=1400, seed=5, clock_offset_s=offset, live=False)
+    cfg = DemoConfig(
+        seconds=30,
+        agents=8,
+        leads=1400,
+        seed=5,
+        clock_offset_s=offset,
+        live=False,
+        log_path=str(tmp_path / "services.log"),
+    )
     result = await run_demo(_settings(database_url, redis_url), cfg)
     assert result.audit_ok, result.audit_problem
     figures = await _check_invariants(result, redis_url)

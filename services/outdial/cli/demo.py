@@ -220,7 +220,11 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
     }
     if cfg.window_margin_s is not None:
         env["OUTDIAL_CAMPAIGN_WINDOW_MARGIN_S"] = str(cfg.window_margin_s)
-    log_path = cfg.log_path or tempfile.mktemp(prefix="outdial-demo-", suffix=".log")
+    if cfg.log_path:
+        log_path = cfg.log_path
+    else:
+        with tempfile.NamedTemporaryFile(prefix="outdial-demo-", suffix=".log", delete=False) as fh:
+            log_path = fh.name
     sup = Supervisor(settings, extra_env=env, log_path=log_path)
     result = DemoResult()
     stop_agents = asyncio.Event()
