@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from outdial.core import keys
 from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2, dnc_pb2, dnc_pb2_grpc
 from tests.conftest import RunningService, Services, make_token
-from tests.integration.test_pacing_dialer import CID, campaign_config, wait_for, workday_clock
+from tests.integration.test_pacing_dialer import CID, campaign_config, seed_hopper, wait_for, workday_clock
 
 N_LEADS = 40
 N_AGENTS = 4
@@ -81,21 +81,7 @@ async def seed(redis: aioredis.Redis) -> list[str]:
     )
     await redis.hset(keys.campaign_config(CID), "json", json.dumps(cfg))
     numbers = [f"+1212234{i:04d}" for i in range(N_LEADS)]
-    for i, number in enumerate(numbers):
-        await redis.hset(
-            keys.hopper_lead(CID, f"lead-{i}"),
-            mapping={
-                "lead_id": f"lead-{i}",
-                "number": number,
-                "timezones": json.dumps(["America/New_York"]),
-                "state": "NY",
-                "first_name": "Pat",
-                "last_name": f"N{i}",
-                "fields": "{}",
-                "attempt": "0",
-            },
-        )
-        await redis.zadd(keys.hopper(CID), {f"lead-{i}": i})
+    await seed_hopper(redis, numbers, state="NY")
     return numbers
 
 

@@ -122,9 +122,8 @@ def campaign_config(**over: Any) -> dict[str, Any]:
     return cfg
 
 
-async def seed_campaign(redis: aioredis.Redis, n_leads: int, n_agents: int, **over: Any) -> list[str]:
-    await redis.hset(keys.campaign_config(CID), "json", json.dumps(campaign_config(**over)))
-    numbers = [f"+1212555{i:04d}" for i in range(n_leads)]
+async def seed_hopper(redis: aioredis.Redis, numbers: list[str], state: str = "") -> None:
+    """Put one New York lead per number in the hopper, as the campaign feeder would (contract in keys.py)."""
     for i, number in enumerate(numbers):
         lead_id = f"lead-{i}"
         await redis.hset(
@@ -133,7 +132,7 @@ async def seed_campaign(redis: aioredis.Redis, n_leads: int, n_agents: int, **ov
                 "lead_id": lead_id,
                 "number": number,
                 "timezones": json.dumps(["America/New_York"]),
-                "state": "",
+                "state": state,
                 "first_name": "Pat",
                 "last_name": f"N{i}",
                 "fields": "{}",
@@ -141,6 +140,12 @@ async def seed_campaign(redis: aioredis.Redis, n_leads: int, n_agents: int, **ov
             },
         )
         await redis.zadd(keys.hopper(CID), {lead_id: i})
+
+
+async def seed_campaign(redis: aioredis.Redis, n_leads: int, n_agents: int, **over: Any) -> list[str]:
+    await redis.hset(keys.campaign_config(CID), "json", json.dumps(campaign_config(**over)))
+    numbers = [f"+1212555{i:04d}" for i in range(n_leads)]
+    await seed_hopper(redis, numbers)
     now_ms = int(WORKDAY.timestamp() * 1000)
     for a in range(n_agents):
         await redis.hset(

@@ -27,6 +27,7 @@ from tests.integration.test_pacing_dialer import (
     FakeDnc,
     campaign_config,
     seed_campaign,
+    seed_hopper,
     start_peers,
     wait_for,
     workday_clock,
@@ -130,21 +131,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
 async def seed(redis: aioredis.Redis) -> None:
     cfg = campaign_config(dial_mode="progressive", dispositions=["sale", "not_interested"])
     await redis.hset(keys.campaign_config(CID), "json", json.dumps(cfg))
-    for i in range(N_LEADS):
-        await redis.hset(
-            keys.hopper_lead(CID, f"lead-{i}"),
-            mapping={
-                "lead_id": f"lead-{i}",
-                "number": f"+1212345{i:04d}",
-                "timezones": json.dumps(["America/New_York"]),
-                "state": "NY",
-                "first_name": "Pat",
-                "last_name": f"N{i}",
-                "fields": "{}",
-                "attempt": "0",
-            },
-        )
-        await redis.zadd(keys.hopper(CID), {f"lead-{i}": i})
+    await seed_hopper(redis, [f"+1212345{i:04d}" for i in range(N_LEADS)], state="NY")
 
 
 async def test_progressive_reserves_before_dialing_and_agent_hangup_ends_the_leg(
