@@ -38,6 +38,7 @@ from _common import summary, table
 
 from outdial.core.auth import Role, issue_token
 from outdial.core.config import Settings
+from outdial.core.healthcheck import wait_until_serving
 from outdial.core.infra import ensure_infra, find_binary, free_port, start_private_redis
 from outdial.v1 import agent_pb2, agent_pb2_grpc
 
@@ -65,22 +66,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def wait_health(addr: str, timeout: float = 60) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            async with grpc.aio.insecure_channel(addr) as ch:
-                resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"agent service at {addr} did not become SERVING")
 
 
 class BenchAgent:
@@ -191,7 +176,7 @@ async def _start_replicas(
         procs.append(subprocess.Popen([sys.executable, "-m", "outdial.agent"], env=env))
         addrs.append(addr)
     for a in addrs:
-        await wait_health(a)
+        await wait_until_serving(a)
     return addrs
 
 

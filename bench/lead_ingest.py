@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import console, table
@@ -35,6 +34,7 @@ from outdial.core import db
 from outdial.core.auth import issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import Settings
+from outdial.core.healthcheck import wait_until_serving
 from outdial.core.infra import PrivateServer, port_open, start_private_postgres, start_private_redis
 from outdial.rules.numbers import parse_number_fast
 from outdial.v1 import campaign_pb2, campaign_pb2_grpc
@@ -93,22 +93,6 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def wait_serving(addr: str, timeout: float = 60) -> None:
-    import grpc
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            async with grpc.aio.insecure_channel(addr) as ch:
-                r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"campaign service on {addr} never became SERVING")
-
-
 async def upload_through_service(db_url: str, redis_url: str, path: str) -> dict[str, Any]:
     port = free_port()
     env = {
@@ -124,7 +108,7 @@ async def upload_through_service(db_url: str, redis_url: str, path: str) -> dict
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "outdial.campaign", env=env)
     try:
         addr = f"127.0.0.1:{port}"
-        await wait_serving(addr)
+        await wait_until_serving(addr)
         settings = Settings(auth_secret=SECRET)
         token = issue_token(SECRET, "bench", "manager")
         async with open_channel(settings, addr, lambda: token) as ch:

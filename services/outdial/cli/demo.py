@@ -25,7 +25,6 @@ from typing import Any
 import asyncpg
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.live import Live
 from rich.table import Table
 
@@ -38,6 +37,7 @@ from outdial.cli.demo_data import generate_leads, registry_extract
 from outdial.core.auth import Role, issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import SERVICES, Settings
+from outdial.core.healthcheck import wait_until_serving
 from outdial.v1 import (
     campaign_pb2,
     campaign_pb2_grpc,
@@ -118,22 +118,8 @@ class DemoResult:
 
 
 async def _wait_serving(settings: Settings, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
     for name in SERVICES:
-        addr = settings.addr(name)
-        while True:
-            try:
-                async with grpc.aio.insecure_channel(addr) as ch:
-                    resp = await health_pb2_grpc.HealthStub(ch).Check(
-                        health_pb2.HealthCheckRequest(), timeout=2
-                    )
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not become SERVING within {timeout:.0f}s")
-            await asyncio.sleep(0.2)
+        await wait_until_serving(settings.addr(name), timeout)
 
 
 async def _upload(stub: campaign_pb2_grpc.CampaignServiceStub, campaign_id: str, data: bytes) -> Any:

@@ -77,3 +77,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+async def wait_until_serving(addr: str, timeout: float = 30.0, *, service: str = "") -> None:
+    """Wait (plaintext) until the gRPC health of ``addr`` reports SERVING; RuntimeError after ``timeout``.
+    Used by the demo, the benchmarks and the tests when they start services themselves."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: object = None
+    while True:
+        try:
+            async with grpc.aio.insecure_channel(addr) as ch:
+                resp = await health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=2
+                )
+            last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+            if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError as exc:
+            last = exc.code().name
+        if loop.time() > deadline:
+            raise RuntimeError(f"{addr} did not become SERVING within {timeout:.0f}s (last: {last})")
+        await asyncio.sleep(0.1)
