@@ -209,3 +209,23 @@ async def test_scheduled_start_and_end(services: Services, redis) -> None:  # ty
     await state_is(common_pb2.CAMPAIGN_STATE_ACTIVE)
     await state_is(common_pb2.CAMPAIGN_STATE_COMPLETED)
     assert not await redis.sismember(keys.active_campaigns(), c.id)
+
+
+async def test_modes_the_dialer_does_not_run_cannot_start(services: Services) -> None:
+    """A preview or agentless campaign would sit active with leads never dialled: starting it is refused
+    with a reason, and it starts once switched to a mode the dialer runs."""
+    stub = await _stub(services)
+    for mode in (common_pb2.DIAL_MODE_PREVIEW, common_pb2.DIAL_MODE_AGENTLESS):
+        c = await _create(stub, dial_mode=mode)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=c.id))
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "dial_mode_not_supported" in (err.value.details() or "")
+    upd = campaign_pb2.Campaign(id=c.id, dial_mode=common_pb2.DIAL_MODE_PROGRESSIVE)
+    await stub.UpdateCampaign(
+        campaign_pb2.UpdateCampaignRequest(
+            campaign=upd, update_mask=field_mask_pb2.FieldMask(paths=["dial_mode"])
+        )
+    )
+    started = (await stub.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=c.id))).campaign
+    assert started.state == common_pb2.CAMPAIGN_STATE_ACTIVE

@@ -19,6 +19,9 @@ from outdial.rules import windows
 from outdial.v1 import campaign_pb2, common_pb2
 
 DIAL_MODES = ("preview", "progressive", "power", "predictive", "agentless")
+#: Modes a campaign may be configured with but that the dialer does not run yet (no agent-initiated
+#: preview flow, no message-only flow): starting such a campaign is refused.
+UNDIALLED_MODES = frozenset({"preview", "agentless"})
 JURISDICTIONS = ("US", "CA", "UK")
 STATES = ("draft", "active", "paused", "completed", "archived")
 OUTCOMES = ("no_answer", "busy", "failed", "machine", "fax", "connected", "abandoned", "blocked")
@@ -446,6 +449,13 @@ def transition(rec: CampaignRecord, action: str) -> str:
         )
     if to == "active" and not rec.settings.get("caller_id"):
         raise FailedPrecondition("a caller ID is required to start a campaign", error_id="caller_id_required")
+    mode = rec.settings.get("dial_mode")
+    if to == "active" and mode in UNDIALLED_MODES:
+        # Refuse loudly rather than let an active campaign's leads silently never be dialled.
+        raise FailedPrecondition(
+            f"dial mode {mode!r} is not dialled yet (use progressive, power or predictive)",
+            error_id="dial_mode_not_supported",
+        )
     return to
 
 
