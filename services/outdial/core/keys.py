@@ -149,8 +149,9 @@ def agent_presence(agent_id: str) -> str:
 
 
 def agent_offers(agent_id: str) -> str:
-    """Stream (or list) of offers for one agent's open console stream. Writer: assignment. Reader: the agent
-    service replica holding the stream. Trimmed; TTL 1 hour."""
+    """Pub/sub channel of offers for one agent's open console stream. Publisher: the agent service replica
+    that assigned the call. Subscriber: the replica holding the agent's Connect stream (its offer hub), which
+    acknowledges delivery; assignment only picks an agent whose channel has a subscriber. No TTL (a channel)."""
     return f"{PREFIX}agent:{{a:{agent_id}}}:offers"
 
 
@@ -166,8 +167,9 @@ def campaign_agents(campaign_id: str) -> str:
 
 
 def campaign_ready(campaign_id: str) -> str:
-    """Sorted set of ready agents (score = ready-since ms, longest ready first). Writer/reader: agent
-    assignment script. No TTL."""
+    """Sorted set of ready agents of a campaign; the score orders the agent's priority for this campaign
+    first, then ready-since (longest ready first): see ``ready_score`` in agent/transition.lua.
+    Writer/reader: the agent transition script. No TTL."""
     return f"{_c(campaign_id)}:ready"
 
 
