@@ -20,7 +20,14 @@ import redis.asyncio as aioredis
 from outdial.core import keys
 from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2, dnc_pb2, dnc_pb2_grpc
 from tests.conftest import RunningService, Services, make_token
-from tests.integration.test_pacing_dialer import CID, campaign_config, seed_hopper, wait_for, workday_clock
+from tests.integration.test_pacing_dialer import (
+    CID,
+    campaign_config,
+    fast_sim_env,
+    seed_hopper,
+    wait_for,
+    workday_clock,
+)
 
 N_LEADS = 40
 N_AGENTS = 4
@@ -65,14 +72,7 @@ class SimAgent:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # This test is not about the national registry (the DNC service's own tests are): lists only.
-    monkeypatch.setenv("OUTDIAL_DNC_REQUIRE_REGISTRY", "false")
-    monkeypatch.setenv("OUTDIAL_PACING_TICK_MS", "100")
-    monkeypatch.setenv("OUTDIAL_PACING_DRAIN_S", "3")
-    monkeypatch.setenv("OUTDIAL_SIM_TIME_SCALE", "40")
-    monkeypatch.setenv("OUTDIAL_SIM_TALK_MEAN_S", "30")
-    monkeypatch.setenv("OUTDIAL_SIM_P_LIVE", "0.5")
-    monkeypatch.setenv("OUTDIAL_AGENT_HEARTBEAT_TIMEOUT_S", "30")
+    fast_sim_env(monkeypatch)
 
 
 async def seed(redis: aioredis.Redis) -> list[str]:

@@ -122,6 +122,24 @@ def campaign_config(**over: Any) -> dict[str, Any]:
     return cfg
 
 
+FAST_SIM_ENV = {
+    # Not about the national registry (the DNC service's own tests are): lists only.
+    "OUTDIAL_DNC_REQUIRE_REGISTRY": "false",
+    "OUTDIAL_PACING_TICK_MS": "100",
+    "OUTDIAL_PACING_DRAIN_S": "3",
+    "OUTDIAL_SIM_TIME_SCALE": "40",
+    "OUTDIAL_SIM_TALK_MEAN_S": "30",
+    "OUTDIAL_SIM_P_LIVE": "0.5",
+    "OUTDIAL_AGENT_HEARTBEAT_TIMEOUT_S": "30",
+}
+
+
+def fast_sim_env(monkeypatch: pytest.MonkeyPatch, **over: str) -> None:
+    """Environment of the services started by a pacing test: a fast simulated carrier (overridable)."""
+    for name, value in {**FAST_SIM_ENV, **over}.items():
+        monkeypatch.setenv(name, value)
+
+
 async def seed_hopper(redis: aioredis.Redis, numbers: list[str], state: str = "") -> None:
     """Put one New York lead per number in the hopper, as the campaign feeder would (contract in keys.py)."""
     for i, number in enumerate(numbers):

@@ -26,6 +26,7 @@ from tests.integration.test_pacing_dialer import (
     FakeAgents,
     FakeDnc,
     campaign_config,
+    fast_sim_env,
     seed_campaign,
     seed_hopper,
     start_peers,
@@ -118,14 +119,8 @@ class HangingUpAgent:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OUTDIAL_DNC_REQUIRE_REGISTRY", "false")
-    monkeypatch.setenv("OUTDIAL_PACING_TICK_MS", "100")
-    monkeypatch.setenv("OUTDIAL_PACING_DRAIN_S", "3")
-    monkeypatch.setenv("OUTDIAL_SIM_TIME_SCALE", "40")
     # Nobody on the far side hangs up first: only the agent ends connected calls.
-    monkeypatch.setenv("OUTDIAL_SIM_TALK_MEAN_S", "1000000")
-    monkeypatch.setenv("OUTDIAL_SIM_P_LIVE", "0.5")
-    monkeypatch.setenv("OUTDIAL_AGENT_HEARTBEAT_TIMEOUT_S", "30")
+    fast_sim_env(monkeypatch, OUTDIAL_SIM_TALK_MEAN_S="1000000")
 
 
 async def seed(redis: aioredis.Redis) -> None:

@@ -376,9 +376,10 @@ async def _fill_report(
     since: datetime,
     until: datetime,
 ) -> None:
-    conn = await asyncpg.connect(database_url)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
     try:
-        row = await conn.fetchrow(
+        row = await pool.fetchrow(
             """SELECT count(*) FILTER (WHERE dial_at IS NOT NULL) AS placed,
                       count(*) FILTER (WHERE answer = 'human') AS live,
                       count(*) FILTER (WHERE outcome = 'connected') AS connected,
@@ -404,7 +405,7 @@ async def _fill_report(
         result.messages_played = result.abandoned
         result.abandon_rate = result.abandoned / result.live_answers if result.live_answers else 0.0
         reasons: Counter[str] = Counter()
-        for r in await conn.fetch(
+        for r in await pool.fetch(
             "SELECT reasons FROM dial_attempts WHERE campaign_id = $1 AND NOT allowed", cid
         ):
             for code in json.loads(r["reasons"]) if isinstance(r["reasons"], str) else r["reasons"]:
@@ -412,15 +413,10 @@ async def _fill_report(
         result.blocked_by_reason = dict(reasons)
         agent_ids = [
             r["agent_id"]
-            for r in await conn.fetch(
+            for r in await pool.fetch(
                 "SELECT DISTINCT agent_id FROM agent_state_events WHERE agent_id LIKE 'demo-agent-%'"
             )
         ]
-    finally:
-        await conn.close()
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    assert pool is not None
-    try:
         talk_wrap = logged = 0.0
         for aid in agent_ids:
             # While the campaign ran (the agent timeline is stamped with Redis TIME, i.e. real time).
