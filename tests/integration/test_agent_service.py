@@ -343,3 +343,33 @@ async def test_the_dialer_ending_a_call_reaches_the_console(services: Services, 
 
     assert (await wait_for(tl, what="timeline"))[3] == ("wrap_up", "far_end_hangup", "q1")
     await con.kill()
+
+
+async def test_timeline_keeps_recording_after_redis_loses_its_data(
+    services: Services, pg: asyncpg.Pool, redis: aioredis.Redis
+) -> None:
+    """Redis is coordination, PostgreSQL the record: when Redis loses everything (restart without
+    persistence) the per-agent sequence starts again, and the state changes after that must still be
+    stored, not dropped as replays of old rows."""
+    rs = await start_agent(services)
+    console = Console(services, rs, "agent-flush")
+    await console.login(("camp-flush", 1))
+    await console.stub.SetState(agent_pb2.SetStateRequest(state=READY))
+    await console.stub.SetState(agent_pb2.SetStateRequest(state=PAUSED, pause_reason="lunch"))
+
+    async def rows() -> int:
+        return int(
+            await pg.fetchval("SELECT count(*) FROM agent_state_events WHERE agent_id = 'agent-flush'")
+        )
+
+    before = await wait_for(lambda: rows(), what="timeline rows before the flush")
+    await redis.flushdb()
+    await console.login(("camp-flush", 1))
+    await console.stub.SetState(agent_pb2.SetStateRequest(state=READY))
+
+    async def grew() -> bool:
+        return await rows() >= before + 2
+
+    await wait_for(grew, what="timeline rows after Redis lost its data")
+    states = [e.state for e in await load_timeline(pg, "agent-flush")]
+    assert states[-1] == "ready" and "paused" in states

@@ -108,8 +108,9 @@ def call_event(event_type: str, at_ms: int, offer: dict[str, Any], **extra: str)
 class Timeline:
     """Appends state changes to ``agent_state_events`` from a queue, in batches, off the hot path.
 
-    Rows carry the Redis sequence number of the agent, so (agent_id, seq) orders them across replicas and a
-    replayed row is ignored. ``flush()`` waits until everything queued so far is written."""
+    Rows carry the Redis sequence number of the agent, which orders changes made in the same millisecond
+    across replicas; a replayed row (same agent, seq and instant) is ignored. The sequence restarts if Redis
+    loses its data, so rows are never keyed or ordered by it alone. ``flush()`` waits until everything queued so far is written."""
 
     def __init__(self, pool: asyncpg.Pool, ready: asyncio.Event) -> None:
         self.pool = pool
@@ -154,7 +155,7 @@ class Timeline:
                         """INSERT INTO agent_state_events
                                (agent_id, seq, campaigns, state, reason, at, call_id, session_id)
                            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                           ON CONFLICT (agent_id, seq) DO NOTHING""",
+                           ON CONFLICT (agent_id, seq, at) DO NOTHING""",
                         batch,
                     )
                     break
@@ -239,7 +240,7 @@ class Dispositions:
 async def load_timeline(pool: asyncpg.Pool, agent_id: str) -> list[StateEvent]:
     """One agent's state timeline from PostgreSQL, in order, ready for ``kpi.compute_kpis``."""
     rows = await pool.fetch(
-        "SELECT state, at, call_id, reason, seq FROM agent_state_events WHERE agent_id = $1 ORDER BY seq",
+        "SELECT state, at, call_id, reason, seq FROM agent_state_events WHERE agent_id = $1 ORDER BY at, seq",
         agent_id,
     )
     return [StateEvent(r["state"], r["at"], r["call_id"], r["reason"], r["seq"]) for r in rows]
