@@ -1,0 +1,138 @@
+"""The law a dialer obeys on every call, each figure once, with its source. Pure; no I/O.
+
+Every service, the simulator and the benchmarks read these names; nothing else in the code base writes the
+figures down (import-linter and a grep test keep it so).
+
+Sources:
+- US: 47 CFR 64.1200 (FCC), the Telemarketing Sales Rule 16 CFR 310.4 (FTC).
+- UK: Ofcom, "Revised statement of policy on the persistent misuse of an electronic communications network
+  or service" (2016), A1.47–A1.60 (abandoned and silent calls).
+- CA: CRTC Unsolicited Telecommunications Rules, Part III (Telemarketing Rules) and Part IV (ADAD Rules);
+  the abandonment cap and its window should be checked against the current rules before relied on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+__all__ = [
+    "ABANDON_POLICIES",
+    "CONNECT_LIMIT_S",
+    "DEFAULT_JURISDICTION",
+    "JURISDICTIONS",
+    "JURISDICTION_REGION",
+    "MIN_RING_S",
+    "OPT_OUT_KEY",
+    "SHORT_WINDOW_CAP",
+    "SHORT_WINDOW_S",
+    "UK_ABANDON_QUIET",
+    "AbandonMessage",
+    "AbandonPolicy",
+    "abandon_message",
+    "abandon_policy",
+    "ring_time",
+]
+
+#: The jurisdictions outdial knows, in proto enum order (``common.proto`` ``Jurisdiction``).
+JURISDICTIONS: tuple[str, ...] = ("US", "CA", "UK")
+DEFAULT_JURISDICTION = "US"
+#: The phone-number region (ISO 3166 / libphonenumber) whose numbers a jurisdiction's campaigns dial.
+JURISDICTION_REGION: dict[str, str] = {"US": "US", "CA": "CA", "UK": "GB"}
+
+#: A live answer is abandoned unless a live agent is on the line within 2 s of the end of the person's
+#: greeting (47 CFR 64.1200(a)(7)(i); Ofcom A1.53 "within two seconds"; CRTC ADAD Rules 2 s).
+CONNECT_LIMIT_S = 2.0
+
+#: An unanswered call rings at least 15 s (or four rings) before the dialer gives up
+#: (47 CFR 64.1200(a)(6); Ofcom A1.56 "no less than 15 seconds").
+MIN_RING_S = 15.0
+
+#: UK: a number whose call was abandoned is not called again within 72 hours unless a live agent is
+#: guaranteed (Ofcom A1.58).
+UK_ABANDON_QUIET = timedelta(hours=72)
+
+#: Outdial's short-window guard: no 60-minute window above 5 % even while the legal window's budget allows
+#: it (policy, not law: regulators look at bursts, and customers hear them).
+SHORT_WINDOW_S = 3600.0
+SHORT_WINDOW_CAP = 0.05
+
+#: The key that opts a person out on the abandonment message (the automated interactive opt-out of
+#: 47 CFR 64.1200(a)(7)(i)(A) and 16 CFR 310.4(b)(1)(iv)).
+OPT_OUT_KEY = "9"
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonPolicy:
+    """The abandonment cap of one jurisdiction: at most ``cap`` of live answers over ``window_s``."""
+
+    jurisdiction: str
+    cap: float
+    window_s: float
+    source: str
+    verified: bool = True
+
+
+#: US: 3 % of live-answered calls per campaign per 30-day period (47 CFR 64.1200(a)(7)(i)).
+#: UK: 3 % per campaign per 24 hours, answering-machine false positives counted in (Ofcom A1.50).
+#: CA: 5 % per campaign (CRTC ADAD Rules); outdial measures it over 30 days — to be verified.
+ABANDON_POLICIES: dict[str, AbandonPolicy] = {
+    "US": AbandonPolicy("US", 0.03, 30 * 86400.0, "47 CFR 64.1200(a)(7)(i)"),
+    "UK": AbandonPolicy("UK", 0.03, 86400.0, "Ofcom persistent misuse policy 2016, A1.50"),
+    "CA": AbandonPolicy(
+        "CA", 0.05, 30 * 86400.0, "CRTC Unsolicited Telecommunications Rules, Part IV", False
+    ),
+}
+
+
+def abandon_policy(jurisdiction: str | None) -> AbandonPolicy:
+    """The policy of ``jurisdiction`` (US when empty); an unknown one is refused, never guessed."""
+    j = (jurisdiction or DEFAULT_JURISDICTION).upper()
+    try:
+        return ABANDON_POLICIES[j]
+    except KeyError:
+        raise ValueError(
+            f"unknown jurisdiction {jurisdiction!r}; known: {', '.join(JURISDICTIONS)}"
+        ) from None
+
+
+def ring_time(requested_s: float | None) -> float:
+    """The ring time to use: the campaign's, never below the legal minimum."""
+    return max(MIN_RING_S, float(requested_s or 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonMessage:
+    """What the recorded message on an abandoned call says, and nothing else.
+
+    US (47 CFR 64.1200(a)(7)(i)(A)): the seller's name, that the call was for telemarketing purposes, a
+    telephone number to make a do-not-call request, and an automated opt-out key. UK (Ofcom A1.54): the
+    company and a free or basic-rate number, no marketing content.
+    """
+
+    text: str
+    seller: str
+    callback_number: str
+    opt_out_key: str = OPT_OUT_KEY
+
+
+def abandon_message(seller: str, callback_number: str, *, jurisdiction: str = "US") -> AbandonMessage:
+    """The message for one campaign. ``seller`` and ``callback_number`` are required: the law names them."""
+    seller = seller.strip()
+    callback_number = callback_number.strip()
+    if not seller:
+        raise ValueError("the abandonment message needs the seller's name")
+    if not callback_number:
+        raise ValueError("the abandonment message needs a callback number for do-not-call requests")
+    spoken = " ".join(callback_number.lstrip("+"))
+    if jurisdiction.upper() == "UK":
+        text = (
+            f"This call was from {seller}. To ask not to be called again, press {OPT_OUT_KEY}, "
+            f"or call {spoken}."
+        )
+    else:
+        text = (
+            f"This is {seller} with a telemarketing call. To not be called again, press {OPT_OUT_KEY}, "
+            f"or call {spoken}."
+        )
+    return AbandonMessage(text, seller, callback_number)
