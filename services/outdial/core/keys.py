@@ -181,10 +181,16 @@ def call_agent(call_id: str) -> str:
 
 
 def agent_hangups(campaign_id: str) -> str:
-    """Pub/sub channel: "the agent ended call X" (JSON {call_id, agent_id}). Publisher: agent service
-    (EndCall by the agent). Subscriber: the pacing replica holding the campaign's lease, which hangs up
-    the carrier leg at once. No storage (pub/sub: the carrier's own end is the fallback)."""
+    """Stream: "the agent ended call X" (fields call_id, agent_id, at_ms). Producer: agent service (EndCall
+    by the agent), XADD with an approximate MAXLEN of :data:`AGENT_HANGUPS_MAXLEN`. Consumer: the pacing
+    replica holding the campaign's lease, through the consumer group :data:`AGENT_HANGUPS_GROUP` (a notice
+    sent while the lease changes hands stays pending and is read by the next holder), which hangs up the
+    carrier leg at once. Entries are acknowledged once handled; the stream is trimmed by MAXLEN."""
     return f"{_c(campaign_id)}:agent-hangups"
+
+
+AGENT_HANGUPS_GROUP = "dialer"
+AGENT_HANGUPS_MAXLEN = 10_000
 
 
 # Atomicity of agent transitions (agent service). Every state change of an agent is ONE Lua script that
