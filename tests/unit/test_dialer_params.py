@@ -1,9 +1,9 @@
-"""The dialer's pure helpers: effective pacing parameters (never ringing below 15 s), legal windows, and an
+"""The planner's pure helpers: effective pacing parameters (never ringing below 15 s), legal windows, and an
 unknown algorithm name falling back to guarded progressive."""
 
 from __future__ import annotations
 
-from outdial.pacing.dialer import default_window_s, effective_params, make_guarded
+from outdial.pacing.planner import Planner, abandon_limits, effective_params
 from outdial.pacing.snapshot import AgentSnap, BudgetView, Estimates, PacingParams, Snapshot
 
 
@@ -17,9 +17,14 @@ def test_overrides_win_and_ring_time_never_below_15_s() -> None:
 
 
 def test_abandonment_windows_by_jurisdiction() -> None:
-    assert default_window_s("US") == 30 * 86400
-    assert default_window_s("CA") == 30 * 86400
-    assert default_window_s("UK") == 86400
+    assert abandon_limits({"jurisdiction": "US"}, {})[:2] == (0.03, 30 * 86400)
+    assert abandon_limits({"jurisdiction": "CA"}, {})[:2] == (0.05, 30 * 86400)
+    assert abandon_limits({"jurisdiction": "UK"}, {})[:2] == (0.03, 86400)
+    # A campaign may be stricter than the law, never looser.
+    assert abandon_limits({"jurisdiction": "US", "abandon_cap": 0.02}, {})[0] == 0.02
+    assert abandon_limits({"jurisdiction": "US", "abandon_cap": 0.10}, {})[0] == 0.03
+    assert abandon_limits({}, {"short_window_cap": 0.04})[2] == 0.04
+    assert abandon_limits({}, {"short_window_cap": 0.2})[2] == 0.05
 
 
 def _snap(states: list[str], params: PacingParams) -> Snapshot:
@@ -29,7 +34,7 @@ def _snap(states: list[str], params: PacingParams) -> Snapshot:
 
 
 def test_unknown_algorithm_is_guarded_progressive() -> None:
-    algo = make_guarded("no-such-thing")
+    algo = Planner("no-such-thing")
     d = algo.decide(_snap(["ready", "ready", "on_call"], PacingParams(algorithm="no-such-thing")))
     assert d.mode == "progressive" and d.calls == 2 and d.reserve_agent
     assert algo.decide(_snap([], PacingParams())).calls == 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from outdial.pacing.algorithms import ALGORITHMS, make_algorithm, target_rate
+from outdial.pacing.algorithms import ALGORITHMS, target_rate
+from outdial.pacing.planner import make_algorithm
 from outdial.pacing.snapshot import (
     MIN_RING_S,
     AgentSnap,

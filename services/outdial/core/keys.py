@@ -103,6 +103,13 @@ def pacing_settings(campaign_id: str) -> str:
     return f"{_c(campaign_id)}:pacing:settings"
 
 
+def pacing_replica(replica: str) -> str:
+    """String: "this pacing replica is alive" (its start time). Writer: each pacing replica every lease pass,
+    TTL the lease time. Reader: a lease holder reconciling calls PostgreSQL shows as dialled and not ended:
+    a call whose replica has been absent for a whole lease time is closed from its recorded state."""
+    return f"{PREFIX}pacing:replica:{replica}"
+
+
 def pacing_state(campaign_id: str) -> str:
     """String (JSON): the last pacing snapshot, for GetPacingState/WatchPacing from any replica. Writer: the
     lease holder each tick. TTL 30 s."""

@@ -10,20 +10,18 @@ Modes (see ../shared/DOMAIN.md):
   will need an agent and the agents that will be free, and launches the most calls for which the predicted
   abandonment stays inside the campaign's budget.
 
-Every mode made by :func:`make_algorithm` is wrapped in :class:`Guarded`, the safety rules in one place:
-no agent logged in (or all paused) → no call; at most ``max_lines_per_agent`` lines in flight per
-non-paused agent; budget spent, last hour over its cap or estimates not confident → agent-reserved
-progressive; ring at least 15 s.
+The safety rules around every mode (no agent, line caps, fallbacks to progressive, the ring minimum, capacity
+loss) are the planner's (:mod:`outdial.pacing.planner`), in one place for the dialer and the simulator.
 
 Two baselines re-implemented from their vendors' documented behaviour, for the benchmark only:
 ``vicidial_adapt_tapered`` and ``cisco_correction``. They keep state between calls (one instance per
-campaign) and obey the basic guards (no agents, lines cap, ring) but not outdial's fallback.
+campaign) and obey the planner's basic guards (no agents, lines cap, ring) but not outdial's fallback.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
@@ -39,11 +37,12 @@ from outdial.pacing.snapshot import (
     Snapshot,
     ring_timeout,
 )
+from outdial.rules import law
 
 ALGORITHMS = ("progressive", "power", "predictive", "vicidial_adapt_tapered", "cisco_correction")
 
-# A person who answers is abandoned when no agent is on the line within 2 s (FCC 64.1200(a)(7)(i)).
-PATIENCE_S = 2.0
+# A person who answers is abandoned when no agent is on the line within this (rules/law.py).
+PATIENCE_S = law.CONNECT_LIMIT_S
 
 
 class PacingAlgorithm(Protocol):
@@ -440,56 +439,23 @@ class CiscoCorrection:
         return Decision(calls, self.lpa, "cisco_correction", f"{self.lpa:.2f} lines per ready agent", False)
 
 
-# ---------------------------------------------------------------------------------------------- safety
-class Guarded:
-    """The safety rules every mode obeys, around any algorithm.
-
-    - no agent logged in, or every one paused → 0 calls;
-    - at most ``max_lines_per_agent`` lines (ringing + answered waiting) per non-paused agent;
-    - with ``fallback``: budget spent, last 60 minutes at their cap, or estimates not confident →
-      agent-reserved progressive;
-    - the ring time is never below 15 s.
-    """
-
-    def __init__(self, inner: PacingAlgorithm, fallback: bool = True) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.fallback = fallback
-        self._progressive = Progressive()
-
-    def decide(self, snap: Snapshot) -> Decision:
-        ring = ring_timeout(snap.params)
-        c = count(snap)
-        if c.logged_in == 0:
-            return Decision(0, 0.0, "none", "no agent logged in", False, ring)
-        if c.active == 0:
-            return Decision(0, 0.0, "none", "every agent paused", False, ring)
-        reason = ""
-        if self.fallback and self.inner.name != Progressive.name:
-            if snap.budget.spent:
-                reason = "abandonment budget spent"
-            elif not snap.estimates.confident:
-                reason = "estimates not confident yet"
-        if reason:
-            d = self._progressive.decide(snap)
-            d = replace(d, reason=f"{reason}: {d.reason}")
-        else:
-            d = self.inner.decide(snap)
-        room = max(0, snap.params.max_lines_per_agent * c.active - c.in_flight - c.waiting)
-        calls = max(0, min(d.calls, room))
-        return replace(d, calls=calls, ring_timeout_s=ring)
+# ---------------------------------------------------------------------------------------------- registry
+#: Modes that fall back to agent-reserved progressive when the budget is spent or the estimates are not
+#: confident (the planner decides that). The two baselines run as their vendors' documents describe.
+FALLBACK_ALGORITHMS = frozenset({"progressive", "power", "predictive"})
 
 
-def make_algorithm(name: str) -> PacingAlgorithm:
-    """A fresh, guarded algorithm by name (one instance per campaign: baselines keep state)."""
+def new_algorithm(name: str) -> PacingAlgorithm:
+    """A fresh algorithm by name, unguarded (one instance per campaign: baselines keep state). The
+    safety rules and fallbacks around it are :class:`outdial.pacing.planner.Planner`'s."""
     if name == "progressive":
-        return Guarded(Progressive())
+        return Progressive()
     if name == "power":
-        return Guarded(Power())
+        return Power()
     if name == "predictive":
-        return Guarded(Predictive())
+        return Predictive()
     if name == "vicidial_adapt_tapered":
-        return Guarded(VicidialAdaptTapered(), fallback=False)
+        return VicidialAdaptTapered()
     if name == "cisco_correction":
-        return Guarded(CiscoCorrection(), fallback=False)
+        return CiscoCorrection()
     raise ValueError(f"unknown pacing algorithm {name!r}; known: {', '.join(ALGORITHMS)}")

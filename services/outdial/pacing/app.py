@@ -4,6 +4,7 @@ the dialer (leases, one dialing loop per leased campaign) as a background task."
 from __future__ import annotations
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from outdial.core.server import ServiceContext, ServiceSpec
 from outdial.pacing.dialer import Dialer
@@ -49,6 +50,7 @@ async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
         adapter=make_adapter(s, ctx),
         dnc=dnc_pb2_grpc.DncServiceStub(ctx.channel("dnc")),
         agent=agent_pb2_grpc.AgentServiceStub(ctx.channel("agent")),
+        agent_health=health_pb2_grpc.HealthStub(ctx.channel("agent")),
         clock=ctx.clock,
         tick_s=s.pacing_tick_ms / 1000,
         renew_s=s.renew_ms / 1000,

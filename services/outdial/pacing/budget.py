@@ -1,7 +1,6 @@
 """The abandonment budget: the cap over its legal window, and what is left of it. Pure, no I/O.
 
-The cap is a rate (3 % of live-answered calls) over a rolling window (30 days in the US, FCC
-64.1200(a)(7)(i); 24 hours in the UK, Ofcom's persistent-misuse policy). The budget is how many more calls
+The cap is a rate of live-answered calls over a rolling window, per jurisdiction (:mod:`outdial.rules.law`). The budget is how many more calls
 may be abandoned now without the window's rate going over the cap: ``cap * live - abandoned``. The last
 60 minutes are tracked as well, to keep short windows calm (no hour above 5 %).
 """
@@ -12,10 +11,34 @@ import bisect
 from collections import deque
 
 from outdial.pacing.snapshot import BudgetView
+from outdial.rules import law
 
-US_WINDOW_S = 30 * 86400.0
-UK_WINDOW_S = 86400.0
-SHORT_WINDOW_S = 3600.0
+US_WINDOW_S = law.ABANDON_POLICIES["US"].window_s
+SHORT_WINDOW_S = law.SHORT_WINDOW_S
+
+
+def budget_view(
+    cap: float,
+    window_s: float,
+    live: int,
+    abandoned: int,
+    live_60min: int,
+    abandoned_60min: int,
+    short_window_cap: float = law.SHORT_WINDOW_CAP,
+) -> BudgetView:
+    """The budget from the counts over the legal window and over the last 60 minutes: the one formula
+    the dialer (counts kept in Redis, rebuilt from PostgreSQL) and the simulator (counts in memory) use."""
+    return BudgetView(
+        cap=cap,
+        window_s=window_s,
+        live_answers=live,
+        abandoned=abandoned,
+        remaining=cap * live - abandoned,
+        rate_60min=abandoned_60min / live_60min if live_60min else 0.0,
+        short_window_cap=short_window_cap,
+        live_60min=live_60min,
+        abandoned_60min=abandoned_60min,
+    )
 
 
 class _Window:
@@ -55,7 +78,7 @@ class AbandonBudget:
     ``view(now)`` the budget at ``now`` (events at or before ``now - window`` have left the window).
     """
 
-    def __init__(self, cap: float = 0.03, window_s: float = US_WINDOW_S) -> None:
+    def __init__(self, cap: float = law.ABANDON_POLICIES["US"].cap, window_s: float = US_WINDOW_S) -> None:
         if not 0.0 <= cap <= 1.0:
             raise ValueError("cap must be a fraction between 0 and 1")
         if window_s <= 0:
@@ -69,18 +92,10 @@ class AbandonBudget:
         self._long.add(t_s, abandoned)
         self._short.add(t_s, abandoned)
 
-    def view(self, now_s: float, short_window_cap: float = 0.05) -> BudgetView:
+    def view(self, now_s: float, short_window_cap: float = law.SHORT_WINDOW_CAP) -> BudgetView:
         self._long.expire(now_s)
         self._short.expire(now_s)
         lw, sw = self._long, self._short
-        return BudgetView(
-            cap=self.cap,
-            window_s=self.window_s,
-            live_answers=lw.live,
-            abandoned=lw.abandoned,
-            remaining=self.cap * lw.live - lw.abandoned,
-            rate_60min=sw.abandoned / sw.live if sw.live else 0.0,
-            short_window_cap=short_window_cap,
-            live_60min=sw.live,
-            abandoned_60min=sw.abandoned,
+        return budget_view(
+            self.cap, self.window_s, lw.live, lw.abandoned, sw.live, sw.abandoned, short_window_cap
         )

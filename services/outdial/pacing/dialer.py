@@ -1,21 +1,31 @@
-"""The dialer: per leased campaign, each tick asks the pacing algorithm how many calls to launch, pops and
-claims leads, runs every call through the dial-time gate, and originates through the telephony adapter;
-then follows each call to exactly one ``call.ended`` event.
+"""The dialer: thin I/O around the pure pacing core.
 
-One :class:`Dialer` per replica: it holds leases (``lease.py``), runs one loop per campaign it holds,
-pumps the adapter's event feed to the calls, and on shutdown stops dialing, lets calls in flight finish for
-a while, hands the rest back (claim released, ``call.ended``), and releases its leases.
+Per replica, one :class:`Dialer` holds campaign leases (``lease.py``) and runs one loop per campaign it
+holds. Each tick reads the campaign from Redis, asks the planner (``planner.py``, the very code the
+simulator runs) what to do, releases the ringing calls it says to release, takes leads from the hopper with
+their claims (``hopper.py``), passes each through the dial-time gate (``gate.py``) and originates through the
+telephony adapter. Every call's events go through the pure state machine (``calls.py``); the dialer only
+carries out the actions it returns, against the adapter, the agent service (``agents.py``), Redis and
+PostgreSQL (``store.py``).
 
-Agent-reserved mode (``Decision.reserve_agent``: progressive, and the fallback of the others): before a
-call is dialled, ``AgentService.ReserveAgent`` holds one ready agent for it (no agent held: the lead goes
-back to the hopper, nothing is dialled). On a live answer ``OfferCall`` names that agent
-(``reserved_agent_id``), so the call cannot be abandoned for want of an agent; on no answer, busy,
-machine, failure or any end before a connection the agent is released (``ReleaseAgent``). A hold the
-dialer never follows up (it died) lapses in the agent service after its ttl.
+What survives what:
+- **A call's end is written once**, by whoever writes it first into PostgreSQL (``finish_attempt``): the
+  replica that followed the call, or a lease holder closing it after its replica died. Only that writer
+  emits ``call.ended``.
+- **Orphans**: every lease pass, the holder reads the campaign's calls PostgreSQL shows as dialled and not
+  ended; those whose replica has been gone (no presence key) for a lease time are closed from their
+  recorded state (``calls.state_from_record`` + ``ORPHAN``): answers, times and agents are kept. This also
+  closes the calls that were in flight when Redis lost its data.
+- **The abandonment window** lives in Redis for speed and is rebuilt from PostgreSQL at every lease
+  acquisition, so a Redis data loss does not reset the budget.
+- **Agent hang-ups** arrive on a per-campaign stream read through a consumer group; a notice sent while
+  the lease changes hands stays pending and the next holder claims it.
+- **Never two at once**: a lead is claimed atomically with its pop; PostgreSQL's partial unique indexes
+  refuse a second open call to a lead or a number, and a second connected call to an agent.
 
-When the agent ends the call (``EndCall`` from the console), the agent service publishes on
-``keys.agent_hangups(campaign)``; this replica, subscribed for the campaigns it leases, hangs up the
-carrier leg at once and records that moment as the call's end.
+Agent-reserved mode (``Plan.reserve_agent``: progressive, and the fallback of the others): before a call
+is dialled, ``ReserveAgent`` holds one ready agent for it (no agent held: the lead goes back to the hopper,
+nothing is dialled); on a live answer ``OfferCall`` names that agent.
 """
 
 from __future__ import annotations
@@ -24,14 +34,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
+import redis.exceptions
 
 from outdial.core import keys
 from outdial.core.clock import Clock
@@ -43,32 +51,25 @@ from outdial.core.metrics import (
     DIAL_LEVEL,
     LINES_IN_FLIGHT,
 )
-from outdial.core.redis import Redis, load_lua
-from outdial.pacing.algorithms import PacingAlgorithm, make_algorithm
+from outdial.core.redis import Redis
+from outdial.pacing.agents import AgentClient
+from outdial.pacing.budget import budget_view
+from outdial.pacing.calls import Action, Event, State, state_from_record, step
 from outdial.pacing.estimates import OnlineEstimator
 from outdial.pacing.gate import DialGate, GateLead
+from outdial.pacing.hopper import Hopper, TakenLead
 from outdial.pacing.lease import Lease, LeaseStore
-from outdial.pacing.snapshot import (
-    AGENT_STATES,
-    PAUSED,
-    READY,
-    AgentSnap,
-    BudgetView,
-    Decision,
-    Estimates,
-    PacingParams,
-    Snapshot,
-    ring_timeout,
-)
+from outdial.pacing.planner import Plan, Planner, RingingCall, TickInput, abandon_limits, effective_params
+from outdial.pacing.snapshot import AGENT_STATES, PAUSED, AgentSnap, BudgetView, Estimates, PacingParams
 from outdial.pacing.store import PacingStore, from_ms, ms
+from outdial.rules import law
 from outdial.telephony.base import Answer, CallEvent, EventKind, TelephonyAdapter
-from outdial.v1 import agent_pb2, agent_pb2_grpc, dnc_pb2, dnc_pb2_grpc
+from outdial.v1 import agent_pb2_grpc, dnc_pb2, dnc_pb2_grpc
 
 log = logging.getLogger("outdial.pacing.dialer")
 
-DEFAULT_CAP = 0.03
-DAY_S = 24 * 3600.0
 BUDGET_REFRESH_S = 1.0
+BOOTSTRAP_EVENTS = 20_000
 
 _COUNT_ABANDONED = """
 local m = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
@@ -76,38 +77,6 @@ local a = 0
 for _, v in ipairs(m) do if string.sub(v, -2) == ':a' then a = a + 1 end end
 return {#m, a}
 """
-
-
-def default_window_s(jurisdiction: str) -> float:
-    return DAY_S if jurisdiction == "UK" else 30 * DAY_S
-
-
-def effective_params(config: dict[str, Any], overrides: dict[str, Any]) -> PacingParams:
-    mode = str(overrides.get("algorithm") or config.get("dial_mode") or "progressive")
-    target = overrides.get("target_abandon_rate")
-    return PacingParams(
-        algorithm=mode,
-        power_ratio=float(overrides.get("power_ratio") or config.get("power_ratio") or 2.0),
-        max_lines_per_agent=int(
-            overrides.get("max_lines_per_agent") or config.get("max_lines_per_agent") or 3
-        ),
-        ring_timeout_s=max(
-            15.0, float(overrides.get("ring_timeout_s") or config.get("ring_timeout_s") or 25)
-        ),
-        target_abandon_rate=float(target) if target else None,
-    )
-
-
-def make_guarded(name: str) -> PacingAlgorithm:
-    """The campaign's algorithm, guarded by the safety rules; an unknown name gets progressive."""
-    try:
-        return make_algorithm(name)
-    except ValueError:
-        log.warning("unknown pacing algorithm %r: using progressive", name)
-        return make_algorithm("progressive")
-
-
-BOOTSTRAP_EVENTS = 20_000
 
 
 def observe(
@@ -129,6 +98,22 @@ def observe(
         est.observe_talk(max(0.0, (end_ms - connect_ms) / 1000))
 
 
+def _carrier_event(ev: CallEvent) -> Event | None:
+    if ev.kind is EventKind.ANSWERED:
+        return Event.ANSWERED_MACHINE if ev.answer is Answer.MACHINE else Event.ANSWERED_HUMAN
+    if ev.kind is EventKind.DTMF:
+        return Event.OPT_OUT_KEY if ev.digit == law.OPT_OUT_KEY else None
+    if ev.kind is EventKind.ENDED:
+        return Event.ORIGINATE_ERROR if ev.reason == "originate_error" else Event.LINE_ENDED
+    return {
+        EventKind.RINGING: Event.RINGING,
+        EventKind.NO_ANSWER: Event.NO_ANSWER,
+        EventKind.BUSY: Event.BUSY,
+        EventKind.FAILED: Event.FAILED,
+        EventKind.MESSAGE_DONE: Event.MESSAGE_DONE,
+    }.get(ev.kind)
+
+
 @dataclass
 class Call:
     call_id: str
@@ -138,8 +123,8 @@ class Call:
     lead: dict[str, str]
     config: dict[str, Any]
     dial_at: datetime
-    events: asyncio.Queue[CallEvent] = field(default_factory=asyncio.Queue)
-    phase: str = "ringing"  # ringing | answered | connected | message | done
+    events: asyncio.Queue[CallEvent | Event] = field(default_factory=asyncio.Queue)
+    state: State = State.RINGING
     answer: str | None = None
     answer_at: datetime | None = None
     connect_at: datetime | None = None
@@ -148,11 +133,14 @@ class Call:
     message_played: bool = False
     outcome: str = ""
     reason: str = ""
+    outcome_emitted: bool = False
     task: asyncio.Task[None] | None = None
     # The agent ReserveAgent held for this call before it was dialled ("" when none is held).
     held_agent: str = ""
     # When the agent hung up (the carrier leg is then hung up by the dialer).
     end_at: datetime | None = None
+    # False for a call closed from its record (an orphan): no carrier leg of ours to act on.
+    followed: bool = True
 
 
 @dataclass
@@ -162,20 +150,15 @@ class CampaignRun:
     task: asyncio.Task[None] | None = None
     placed: int = 0
     blocked: int = 0
+    released: int = 0
     budget: BudgetView | None = None
     budget_at: float = 0.0
     estimator: OnlineEstimator = field(default_factory=OnlineEstimator)
-    algo_name: str = ""
-    algo: PacingAlgorithm | None = None
+    planner: Planner = field(default_factory=Planner)
     last_state: str = ""
     # Set before the loop is cancelled: a cancellation that a client library turned into an error must
     # not keep the loop (or its state publication) going.
     stopped: bool = False
-
-    def algorithm(self, name: str) -> PacingAlgorithm:
-        if self.algo is None or name != self.algo_name:
-            self.algo, self.algo_name = make_guarded(name), name
-        return self.algo
 
 
 class Dialer:
@@ -189,9 +172,10 @@ class Dialer:
         dnc: dnc_pb2_grpc.DncServiceStub,
         agent: agent_pb2_grpc.AgentServiceStub,
         clock: Clock,
+        agent_health: Any = None,
         tick_s: float = 0.2,
         renew_s: float = 1.0,
-        offer_deadline_s: float = 2.0,
+        offer_deadline_s: float = law.CONNECT_LIMIT_S,
         drain_s: float = 5.0,
         claim_ttl_s: int = 3600,
     ) -> None:
@@ -200,24 +184,22 @@ class Dialer:
         self.leases = leases
         self.adapter = adapter
         self.dnc = dnc
-        self.agent = agent
+        self.agents = AgentClient(agent, agent_health)
         self.clock = clock
         self.gate = DialGate(redis, dnc)
+        self.hopper = Hopper(redis, claim_ttl_s)
         self.tick_s = tick_s
         self.renew_s = renew_s
-        self.offer_deadline_s = min(2.0, offer_deadline_s)
+        self.offer_deadline_s = min(law.CONNECT_LIMIT_S, offer_deadline_s)
         self.drain_s = drain_s
-        self.claim_ttl_s = claim_ttl_s
         self.campaigns: dict[str, CampaignRun] = {}
         self.calls: dict[str, Call] = {}
         self._dialing = True
         self._count: Any = redis.register_script(_COUNT_ABANDONED)
-        self._claim_release: Any = redis.register_script(load_lua(__package__, "claim_release.lua"))
-        # Agent hang-ups (keys.agent_hangups) of the campaigns this replica leases: one pub/sub connection.
-        self._hang_channels: set[str] = set()
-        self._hang_wanted = asyncio.Event()
-        self._hang_ps: Any = None
-        self._hang_task: asyncio.Task[None] | None = None
+        self._started_ms = ms(clock.now())
+        # Replicas seen without presence, and since when (monotonic): orphans only after a lease time.
+        self._absent: dict[str, float] = {}
+        self._hangups_wanted = asyncio.Event()
 
     @property
     def replica(self) -> str:
@@ -226,57 +208,74 @@ class Dialer:
     # ================================================================ replica loop: leases + event pump
 
     async def run(self) -> None:
-        pump = asyncio.create_task(self._pump(), name="pacing:event-pump")
-        self._hang_task = asyncio.create_task(self._hangup_listener(), name="pacing:agent-hangups")
+        tasks = [
+            asyncio.create_task(self._pump(), name="pacing:event-pump"),
+            asyncio.create_task(self._hangup_reader(), name="pacing:agent-hangups"),
+        ]
+        self.agents.start()
         try:
             while True:
                 try:
                     await self._lease_pass()
-                except (OSError, ConnectionError, TimeoutError) as exc:
+                except (OSError, ConnectionError, TimeoutError, redis.exceptions.ConnectionError) as exc:
                     log.warning("lease pass failed: %s", type(exc).__name__)
                 except Exception:
                     log.exception("lease pass failed")
                 await asyncio.sleep(self.renew_s)
         finally:
-            await asyncio.shield(self._shutdown(pump))
+            await asyncio.shield(self._shutdown(tasks))
 
     async def _lease_pass(self) -> None:
+        await self.store.announce(self.replica, self.leases.ttl_ms, self._started_ms)
         active = await self.store.active_campaigns()
         for cid, run in list(self.campaigns.items()):
             ok = cid in active and await self.leases.renew(run.lease)
             if not ok:
                 await self._stop_campaign(cid, release=cid not in active)
+        for cid in list(self.campaigns):
+            try:
+                await self._reconcile(cid)
+            except Exception:
+                log.exception("campaign %s: reconciliation failed", cid)
         if not self._dialing:
             return
         for cid in sorted(active - set(self.campaigns)):
             lease = await self.leases.acquire(cid)
-            if lease is not None:
-                log.info("campaign %s: lease taken (token %d)", cid, lease.token)
-                run = CampaignRun(lease)
-                await self._listen_hangups(cid)
-                try:
-                    await self._sweep_orphans(cid)
-                except Exception:
-                    log.exception("campaign %s: orphan sweep failed; dialing anyway", cid)
-                await self._bootstrap_estimates(cid, run)
-                self.campaigns[cid] = run
-                run.task = asyncio.create_task(self._campaign_loop(cid, run), name=f"pacing:dial:{cid}")
+            if lease is None:
+                continue
+            log.info("campaign %s: lease taken (token %d)", cid, lease.token)
+            run = CampaignRun(lease)
+            try:
+                await self._take_over(cid, run)
+            except Exception:
+                log.exception("campaign %s: take-over steps failed; dialing anyway", cid)
+            self.campaigns[cid] = run
+            self._hangups_wanted.set()
+            run.task = asyncio.create_task(self._campaign_loop(cid, run), name=f"pacing:dial:{cid}")
+
+    async def _take_over(self, cid: str, run: CampaignRun) -> None:
+        """At lease acquisition: the hang-up stream's group, the abandonment window rebuilt from PostgreSQL,
+        calls of dead holders closed, stale claims freed, estimates learned from recent calls."""
+        await self._ensure_hangup_group(cid)
+        config = await self.store.campaign_config(cid) or {}
+        await self._rebuild_window(cid, config)
+        await self._reconcile(cid, taking_over=True)
+        await self._bootstrap_estimates(cid, run)
 
     async def _stop_campaign(self, cid: str, *, release: bool) -> None:
         run = self.campaigns.pop(cid, None)
         if run is None:
             return
         await self._halt(run)
-        await self._unlisten_hangups(cid)
         if release:
             with contextlib.suppress(Exception):
                 await self.leases.release(run.lease)
         log.info("campaign %s: stopped dialing (lease %s)", cid, "released" if release else "lost")
 
     async def _halt(self, run: CampaignRun, patience_s: float = 10.0) -> None:
-        """Stop a campaign loop between two steps, not in the middle of one: a tick that popped leads
-        finishes with them (the ones it can no longer dial go back to the hopper, their claims released).
-        Cancelled only when it does not stop within ``patience_s``."""
+        """Stop a campaign loop between two steps, not in the middle of one: a tick that took leads finishes
+        with them (the ones it can no longer dial go back to the hopper). Cancelled only when it does not
+        stop within ``patience_s``."""
         run.stopped = True
         run.wake.set()
         if run.task is None:
@@ -290,8 +289,8 @@ class Dialer:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await run.task
 
-    async def _shutdown(self, pump: asyncio.Task[None]) -> None:
-        """Stop dialing; let calls in flight finish for ``drain_s``; hand back the rest; release leases."""
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Stop dialing; let calls in flight finish for ``drain_s``; close the rest; release leases."""
         self._dialing = False
         for cid in list(self.campaigns):
             await self._halt(self.campaigns[cid])
@@ -300,86 +299,86 @@ class Dialer:
         while self.calls and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for call in list(self.calls.values()):
-            call.reason = "shutdown"
-            if call.task is not None:
-                call.task.cancel()
-        for call in list(self.calls.values()):
-            if call.task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await call.task
+            call.events.put_nowait(Event.SHUTDOWN)
+        pending = [c.task for c in self.calls.values() if c.task is not None]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=5.0)
+            for t in late:
+                t.cancel()
         for cid in list(self.campaigns):
             run = self.campaigns.pop(cid)
             with contextlib.suppress(Exception):
                 await self.leases.release(run.lease)
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump
-        if self._hang_task is not None:
-            self._hang_task.cancel()
+        for t in tasks:
+            t.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._hang_task
+                await t
+        await self.agents.stop()
         with contextlib.suppress(Exception):
             await self.adapter.close()
-
-    async def _listen_hangups(self, cid: str) -> None:
-        ch = keys.agent_hangups(cid)
-        self._hang_channels.add(ch)
-        self._hang_wanted.set()
-        if self._hang_ps is not None:
-            with contextlib.suppress(Exception):
-                await self._hang_ps.subscribe(ch)
-
-    async def _unlisten_hangups(self, cid: str) -> None:
-        ch = keys.agent_hangups(cid)
-        self._hang_channels.discard(ch)
-        if self._hang_ps is not None:
-            with contextlib.suppress(Exception):
-                await self._hang_ps.unsubscribe(ch)
-
-    async def _hangup_listener(self) -> None:
-        """Blocks on the pub/sub socket (no polling); reconnects and re-subscribes on errors."""
-        while True:
-            ps: Any = None
-            try:
-                await self._hang_wanted.wait()
-                ps = self.redis.pubsub(ignore_subscribe_messages=True)
-                self._hang_ps = ps
-                await ps.subscribe(*self._hang_channels)
-                while True:
-                    msg = await ps.get_message(timeout=None)
-                    if msg is not None:
-                        await self._on_agent_hangup(msg.get("data"))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("agent hang-up listener error (%s); reconnecting", type(exc).__name__)
-                await asyncio.sleep(0.2)
-            finally:
-                self._hang_ps = None
-                if ps is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(ps.aclose())
-
-    async def _on_agent_hangup(self, data: Any) -> None:
-        try:
-            call_id = str(json.loads(data)["call_id"])
-        except (ValueError, TypeError, KeyError):
-            return
-        call = self.calls.get(call_id)
-        if call is None or call.phase != "connected" or call.end_at is not None:
-            return
-        call.end_at = self.clock.now()
-        log.info("call %s: the agent hung up; hanging up the carrier leg", call_id)
-        try:
-            await self.adapter.hangup(call_id)
-        except Exception:
-            log.exception("call %s: carrier hang-up failed", call_id)
 
     async def _pump(self) -> None:
         async for ev in self.adapter.events():
             call = self.calls.get(ev.call_id)
             if call is not None:
                 call.events.put_nowait(ev)
+
+    # ================================================================ agent hang-ups (stream + group)
+
+    async def _ensure_hangup_group(self, cid: str) -> None:
+        try:
+            await self.redis.xgroup_create(
+                keys.agent_hangups(cid), keys.AGENT_HANGUPS_GROUP, id="0", mkstream=True
+            )
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        # Notices a previous holder read but never handled: this holder takes them over.
+        resp: Any = await self.redis.xautoclaim(
+            keys.agent_hangups(cid), keys.AGENT_HANGUPS_GROUP, self.replica, min_idle_time=0, start_id="0-0"
+        )
+        for entry_id, fields in resp[1] if resp else []:
+            await self._on_hangup(cid, entry_id, fields)
+
+    async def _hangup_reader(self) -> None:
+        """Blocks on XREADGROUP over the streams of the campaigns this replica leases (re-read each second
+        for the set of campaigns), handles each notice, acknowledges it."""
+        while True:
+            try:
+                await self._hangups_wanted.wait()
+                streams: dict[Any, Any] = {keys.agent_hangups(cid): ">" for cid in self.campaigns}
+                if not streams:
+                    self._hangups_wanted.clear()
+                    continue
+                resp: Any = await self.redis.xreadgroup(
+                    keys.AGENT_HANGUPS_GROUP, self.replica, streams, count=100, block=1000
+                )
+                for stream, entries in resp or []:
+                    cid = next((c for c in self.campaigns if keys.agent_hangups(c) == stream), "")
+                    for entry_id, fields in entries:
+                        await self._on_hangup(cid, entry_id, fields)
+            except asyncio.CancelledError:
+                raise
+            except redis.exceptions.ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    for cid in list(self.campaigns):
+                        with contextlib.suppress(Exception):
+                            await self._ensure_hangup_group(cid)
+                else:
+                    log.warning("agent hang-up reader error (%s)", exc)
+                await asyncio.sleep(0.2)
+            except Exception as exc:
+                log.warning("agent hang-up reader error (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.2)
+
+    async def _on_hangup(self, cid: str, entry_id: str, fields: dict[str, str]) -> None:
+        call = self.calls.get(str(fields.get("call_id", "")))
+        if call is not None and call.state is State.CONNECTED and call.end_at is None:
+            call.end_at = from_ms(int(fields["at_ms"])) if fields.get("at_ms") else self.clock.now()
+            log.info("call %s: the agent hung up; hanging up the carrier leg", call.call_id)
+            call.events.put_nowait(Event.AGENT_HANGUP)
+        if cid:
+            await self.redis.xack(keys.agent_hangups(cid), keys.AGENT_HANGUPS_GROUP, entry_id)
 
     # ================================================================ per-campaign loop
 
@@ -398,31 +397,32 @@ class Dialer:
             if not run.stopped:
                 run.wake.clear()
 
-    async def _budget(self, cid: str, run: CampaignRun, config: dict[str, Any], now: datetime) -> BudgetView:
+    async def _budget(
+        self, cid: str, run: CampaignRun, config: dict[str, Any], overrides: dict[str, Any], now: datetime
+    ) -> BudgetView:
         mono = self.clock.monotonic()
         if run.budget is not None and mono - run.budget_at < BUDGET_REFRESH_S:
             return run.budget
-        jur = str(config.get("jurisdiction") or "US").upper()
-        window_s = float(config.get("abandon_window_s") or default_window_s(jur))
-        cap = float(config.get("abandon_cap") or DEFAULT_CAP)
+        cap, window_s, short_cap = abandon_limits(config, overrides)
         now_ms = ms(now)
         key = keys.abandon_window(cid)
         await self.redis.zremrangebyscore(key, "-inf", now_ms - int(window_s * 1000))
         live, ab = await self._count(keys=[key], args=[now_ms - int(window_s * 1000)])
-        live60, ab60 = await self._count(keys=[key], args=[now_ms - 3600 * 1000])
-        live, ab, live60, ab60 = int(live), int(ab), int(live60), int(ab60)
-        run.budget = BudgetView(
-            cap=cap,
-            window_s=window_s,
-            live_answers=live,
-            abandoned=ab,
-            remaining=cap * live - ab,
-            rate_60min=(ab60 / live60) if live60 else 0.0,
-            live_60min=live60,
-            abandoned_60min=ab60,
-        )
+        live60, ab60 = await self._count(keys=[key], args=[now_ms - int(law.SHORT_WINDOW_S * 1000)])
+        run.budget = budget_view(cap, window_s, int(live), int(ab), int(live60), int(ab60), short_cap)
         run.budget_at = mono
         return run.budget
+
+    async def _rebuild_window(self, cid: str, config: dict[str, Any]) -> None:
+        """The Redis abandonment window from PostgreSQL's facts (idempotent: one member per call)."""
+        _, window_s, _ = abandon_limits(config, {})
+        since = self.clock.now() - timedelta(seconds=window_s)
+        facts = await self.store.live_answers_since(cid, since)
+        if facts:
+            await self.redis.zadd(
+                keys.abandon_window(cid),
+                {f"{call_id}:{'a' if ab else 'h'}": ms(at) for call_id, at, ab in facts},
+            )
 
     async def _tick(self, cid: str, run: CampaignRun) -> None:
         now = self.clock.now()
@@ -438,160 +438,143 @@ class Dialer:
             for a in agents.values()
         )
         mine = [c for c in self.calls.values() if c.campaign_id == cid]
-        ringing = [c for c in mine if c.phase == "ringing"]
-        waiting = sum(1 for c in mine if c.phase == "answered")
+        ringing = [c for c in mine if c.state is State.RINGING]
+        waiting = sum(1 for c in mine if c.state is State.OFFERED)
         # Calls of a previous holder still in flight count as ringing (conservative).
         raw_inflight: Any = await self.redis.zrange(keys.calls_in_flight(cid), 0, -1, withscores=True)
-        foreign = [float(sc) for m, sc in raw_inflight if m not in self.calls]
-        ages = tuple((ms(now) - c.dial_at.timestamp() * 1000) / 1000 for c in ringing) + tuple(
-            max(0.0, (ms(now) - s) / 1000) for s in foreign
+        foreign = tuple(
+            max(0.0, (ms(now) - float(sc)) / 1000) for m, sc in raw_inflight if m not in self.calls
         )
-        budget = await self._budget(cid, run, config or {}, now)
-        short_cap = overrides.get("short_window_cap")
-        if short_cap:
-            budget = replace(budget, short_window_cap=min(0.05, float(short_cap)))
-        estimates = run.estimator.snapshot()
-        snap = Snapshot(now.timestamp(), snaps, ages, waiting, estimates, budget, params)
-        working = [a for a in snaps if a.state != PAUSED]
-        ready = sum(1 for a in snaps if a.state == READY)
-        stop_reason = ""
+        budget = await self._budget(cid, run, config or {}, overrides, now)
+        stop = ""
         if config is None or config.get("state") != "active":
-            stop_reason = "campaign not active"
+            stop = "campaign not active"
         elif overrides.get("paused"):
-            stop_reason = "paused by pacing settings"
-        elif params.algorithm in ("preview", "agentless"):
-            stop_reason = f"{params.algorithm} mode is not dialled by the pacer"
-        elif not snaps:
-            stop_reason = "no agent logged in"
-        elif not working:
-            stop_reason = "every agent paused"
-        if stop_reason:
-            decision = Decision(0, 0.0, "none", stop_reason, False, ring_timeout(params))
-        else:
-            decision = run.algorithm(params.algorithm).decide(snap)
-        n = max(0, decision.calls)
-        lines = len(ages) + waiting
-        n = min(n, max(0, params.max_lines_per_agent * len(working) - lines))
-        if decision.reserve_agent:
-            # Reserved agents are no longer ready; calls without a held agent still compete for the ready ones.
-            held = sum(1 for c in mine if c.held_agent and c.phase in ("ringing", "answered"))
-            n = min(n, max(0, ready - (lines - held)))
+            stop = "paused by pacing settings"
+        estimates = run.estimator.snapshot()
+        plan = run.planner.plan(
+            TickInput(
+                now_s=now.timestamp(),
+                params=params,
+                agents=snaps,
+                ringing=tuple(
+                    RingingCall((now - c.dial_at).total_seconds(), bool(c.held_agent)) for c in ringing
+                ),
+                answered_waiting=waiting,
+                estimates=estimates,
+                budget=budget,
+                foreign_ringing_ages_s=foreign,
+                agents_reachable=self.agents.reachable,
+                stop_reason=stop,
+            )
+        )
         if run.stopped:
             return
-        if n > 0 and config is not None:
-            ring_s = max(15.0, decision.ring_timeout_s, params.ring_timeout_s)
-            await self._launch(cid, run, config, n, ring_s, reserve=decision.reserve_agent)
-        await self._publish(
-            cid, run, now, overrides, params, decision, agents, lines, waiting, estimates, budget
-        )
+        for i in plan.cancel:
+            run.released += 1
+            log.warning("campaign %s: releasing call %s (no agent can staff it)", cid, ringing[i].call_id)
+            ringing[i].events.put_nowait(Event.RELEASE)
+        if plan.launch > 0 and config is not None:
+            await self._launch(cid, run, config, plan)
+        await self._publish(cid, run, now, overrides, params, plan, agents, waiting, estimates, budget)
 
     # ================================================================ launching calls
 
-    async def _launch(
-        self,
-        cid: str,
-        run: CampaignRun,
-        config: dict[str, Any],
-        n: int,
-        ring_s: float,
-        *,
-        reserve: bool = False,
-    ) -> None:
-        popped: Any = await self.redis.zpopmin(keys.hopper(cid), n)
-        if not popped:
+    async def _launch(self, cid: str, run: CampaignRun, config: dict[str, Any], plan: Plan) -> None:
+        """Take leads, gate them, hold agents, originate. Every lead taken is dialled, released (blocked) or
+        handed back to the hopper, on every path, errors and cancellation included."""
+        taken = await self.hopper.take(cid, plan.launch)
+        if not taken:
             return
-        claimed: list[tuple[GateLead, dict[str, str]]] = []
-        for lead_id, _score in popped:
-            lead: dict[str, str] = dict(await self.redis.hgetall(keys.hopper_lead(cid, lead_id)))  # type: ignore[arg-type]
-            if not lead:
-                continue
-            call_id = uuid.uuid4().hex
-            ok = await self.redis.set(keys.lead_claim(cid, lead_id), call_id, nx=True, ex=self.claim_ttl_s)
-            if not ok:
-                continue  # another call holds this lead: never two at once
-            try:
-                zones = tuple(str(z) for z in json.loads(lead.get("timezones") or "[]"))
-            except ValueError:
-                zones = ()
-            claimed.append(
-                (
-                    GateLead(
-                        call_id,
-                        str(lead_id),
-                        lead.get("number", ""),
-                        zones,
-                        lead.get("state", ""),
-                        int(lead.get("attempt") or 0) + 1,
-                    ),
-                    lead,
-                )
-            )
-        if not claimed:
-            return
-        now = self.clock.now()
-        results = await self.gate.check(cid, config, [g for g, _ in claimed], now)
-        out_of_agents = False
-        for (g, lead), r in zip(claimed, results, strict=True):
-            await self.store.record_gate(
-                call_id=g.call_id,
-                campaign_id=cid,
-                lead_id=g.lead_id,
-                number=g.number,
-                attempt=g.attempt,
-                replica=self.replica,
-                fence_token=run.lease.token,
-                allowed=r.allowed,
-                reasons=r.reasons,
-                gate_at=now,
-            )
-            if not r.allowed:
-                run.blocked += 1
-                CALLS_BLOCKED.labels(cid, r.reasons[0] if r.reasons else "unknown").inc()
-                await self.store.emit(
-                    "dial.blocked",
-                    now,
-                    cid,
-                    g.call_id,
-                    g.lead_id,
-                    g.number,
+        pending = {t.call_id: t for t in taken}
+        try:
+            now = self.clock.now()
+            gate_leads = [
+                GateLead(t.call_id, t.lead_id, t.number, t.zones, t.fields.get("state", ""), t.attempt)
+                for t in taken
+            ]
+            results = await self.gate.check(cid, config, gate_leads, now)
+            out_of_agents = False
+            for t, g, r in zip(taken, gate_leads, results, strict=True):
+                await self.store.record_gate(
+                    call_id=g.call_id,
+                    campaign_id=cid,
+                    lead_id=g.lead_id,
+                    number=g.number,
+                    attempt=g.attempt,
+                    replica=self.replica,
+                    fence_token=run.lease.token,
+                    allowed=r.allowed,
                     reasons=r.reasons,
-                    detail=r.detail,
+                    gate_at=now,
                 )
-                await self.redis.delete(keys.lead_claim(cid, g.lead_id))
-                continue
-            held = ""
-            if reserve and not out_of_agents and not run.stopped:
-                held = await self._hold_agent(cid, g.call_id, ring_s)
-                out_of_agents = not held
-            if (
-                run.stopped
-                or (reserve and not held)
-                or not await self._originate(cid, run, config, g, lead, ring_s, held)
-            ):
-                # Fenced off (lease lost), shutting down, or no agent to hold: hand the lead back untouched.
-                if held:
-                    await self._release(held, g.call_id, "not_dialled")
-                await self.redis.delete(keys.lead_claim(cid, g.lead_id))
-                await self.redis.zadd(keys.hopper(cid), {g.lead_id: 0})
+                if not r.allowed:
+                    run.blocked += 1
+                    CALLS_BLOCKED.labels(cid, r.reasons[0] if r.reasons else "unknown").inc()
+                    await self.store.emit(
+                        "dial.blocked",
+                        now,
+                        cid,
+                        g.call_id,
+                        g.lead_id,
+                        g.number,
+                        reasons=r.reasons,
+                        detail=r.detail,
+                    )
+                    pending.pop(t.call_id)
+                    await self.hopper.release(cid, t.lead_id, t.call_id)
+                    continue
+                held = ""
+                if plan.reserve_agent and not out_of_agents and not run.stopped:
+                    held = await self.agents.hold(cid, g.call_id, plan.ring_s + self.offer_deadline_s + 10.0)
+                    out_of_agents = not held
+                if run.stopped or (plan.reserve_agent and not held):
+                    if held:
+                        await self.agents.release(held, g.call_id, "not_dialled")
+                    continue  # handed back below
+                dialled = await self._originate(cid, run, config, t, g, plan.ring_s, held)
+                if dialled is None:
+                    if held:
+                        await self.agents.release(held, g.call_id, "not_dialled")
+                    continue
+                pending.pop(t.call_id)
+                if not dialled:
+                    # The lead or number already has a call open (PostgreSQL said so): leave it to that call.
+                    if held:
+                        await self.agents.release(held, g.call_id, "not_dialled")
+                    await self.hopper.release(cid, t.lead_id, t.call_id)
+        finally:
+            for t in pending.values():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.hopper.give_back(cid, t.lead_id, t.call_id))
 
     async def _originate(
         self,
         cid: str,
         run: CampaignRun,
         config: dict[str, Any],
+        taken: TakenLead,
         g: GateLead,
-        lead: dict[str, str],
         ring_s: float,
-        held_agent: str = "",
-    ) -> bool:
+        held_agent: str,
+    ) -> bool | None:
+        """True: dialled. None: fenced off or shutting down (hand the lead back). False: refused because the
+        lead or number has a call open."""
         dial_at = self.clock.now()
         if not self._dialing or not await self.leases.fence_and_register(run.lease, g.call_id, ms(dial_at)):
-            return False
-        call = Call(g.call_id, cid, g.lead_id, g.number, lead, config, dial_at, held_agent=held_agent)
+            return None
+        call = Call(g.call_id, cid, g.lead_id, g.number, taken.fields, config, dial_at, held_agent=held_agent)
+        # Known as ours before PostgreSQL shows it dialled, so reconciliation never takes it for an orphan.
         self.calls[g.call_id] = call
+        if not await self.store.mark_dialed(g.call_id, dial_at):
+            self.calls.pop(g.call_id, None)
+            await self.redis.zrem(keys.calls_in_flight(cid), g.call_id)
+            log.warning(
+                "call %s: lead %s or its number already has a call open: not dialled", g.call_id, g.lead_id
+            )
+            return False
         await self.redis.zadd(keys.number_attempts(g.number), {g.call_id: ms(dial_at)})
         await self.redis.expire(keys.number_attempts(g.number), 8 * 24 * 3600)
-        await self.store.mark_dialed(g.call_id, dial_at)
         await self.store.emit(
             "call.dialing",
             dial_at,
@@ -607,139 +590,158 @@ class Dialer:
         try:
             await self.adapter.originate(g.call_id, g.number, str(config["caller_id"]), ring_s)
         except Exception as exc:
-            call.outcome, call.reason = "failed", f"originate: {type(exc).__name__}"
-            call.events.put_nowait(
-                CallEvent(g.call_id, EventKind.ENDED, ms(dial_at), reason="originate_error")
-            )
+            call.reason = f"originate: {type(exc).__name__}"
+            call.events.put_nowait(Event.ORIGINATE_ERROR)
         call.task = asyncio.create_task(self._follow(call, run), name=f"pacing:call:{g.call_id}")
         return True
 
-    # ================================================================ one call
-
-    async def _next(self, call: Call) -> CallEvent:
-        return await call.events.get()
+    # ================================================================ one call: the state machine's actions
 
     async def _follow(self, call: Call, run: CampaignRun) -> None:
         try:
-            while True:
-                ev = await self._next(call)
-                at = from_ms(ev.at_ms) or self.clock.now()
-                if ev.kind is EventKind.ENDED:
-                    break
-                if ev.kind is EventKind.RINGING:
-                    await self._emit(call, "call.ringing", at)
-                elif ev.kind in (EventKind.NO_ANSWER, EventKind.BUSY, EventKind.FAILED):
-                    call.outcome = ev.kind.value
-                    call.phase = "done"
-                    extra = {"reason": ev.reason} if ev.kind is EventKind.FAILED else {}
-                    await self._release_held(call, ev.kind.value)
-                    await self._emit(call, f"call.{ev.kind.value}", at, **extra)
-                elif ev.kind is EventKind.ANSWERED and ev.answer is Answer.MACHINE:
-                    call.answer, call.answer_at, call.outcome, call.phase = "machine", at, "machine", "done"
-                    await self._emit(call, "call.answered", at, answer="machine")
-                    await self._release_held(call, "machine")
-                    await self.adapter.hangup(call.call_id)
-                elif ev.kind is EventKind.ANSWERED:
-                    call.answer, call.answer_at, call.phase = "human", at, "answered"
-                    await self._emit(call, "call.answered", at, answer="human")
-                    await self._hand_to_agent(call, run)
-                elif ev.kind is EventKind.DTMF and call.phase == "message" and not call.opt_out:
-                    call.opt_out = True
-                    await self._opt_out(call)
-                elif ev.kind is EventKind.MESSAGE_DONE:
-                    await self.adapter.hangup(call.call_id)
+            while call.state is not State.ENDED:
+                item = await call.events.get()
+                if isinstance(item, Event):
+                    event, at = item, self.clock.now()
+                else:
+                    mapped = _carrier_event(item)
+                    if mapped is None:
+                        continue
+                    event, at = mapped, from_ms(item.at_ms) or self.clock.now()
+                    if item.kind is EventKind.FAILED and item.reason and not call.reason:
+                        call.reason = item.reason
+                await self._apply(call, event, at, run)
+        except asyncio.CancelledError:
+            if call.state is not State.ENDED:
+                await asyncio.shield(self._apply(call, Event.SHUTDOWN, self.clock.now(), run))
+            raise
         finally:
-            await asyncio.shield(self._end(call, run))
+            self.calls.pop(call.call_id, None)
+            run.wake.set()
 
-    async def _hand_to_agent(self, call: Call, run: CampaignRun) -> None:
+    async def _apply(self, call: Call, event: Event, at: datetime, run: CampaignRun | None) -> None:
+        t = step(call.state, event)
+        call.state = t.state
+        if t.outcome:
+            call.outcome = t.outcome
+        if t.reason and not call.reason:
+            call.reason = t.reason
+        for action in t.actions:
+            try:
+                await self._do(call, action, at, run)
+            except Exception:
+                if action is Action.FINISH:
+                    raise
+                log.exception("call %s: %s failed", call.call_id, action.value)
+
+    async def _do(self, call: Call, action: Action, at: datetime, run: CampaignRun | None) -> None:  # noqa: C901
+        live = call.followed
+        if action is Action.EMIT_RINGING:
+            await self._emit(call, "call.ringing", at)
+        elif action is Action.RECORD_ANSWER:
+            call.answer = "machine" if call.outcome == "machine" else "human"
+            call.answer_at = at
+            await self.store.mark_answered(call.call_id, call.answer, at, call.outcome or None)
+            await self._emit(call, "call.answered", at, answer=call.answer)
+        elif action is Action.OFFER:
+            await self._offer(call, run)
+        elif action is Action.BRIDGE and live:
+            await self.adapter.bridge(call.call_id, call.agent_id)
+        elif action is Action.RECORD_CONNECT and call.answer_at is not None:
+            await self.redis.zadd(
+                keys.abandon_window(call.campaign_id), {f"{call.call_id}:h": ms(call.answer_at)}
+            )
+        elif action is Action.RELEASE_AGENT:
+            await self._release_held(call, call.reason or call.outcome or "ended")
+        elif action is Action.PLAY_MESSAGE and live:
+            await self.adapter.play_message(call.call_id, self._message(call.config))
+            call.message_played = True
+        elif action is Action.RECORD_ABANDON:
+            await self._record_abandon(call, run)
+        elif action is Action.RECORD_OPT_OUT:
+            call.opt_out = True
+            await self._opt_out(call)
+        elif action is Action.EMIT_OUTCOME:
+            extra = {"reason": call.reason or call.outcome} if call.outcome == "failed" else {}
+            if call.reason.startswith("released"):
+                extra = {"reason": "released_no_agent"}
+            call.outcome_emitted = True
+            await self._emit(call, f"call.{call.outcome}", at, **extra)
+        elif action is Action.HANGUP and live:
+            with contextlib.suppress(Exception):
+                await self.adapter.hangup(call.call_id)
+        elif action is Action.CANCEL and live:
+            with contextlib.suppress(Exception):
+                await self.adapter.cancel(call.call_id)
+        elif action is Action.END_AGENT_CALL and call.agent_id:
+            await self.agents.end_call(call.agent_id, call.call_id)
+        elif action is Action.FINISH:
+            await self._finish(call, run)
+
+    @staticmethod
+    def _message(cfg: dict[str, Any]) -> str:
+        seller = str(cfg.get("seller_name") or cfg.get("name") or "").strip() or "the caller"
+        callback = (
+            str(cfg.get("opt_out_number") or cfg.get("caller_id") or "").strip()
+            or "the number on your display"
+        )
+        return law.abandon_message(seller, callback, jurisdiction=str(cfg.get("jurisdiction") or "US")).text
+
+    async def _offer(self, call: Call, run: CampaignRun | None) -> None:
         assert call.answer_at is not None
         elapsed = (self.clock.now() - call.answer_at).total_seconds()
         budget = max(0.05, self.offer_deadline_s - max(0.0, elapsed))
-        ts = Timestamp()
-        ts.FromDatetime(call.answer_at)
         name = " ".join(x for x in (call.lead.get("first_name", ""), call.lead.get("last_name", "")) if x)
         try:
             fields = {str(k): str(v) for k, v in json.loads(call.lead.get("fields") or "{}").items()}
         except (ValueError, AttributeError):
             fields = {}
-        req = agent_pb2.OfferCallRequest(
+        res = await self.agents.offer(
             campaign_id=call.campaign_id,
             call_id=call.call_id,
             lead_id=call.lead_id,
             number=call.number,
             lead_name=name,
             lead_fields=fields,
-            answered_at=ts,
-            deadline=Duration(nanos=int(budget * 1e9) % 1_000_000_000, seconds=int(budget)),
+            answered_at=call.answer_at,
+            deadline_s=budget,
             reserved_agent_id=call.held_agent,
         )
-        assigned, agent_id, why = False, "", ""
-        try:
-            resp = await self.agent.OfferCall(req, timeout=budget + 0.25)
-            assigned, agent_id, why = resp.assigned, resp.agent_id, resp.reason
-        except grpc.aio.AioRpcError as exc:
-            why = f"agent service: {exc.code().name}"
         now = self.clock.now()
+        why = res.reason
         # The law counts from the greeting: an assignment that comes back late is an abandonment too.
-        if assigned and (now - call.answer_at) <= timedelta(seconds=2.0):
-            if call.held_agent and call.held_agent != agent_id:
-                await self._release(call.held_agent, call.call_id, "offered_elsewhere")
+        in_time = res.assigned and (now - call.answer_at) <= timedelta(seconds=law.CONNECT_LIMIT_S)
+        if in_time and not await self.store.mark_connected(call.call_id, now, res.agent_id):
+            in_time, why = False, "agent already on a call"
+        if in_time:
+            if call.held_agent and call.held_agent != res.agent_id:
+                await self.agents.release(call.held_agent, call.call_id, "offered_elsewhere")
             call.held_agent = ""
-            call.agent_id, call.connect_at, call.phase, call.outcome = agent_id, now, "connected", "connected"
-            await self.adapter.bridge(call.call_id, agent_id)
-            await self.store.mark_connected(call.call_id, now, agent_id)
-            await self.redis.zadd(
-                keys.abandon_window(call.campaign_id), {f"{call.call_id}:h": ms(call.answer_at)}
-            )
+            call.agent_id, call.connect_at = res.agent_id, now
+            await self._apply(call, Event.OFFER_ACCEPTED, now, run)
             return
-        if assigned:
-            why = "assigned after the 2 s deadline"
+        if res.assigned:
+            why = why if why == "agent already on a call" else "assigned after the 2 s deadline"
             # The agent service connected them, but the call is abandoned: give the agent back at once.
-            await self._release(agent_id, call.call_id, "abandoned")
-        await self._release_held(call, "abandoned")
-        call.phase, call.outcome, call.reason = "message", "abandoned", why or "no agent"
-        cfg = call.config
-        text = (
-            f"This is {cfg.get('seller_name') or 'the caller'} with a telemarketing call. We are sorry no one was "
-            f"available. To not be called again press 9, or call {cfg.get('opt_out_number') or cfg.get('caller_id')}."
-        )
-        await self.adapter.play_message(call.call_id, text)
-        call.message_played = True
-        await self.redis.zadd(
-            keys.abandon_window(call.campaign_id), {f"{call.call_id}:a": ms(call.answer_at)}
-        )
-        await self.redis.set(keys.number_abandoned(call.number), ms(call.answer_at), ex=72 * 3600)
-        run.budget = None  # refresh the budget at the next tick
+            await self.agents.release(res.agent_id, call.call_id, "abandoned")
+        call.reason = why or "no agent"
+        await self._apply(call, Event.OFFER_REFUSED, now, run)
 
-    async def _hold_agent(self, cid: str, call_id: str, ring_s: float) -> str:
-        """ReserveAgent for a call about to be dialled: the held agent's id, or "" (then nothing is dialled:
-        a progressive call must never wait for an agent)."""
-        ttl = ring_s + self.offer_deadline_s + 10.0
-        req = agent_pb2.ReserveAgentRequest(
-            campaign_id=cid,
-            call_id=call_id,
-            ttl=Duration(seconds=int(ttl), nanos=int(ttl * 1e9) % 1_000_000_000),
-        )
-        try:
-            resp = await self.agent.ReserveAgent(req, timeout=2.0)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("campaign %s: ReserveAgent failed (%s): not dialling", cid, exc.code().name)
-            return ""
-        return str(resp.agent_id) if resp.reserved else ""
-
-    async def _release(self, agent_id: str, call_id: str, reason: str) -> None:
-        """Give an agent back (idempotent in the agent service; the hold lapses by itself if this fails)."""
-        try:
-            await self.agent.ReleaseAgent(
-                agent_pb2.ReleaseAgentRequest(agent_id=agent_id, call_id=call_id, reason=reason), timeout=2.0
+    async def _record_abandon(self, call: Call, run: CampaignRun | None) -> None:
+        await self.store.mark_outcome(call.call_id, "abandoned")
+        if call.answer_at is not None:
+            await self.redis.zadd(
+                keys.abandon_window(call.campaign_id), {f"{call.call_id}:a": ms(call.answer_at)}
             )
-        except grpc.aio.AioRpcError as exc:
-            log.warning("ReleaseAgent %s for call %s failed: %s", agent_id, call_id, exc.code().name)
+            quiet = int(law.UK_ABANDON_QUIET.total_seconds())
+            await self.redis.set(keys.number_abandoned(call.number), ms(call.answer_at), ex=quiet)
+        if run is not None:
+            run.budget = None  # refresh the budget at the next tick
 
     async def _release_held(self, call: Call, reason: str) -> None:
         if call.held_agent:
             agent_id, call.held_agent = call.held_agent, ""
-            await self._release(agent_id, call.call_id, reason)
+            await self.agents.release(agent_id, call.call_id, reason)
 
     async def _opt_out(self, call: Call) -> None:
         req = dnc_pb2.RecordOptOutRequest(
@@ -759,60 +761,14 @@ class Dialer:
     async def _emit(self, call: Call, type_: str, at: datetime, **fields: Any) -> None:
         await self.store.emit(type_, at, call.campaign_id, call.call_id, call.lead_id, call.number, **fields)
 
-    async def _end(self, call: Call, run: CampaignRun) -> None:
-        """Exactly once per dialed call: the abandonment record, ``call.ended``, and the clean-up."""
+    async def _finish(self, call: Call, run: CampaignRun | None) -> None:
+        """Exactly once per dialled call, whoever gets there first: the end in PostgreSQL, then (for the
+        writer that won) ``call.ended`` and its companions; the lead's claim and the in-flight entry go."""
         end_at = call.end_at or self.clock.now()
-        with contextlib.suppress(Exception):
-            await self._release_held(call, call.reason or call.outcome or "ended")
-        if not call.outcome:
-            if call.phase == "connected":
-                call.outcome = "connected"
-            elif call.phase in ("answered", "message"):
-                call.outcome = "abandoned"
-            else:
-                call.outcome = "failed"
-                call.reason = call.reason or "ended before an outcome"
-        if call.reason == "shutdown":
-            with contextlib.suppress(Exception):
-                await self.adapter.hangup(call.call_id)
         try:
-            if not await self._own_end(call.campaign_id, call.call_id):
-                log.warning("call %s was closed by the campaign's new lease holder", call.call_id)
-                return
-            if call.outcome == "abandoned":
-                if not call.message_played and call.answer_at is not None:
-                    await self.redis.zadd(
-                        keys.abandon_window(call.campaign_id), {f"{call.call_id}:a": ms(call.answer_at)}
-                    )
-                await self._emit(
-                    call,
-                    "call.abandoned",
-                    end_at,
-                    message_played=int(call.message_played),
-                    opt_out=int(call.opt_out),
-                )
-            if call.outcome == "failed" and call.reason:
-                await self._emit(call, "call.failed", end_at, reason=call.reason)
-            self._learn(call, run, end_at)
-            CALLS_ENDED.labels(call.campaign_id, call.outcome).inc()
-            if call.outcome == "connected" and call.agent_id:
-                await self._agent_call_ended(call)
-            start = call.connect_at or call.answer_at
-            await self._emit(
-                call,
-                "call.ended",
-                end_at,
-                outcome=call.outcome,
-                dial_at=ms(call.dial_at),
-                answer_at=ms(call.answer_at) if call.answer_at else "",
-                connect_at=ms(call.connect_at) if call.connect_at else "",
-                end_at=ms(end_at),
-                agent_id=call.agent_id,
-                duration_s=f"{(end_at - start).total_seconds():.3f}" if start else "0",
-            )
-            await self.store.finish_attempt(
+            won = await self.store.finish_attempt(
                 call.call_id,
-                outcome=call.outcome,
+                outcome=call.outcome or "failed",
                 answer=call.answer,
                 answer_at=call.answer_at,
                 connect_at=call.connect_at,
@@ -820,128 +776,131 @@ class Dialer:
                 agent_id=call.agent_id or None,
                 opt_out=call.opt_out,
             )
-        except Exception:
-            log.exception("call %s: end record failed", call.call_id)
+            if not won:
+                log.warning(
+                    "call %s: its end was already written (closed by the campaign's lease holder)",
+                    call.call_id,
+                )
+                return
+            await self._emit_end(call, end_at, run)
         finally:
             with contextlib.suppress(Exception):
-                claim = keys.lead_claim(call.campaign_id, call.lead_id)
-                if await self.redis.get(claim) == call.call_id:
-                    await self.redis.delete(claim)
-            self.calls.pop(call.call_id, None)
-            run.wake.set()
+                await self.redis.zrem(keys.calls_in_flight(call.campaign_id), call.call_id)
+            with contextlib.suppress(Exception):
+                await self.hopper.release(call.campaign_id, call.lead_id, call.call_id)
 
-    async def _own_end(self, campaign_id: str, call_id: str) -> bool:
-        """Whoever removes a call from the in-flight set writes its end (ZREM is atomic): the replica that
-        followed it, or a new lease holder sweeping the calls of one that died. Exactly one ``call.ended``."""
-        try:
-            return bool(await self.redis.zrem(keys.calls_in_flight(campaign_id), call_id))
-        except Exception:
-            log.warning("call %s: in-flight set unreachable; writing its end anyway", call_id)
-            return True
-
-    async def _sweep_orphans(self, cid: str) -> None:
-        """At lease acquisition: calls still in flight belong to a holder whose lease ran out (a graceful stop
-        ends or hands back its calls first). Nobody follows them any more: close each one (outcome as far as
-        it got: connected, else failed with reason ``replica_lost``), release its lead and its agent."""
-        entries: Any = await self.redis.zrange(keys.calls_in_flight(cid), 0, -1, withscores=True)
-        orphans = [(str(m), float(sc)) for m, sc in entries if m not in self.calls]
-        await self._sweep_stale_claims(cid, {str(m) for m, _ in entries})
-        if not orphans:
-            return
-        rows = await self.store.attempts([m for m, _ in orphans])
-        now = self.clock.now()
-        for call_id, score in orphans:
-            if not await self._own_end(cid, call_id):
-                continue
-            row = rows.get(call_id)
-            lead_id = str(row["lead_id"]) if row else ""
-            number = str(row["number"]) if row else ""
-            connect_at = row["connect_at"] if row else None
-            agent_id = str(row["agent_id"] or "") if row else ""
-            outcome = "connected" if connect_at is not None else "failed"
-            if outcome == "failed":
-                await self.store.emit(
-                    "call.failed", now, cid, call_id, lead_id, number, reason="replica_lost"
-                )
-            await self.store.emit(
-                "call.ended",
-                now,
-                cid,
-                call_id,
-                lead_id,
-                number,
-                outcome=outcome,
-                dial_at=int(score),
-                answer_at="",
-                connect_at=ms(connect_at) if connect_at else "",
-                end_at=ms(now),
-                agent_id=agent_id,
-                duration_s=f"{(now - connect_at).total_seconds():.3f}" if connect_at else "0",
+    async def _emit_end(self, call: Call, end_at: datetime, run: CampaignRun | None) -> None:
+        if call.outcome == "abandoned":
+            await self._emit(
+                call,
+                "call.abandoned",
+                end_at,
+                message_played=int(call.message_played),
+                opt_out=int(call.opt_out),
             )
-            if row is not None:
-                await self.store.finish_attempt(
-                    call_id,
-                    outcome=outcome,
-                    answer=row["answer"],
-                    answer_at=row["answer_at"],
-                    connect_at=connect_at,
-                    end_at=now,
-                    agent_id=agent_id or None,
-                    opt_out=False,
-                )
-            if lead_id:
-                claim = keys.lead_claim(cid, lead_id)
-                if await self.redis.get(claim) == call_id:
-                    await self.redis.delete(claim)
-            if agent_id:
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    await self.agent.EndCall(
-                        agent_pb2.EndCallRequest(agent_id=agent_id, call_id=call_id), timeout=2.0
-                    )
-            else:
-                # An agent held for this call before it was dialled (progressive) goes back to ready now
-                # rather than when the hold lapses.
-                held = await self.redis.get(keys.call_agent(call_id))
-                if held:
-                    await self._release(str(held), call_id, "replica_lost")
-        log.warning("campaign %s: closed %d calls left in flight by a lost replica", cid, len(orphans))
-
-    async def _sweep_stale_claims(self, cid: str, in_flight: set[str]) -> None:
-        """At lease acquisition: a lead claimed by a holder that died between the claim and the dial (its call
-        never reached the in-flight set) would stay unavailable until the claim's TTL. The new holder is the
-        only one allowed to dial (a late dial by the old one is refused by the fence), so a claim whose call is
-        neither in flight nor ours is stale: delete it (compare-and-delete) so the feeder offers the lead again.
-        SCAN over this campaign's claim keys, never KEYS."""
-        freed = 0
-        async for key in self.redis.scan_iter(match=keys.lead_claim(cid, "*"), count=500):
-            call_id = await self.redis.get(key)
-            if call_id is None or call_id in in_flight or call_id in self.calls:
-                continue
-            freed += int(await self._claim_release(keys=[key], args=[call_id]))
-        if freed:
-            log.warning("campaign %s: freed %d leads claimed by a lost replica but never dialled", cid, freed)
-
-    async def _agent_call_ended(self, call: Call) -> None:
-        """The far side hung up: the agent moves on to wrap-up (it may have ended the call itself first)."""
-        try:
-            await self.agent.EndCall(
-                agent_pb2.EndCallRequest(agent_id=call.agent_id, call_id=call.call_id), timeout=2.0
+        if call.outcome == "failed" and not call.outcome_emitted:
+            await self._emit(call, "call.failed", end_at, reason=call.reason or "failed")
+        if run is not None and call.followed and call.reason != "shutdown":
+            observe(
+                run.estimator,
+                call.outcome,
+                ms(call.dial_at),
+                ms(call.answer_at) if call.answer_at else None,
+                ms(call.connect_at) if call.connect_at else None,
+                ms(end_at),
             )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-                log.warning("EndCall for agent %s failed: %s", call.agent_id, exc.code().name)
-
-    def _learn(self, call: Call, run: CampaignRun, end_at: datetime) -> None:
-        if call.reason == "shutdown":
-            return
-        observe(
-            run.estimator,
-            call.outcome,
-            ms(call.dial_at),
-            ms(call.answer_at) if call.answer_at else None,
-            ms(call.connect_at) if call.connect_at else None,
-            ms(end_at),
+        CALLS_ENDED.labels(call.campaign_id, call.outcome).inc()
+        start = call.connect_at or call.answer_at
+        await self._emit(
+            call,
+            "call.ended",
+            end_at,
+            outcome=call.outcome,
+            dial_at=ms(call.dial_at),
+            answer_at=ms(call.answer_at) if call.answer_at else "",
+            connect_at=ms(call.connect_at) if call.connect_at else "",
+            end_at=ms(end_at),
+            agent_id=call.agent_id,
+            duration_s=f"{(end_at - start).total_seconds():.3f}" if start else "0",
         )
+
+    # ================================================================ orphans and stale claims
+
+    async def _reconcile(self, cid: str, *, taking_over: bool = False) -> None:
+        """Close the campaign's calls whose replica is gone: those PostgreSQL shows as dialled and not ended,
+        and those in the Redis in-flight set. A replica counts as gone once its presence key has been
+        missing for a whole lease time (a live replica whose Redis lost its data announces itself again
+        within a lease pass). Then free lead claims no live call holds."""
+        rows = await self.store.open_attempts(cid)
+        raw: Any = await self.redis.zrange(keys.calls_in_flight(cid), 0, -1)
+        in_flight = {str(m) for m in raw}
+        by_id = {str(r["call_id"]): r for r in rows}
+        foreign = {c: r for c, r in by_id.items() if c not in self.calls}
+        replicas = {str(r["replica"]) for r in foreign.values()}
+        alive = await self.store.alive(replicas - {self.replica})
+        mono = self.clock.monotonic()
+        ttl_s = self.leases.ttl_ms / 1000
+        gone: set[str] = set()
+        for rep in replicas:
+            if rep == self.replica:
+                gone.add(
+                    rep
+                )  # our own calls not followed by this process: left by a crash of an earlier life
+                continue
+            if rep in alive:
+                self._absent.pop(rep, None)
+                continue
+            since = self._absent.setdefault(rep, mono)
+            if mono - since >= ttl_s:
+                gone.add(rep)
+        closed = 0
+        for row in foreign.values():
+            if str(row["replica"]) in gone:
+                await self._close_orphan(row)
+                closed += 1
+        # In-flight entries with no open call behind them (ended, or never dialled) are dropped.
+        for call_id in in_flight - set(by_id) - set(self.calls):
+            await self.redis.zrem(keys.calls_in_flight(cid), call_id)
+        if closed:
+            log.warning("campaign %s: closed %d calls left open by a lost replica", cid, closed)
+        if taking_over or closed:
+            live = set(self.calls) | {c for c, r in foreign.items() if str(r["replica"]) not in gone}
+            freed = await self.hopper.free_stale_claims(cid, live)
+            if freed:
+                log.warning(
+                    "campaign %s: freed %d leads claimed by a lost replica but never dialled", cid, freed
+                )
+
+    async def _close_orphan(self, row: Any) -> None:
+        """Close one call from what PostgreSQL recorded of it, through the same state machine (``ORPHAN``)."""
+        state = state_from_record(
+            outcome=row["outcome"],
+            answer=row["answer"],
+            answer_at=row["answer_at"],
+            connect_at=row["connect_at"],
+            end_at=row["end_at"],
+        )
+        call = Call(
+            call_id=str(row["call_id"]),
+            campaign_id=str(row["campaign_id"]),
+            lead_id=str(row["lead_id"]),
+            number=str(row["number"]),
+            lead={},
+            config={},
+            dial_at=row["dial_at"],
+            state=state,
+            answer=row["answer"],
+            answer_at=row["answer_at"],
+            connect_at=row["connect_at"],
+            agent_id=str(row["agent_id"] or ""),
+            outcome=str(row["outcome"] or ""),
+            opt_out=bool(row["opt_out"]),
+            followed=False,
+        )
+        if not call.agent_id:
+            held = await self.redis.get(keys.call_agent(call.call_id))
+            call.held_agent = str(held or "")
+        await self._apply(call, Event.ORPHAN, self.clock.now(), None)
 
     async def _bootstrap_estimates(self, cid: str, run: CampaignRun) -> None:
         """A new holder learns from the campaign's recent ``call.ended`` events (the last
@@ -979,16 +938,16 @@ class Dialer:
         now: datetime,
         overrides: dict[str, Any],
         params: PacingParams,
-        decision: Decision,
+        plan: Plan,
         agents: dict[str, dict[str, Any]],
-        lines: int,
         waiting: int,
         est: Estimates,
         budget: BudgetView,
     ) -> None:
-        LINES_IN_FLIGHT.labels(cid).set(lines)
+        decision = plan.decision
+        LINES_IN_FLIGHT.labels(cid).set(plan.lines)
         DIAL_LEVEL.labels(cid).set(decision.dial_level)
-        ABANDON_RATE.labels(cid).set(budget.abandoned / budget.live_answers if budget.live_answers else 0.0)
+        ABANDON_RATE.labels(cid).set(budget.rate)
         counts = {s: 0 for s in AGENT_STATES}
         for a in agents.values():
             s = str(a.get("state"))
@@ -1000,9 +959,10 @@ class Dialer:
             "effective_algorithm": decision.mode,
             "reason": decision.reason,
             "dial_level": decision.dial_level,
-            "lines_in_flight": lines,
+            "lines_in_flight": plan.lines,
             "answered_waiting": waiting,
             "agents": {"logged_in": len(agents), **counts},
+            "agent_service_reachable": self.agents.reachable,
             "estimates": {
                 "live_answer_rate": est.live_answer_rate,
                 "live_answer_rate_sd": est.live_answer_rate_sd,
@@ -1025,6 +985,7 @@ class Dialer:
             "updated_at_ms": ms(now),
             "calls_placed": run.placed,
             "calls_blocked": run.blocked,
+            "calls_released": run.released,
         }
         if run.stopped:
             return

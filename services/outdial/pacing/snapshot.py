@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from outdial.rules.law import MIN_RING_S, ring_time
+
+__all__ = ["MIN_RING_S"]  # re-exported: what the snapshot's ring time is bounded by
+
 # Agent states as the agent service publishes them in ``keys.campaign_agents(cid)``.
 READY = "ready"
 RESERVED = "reserved"
@@ -16,9 +20,6 @@ ON_CALL = "on_call"
 WRAP_UP = "wrap_up"
 PAUSED = "paused"
 AGENT_STATES = (READY, RESERVED, ON_CALL, WRAP_UP, PAUSED)
-
-# The law: an unanswered call rings at least 15 s before the dialer gives up (FCC 64.1200(a)(6), Ofcom).
-MIN_RING_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +121,7 @@ class Decision:
     actually used ("progressive", "power", "predictive", "none"), ``reason`` a short explanation.
     ``reserve_agent`` True = progressive agent-reserved: the dialer reserves one ready agent per call
     before dialing, so that call cannot be abandoned. ``ring_timeout_s`` is how long each call rings
-    before the dialer gives up (never below :data:`MIN_RING_S`).
+    before the dialer gives up (never below :data:`outdial.rules.law.MIN_RING_S`).
     """
 
     calls: int
@@ -132,5 +133,5 @@ class Decision:
 
 
 def ring_timeout(params: PacingParams) -> float:
-    """The ring time to use: the campaign's, but never below the legal minimum of 15 s."""
-    return max(MIN_RING_S, float(params.ring_timeout_s))
+    """The ring time to use: the campaign's, but never below the legal minimum."""
+    return ring_time(params.ring_timeout_s)

@@ -115,20 +115,73 @@ class PacingStore:
             gate_at,
         )
 
-    async def mark_dialed(self, call_id: str, dial_at: datetime) -> None:
-        await self.pool.execute("UPDATE dial_attempts SET dial_at = $2 WHERE call_id = $1", call_id, dial_at)
+    async def mark_dialed(self, call_id: str, dial_at: datetime) -> bool:
+        """The call is about to leave. False when the lead or the number already has a call open (the
+        database's partial unique indexes): then it must not be dialled."""
+        try:
+            await self.pool.execute(
+                "UPDATE dial_attempts SET dial_at = $2 WHERE call_id = $1", call_id, dial_at
+            )
+        except asyncpg.UniqueViolationError:
+            return False
+        return True
 
-    async def mark_connected(self, call_id: str, connect_at: datetime, agent_id: str) -> None:
+    async def mark_answered(
+        self, call_id: str, answer: str, answer_at: datetime, outcome: str | None
+    ) -> None:
         await self.pool.execute(
-            "UPDATE dial_attempts SET connect_at = $2, agent_id = $3 WHERE call_id = $1",
+            """UPDATE dial_attempts SET answer = $2, answer_at = $3, outcome = COALESCE($4, outcome)
+               WHERE call_id = $1 AND end_at IS NULL""",
             call_id,
-            connect_at,
-            agent_id,
+            answer,
+            answer_at,
+            outcome,
+        )
+
+    async def mark_connected(self, call_id: str, connect_at: datetime, agent_id: str) -> bool:
+        """False when that agent already has a connected call open (never two calls at once)."""
+        try:
+            await self.pool.execute(
+                """UPDATE dial_attempts SET connect_at = $2, agent_id = $3, outcome = 'connected'
+                   WHERE call_id = $1 AND end_at IS NULL""",
+                call_id,
+                connect_at,
+                agent_id,
+            )
+        except asyncpg.UniqueViolationError:
+            return False
+        return True
+
+    async def mark_outcome(self, call_id: str, outcome: str) -> None:
+        """The outcome as soon as it is known (before the line ends), so a crash keeps it."""
+        await self.pool.execute(
+            "UPDATE dial_attempts SET outcome = $2 WHERE call_id = $1 AND end_at IS NULL", call_id, outcome
         )
 
     async def attempts(self, call_ids: list[str]) -> dict[str, asyncpg.Record]:
         rows = await self.pool.fetch("SELECT * FROM dial_attempts WHERE call_id = ANY($1::text[])", call_ids)
         return {r["call_id"]: r for r in rows}
+
+    async def open_attempts(self, campaign_id: str) -> list[asyncpg.Record]:
+        """Calls of the campaign dialled and not ended, as PostgreSQL knows them."""
+        return list(
+            await self.pool.fetch(
+                """SELECT * FROM dial_attempts
+                   WHERE campaign_id = $1 AND dial_at IS NOT NULL AND end_at IS NULL""",
+                campaign_id,
+            )
+        )
+
+    async def live_answers_since(self, campaign_id: str, since: datetime) -> list[tuple[str, datetime, bool]]:
+        """(call id, answer time, abandoned) of every live answer of the campaign since ``since`` whose fate is
+        known: the abandonment window's facts, to rebuild the Redis window after a data loss."""
+        rows = await self.pool.fetch(
+            """SELECT call_id, answer_at, outcome FROM dial_attempts
+               WHERE campaign_id = $1 AND answer_at >= $2 AND outcome IN ('connected', 'abandoned')""",
+            campaign_id,
+            since,
+        )
+        return [(r["call_id"], r["answer_at"], r["outcome"] == "abandoned") for r in rows]
 
     async def finish_attempt(
         self,
@@ -141,10 +194,15 @@ class PacingStore:
         end_at: datetime,
         agent_id: str | None,
         opt_out: bool,
-    ) -> None:
-        await self.pool.execute(
-            """UPDATE dial_attempts SET outcome = $2, answer = $3, answer_at = $4, connect_at = $5, end_at = $6,
-                   agent_id = $7, opt_out = $8 WHERE call_id = $1""",
+    ) -> bool:
+        """Write the call's end, once: the first writer wins (the replica that followed the call, or a lease
+        holder closing it after its replica died). True for the writer that won; it alone emits
+        ``call.ended``. Facts already recorded (answer, times, agent) are kept when the writer has none."""
+        row = await self.pool.fetchval(
+            """UPDATE dial_attempts SET outcome = $2, answer = COALESCE($3, answer),
+                   answer_at = COALESCE($4, answer_at), connect_at = COALESCE($5, connect_at), end_at = $6,
+                   agent_id = COALESCE($7, agent_id), opt_out = opt_out OR $8
+               WHERE call_id = $1 AND end_at IS NULL RETURNING 1""",
             call_id,
             outcome,
             answer,
@@ -154,6 +212,22 @@ class PacingStore:
             agent_id,
             opt_out,
         )
+        return row is not None
+
+    # ------------------------------------------------------------------ replicas
+
+    async def announce(self, replica: str, ttl_ms: int, started_ms: int) -> None:
+        await self.redis.set(keys.pacing_replica(replica), started_ms, px=ttl_ms)
+
+    async def alive(self, replicas: set[str]) -> set[str]:
+        if not replicas:
+            return set()
+        names = sorted(replicas)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for r in names:
+                pipe.exists(keys.pacing_replica(r))
+            found = await pipe.execute()
+        return {r for r, f in zip(names, found, strict=True) if f}
 
     # ------------------------------------------------------------------ settings
 

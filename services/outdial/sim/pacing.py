@@ -1,8 +1,9 @@
 """A discrete-event call-centre simulator over the real pacing code (virtual clock, no network).
 
-It drives the very objects :func:`outdial.pacing.algorithms.make_algorithm` returns (or the clairvoyant
-bound, which only the simulator can implement since it reads the future) against simulated agents and a
-simulated carrier, for hours of virtual time in seconds.
+Each tick it calls the dialer's own pacing core, :meth:`outdial.pacing.planner.Planner.plan` (or the
+clairvoyant bound, which only the simulator can implement since it reads the future), against simulated
+agents and a simulated carrier, for hours of virtual time in seconds; the ringing calls the planner
+releases (capacity loss) are released here too.
 
 Common random numbers: every lead's draws (an outcome uniform, its answer delay, its talk time) come from
 one seeded stream, lead after lead, and leads are dialed in order; agents' log-ins, breaks and the shift
@@ -21,12 +22,13 @@ import heapq
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from outdial.pacing.algorithms import PATIENCE_S, PacingAlgorithm, make_algorithm
+from outdial.pacing.algorithms import PATIENCE_S
 from outdial.pacing.budget import US_WINDOW_S, AbandonBudget
 from outdial.pacing.estimates import OnlineEstimator
+from outdial.pacing.planner import Planner, RingingCall, TickInput
 from outdial.pacing.snapshot import (
     ON_CALL,
     PAUSED,
@@ -36,7 +38,6 @@ from outdial.pacing.snapshot import (
     AgentSnap,
     Decision,
     PacingParams,
-    Snapshot,
     ring_timeout,
 )
 
@@ -98,6 +99,7 @@ class SimResult:
     progressive_share: float
     estimator_changes: int
     timeline: list[dict[str, float | str]]
+    released: int = 0
 
     def to_dict(self, timeline: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -190,13 +192,13 @@ class _Call:
 class PacingSim:
     """One simulated day of one campaign under one policy."""
 
-    def __init__(self, cfg: SimConfig, algorithm: PacingAlgorithm | None = None) -> None:
+    def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.end = cfg.hours * 3600.0
         self.ring = ring_timeout(cfg.params)
-        self.algo: PacingAlgorithm | None = None
+        self.planner: Planner | None = None
         if cfg.algorithm != CLAIRVOYANT:
-            self.algo = algorithm or make_algorithm(cfg.algorithm)
+            self.planner = Planner(cfg.algorithm)
         self.leads = _Leads(cfg, cfg.seed * 1_000_003 + 17)
         self.agent_rng = random.Random(cfg.seed * 7_919 + 5)
         self.budget = AbandonBudget(cfg.abandon_cap, cfg.abandon_window_s)
@@ -219,6 +221,7 @@ class PacingSim:
         self.idle_wait_total = 0.0
         self.live_events: list[tuple[float, bool]] = []
         self.ticks = 0
+        self.released = 0
         self.progressive_ticks = 0
         self.timeline: list[dict[str, float | str]] = []
         self._buffer: list[_Lead] = []  # clairvoyant: live leads drawn in order, not dialed yet
@@ -386,7 +389,8 @@ class PacingSim:
         return True
 
     def _resolve(self, call: _Call, t: float) -> None:
-        del self.in_flight[call.id]
+        if self.in_flight.pop(call.id, None) is None:
+            return  # released by the planner (capacity loss) before it resolved
         live = call.outcome == LIVE
         self.est.observe_outcome(live, call.outcome == MACHINE, t - call.dial_t)
         reserved = call.agent
@@ -417,36 +421,48 @@ class PacingSim:
         self.budget.record_live(t, True)
 
     # ------------------------------------------------------------------------------------------ pacing
-    def _snapshot(self, t: float) -> Snapshot:
-        agents = tuple(AgentSnap(a.state, t - a.since) for a in self.agents if a.logged_in)
-        ages = tuple(t - c.dial_t for c in self.in_flight.values())
-        return Snapshot(
+    def _tick_input(self, t: float, ringing: list[_Call]) -> TickInput:
+        params = self.cfg.params
+        if params.algorithm != self.cfg.algorithm:
+            params = replace(params, algorithm=self.cfg.algorithm)
+        return TickInput(
             now_s=t,
-            agents=agents,
-            in_flight_ages_s=ages,
+            params=params,
+            agents=tuple(AgentSnap(a.state, t - a.since) for a in self.agents if a.logged_in),
+            ringing=tuple(RingingCall(t - c.dial_t, c.agent is not None) for c in ringing),
             answered_waiting=self.n_waiting,
             estimates=self.est.snapshot(),
             budget=self.budget.view(t),
-            params=self.cfg.params,
         )
 
     def _tick(self, t: float) -> None:
         self.ticks += 1
         self._lines_sum += len(self.in_flight) + self.n_waiting
         self._lines_n += 1
-        if self.algo is None:
+        if self.planner is None:
             self._clairvoyant(t)
         else:
-            d = self.algo.decide(self._snapshot(t))
+            ringing = list(self.in_flight.values())
+            plan = self.planner.plan(self._tick_input(t, ringing))
+            d = plan.decision
             self.last_decision = d
-            if d.reserve_agent:
+            for i in plan.cancel:
+                self._release(ringing[i], t)
+            if plan.reserve_agent:
                 self.progressive_ticks += 1
-            for _ in range(d.calls):
-                if not self._launch(t, d.reserve_agent):
+            for _ in range(plan.launch):
+                if not self._launch(t, plan.reserve_agent):
                     break
         nxt = t + self.cfg.tick_s
         if nxt < self.end:
             self._push(nxt, _TICK, None)
+
+    def _release(self, call: _Call, t: float) -> None:
+        """The planner released a ringing call nobody could staff (after the legal ring minimum)."""
+        del self.in_flight[call.id]
+        call.state = _DONE
+        self.released += 1
+        self.est.observe_outcome(False, False, t - call.dial_t)
 
     def _clairvoyant(self, t: float) -> None:
         """The bound: knows every lead's outcome and timing and every agent's free time in advance.
@@ -565,6 +581,7 @@ class PacingSim:
             progressive_share=self.progressive_ticks / self.ticks if self.ticks else 0.0,
             estimator_changes=self.est.changes,
             timeline=self.timeline,
+            released=self.released,
         )
 
 

@@ -1,0 +1,153 @@
+"""The dialer's client of the agent service: hold an agent before a dial, offer a live answer, give an agent
+back, end an agent's call, and whether the service can be reached at all (its gRPC health).
+
+Reachability matters for compliance: agents the dialer reads from Redis may no longer be behind a live
+agent service (it was killed, or is rolling). While the service does not answer its health check, or an
+RPC to it fails with UNAVAILABLE, the planner sees no agents: nothing is launched, and ringing calls are
+released after the legal ring minimum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from outdial.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger("outdial.pacing.agents")
+
+_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def duration(seconds: float) -> Duration:
+    return Duration(seconds=int(seconds), nanos=int(seconds * 1e9) % 1_000_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class OfferResult:
+    assigned: bool
+    agent_id: str = ""
+    reason: str = ""
+
+
+class AgentClient:
+    def __init__(
+        self,
+        stub: agent_pb2_grpc.AgentServiceStub,
+        health: health_pb2_grpc.HealthStub | None = None,
+        *,
+        probe_s: float = 1.0,
+    ) -> None:
+        self.stub = stub
+        self.health = health
+        self.probe_s = probe_s
+        self.reachable = True
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ reachability
+
+    def start(self) -> None:
+        if self.health is not None and self._task is None:
+            self._task = asyncio.create_task(self._probe(), name="pacing:agent-health")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    async def _probe(self) -> None:
+        assert self.health is not None
+        while True:
+            up = True
+            try:
+                resp = await self.health.Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=self.probe_s
+                )
+                up = resp.status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.aio.AioRpcError as exc:
+                # A peer without the health service (UNIMPLEMENTED) answers: it is there.
+                up = exc.code() not in _DOWN
+            if up != self.reachable:
+                log.warning("agent service %s", "reachable again" if up else "unreachable: no agents counted")
+            self.reachable = up
+            await asyncio.sleep(self.probe_s)
+
+    def _saw(self, exc: grpc.aio.AioRpcError) -> None:
+        # A deadline on a call says nothing about the service being there; the probe decides then.
+        if exc.code() is grpc.StatusCode.UNAVAILABLE:
+            self.reachable = False
+
+    # ------------------------------------------------------------------ calls
+
+    async def hold(self, campaign_id: str, call_id: str, ttl_s: float) -> str:
+        """ReserveAgent for a call about to be dialled: the held agent's id, or "" (nothing is dialled)."""
+        req = agent_pb2.ReserveAgentRequest(campaign_id=campaign_id, call_id=call_id, ttl=duration(ttl_s))
+        try:
+            resp = await self.stub.ReserveAgent(req, timeout=2.0)
+        except grpc.aio.AioRpcError as exc:
+            self._saw(exc)
+            log.warning("campaign %s: ReserveAgent failed (%s): not dialling", campaign_id, exc.code().name)
+            return ""
+        return str(resp.agent_id) if resp.reserved else ""
+
+    async def release(self, agent_id: str, call_id: str, reason: str) -> None:
+        """Give an agent back (idempotent in the agent service; a hold lapses by itself if this fails)."""
+        try:
+            await self.stub.ReleaseAgent(
+                agent_pb2.ReleaseAgentRequest(agent_id=agent_id, call_id=call_id, reason=reason), timeout=2.0
+            )
+        except grpc.aio.AioRpcError as exc:
+            self._saw(exc)
+            log.warning("ReleaseAgent %s for call %s failed: %s", agent_id, call_id, exc.code().name)
+
+    async def offer(
+        self,
+        *,
+        campaign_id: str,
+        call_id: str,
+        lead_id: str,
+        number: str,
+        lead_name: str,
+        lead_fields: dict[str, str],
+        answered_at: datetime,
+        deadline_s: float,
+        reserved_agent_id: str,
+    ) -> OfferResult:
+        ts = Timestamp()
+        ts.FromDatetime(answered_at)
+        req = agent_pb2.OfferCallRequest(
+            campaign_id=campaign_id,
+            call_id=call_id,
+            lead_id=lead_id,
+            number=number,
+            lead_name=lead_name,
+            lead_fields=lead_fields,
+            answered_at=ts,
+            deadline=duration(deadline_s),
+            reserved_agent_id=reserved_agent_id,
+        )
+        try:
+            resp = await self.stub.OfferCall(req, timeout=deadline_s + 0.25)
+        except grpc.aio.AioRpcError as exc:
+            self._saw(exc)
+            return OfferResult(False, "", f"agent service: {exc.code().name}")
+        return OfferResult(bool(resp.assigned), str(resp.agent_id), str(resp.reason))
+
+    async def end_call(self, agent_id: str, call_id: str) -> None:
+        """The far side hung up: the agent moves on to wrap-up (they may have ended the call first)."""
+        try:
+            await self.stub.EndCall(agent_pb2.EndCallRequest(agent_id=agent_id, call_id=call_id), timeout=2.0)
+        except grpc.aio.AioRpcError as exc:
+            self._saw(exc)
+            if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                log.warning("EndCall for agent %s failed: %s", agent_id, exc.code().name)
