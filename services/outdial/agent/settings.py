@@ -5,8 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The legal limit: a live-answered person must reach an agent within 2 s (47 CFR 64.1200(a)(7)).
-MAX_OFFER_DEADLINE_MS = 2000
+from outdial.rules.law import CONNECT_LIMIT_MS
+
+# The legal limit: a live-answered person must reach an agent within 2 s (rules.law.CONNECT_LIMIT_S).
+MAX_OFFER_DEADLINE_MS = CONNECT_LIMIT_MS
 
 
 class AgentSettings(BaseSettings):

@@ -27,6 +27,7 @@ import grpc
 from outdial.campaign.settings import CampaignSettings
 from outdial.core import keys
 from outdial.core.clock import Clock
+from outdial.core.jurisdictions import jurisdiction_to_pb
 from outdial.core.redis import Redis
 from outdial.rules import caps, windows
 from outdial.rules.numbers import area_code_state
@@ -321,7 +322,8 @@ class Feeder:
         if not cands:
             return cands
         numbers = sorted({c.number for c in cands})
-        since = now - timedelta(hours=72)
+        # The longest look-back any cap needs (rolling 24 h, the UK quiet period after an abandoned call).
+        since = now - max(caps.DAY, caps.UK_ABANDON_QUIET)
         rows = await self.pool.fetch(
             """SELECT called_number, call_id, dial_at, outcome, end_at FROM call_records
                 WHERE called_number = ANY($1::text[]) AND dial_at > $2 AND outcome <> 'blocked'""",
@@ -337,9 +339,7 @@ class Feeder:
                 abandoned[r["called_number"]] = max(abandoned.get(r["called_number"], t), t)
         async with self.redis.pipeline(transaction=False) as pipe:
             for n in numbers:
-                pipe.zrangebyscore(
-                    keys.number_attempts(n), _ms(now - timedelta(hours=24)), "+inf", withscores=True
-                )
+                pipe.zrangebyscore(keys.number_attempts(n), _ms(now - caps.DAY), "+inf", withscores=True)
                 pipe.get(keys.number_abandoned(n))
             res = await pipe.execute()
         for i, n in enumerate(numbers):
@@ -372,11 +372,12 @@ class Feeder:
     async def dnc_filter(
         self, cid: str, cfg: dict[str, Any], cands: list[Candidate], now: datetime
     ) -> list[Candidate]:
-        jur = {"US": 1, "CA": 2, "UK": 3}.get(str(cfg.get("jurisdiction", "US")), 1)
+        # An unknown jurisdiction is asked about as US (the default), as the feeder's other checks do.
+        jur = jurisdiction_to_pb(str(cfg.get("jurisdiction", "US"))) or common_pb2.JURISDICTION_US
         req = dnc_pb2.CheckNumbersRequest(
             numbers=sorted({c.number for c in cands}),
             campaign_id=cid,
-            jurisdiction=common_pb2.Jurisdiction.ValueType(jur),
+            jurisdiction=jur,
         )
         try:
             stub = dnc_pb2_grpc.DncServiceStub(self.dnc_channel)

@@ -16,34 +16,26 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from outdial.core.errors import FailedPrecondition, InvalidArgument
 from outdial.rules import windows
+from outdial.rules.law import JURISDICTION_REGION, JURISDICTIONS, MIN_RING_S, UK_ABANDON_QUIET, abandon_policy
 from outdial.v1 import campaign_pb2, common_pb2
 
 DIAL_MODES = ("preview", "progressive", "power", "predictive", "agentless")
 #: Modes a campaign may be configured with but that the dialer does not run yet (no agent-initiated
 #: preview flow, no message-only flow): starting such a campaign is refused.
 UNDIALLED_MODES = frozenset({"preview", "agentless"})
-JURISDICTIONS = ("US", "CA", "UK")
 STATES = ("draft", "active", "paused", "completed", "archived")
 OUTCOMES = ("no_answer", "busy", "failed", "machine", "fax", "connected", "abandoned", "blocked")
 
-#: Abandonment cap and measurement window per jurisdiction.
-#: US: 3 % of live answers per campaign per 30-day period (47 CFR 64.1200(a)(7)(i)).
-#: UK: 3 % per campaign per 24 hours (Ofcom persistent-misuse policy).
-#: CA: 5 % per campaign (CRTC Telemarketing Rules); outdial measures it over 30 days: check the current rule.
-ABANDON_LAW: dict[str, tuple[float, int]] = {
-    "US": (0.03, 30 * 86400),
-    "UK": (0.03, 86400),
-    "CA": (0.05, 30 * 86400),
-}
-DEFAULT_REGION = {"US": "US", "CA": "CA", "UK": "GB"}
-#: Ring at least 15 s (47 CFR 64.1200(a)(6); Ofcom).
-MIN_RING_TIMEOUT_S = 15
+#: A campaign's ring timeout may be set up to this (a longer ring only ties up a line).
+MAX_RING_TIMEOUT_S = 120
+#: The UK quiet period after an abandoned call, in the seconds a retry rule's delay is written in.
+_UK_QUIET_S = int(UK_ABANDON_QUIET.total_seconds())
 
 DEFAULT_DISPOSITIONS = ["sale", "callback", "not_interested", "wrong_number", "do_not_call", "no_contact"]
 
 
 def default_retry_rules(jurisdiction: str) -> list[dict[str, Any]]:
-    abandoned_delay = 72 * 3600 if jurisdiction == "UK" else 3600
+    abandoned_delay = _UK_QUIET_S if jurisdiction == "UK" else 3600
     return [
         {"outcome": "no_answer", "delay_s": 3600, "max_attempts": 5},
         {"outcome": "busy", "delay_s": 600, "max_attempts": 5},
@@ -54,8 +46,14 @@ def default_retry_rules(jurisdiction: str) -> list[dict[str, Any]]:
     ]
 
 
+def _abandon_law(jurisdiction: str) -> tuple[float, int]:
+    """The jurisdiction's abandonment cap and its window in whole seconds (as the settings store it)."""
+    policy = abandon_policy(jurisdiction)
+    return policy.cap, int(policy.window_s)
+
+
 def defaults(jurisdiction: str = "US") -> dict[str, Any]:
-    cap, window_s = ABANDON_LAW[jurisdiction]
+    cap, window_s = _abandon_law(jurisdiction)
     return {
         "dial_mode": "progressive",
         "power_ratio": 1.0,
@@ -66,7 +64,7 @@ def defaults(jurisdiction: str = "US") -> dict[str, Any]:
         "abandon_window_s": window_s,
         "retry_rules": default_retry_rules(jurisdiction),
         "max_calls_per_number_24h": 0,
-        "default_region": DEFAULT_REGION[jurisdiction],
+        "default_region": JURISDICTION_REGION[jurisdiction],
         "ring_timeout_s": 25,
         "max_lines_per_agent": 3,
         "dispositions": list(DEFAULT_DISPOSITIONS),
@@ -376,19 +374,19 @@ def _validate_basics(s: dict[str, Any]) -> None:
 
 
 def _validate_limits(jur: str, s: dict[str, Any]) -> None:
-    cap, window_s = ABANDON_LAW[jur]
+    cap, window_s = _abandon_law(jur)
     if not (0.0 < s["abandon_cap"] <= cap):
         raise InvalidArgument(
-            f"abandon_cap must be above 0 and at most the {jur} cap {cap:g} (a fraction: 0.03 = 3 %)",
+            f"abandon_cap must be above 0 and at most the {jur} cap {cap:g} (a fraction: {cap:g} = {cap * 100:g} %)",
             field="abandon_cap",
         )
     if s["abandon_window_s"] != window_s:
         raise InvalidArgument(
             f"abandon_window must be the {jur} measurement period of {window_s} s", field="abandon_window"
         )
-    if s["ring_timeout_s"] < MIN_RING_TIMEOUT_S or s["ring_timeout_s"] > 120:
+    if s["ring_timeout_s"] < MIN_RING_S or s["ring_timeout_s"] > MAX_RING_TIMEOUT_S:
         raise InvalidArgument(
-            f"ring_timeout must be between {MIN_RING_TIMEOUT_S} s (the legal minimum) and 120 s",
+            f"ring_timeout must be between {MIN_RING_S:g} s (the legal minimum) and {MAX_RING_TIMEOUT_S} s",
             field="ring_timeout",
         )
     if s["max_calls_per_number_24h"] < 0:
@@ -422,9 +420,15 @@ def _validate_retry(jur: str, s: dict[str, Any]) -> None:
             raise InvalidArgument("delay must not be negative", field=f"retry_rules[{i}].delay")
         if r["max_attempts"] < 0:
             raise InvalidArgument("max_attempts must not be negative", field=f"retry_rules[{i}].max_attempts")
-        if jur == "UK" and r["outcome"] == "abandoned" and r["max_attempts"] > 0 and r["delay_s"] < 72 * 3600:
+        if (
+            jur == "UK"
+            and r["outcome"] == "abandoned"
+            and r["max_attempts"] > 0
+            and r["delay_s"] < _UK_QUIET_S
+        ):
             raise InvalidArgument(
-                "UK: no call within 72 h of an abandoned call (Ofcom)", field=f"retry_rules[{i}].delay"
+                f"UK: no call within {_UK_QUIET_S // 3600} h of an abandoned call (Ofcom)",
+                field=f"retry_rules[{i}].delay",
             )
 
 

@@ -24,6 +24,8 @@ from rich.progress import (
 from outdial.campaign.leads import neutralise_formula
 from outdial.cli.base import channel, command, console, fail, group, print_json, print_table, to_dict
 from outdial.core.config import Settings
+from outdial.core.jurisdictions import JURISDICTION_PB
+from outdial.rules.law import abandon_policy
 from outdial.v1 import campaign_pb2, campaign_pb2_grpc, common_pb2
 
 MODES = {
@@ -33,7 +35,7 @@ MODES = {
     "predictive": common_pb2.DIAL_MODE_PREDICTIVE,
     "agentless": common_pb2.DIAL_MODE_AGENTLESS,
 }
-JUR = {"US": common_pb2.JURISDICTION_US, "CA": common_pb2.JURISDICTION_CA, "UK": common_pb2.JURISDICTION_UK}
+JUR = JURISDICTION_PB
 STATES = {
     "draft": common_pb2.CAMPAIGN_STATE_DRAFT,
     "active": common_pb2.CAMPAIGN_STATE_ACTIVE,
@@ -83,7 +85,9 @@ def _settings_args(p: argparse.ArgumentParser, create: bool) -> None:
     p.add_argument("--days", help="ISO weekdays allowed, e.g. 1,2,3,4,5")
     p.add_argument("--holiday", action="append", help="YYYY-MM-DD with no calls (repeatable)")
     p.add_argument("--skip-public-holidays", action="store_true", default=None)
-    p.add_argument("--abandon-cap", type=float, help="fraction of live answers, e.g. 0.03")
+    p.add_argument(
+        "--abandon-cap", type=float, help=f"fraction of live answers, e.g. {abandon_policy('US').cap:g}"
+    )
     p.add_argument(
         "--max-calls-24h", type=int, help="max calls per number per rolling 24 h (0 = legal default)"
     )

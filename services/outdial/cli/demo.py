@@ -38,6 +38,7 @@ from outdial.core.auth import Role, issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import SERVICES, Settings
 from outdial.core.healthcheck import wait_until_serving
+from outdial.rules.law import abandon_policy
 from outdial.v1 import (
     campaign_pb2,
     campaign_pb2_grpc,
@@ -49,6 +50,8 @@ from outdial.v1 import (
 )
 
 CHUNK = 64 * 1024
+#: The demo campaign is a US one, at the US legal abandonment cap.
+_US_CAP = abandon_policy("US").cap
 
 
 def virtual_offset(now: datetime, utc_hour: int = 19) -> float:
@@ -91,7 +94,7 @@ class DemoResult:
     connected: int = 0
     abandoned: int = 0
     abandon_rate: float = 0.0
-    abandon_cap: float = 0.03
+    abandon_cap: float = _US_CAP
     messages_played: int = 0
     opt_outs: int = 0
     machine: int = 0
@@ -182,7 +185,7 @@ def _live_table(
         "live answers / connected / abandoned",
         f"{stats.live_answers} / {stats.connected} / {stats.abandoned}",
     )
-    t.add_row("abandonment (cap)", f"{rate:.2%} ({stats.abandon_cap or 0.03:.0%})")
+    t.add_row("abandonment (cap)", f"{rate:.2%} ({stats.abandon_cap or _US_CAP:.0%})")
     t.add_row("agents busy now (occupancy)", f"{busy:.0%}")
     return t
 
@@ -255,7 +258,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
                     dial_mode=common_pb2.DIAL_MODE_PREDICTIVE,
                     caller_id="+12127363100",
                     jurisdiction=common_pb2.JURISDICTION_US,
-                    abandon_cap=0.03,
+                    abandon_cap=_US_CAP,
                     default_region="US",
                     ring_timeout=Duration(seconds=25),
                     max_lines_per_agent=3,
@@ -266,7 +269,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         )
         cid = created.campaign.id
         result.campaign_id = cid
-        result.abandon_cap = created.campaign.abandon_cap or 0.03
+        result.abandon_cap = created.campaign.abandon_cap or _US_CAP
         data = leads.csv_text.encode("utf-8")
         up = await _upload(camp, cid, data)
         result.upload = {

@@ -23,6 +23,7 @@ from rich.progress import (
 from outdial.cli.base import channel, command, err_console, fail, group, print_json, print_table, to_dict
 from outdial.core.config import Settings
 from outdial.core.csvsafe import csv_safe
+from outdial.core.jurisdictions import JURISDICTION_PB
 from outdial.v1 import common_pb2, dnc_pb2, dnc_pb2_grpc
 
 KINDS = {
@@ -32,7 +33,7 @@ KINDS = {
     "state": dnc_pb2.LIST_KIND_STATE,
     "wireless": dnc_pb2.LIST_KIND_WIRELESS,
 }
-JUR = {"US": common_pb2.JURISDICTION_US, "CA": common_pb2.JURISDICTION_CA, "UK": common_pb2.JURISDICTION_UK}
+JUR = JURISDICTION_PB
 CHUNK = 1 << 20
 
 

@@ -9,6 +9,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from outdial.cli.base import channel, command, console, print_json, print_table, to_dict
 from outdial.core.config import Settings
+from outdial.rules.law import SHORT_WINDOW_CAP
 from outdial.v1 import pacing_pb2, pacing_pb2_grpc
 
 _ALGOS = {
@@ -166,7 +167,7 @@ def register(sub: Any) -> None:
     p.add_argument("--max-lines", type=int, help="lines in flight per agent")
     p.add_argument("--ring-timeout", type=float, help="seconds (at least 15)")
     p.add_argument("--target-abandon", type=float, help="fraction, at most the cap")
-    p.add_argument("--short-window-cap", type=float, help="fraction, e.g. 0.05")
+    p.add_argument("--short-window-cap", type=float, help=f"fraction, at most {SHORT_WINDOW_CAP:g}")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--pause", action="store_true", help="stop dialing this campaign")
     g.add_argument("--resume", action="store_true")

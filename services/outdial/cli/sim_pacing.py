@@ -10,6 +10,7 @@ from outdial.cli.base import command, fail, group, print_json, print_table
 from outdial.core.config import Settings
 from outdial.pacing.algorithms import ALGORITHMS
 from outdial.pacing.snapshot import PacingParams
+from outdial.rules.law import MIN_RING_S, abandon_policy
 from outdial.sim.pacing import CLAIRVOYANT, SimConfig, plot, simulate
 
 
@@ -25,8 +26,10 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--power-ratio", type=float, default=2.0)
     p.add_argument("--max-lines-per-agent", type=int, default=3)
-    p.add_argument("--ring-timeout", type=float, default=25.0, help="seconds (never below 15)")
-    p.add_argument("--abandon-cap", type=float, default=0.03, help="fraction of live answers")
+    p.add_argument("--ring-timeout", type=float, default=25.0, help=f"seconds (never below {MIN_RING_S:g})")
+    p.add_argument(
+        "--abandon-cap", type=float, default=abandon_policy("US").cap, help="fraction of live answers"
+    )
     p.add_argument("--target-abandon-rate", type=float, default=None, help="override the budget's target")
     p.add_argument("--talk-mean", type=float, default=120.0, help="mean talk time, seconds (exponential)")
     p.add_argument("--wrap", type=float, default=15.0, help="wrap-up time, seconds")

@@ -29,6 +29,7 @@ from outdial.dnc.gate import Decision, ListInfo
 from outdial.dnc.index import DncIndex, IndexMissing
 from outdial.dnc.numbers import InvalidNumber, jurisdiction_of, normalise, registry_line
 from outdial.dnc.settings import DncSettings
+from outdial.rules.law import JURISDICTION_REGION
 
 log = logging.getLogger("outdial.dnc")
 
@@ -224,8 +225,6 @@ class DncEngine:
 
     @staticmethod
     def normalise_many(raw: Sequence[str], jurisdiction: str = "") -> tuple[list[str], list[str]]:
-        from outdial.dnc.numbers import JURISDICTION_REGION
-
         region = JURISDICTION_REGION.get(jurisdiction, "US")
         ok: list[str] = []
         bad: list[str] = []

@@ -16,13 +16,11 @@ import re
 
 import phonenumbers
 
+from outdial.rules.law import JURISDICTION_REGION, REGION_JURISDICTION
+
 _E164 = re.compile(r"^\+[1-9]\d{7,14}$")
 _NANP = re.compile(r"^\+1[2-9]\d{2}[2-9]\d{6}$")
 SEGMENT = 10_000_000
-
-#: Region used to read national-format numbers of each jurisdiction.
-JURISDICTION_REGION = {"US": "US", "CA": "CA", "UK": "GB"}
-REGION_JURISDICTION = {"US": "US", "CA": "CA", "GB": "UK"}
 
 
 class InvalidNumber(ValueError):

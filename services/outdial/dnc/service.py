@@ -12,11 +12,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from outdial.core.auth import current_actor
 from outdial.core.errors import FailedPrecondition, InvalidArgument
+from outdial.core.jurisdictions import jurisdiction_from_pb, jurisdiction_to_pb
 from outdial.core.metrics import DNC_DECISIONS
 from outdial.dnc import gate, store
 from outdial.dnc.audit import AuditRecord
 from outdial.dnc.engine import DncEngine
-from outdial.v1 import common_pb2, dnc_pb2, dnc_pb2_grpc
+from outdial.v1 import dnc_pb2, dnc_pb2_grpc
 
 KIND_TO_PB = {
     "internal": dnc_pb2.LIST_KIND_INTERNAL,
@@ -26,12 +27,6 @@ KIND_TO_PB = {
     "wireless": dnc_pb2.LIST_KIND_WIRELESS,
 }
 PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}
-J_TO_PB = {
-    "US": common_pb2.JURISDICTION_US,
-    "CA": common_pb2.JURISDICTION_CA,
-    "UK": common_pb2.JURISDICTION_UK,
-}
-PB_TO_J = {v: k for k, v in J_TO_PB.items()}
 CONSENT = {
     dnc_pb2.CONSENT_KIND_EXPRESS: "express",
     dnc_pb2.CONSENT_KIND_EXPRESS_WRITTEN: "express_written",
@@ -111,7 +106,7 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
             PB_TO_KIND.get(req.list_kind, ""),
             req.campaign_id,
             req.state,
-            PB_TO_J.get(req.jurisdiction, ""),
+            jurisdiction_from_pb(req.jurisdiction),
         )
 
     async def CheckNumbers(
@@ -120,7 +115,7 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
         decisions, seqs = await self.engine.check(
             list(request.numbers),
             request.campaign_id,
-            PB_TO_J.get(request.jurisdiction, ""),
+            jurisdiction_from_pb(request.jurisdiction),
             dial_time=request.dial_time,
             call_ids=list(request.call_ids),
             actor=current_actor(),
@@ -178,7 +173,7 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
                     id=li.id,
                     kind=KIND_TO_PB[li.kind],
                     name=li.name,
-                    jurisdiction=J_TO_PB.get(li.jurisdiction, common_pb2.JURISDICTION_UNSPECIFIED),
+                    jurisdiction=jurisdiction_to_pb(li.jurisdiction),
                     state=li.state,
                     campaign_id=li.campaign_id,
                     entries=n,
@@ -199,7 +194,9 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
             raise InvalidArgument("the first message must be the header", field="header")
         h = first.header
         kind = PB_TO_KIND.get(h.list_kind, "national")
-        li = self.engine.resolve_list(h.list_id, kind, "", h.state, PB_TO_J.get(h.jurisdiction, "US"))
+        li = self.engine.resolve_list(
+            h.list_id, kind, "", h.state, jurisdiction_from_pb(h.jurisdiction, "US")
+        )
         if li.kind in ("internal", "campaign"):
             raise InvalidArgument("import into national, state or wireless lists", field="list_kind")
         downloaded = from_ts(h.downloaded_at, h.HasField("downloaded_at"))

@@ -17,18 +17,15 @@ from typing import Any
 import grpc
 
 from outdial.core import keys
+from outdial.core.jurisdictions import jurisdiction_to_pb
 from outdial.core.redis import Redis
-from outdial.rules.caps import check_attempts, check_uk_abandon_rule, default_max_calls_24h
+from outdial.rules.caps import DAY, check_attempts, check_uk_abandon_rule, default_max_calls_24h
 from outdial.rules.windows import check_window, window_from_json
-from outdial.v1 import common_pb2, dnc_pb2, dnc_pb2_grpc
+from outdial.v1 import dnc_pb2, dnc_pb2_grpc
 
 log = logging.getLogger("outdial.pacing.gate")
 
-_JURISDICTIONS = {
-    "US": common_pb2.JURISDICTION_US,
-    "CA": common_pb2.JURISDICTION_CA,
-    "UK": common_pb2.JURISDICTION_UK,
-}
+_DAY_MS = int(DAY.total_seconds() * 1000)
 
 
 @dataclass(frozen=True)
@@ -89,9 +86,7 @@ class DialGate:
         now_ms = int(now.timestamp() * 1000)
         pipe = self.redis.pipeline(transaction=False)
         for lead in leads:
-            pipe.zrangebyscore(
-                keys.number_attempts(lead.number), now_ms - 24 * 3600 * 1000, "+inf", withscores=True
-            )
+            pipe.zrangebyscore(keys.number_attempts(lead.number), now_ms - _DAY_MS, "+inf", withscores=True)
             pipe.get(keys.number_abandoned(lead.number))
         raw = await pipe.execute()
 
@@ -125,7 +120,7 @@ class DialGate:
         req = dnc_pb2.CheckNumbersRequest(
             numbers=[lead.number for lead in leads],
             campaign_id=campaign_id,
-            jurisdiction=_JURISDICTIONS.get(jurisdiction, common_pb2.JURISDICTION_UNSPECIFIED),
+            jurisdiction=jurisdiction_to_pb(jurisdiction),
             dial_time=True,
             call_ids=[lead.call_id for lead in leads],
         )

@@ -16,6 +16,7 @@ from outdial.core.errors import InvalidArgument
 from outdial.core.redis import Redis
 from outdial.pacing.lease import LeaseStore
 from outdial.pacing.store import PacingStore
+from outdial.rules.law import HIGHEST_ABANDON_CAP, MIN_RING_S, SHORT_WINDOW_CAP
 from outdial.v1 import common_pb2, pacing_pb2, pacing_pb2_grpc
 
 _ALGOS = {
@@ -153,19 +154,23 @@ class PacingServicer(pacing_pb2_grpc.PacingServiceServicer):
                 current["max_lines_per_agent"] = s.max_lines_per_agent or None
             elif p == "ring_timeout":
                 secs = s.ring_timeout.seconds + s.ring_timeout.nanos / 1e9
-                if secs and secs < 15:
-                    raise InvalidArgument("ring timeout may not be below 15 s", field="settings.ring_timeout")
+                if secs and secs < MIN_RING_S:
+                    raise InvalidArgument(
+                        f"ring timeout may not be below {MIN_RING_S:g} s", field="settings.ring_timeout"
+                    )
                 current["ring_timeout_s"] = secs or None
             elif p == "target_abandon_rate":
-                if not 0 <= s.target_abandon_rate <= 0.05:
+                if not 0 <= s.target_abandon_rate <= HIGHEST_ABANDON_CAP:
                     raise InvalidArgument(
-                        "target_abandon_rate must be within 0..0.05", field="settings.target_abandon_rate"
+                        f"target_abandon_rate must be within 0..{HIGHEST_ABANDON_CAP:g}",
+                        field="settings.target_abandon_rate",
                     )
                 current["target_abandon_rate"] = s.target_abandon_rate or None
             elif p == "short_window_cap":
-                if not 0 <= s.short_window_cap <= 0.05:
+                if not 0 <= s.short_window_cap <= SHORT_WINDOW_CAP:
                     raise InvalidArgument(
-                        "short_window_cap must be within 0..0.05", field="settings.short_window_cap"
+                        f"short_window_cap must be within 0..{SHORT_WINDOW_CAP:g}",
+                        field="settings.short_window_cap",
                     )
                 current["short_window_cap"] = s.short_window_cap or None
             elif p == "paused":

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from outdial.rules.law import CONNECT_LIMIT_MS
+
 
 class PacingServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OUTDIAL_", extra="ignore")
@@ -14,8 +16,8 @@ class PacingServiceSettings(BaseSettings):
     pacing_renew_ms: int | None = None
     # Dialer tick (also woken by call events).
     pacing_tick_ms: int = Field(default=200, ge=20)
-    # How long the agent service has to take a live-answered call (legal maximum 2 s).
-    pacing_offer_deadline_ms: int = Field(default=2000, ge=100, le=2000)
+    # How long the agent service has to take a live-answered call (at most the legal 2 s).
+    pacing_offer_deadline_ms: int = Field(default=CONNECT_LIMIT_MS, ge=100, le=CONNECT_LIMIT_MS)
     # On SIGTERM: how long calls in flight may finish before they are handed back.
     pacing_drain_s: float = Field(default=5.0, ge=0)
     # Lead claim TTL: a safety net only (claims are deleted when the call ends).

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from outdial.rules.law import UK_ABANDON_QUIET
+
 __all__ = [
     "DAY",
     "STATE_MAX_CALLS_24H",
@@ -26,7 +28,6 @@ __all__ = [
 ]
 
 DAY = timedelta(hours=24)
-UK_ABANDON_QUIET = timedelta(hours=72)
 
 #: States whose law caps calls to one number per rolling 24 hours.
 STATE_MAX_CALLS_24H: dict[str, int] = {"FL": 3, "OK": 3, "MD": 3}

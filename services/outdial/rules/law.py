@@ -1,7 +1,7 @@
 """The law a dialer obeys on every call, each figure once, with its source. Pure; no I/O.
 
 Every service, the simulator and the benchmarks read these names; nothing else in the code base writes the
-figures down (import-linter and a grep test keep it so).
+figures down (import-linter and ``tests/unit/test_law_in_one_place.py`` keep it so).
 
 Sources:
 - US: 47 CFR 64.1200 (FCC), the Telemarketing Sales Rule 16 CFR 310.4 (FTC).
@@ -18,12 +18,15 @@ from datetime import timedelta
 
 __all__ = [
     "ABANDON_POLICIES",
+    "CONNECT_LIMIT_MS",
     "CONNECT_LIMIT_S",
     "DEFAULT_JURISDICTION",
+    "HIGHEST_ABANDON_CAP",
     "JURISDICTIONS",
     "JURISDICTION_REGION",
     "MIN_RING_S",
     "OPT_OUT_KEY",
+    "REGION_JURISDICTION",
     "SHORT_WINDOW_CAP",
     "SHORT_WINDOW_S",
     "UK_ABANDON_QUIET",
@@ -39,10 +42,13 @@ JURISDICTIONS: tuple[str, ...] = ("US", "CA", "UK")
 DEFAULT_JURISDICTION = "US"
 #: The phone-number region (ISO 3166 / libphonenumber) whose numbers a jurisdiction's campaigns dial.
 JURISDICTION_REGION: dict[str, str] = {"US": "US", "CA": "CA", "UK": "GB"}
+#: The jurisdiction whose campaigns dial a region's numbers (the inverse of :data:`JURISDICTION_REGION`).
+REGION_JURISDICTION: dict[str, str] = {r: j for j, r in JURISDICTION_REGION.items()}
 
 #: A live answer is abandoned unless a live agent is on the line within 2 s of the end of the person's
 #: greeting (47 CFR 64.1200(a)(7)(i); Ofcom A1.53 "within two seconds"; CRTC ADAD Rules 2 s).
 CONNECT_LIMIT_S = 2.0
+CONNECT_LIMIT_MS = round(CONNECT_LIMIT_S * 1000)
 
 #: An unanswered call rings at least 15 s (or four rings) before the dialer gives up
 #: (47 CFR 64.1200(a)(6); Ofcom A1.56 "no less than 15 seconds").
@@ -83,6 +89,10 @@ ABANDON_POLICIES: dict[str, AbandonPolicy] = {
         "CA", 0.05, 30 * 86400.0, "CRTC Unsolicited Telecommunications Rules, Part IV", False
     ),
 }
+
+
+#: The highest cap of any jurisdiction: no campaign's target abandonment rate may be set above it.
+HIGHEST_ABANDON_CAP = max(p.cap for p in ABANDON_POLICIES.values())
 
 
 def abandon_policy(jurisdiction: str | None) -> AbandonPolicy:

@@ -22,6 +22,8 @@ import zipcodes
 from phonenumbers import PhoneNumberType, geocoder, timezone
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
+from outdial.rules.law import JURISDICTION_REGION, JURISDICTIONS
+
 __all__ = [
     "JURISDICTION_REGIONS",
     "NumberError",
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 #: Regions whose numbers a campaign of that jurisdiction may call.
-JURISDICTION_REGIONS: dict[str, tuple[str, ...]] = {"US": ("US",), "CA": ("CA",), "UK": ("GB",)}
+JURISDICTION_REGIONS: dict[str, tuple[str, ...]] = {j: (r,) for j, r in JURISDICTION_REGION.items()}
 
 _TYPE_NAMES: dict[int, str] = {
     PhoneNumberType.FIXED_LINE: "fixed_line",
@@ -82,7 +84,9 @@ def jurisdiction_regions(jurisdiction: str) -> tuple[str, ...]:
     try:
         return JURISDICTION_REGIONS[jurisdiction.upper()]
     except KeyError:
-        raise ValueError(f"unknown jurisdiction {jurisdiction!r} (expected one of US, CA, UK)") from None
+        raise ValueError(
+            f"unknown jurisdiction {jurisdiction!r} (expected one of {', '.join(JURISDICTIONS)})"
+        ) from None
 
 
 def parse_number(raw: str, default_region: str = "US", jurisdiction: str = "US") -> ParsedNumber:

@@ -32,6 +32,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 
+from outdial.rules.law import JURISDICTION_REGION
+
 __all__ = [
     "LAW_HOURS",
     "WindowDecision",
@@ -90,8 +92,6 @@ LAW_HOURS: dict[tuple[str, str], dict[int, Hours | None]] = {
     ("CA", ""): _law((time(9), time(21, 30)), (time(10), time(18)), (time(10), time(18))),
     ("UK", ""): _law(_8_21, _8_21, _8_21),
 }
-
-_HOLIDAY_COUNTRY = {"US": "US", "CA": "CA", "UK": "GB"}
 
 
 def _parse_hhmm(value: Any, name: str) -> time:
@@ -205,7 +205,8 @@ def _zone(name: str) -> ZoneInfo | None:
 
 @functools.lru_cache(maxsize=512)
 def _public_holidays(jurisdiction: str, state: str | None, year: int) -> frozenset[date]:
-    country = _HOLIDAY_COUNTRY.get(jurisdiction.upper(), "US")
+    # The ``holidays`` package names countries by ISO 3166 code, like the number regions.
+    country = JURISDICTION_REGION.get(jurisdiction.upper(), "US")
     try:
         hol = holidays.country_holidays(country, subdiv=state or None, years=year)
     except NotImplementedError:

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+from outdial.rules.law import MIN_RING_S
+
 
 class EventKind(StrEnum):
     RINGING = "ringing"
@@ -47,8 +49,8 @@ class CallEvent:
     digit: str = ""
 
 
-#: Never ring for less than this (FCC 64.1200(a)(6): 15 s or 4 rings; Ofcom: 15 s).
-MIN_RING_TIMEOUT_S = 15.0
+#: Never ring for less than this: the legal minimum, :data:`outdial.rules.law.MIN_RING_S`.
+MIN_RING_TIMEOUT_S = MIN_RING_S
 
 
 class TelephonyAdapter(abc.ABC):
