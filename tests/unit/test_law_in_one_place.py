@@ -21,16 +21,6 @@ PACKAGE = Path(__file__).resolve().parents[2] / "services" / "outdial"
 #: Where the law lives, and generated code.
 HOME = ("rules/law.py", "v1/")
 
-#: Files being rewritten on another branch (issue 10, points 1-2: the pacing core and the simulator); they
-#: switch to ``rules/law.py`` as part of that rewrite. This list only shrinks: remove a file once it has moved.
-BEING_REWRITTEN = (
-    "pacing/dialer.py",
-    "pacing/budget.py",
-    "pacing/snapshot.py",
-    "pacing/algorithms.py",
-    "sim/",
-)
-
 _J = r'"(US|CA|UK)"'
 #: (name, pattern); a pattern's groups named j1..j3 must be three different jurisdictions to count.
 PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -86,9 +76,7 @@ def _scanned() -> list[Path]:
     out = []
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()
-        if rel.startswith(HOME) or any(
-            rel == x or (x.endswith("/") and rel.startswith(x)) for x in BEING_REWRITTEN
-        ):
+        if rel.startswith(HOME):
             continue
         out.append(path)
     return out
@@ -118,12 +106,6 @@ def test_no_legal_figure_is_copied_outside_rules() -> None:
     assert not found, "legal figures written outside rules/law.py (read them from there):\n" + "\n".join(
         found
     )
-
-
-def test_excluded_files_exist() -> None:
-    """A file on the exclusion list that no longer exists (moved, renamed) is taken off the list."""
-    for rel in BEING_REWRITTEN:
-        assert (PACKAGE / rel).exists(), f"{rel} is gone: remove it from BEING_REWRITTEN"
 
 
 @pytest.mark.parametrize(

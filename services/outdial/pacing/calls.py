@@ -53,12 +53,12 @@ class Action(StrEnum):
     RECORD_ANSWER = "record_answer"  # answer + answer time to PostgreSQL, call.answered
     OFFER = "offer"  # OfferCall (the held agent first); its result comes back as OFFER_ACCEPTED/REFUSED
     BRIDGE = "bridge"  # connect the media to the agent
-    RECORD_CONNECT = "record_connect"  # agent + connect time to PostgreSQL, live answer into the budget
+    RECORD_CONNECT = "record_connect"  # agent + connect time (PostgreSQL), live answer into the budget
     RELEASE_AGENT = "release_agent"  # give back the agent held for this call, if any
     PLAY_MESSAGE = "play_message"  # the abandonment message
     RECORD_ABANDON = "record_abandon"  # abandoned live answer into the budget (and the UK 72 h mark)
     RECORD_OPT_OUT = "record_opt_out"  # the number onto the internal DNC list, at once
-    EMIT_OUTCOME = "emit_outcome"  # call.no_answer / call.busy / call.failed
+    EMIT_OUTCOME = "emit_outcome"  # the outcome to PostgreSQL; call.no_answer / call.busy / call.failed
     HANGUP = "hangup"  # hang up an answered line from our side
     CANCEL = "cancel"  # CANCEL a ringing line (only after the legal ring minimum: the planner's rule)
     END_AGENT_CALL = "end_agent_call"  # the agent moves to wrap-up (EndCall)
@@ -99,7 +99,7 @@ TABLE: dict[tuple[State, Event], Transition] = {
     ),
     **{(S.RINGING, e): t for e, t in _FAILED_ENDS.items()},
     # ---------------------------------------------------------------- a person answered: the offer
-    (S.OFFERED, E.OFFER_ACCEPTED): Transition(S.CONNECTED, "connected", (A.BRIDGE, A.RECORD_CONNECT)),
+    (S.OFFERED, E.OFFER_ACCEPTED): Transition(S.CONNECTED, "connected", (A.RECORD_CONNECT, A.BRIDGE)),
     (S.OFFERED, E.OFFER_REFUSED): Transition(
         S.ABANDONED, "abandoned", (A.RELEASE_AGENT, A.RECORD_ABANDON, A.PLAY_MESSAGE)
     ),

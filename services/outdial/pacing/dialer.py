@@ -666,6 +666,7 @@ class Dialer:
             if call.reason.startswith("released"):
                 extra = {"reason": "released_no_agent"}
             call.outcome_emitted = True
+            await self.store.mark_outcome(call.call_id, call.outcome)
             await self._emit(call, f"call.{call.outcome}", at, **extra)
         elif action is Action.HANGUP and live:
             with contextlib.suppress(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from outdial.rules.law import MIN_RING_S, ring_time
+from outdial.rules.law import MIN_RING_S, SHORT_WINDOW_CAP, ring_time
 
 __all__ = ["MIN_RING_S"]  # re-exported: what the snapshot's ring time is bounded by
 
@@ -70,7 +70,7 @@ class BudgetView:
     abandoned: int
     remaining: float
     rate_60min: float
-    short_window_cap: float = 0.05
+    short_window_cap: float = SHORT_WINDOW_CAP
     live_60min: int = 0
     abandoned_60min: int = 0
 

@@ -40,6 +40,7 @@ from outdial.pacing.snapshot import (
     PacingParams,
     ring_timeout,
 )
+from outdial.rules.law import ABANDON_POLICIES
 
 CLAIRVOYANT = "clairvoyant"
 
@@ -70,7 +71,7 @@ class SimConfig:
     wrap_s: float = 15.0
     algorithm: str = "predictive"
     params: PacingParams = field(default_factory=PacingParams)
-    abandon_cap: float = 0.03
+    abandon_cap: float = ABANDON_POLICIES["US"].cap
     abandon_window_s: float = US_WINDOW_S
     tick_s: float = 1.0
     login_spread_s: float = 60.0
