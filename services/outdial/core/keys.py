@@ -35,8 +35,16 @@ def event_seen(group: str, event_id: str) -> str:
 
 def active_campaigns() -> str:
     """Set of ids of campaigns in state active. Writer: campaign service. Readers: pacing, feeder. No TTL
-    (rebuilt from PostgreSQL at campaign-service start)."""
+    (rebuilt from PostgreSQL at campaign-service start, and whenever :func:`campaigns_published` is gone)."""
     return f"{PREFIX}campaigns:active"
+
+
+def campaigns_published() -> str:
+    """String: "every campaign's config and the active set are in Redis" (the time they were written).
+    Writer: campaign service, after publishing them all. Reader: the campaign service, every second: when
+    it is missing, Redis lost its data, and every config and the active set are written again from
+    PostgreSQL. No TTL."""
+    return f"{PREFIX}campaigns:published"
 
 
 def campaign_config(campaign_id: str) -> str:
