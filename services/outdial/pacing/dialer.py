@@ -42,7 +42,14 @@ import redis.exceptions
 
 from outdial.core import keys
 from outdial.core.clock import Clock
-from outdial.core.metrics import ABANDON_RATE, CALLS_BLOCKED, CALLS_PLACED, DIAL_LEVEL, LINES_IN_FLIGHT
+from outdial.core.metrics import (
+    ABANDON_RATE,
+    CALLS_BLOCKED,
+    CALLS_PLACED,
+    CALLS_RELEASED,
+    DIAL_LEVEL,
+    LINES_IN_FLIGHT,
+)
 from outdial.core.redis import Redis
 from outdial.pacing.actions import Call, CallActions, carrier_event, observe
 from outdial.pacing.agents import AgentClient
@@ -364,6 +371,7 @@ class Dialer:
             return
         for i in plan.cancel:
             run.released += 1
+            CALLS_RELEASED.labels(cid).inc()
             log.warning("campaign %s: releasing call %s (no agent can staff it)", cid, ringing[i].call_id)
             ringing[i].events.put_nowait(Event.RELEASE)
         if plan.launch > 0 and config is not None:
