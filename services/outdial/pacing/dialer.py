@@ -237,13 +237,22 @@ class Dialer:
             await run.task
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
-        """Stop dialing; let calls in flight finish for ``drain_s``; close the rest; release leases."""
+        """Stop dialing; let calls in flight finish for ``drain_s``, and in any case until every ringing call
+        has rung the legal minimum (a shutdown never cuts one short); close the rest; release leases."""
         self._dialing = False
         for cid in list(self.campaigns):
             await self._halt(self.campaigns[cid])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_s
-        while self.calls and loop.time() < deadline:
+
+        def too_young() -> bool:
+            now = self.clock.now()
+            return any(
+                c.state is State.RINGING and (now - c.dial_at).total_seconds() < law.MIN_RING_S
+                for c in self.calls.values()
+            )
+
+        while self.calls and (loop.time() < deadline or too_young()):
             await asyncio.sleep(0.05)
         for call in list(self.calls.values()):
             call.events.put_nowait(Event.SHUTDOWN)
@@ -461,11 +470,13 @@ class Dialer:
         """True: dialled. None: fenced off or shutting down (hand the lead back). False: refused because the
         lead or number has a call open."""
         dial_at = self.clock.now()
-        if not self._dialing or not await self.leases.fence_and_register(run.lease, g.call_id, ms(dial_at)):
-            return None
         call = Call(g.call_id, cid, g.lead_id, g.number, taken.fields, config, dial_at, held_agent=held_agent)
-        # Known as ours before PostgreSQL shows it dialled, so reconciliation never takes it for an orphan.
+        # Known as ours before it is in flight or PostgreSQL shows it dialled, so reconciliation never takes
+        # it for an orphan nor drops its in-flight entry.
         self.calls[g.call_id] = call
+        if not self._dialing or not await self.leases.fence_and_register(run.lease, g.call_id, ms(dial_at)):
+            self.calls.pop(g.call_id, None)
+            return None
         if not await self.store.mark_dialed(g.call_id, dial_at):
             self.calls.pop(g.call_id, None)
             await self.redis.zrem(keys.calls_in_flight(cid), g.call_id)
@@ -510,6 +521,8 @@ class Dialer:
                     event, at = mapped, from_ms(item.at_ms) or self.clock.now()
                     if item.kind is EventKind.FAILED and item.reason and not call.reason:
                         call.reason = item.reason
+                    if event is Event.LINE_ENDED and call.end_at is None:
+                        call.end_at = at  # the carrier's time of the end, not the time we got to it
                 await self.actions.apply(call, event, at, run)
         except asyncio.CancelledError:
             if call.state is not State.ENDED:
