@@ -10,7 +10,6 @@ every connected call was answered by a person; abandonment within the cap; no le
 from __future__ import annotations
 
 import asyncio
-import itertools
 import signal
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -32,17 +31,13 @@ from outdial.core.config import Settings
 from outdial.core.infra import PrivateServer, ensure_database, start_private_postgres, start_private_redis
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
 from tests.conftest import TEST_SECRET
+from tests.e2e.checks import assert_no_dnc_dial_and_every_dial_audited, overlaps
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SEED = 11
 LEADS = 3000
 RUN_S = 100
-
-
-def _overlaps(intervals: list[tuple[datetime, datetime]]) -> bool:
-    intervals.sort()
-    return any(b[0] < a[1] for a, b in itertools.pairwise(intervals))
 
 
 class Faults:
@@ -164,25 +159,7 @@ async def _check(database_url: str, redis_url: str, cid: str, accepted: int, fau
             f"{await conn.fetch('SELECT campaign_id, count(*), count(dial_at) FROM dial_attempts GROUP BY 1')}"
         )
 
-        # No number on a DNC list was dialled, and every dial has an allowing audit record.
-        on_list = await conn.fetch(
-            """SELECT d.call_id, e.list_id FROM dial_attempts d JOIN dnc_entries e ON e.number = d.number
-                WHERE d.campaign_id = $1 AND d.dial_at IS NOT NULL
-                  AND e.added_at <= d.dial_at AND (e.removed_at IS NULL OR e.removed_at > d.dial_at)
-                  AND (e.list_id IN ('internal', 'national:US') OR e.list_id = 'campaign:' || $1)""",
-            cid,
-        )
-        assert not on_list, f"numbers on a DNC list were dialled: {on_list[:5]}"
-        audited = {
-            r["call_id"]
-            for r in await conn.fetch(
-                "SELECT call_id FROM dnc_audit WHERE campaign_id = $1 AND action = 'check' AND result = 'allowed'",
-                cid,
-            )
-        }
-        assert not [d["call_id"] for d in dials if d["call_id"] not in audited], (
-            "a dial without its audit record"
-        )
+        await assert_no_dnc_dial_and_every_dial_audited(conn, cid, dials)
 
         # Every dial ended, with a complete call detail record (rebuilt from PostgreSQL when Redis lost it).
         assert not [d["call_id"] for d in dials if d["end_at"] is None], "calls never ended"
@@ -203,12 +180,12 @@ async def _check(database_url: str, redis_url: str, cid: str, accepted: int, fau
             spans: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
             for d in dials:
                 spans[d[key]].append((d["dial_at"], d["end_at"]))
-            assert not [k for k, iv in spans.items() if _overlaps(iv)], f"a {key} had two calls at once"
+            assert not [k for k, iv in spans.items() if overlaps(iv)], f"a {key} had two calls at once"
         per_agent: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
         for d in dials:
             if d["outcome"] == "connected":
                 per_agent[d["agent_id"]].append((d["connect_at"], d["end_at"]))
-        assert not [a for a, iv in per_agent.items() if _overlaps(iv)], "an agent held two calls at once"
+        assert not [a for a, iv in per_agent.items() if overlaps(iv)], "an agent held two calls at once"
 
         # Every connected call was answered by a person, with its time.
         bad = [
