@@ -5,7 +5,9 @@ takes over from the older one."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+from typing import Any
 
 import asyncpg
 import grpc
@@ -13,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from outdial.agent.client import AgentSession, Backoff, SessionEnded
+from outdial.agent.store import AgentRedis
 from outdial.core import keys
 from outdial.core.clients import open_channel
 from outdial.v1 import agent_pb2, common_pb2
@@ -207,3 +210,75 @@ async def test_the_client_rides_out_a_service_restart(services: Services, redis:
             await task
         await s.logout()
         await s.close()
+
+
+async def test_an_offer_whose_offercall_died_is_taken_back_from_the_console(
+    services: Services, redis: aioredis.Redis, pg: asyncpg.Pool
+) -> None:
+    rs = await services.start("agent")
+    uma = Console(services, rs, "uma")
+    await uma.login((CID, 1))
+    await uma.connect()
+    # A replica reserves uma for a call and dies: nobody waits for the console's acknowledgement.
+    store = AgentRedis(redis)
+    offer = {"call_id": "dead1", "campaign_id": CID, "lead_id": "L1", "number": "+12025550123"}
+    tr = await store.run("reserve", CID, "dead1", "[]", json.dumps(offer), 1500, "gone-replica", 10, 200)
+    assert (tr.status, tr.agent_id) == ("ok", "uma")
+    assert (await asyncio.wait_for(uma.offers.get(), 10)).call_id == "dead1"
+
+    async def told() -> bool:
+        return "dead1" in uma.ended
+
+    # At once, not after the sweeper's slack: the console is told the call is gone, uma is ready.
+    await wait_for(told, what="console told the orphaned offer is gone")
+    assert await redis.hget(keys.agent("uma"), "state") == "ready"
+    assert ("ready", "offer_orphaned", "dead1") in await timeline(pg, "uma")
+    await uma.kill()
+
+
+async def test_a_retried_offercall_re_offers_when_the_first_ones_replica_died(
+    services: Services, redis: aioredis.Redis
+) -> None:
+    rs = await services.start("agent")
+    cid = CID
+    vic = Console(services, rs, "vic")
+    await vic.login((cid, 1))
+    # Vic's console is held by another replica (a plain subscriber here, which acknowledges by hand).
+    console_side = redis.pubsub()
+    await console_side.subscribe(keys.agent_offers("vic"))
+    try:
+        store = AgentRedis(redis)
+        offer = {"call_id": "r1", "campaign_id": cid, "lead_id": "L1", "number": "+12025550123"}
+        args = ("[]", json.dumps(offer), 1500, "gone-replica", 10, 200, keys.call_agent("r1"))
+        tr = await store.run("reserve", cid, "r1", *args)
+        assert (tr.status, tr.agent_id) == ("ok", "vic")
+        first = await _next_offer(console_side)
+        assert first["reply_to"] == "gone-replica"  # its OfferCall died: nobody will connect the call
+
+        # The dialer retries the same call on a live replica: offered again to vic, answered to it.
+        stub = dialer(services, rs)
+
+        async def offer_again() -> agent_pb2.OfferCallResponse:
+            resp: agent_pb2.OfferCallResponse = await stub.OfferCall(offer_req(cid, "r1"))
+            return resp
+
+        retry = asyncio.create_task(offer_again())
+        again = await _next_offer(console_side)
+        assert again["call_id"] == "r1" and again["reply_to"] != "gone-replica"
+        await store.publish_ack(again["reply_to"], "ack", "r1", "vic")
+        resp = await asyncio.wait_for(retry, 10)
+        assert (resp.assigned, resp.agent_id) == (True, "vic")
+        h = await redis.hgetall(keys.agent("vic"))
+        assert (h["state"], h["call_id"]) == ("on_call", "r1")
+    finally:
+        await console_side.aclose()  # type: ignore[no-untyped-call]
+
+
+async def _next_offer(pubsub: Any) -> dict[str, Any]:
+    for _ in range(200):
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if msg is not None:
+            payload: dict[str, Any] = json.loads(msg["data"])
+            if payload.get("type") == "offer":
+                return payload
+    raise AssertionError("no offer published")

@@ -348,6 +348,10 @@ async def sim_agents(args: argparse.Namespace, settings: Settings) -> int:
         "ended": sum(a.stats.ended for a in agents),
         "dispositions": dict(sum((a.stats.dispositions for a in agents), Counter[str]())),
         "errors": sum(a.stats.errors for a in agents),
+        # Ridden out: streams reopened after a fault, logins after the heartbeat grace, calls taken back.
+        "reconnects": sum(a.stats.reconnects for a in agents),
+        "relogins": sum(a.stats.relogins for a in agents),
+        "calls_taken_back": sum(a.stats.taken_back for a in agents),
     }
     if args.json:
         print_json(total)
