@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
+import sys
 from typing import Any
 
 import asyncpg
@@ -15,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from outdial.agent.client import AgentSession, Backoff, SessionEnded
+from outdial.agent.simulated import Distribution, run_simulated_agents
 from outdial.agent.store import AgentRedis
 from outdial.core import keys
 from outdial.core.clients import open_channel
@@ -282,3 +286,68 @@ async def _next_offer(pubsub: Any) -> dict[str, Any]:
             if payload.get("type") == "offer":
                 return payload
     raise AssertionError("no offer published")
+
+
+async def test_a_sim_agents_process_killed_on_a_call_and_started_again_takes_the_call_back(
+    services: Services, redis: aioredis.Redis, pg: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OUTDIAL_AGENT_HEARTBEAT_TIMEOUT_S", "15")
+    rs = await services.start("agent")
+    env = {**os.environ, "OUTDIAL_AGENT_ADDR": rs.addr, "OUTDIAL_AUTH_SECRET": services.settings.auth_secret}
+    argv = ["sim", "agents", "--campaign", CID, "--count", "1", "--prefix", "crash", "--quiet"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; from outdial.cli.main import main; sys.exit(main(sys.argv[1:]))",
+        *argv, "--talk-mean", "600", "--talk-dist", "fixed", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    agent = "crash-0001"
+    try:
+
+        async def connected() -> bool:
+            subs = dict(await redis.pubsub_numsub(keys.agent_offers(agent)))
+            return bool(subs.get(keys.agent_offers(agent), 0) >= 1)
+
+        await wait_for(connected, what="the sim agents process connected")
+        d = dialer(services, rs)
+        assert (await d.OfferCall(offer_req(CID, "x1"))).agent_id == agent
+    finally:
+        proc.send_signal(signal.SIGKILL)  # crashes on the call: no logout, no hang-up
+        await proc.wait()
+    session = await redis.hget(keys.agent(agent), "session_id")
+
+    # Started again: the same client code takes the session and the call back, and finishes the call.
+    stop, started = asyncio.Event(), asyncio.Event()
+    sim = asyncio.create_task(
+        run_simulated_agents(
+            services.settings,
+            [(CID, 5)],
+            1,
+            stop=stop,
+            talk=Distribution(1.0, "fixed"),
+            wrap=Distribution(0.05, "fixed"),
+            prefix="crash",
+            dispositions={"sale": 1.0},
+            started=started,
+        )
+    )
+    try:
+        await asyncio.wait_for(started.wait(), 20)
+        h = await redis.hgetall(keys.agent(agent))
+        assert (h["state"], h["call_id"], h["session_id"]) == ("on_call", "x1", session)
+        # Still on that call: no second one.
+        second = await d.OfferCall(offer_req(CID, "x2"))
+        assert (second.assigned, second.reason) == (False, "no_agent_ready")
+
+        async def dispositioned() -> bool:
+            n = await pg.fetchval("SELECT count(*) FROM agent_dispositions WHERE call_id = 'x1'")
+            return bool(n == 1 and await redis.hget(keys.agent(agent), "state") == "ready")
+
+        await wait_for(dispositioned, what="the call taken back, ended and dispositioned")
+        # The hang-up reached the dialer's stream once.
+        hangups = [f for _id, f in await redis.xrange(keys.agent_hangups(CID))]
+        assert [(f["call_id"], f["agent_id"]) for f in hangups] == [("x1", agent)]
+    finally:
+        stop.set()
+        agents = await asyncio.wait_for(sim, 20)
+    assert agents[0].stats.taken_back == 1 and agents[0].stats.offers == 1
+    assert agents[0].session.logins + agents[0].session.resumes == 1

@@ -163,6 +163,9 @@ class SimulatedAgent:
                 self.stats.shown_again += 1  # shown again after a reconnection: the call in hand
                 return
             self.stats.offers += 1
+            st = self.session.status
+            if st is not None and st.state == common_pb2.AGENT_STATE_ON_CALL and st.call_id == offer.call_id:
+                self.stats.taken_back += 1  # on this call already: an earlier run of this agent took it
             if offer.HasField("offered_at"):
                 now = datetime.now(UTC)
                 self.stats.handover_s.append((now - offer.offered_at.ToDatetime(tzinfo=UTC)).total_seconds())
@@ -177,10 +180,14 @@ class SimulatedAgent:
                 if not ev.is_set():
                     self._withdrawn.add(call_id)
                     ev.set()
-        elif st.state == common_pb2.AGENT_STATE_WRAP_UP and st.call_id and st.call_id not in self._calls:
-            # In wrap-up for a call an earlier run of this agent took (it crashed): finish it.
-            self.stats.taken_back += 1
-            self._start(st.call_id, self._wrap_up(st.call_id))
+        elif st.state == common_pb2.AGENT_STATE_WRAP_UP and st.call_id:
+            if st.call_id not in self._calls:
+                # In wrap-up for a call an earlier run of this agent took (it crashed): finish it.
+                self.stats.taken_back += 1
+                self._start(st.call_id, self._wrap_up(st.call_id))
+            elif st.call_id in self._hangups:
+                # Ended on the far side while the stream was down (its notice missed): stop talking.
+                self._hangups[st.call_id].set()
 
     def _start(self, call_id: str, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
