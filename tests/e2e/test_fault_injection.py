@@ -28,7 +28,13 @@ from outdial.core import keys
 from outdial.core.auth import Role, issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import Settings
-from outdial.core.infra import PrivateServer, ensure_database, start_private_postgres, start_private_redis
+from outdial.core.infra import (
+    PrivateServer,
+    ensure_database,
+    free_port,
+    start_private_postgres,
+    start_private_redis,
+)
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
 from tests.conftest import TEST_SECRET
 from tests.e2e.checks import assert_no_dnc_dial_and_every_dial_audited, overlaps
@@ -101,20 +107,29 @@ class Faults:
         self.pg.proc.send_signal(signal.SIGQUIT)  # immediate shutdown: crash recovery at the next start
         await asyncio.to_thread(self.pg.proc.wait)
         await asyncio.sleep(1.0)
-        await asyncio.to_thread(self.pg.restart)
+        try:
+            await asyncio.to_thread(self.pg.restart)
+        except RuntimeError as exc:
+            log = (self.pg.directory / "postgres.log").read_text(errors="replace")[-4000:]
+            raise AssertionError(f"PostgreSQL did not come back: {exc}\n{log}") from exc
 
 
 async def test_a_day_of_faults(tmp_path: Path) -> None:
-    pg = await asyncio.to_thread(start_private_postgres)
+    pg = await asyncio.to_thread(lambda: start_private_postgres(durable=True))
     rd = await asyncio.to_thread(start_private_redis)
     try:
         database_url = await ensure_database(pg.url, "outdial")
+        # Ports of its own, so that it can run beside another demo or end-to-end run on this machine.
+        addrs = {
+            f"{name}_addr": f"127.0.0.1:{free_port()}" for name in ("campaign", "pacing", "dnc", "agent")
+        }
         settings = Settings(
             database_url=database_url,
             redis_url=rd.url,
             auth_secret=TEST_SECRET,
             grace_seconds=3,
             health_interval_seconds=0.5,
+            **addrs,
         )
         numbers = generate_leads(LEADS, seed=SEED).numbers
         faults = Faults(settings, pg, rd, numbers[7::97])
@@ -126,7 +141,11 @@ async def test_a_day_of_faults(tmp_path: Path) -> None:
             live=False,
             log_path=str(tmp_path / "services.log"),
             on_tick=faults.tick,
-            extra_env={"OUTDIAL_RECONCILE_AFTER_S": "5", "OUTDIAL_RECONCILE_INTERVAL_S": "2"},
+            extra_env={
+                "OUTDIAL_RECONCILE_AFTER_S": "5",
+                "OUTDIAL_RECONCILE_INTERVAL_S": "2",
+                **{f"OUTDIAL_{k.upper()}": v for k, v in addrs.items()},
+            },
         )
         result = await run_demo(settings, cfg)
         assert [w for _, w in faults.done] == [
