@@ -235,6 +235,10 @@ async def _check(database_url: str, redis_url: str, cid: str, accepted: int, fau
         )
 
         assert not claims, f"leads still claimed after the campaign stopped: {claims[:3]}"
+        print(
+            f"fault day: {len(dials)} dials, {len(live)} live answers, {len(abandoned)} abandoned "
+            f"({len(abandoned) / max(1, len(live)):.2%}), faults at {[round(t) for t, _ in faults.done]} s"
+        )
         # Every abandoned call heard the message, unless its replica died first (closed from its record).
         # (Events of calls ended before Redis lost its data are gone: those are not checked here.)
         unheard = [
