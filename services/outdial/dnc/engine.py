@@ -238,13 +238,26 @@ class DncEngine:
     async def _apply_or_flag(self, changes: list[tuple[str, str, str, bool]]) -> None:
         try:
             await self.index.apply(changes)
+        except IndexMissing as exc:
+            try:
+                await self.index.current()
+            except IndexMissing:
+                # Not built yet (first start) or lost with Redis's data: the next build reads PostgreSQL, where
+                # the change is saved, and every check fails closed until then. Nothing lost.
+                self.rebuild_wanted.set()
+                return
+            await self._flag_dirty(exc)
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                await store.set_dirty(self.pool)
-            self.rebuild_wanted.set()
-            raise Unavailable(
-                "saved, but the lookup index could not be updated: dialing is blocked until it is rebuilt"
-            ) from exc
+            log.exception("DNC index update failed: the index is marked dirty and will be rebuilt")
+            await self._flag_dirty(exc)
+
+    async def _flag_dirty(self, exc: Exception) -> None:
+        with contextlib.suppress(Exception):
+            await store.set_dirty(self.pool)
+        self.rebuild_wanted.set()
+        raise Unavailable(
+            "saved, but the lookup index could not be updated: dialing is blocked until it is rebuilt"
+        ) from exc
 
     async def add(
         self,
