@@ -7,10 +7,11 @@ Exp(120 s), wrap 15 s, answer delay Gamma(shape 4, mean 15 s), no-answer release
 several seeds. Then the robustness scenarios at 0.25 (answer rate falls to 0.12 at hour 3; 30 % of the
 agents change at a shift change at hour 3), and the targets checked one by one.
 
-    python bench/pacing.py            # the full grid (long: tens of minutes on 2 cores)
+    python bench/pacing.py            # the full grid (234 days: ~13 min on one process, ~7 on 2 cores)
     python bench/pacing.py --quick    # 10 and 50 agents, 0.25 only, 4-hour days, 2 seeds
-    python bench/pacing.py --targets  # only what the targets need: predictive and the clairvoyant bound at
-                                      # 0.25, predictive at 0.10 and in the two robustness scenarios
+    python bench/pacing.py --targets  # only what the targets need (45 days, ~5 min on one process):
+                                      # predictive and the clairvoyant bound at 0.25, predictive at 0.10
+                                      # and in the two robustness scenarios
 
 Each run prints, per team size at 0.25, predictive talk occupancy beside the clairvoyant bound and the
 ceiling talk / (talk + wrap), with the gap to each, the day's abandonment and the worst 60-minute window.
