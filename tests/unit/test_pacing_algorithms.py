@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from outdial.pacing.algorithms import ALGORITHMS, target_rate
+from outdial.pacing.algorithms import (
+    ALGORITHMS,
+    Predictive,
+    _exact_tail,
+    _model,
+    count,
+    target_rate,
+)
 from outdial.pacing.planner import make_algorithm
 from outdial.pacing.snapshot import (
     MIN_RING_S,
@@ -217,3 +226,48 @@ def test_young_campaign_keeps_abandoned_calls_in_hand_for_the_long_window() -> N
     )
     assert target_rate(young, PacingParams()) == 0.0
     assert target_rate(BUDGET, PacingParams()) > 0.01
+
+
+def _small_team() -> Snapshot:
+    agents = (
+        AgentSnap("ready", 4.0),
+        AgentSnap("wrap_up", 9.0),
+        *(AgentSnap("on_call", 30.0) for _ in range(3)),
+    )
+    return snap(agents, in_flight=(0.4, 6.2, 13.0, 19.5))
+
+
+def test_small_team_risk_is_the_exact_count_of_the_bernoulli_terms() -> None:
+    # The small-team path convolves the ringing calls' answers and the busy agents' frees exactly; check it
+    # against plain enumeration of every outcome (2 ** 7 of them) for each instant of the horizon.
+    s = _small_team()
+    c = count(s)
+    e = s.estimates
+    m = _model(0.25, 0.0, 15.0, 4, 25.0, 25.0, 120.0, 15.0)
+    assert e.live_answer_rate == 0.25
+    tail = _exact_tail(s, c, m, room=3)
+    for j, tau in enumerate(m.taus):
+        q_calls = [m.by_age[int(a)][j] for a in s.in_flight_ages_s]
+        q_busy = [m.on_call_free[j]] * c.on_call
+        free = 1 + (1 if tau + 2.0 >= 15.0 - 9.0 else 0)
+        for others in range(4):
+            p_no_agent = 0.0
+            for bits in itertools.product((0, 1), repeat=len(q_calls) + len(q_busy)):
+                pr = 1.0
+                for b, q in zip(bits, q_calls + q_busy, strict=True):
+                    pr *= q if b else 1.0 - q
+                answers = sum(bits[: len(q_calls)]) + others
+                frees = free + sum(bits[len(q_calls) :])
+                if answers >= frees:
+                    p_no_agent += pr
+            assert tail[j, others] == pytest.approx(p_no_agent, abs=1e-9)
+
+
+def test_small_team_dials_where_the_normal_law_would_not() -> None:
+    # Two ready agents, one call ringing: the next call can only miss an agent if the ringing one and
+    # another free-up go wrong together. The normal law (tuned for big teams) puts its risk near 3 %.
+    agents = (*ready(2), *(AgentSnap("on_call", 30.0) for _ in range(8)))
+    s = snap(agents, in_flight=(2.0,))
+    exact = Predictive().decide(s)
+    normal = Predictive(exact_max_terms=0).decide(s)
+    assert exact.calls > normal.calls

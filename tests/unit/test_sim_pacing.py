@@ -153,3 +153,23 @@ def test_low_answer_rate_large_team_raises_no_false_alarm() -> None:
     assert r.live_answers > 1000
     assert r.estimator_changes == 0
     assert r.worst_60min_abandon_rate <= 0.05
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        {"answer_rate": 0.10},
+        {"answer_rate_drop_at_hour": 1.0, "answer_rate_after": 0.12},
+        {"shift_change_at_hour": 1.0, "shift_change_fraction": 0.3},
+    ],
+    ids=["answer-rate-0.10", "drop-to-0.12", "shift-change"],
+)
+def test_small_team_keeps_the_caps_in_adverse_days(scenario: dict[str, float], seed: int) -> None:
+    # A small team is where predictive counts its risk exactly (no normal law): the day stays within 3 %
+    # and no hour above 5 % when the answer rate is low, falls, or a third of the agents change.
+    r = simulate(cfg(agents=10, hours=3.0, seed=seed, **scenario))
+    assert r.live_answers > 300
+    assert r.abandon_rate <= 0.03
+    assert r.worst_60min_abandon_rate <= 0.05
+    assert r.talk_occupancy > 0.6

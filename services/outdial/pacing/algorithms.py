@@ -21,9 +21,11 @@ campaign) and obey the planner's basic guards (no agents, lines cap, ring) but n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Protocol
+
+import numpy as np
 
 from outdial.pacing.snapshot import (
     ON_CALL,
@@ -152,6 +154,11 @@ class _Model:
     by_age: tuple[tuple[float, ...], ...]  # [age bucket][tau]: P(live answer in (age, age+tau] | ringing)
     on_call_free: tuple[float, ...]  # P(an agent on a call now is free by tau + patience)
     wrap_s: float
+    # The same tables as arrays, for the exact small-team computation (:meth:`Predictive._exact_calls`).
+    by_age_a: np.ndarray = field(compare=False, repr=False)
+    on_call_free_a: np.ndarray = field(compare=False, repr=False)
+    new_answer_a: np.ndarray = field(compare=False, repr=False)
+    new_weight_a: np.ndarray = field(compare=False, repr=False)  # answer-time law of a new live call
 
 
 @lru_cache(maxsize=64)
@@ -195,7 +202,17 @@ def _model(
     on_call = tuple(
         (1.0 - math.exp(-(t + PATIENCE_S - wrap_s) / talk)) if t + PATIENCE_S > wrap_s else 0.0 for t in taus
     )
-    return _Model(taus, new_answer, tuple(rows), on_call, wrap_s)
+    return _Model(
+        taus,
+        new_answer,
+        tuple(rows),
+        on_call,
+        wrap_s,
+        np.array(rows),
+        np.array(on_call)[:, None],
+        np.array(new_answer),
+        np.diff(np.array(new_answer), prepend=0.0) / max(new_answer[-1], 1e-12),
+    )
 
 
 # Expected abandoned calls below this are noise (keeps N = 0 from being refused when nothing is ringing).
@@ -252,6 +269,43 @@ def target_rate(budget: BudgetView, params: PacingParams, margin: float = 0.75) 
     return max(0.0, base)
 
 
+def _exact_tail(snap: Snapshot, c: Counts, m: _Model, room: int) -> np.ndarray:
+    """``tail[j, i]``: P(a new call answered at ``tau_j`` finds no agent | ``i`` other new calls answered).
+
+    The event of :class:`Predictive`'s normal approximation (the answers by ``tau`` take every agent free by
+    ``tau + 2 s``), but the answers of the ringing calls and the frees of the busy agents are convolved
+    exactly, as the independent Bernoulli terms they are. With a few agents the normal law is far off:
+    one ringing call and one ready agent gave the next call a 35 % risk where the truth is under 25 %.
+    """
+    k = len(m.taus)
+    busy = c.on_call + c.reserved
+    size = busy + c.in_flight + 1
+    # pmf[j, x]: P(answers by tau_j of the ringing calls - frees by tau_j + 2 s of the busy agents = x - busy)
+    pmf = np.zeros((k, size))
+    pmf[:, busy] = 1.0
+    top = len(m.by_age) - 1
+    for age in snap.in_flight_ages_s:
+        q = m.by_age_a[min(int(age), top)][:, None]
+        up = pmf[:, :-1] * q
+        pmf *= 1.0 - q
+        pmf[:, 1:] += up
+    f = m.on_call_free_a
+    for _ in range(busy):
+        down = pmf[:, 1:] * f
+        pmf *= 1.0 - f
+        pmf[:, :-1] += down
+    surv = np.cumsum(pmf[:, ::-1], axis=1)[:, ::-1]  # surv[j, x] = P(D_j >= x - busy)
+    free = np.full(k, float(c.ready))
+    patience = np.asarray(m.taus) + PATIENCE_S
+    for a in snap.agents:
+        if a.state == WRAP_UP:
+            free += patience >= m.wrap_s - a.in_state_s
+    # No agent for the new call when D + (other new answers) >= free - waiting.
+    idx = (free.astype(int) - c.waiting + busy)[:, None] - np.arange(room + 1)[None, :]
+    tail = np.take_along_axis(surv, np.clip(idx, 0, size - 1), axis=1)
+    return np.where(idx <= 0, 1.0, np.where(idx >= size, 0.0, tail))
+
+
 class Predictive:
     """Model-based pacing.
 
@@ -264,18 +318,26 @@ class Predictive:
     - free agents: the ready ones, the ones in wrap-up whose wrap ends by ``tau + 2 s``, and the ones on a
       call by the exponential hazard of their remaining talk time followed by the mean wrap-up.
 
-    The deficit ``answers(tau) - free(tau + 2 s)`` is a sum of many Bernoulli terms, taken as normal
-    (the live-answer rate's own uncertainty added); its expected positive part, maximised over ``tau``,
-    is the predicted number of abandoned calls over the horizon. It launches the largest ``N`` for which
-    that stays under ``gain * target_rate * expected answers``, the target coming from the budget
-    (:func:`target_rate`). ``gain`` calibrates the fluid approximation (tuned with the simulator).
+    The deficit ``answers(tau) - free(tau + 2 s)`` is a sum of Bernoulli terms. A new call answered at
+    ``tau`` is abandoned when that deficit (with the other new calls' answers) leaves no agent for it; the
+    risk of the next call is that probability averaged over its answer time. It launches the most calls
+    whose last one's risk stays under ``theta = gain * target_rate``, the target coming from the budget
+    (:func:`target_rate`): a marginal rule, since a call whose risk is high costs budget for little talk.
+
+    With many terms (big teams) the deficit is taken as normal, the live-answer rate's own uncertainty
+    added. With at most ``exact_max_terms`` ringing calls and busy agents (small teams) it is counted
+    exactly (:func:`_exact_tail`): there the normal law overstated the risk of the first calls beyond the
+    ready agents several times over, so small teams sat idle for lack of calls (10 agents at p = 0.25:
+    talk occupancy 0.721 → 0.731, day abandonment and worst hour unchanged within the seeds' spread).
+    ``gain`` calibrates the fluid approximation (tuned with the simulator).
     """
 
     name = "predictive"
 
-    def __init__(self, gain: float = 1.0, margin: float = 0.75) -> None:
+    def __init__(self, gain: float = 1.0, margin: float = 0.75, exact_max_terms: int = 40) -> None:
         self.gain = gain
         self.margin = margin
+        self.exact_max_terms = exact_max_terms
 
     def decide(self, snap: Snapshot) -> Decision:
         c = count(snap)
@@ -291,12 +353,21 @@ class Predictive:
             round(est.mean_talk_s, 0),
             round(est.mean_wrap_s, 0),
         )
-        base_mu, base_var, answers = self._baseline(snap, c, m)
         rate = target_rate(snap.budget, snap.params, self.margin)
-        rel_sd = est.live_answer_rate_sd / p
         room = max(0, snap.params.max_lines_per_agent * c.active - c.in_flight - c.waiting)
-
         theta = min(0.9, max(_MIN_THETA, self.gain * rate))
+        if c.in_flight + c.on_call + c.reserved <= self.exact_max_terms:
+            calls = self._exact_calls(snap, c, m, theta, room)
+        else:
+            calls = self._normal_calls(snap, c, m, theta, room)
+        reason = f"target abandon {rate:.2%}, p={p:.3f}, {c.ready} ready, {c.in_flight} ringing"
+        return Decision(calls, _level(c, calls), "predictive", reason, False)
+
+    def _normal_calls(self, snap: Snapshot, c: Counts, m: _Model, theta: float, room: int) -> int:
+        """The most calls whose last one's risk stays under ``theta``, the deficit taken as normal."""
+        base_mu, base_var, answers = self._baseline(snap, c, m)
+        est = snap.estimates
+        rel_sd = est.live_answer_rate_sd / min(max(est.live_answer_rate, 1e-4), 1.0)
         w = [m.new_answer[0]] + [m.new_answer[j] - m.new_answer[j - 1] for j in range(1, len(m.new_answer))]
         total = m.new_answer[-1]
 
@@ -314,18 +385,33 @@ class Predictive:
             return acc / total
 
         if risk(0) > theta:
-            calls = 0
-        else:
-            lo, hi = 0, room
-            while lo < hi:  # most calls whose last one's risk stays under theta (risk grows with n)
-                mid = (lo + hi + 1) // 2
-                if risk(mid - 1) <= theta:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            calls = lo
-        reason = f"target abandon {rate:.2%}, p={p:.3f}, {c.ready} ready, {c.in_flight} ringing"
-        return Decision(calls, _level(c, calls), "predictive", reason, False)
+            return 0
+        lo, hi = 0, room
+        while lo < hi:  # most calls whose last one's risk stays under theta (risk grows with n)
+            mid = (lo + hi + 1) // 2
+            if risk(mid - 1) <= theta:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    @staticmethod
+    def _exact_calls(snap: Snapshot, c: Counts, m: _Model, theta: float, room: int) -> int:
+        """The most calls whose last one's risk stays under ``theta``, the counts taken exactly."""
+        tail = _exact_tail(snap, c, m, room)
+        g = m.new_answer_a
+        w = m.new_weight_a
+        binom = np.zeros((len(g), room + 1))  # binom[j, i]: P(i of the other new calls answered by tau_j)
+        binom[:, 0] = 1.0
+        calls = 0
+        while calls < room:
+            if float(w @ np.einsum("ji,ji->j", binom, tail)) > theta:
+                break
+            calls += 1
+            up = binom[:, :-1] * g[:, None]
+            binom *= (1.0 - g)[:, None]
+            binom[:, 1:] += up
+        return calls
 
     @staticmethod
     def _baseline(snap: Snapshot, c: Counts, m: _Model) -> tuple[list[float], list[float], list[float]]:
