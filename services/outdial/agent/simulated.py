@@ -1,6 +1,7 @@
 """Simulated agents for demos, load tests and end-to-end tests. They use exactly the RPCs a real console
-uses (Login, Connect, EndCall, SetDisposition, Logout), with talk and wrap-up times drawn from seeded
-distributions. Importable: ``run_simulated_agents(...)`` or one :class:`SimulatedAgent` at a time."""
+uses (Login, Connect, EndCall, SetDisposition, DecidePreview, Logout), with talk, wrap-up and preview
+think times drawn from seeded distributions; a previewed lead is dialled after the think time, or skipped
+with probability ``p_skip``. Importable: ``run_simulated_agents(...)`` or one :class:`SimulatedAgent` at a time."""
 
 from __future__ import annotations
 
@@ -59,6 +60,9 @@ class SimStats:
     errors: int = 0
     # Offer hand-over seconds (offered_at -> received), as this client measured them.
     handover_s: list[float] = field(default_factory=list)
+    previews: int = 0
+    preview_dials: int = 0
+    preview_skips: int = 0
 
 
 class SimulatedAgent:
@@ -75,7 +79,11 @@ class SimulatedAgent:
         dispositions: dict[str, float] | None = None,
         skills: Sequence[str] = (),
         on_offer: Callable[[str, agent_pb2.CallOffer], None] | None = None,
+        think: Distribution | None = None,
+        p_skip: float = 0.1,
     ) -> None:
+        self.think = think or Distribution(2.0, "lognormal")
+        self.p_skip = p_skip
         self.stub = agent_pb2_grpc.AgentServiceStub(channel)
         # Streaming calls carry the token explicitly (grpc.aio applies a multi-kind client interceptor to
         # unary-unary calls only).
@@ -130,6 +138,11 @@ class SimulatedAgent:
                 self.connected.set()
             elif msg.call_ended:
                 self._hangups.setdefault(msg.call_ended, asyncio.Event()).set()
+            elif msg.HasField("preview"):
+                self.stats.previews += 1
+                task = asyncio.create_task(self._preview(msg.preview))
+                self._calls.add(task)
+                task.add_done_callback(self._calls.discard)
             elif msg.HasField("offer"):
                 self.stats.offers += 1
                 offer = msg.offer
@@ -143,6 +156,27 @@ class SimulatedAgent:
                 task = asyncio.create_task(self._handle(offer))
                 self._calls.add(task)
                 task.add_done_callback(self._calls.discard)
+
+    async def _preview(self, preview: agent_pb2.PreviewOffer) -> None:
+        """Look at the lead for a think time, then dial it or (sometimes) skip it. A preview that timed out
+        first was decided for the agent; the service answers with that decision."""
+        await asyncio.sleep(self.think.sample(self.rng))
+        skip = self.rng.random() < self.p_skip
+        want = agent_pb2.PREVIEW_DECISION_SKIP if skip else agent_pb2.PREVIEW_DECISION_DIAL
+        try:
+            resp = await self.stub.DecidePreview(
+                agent_pb2.DecidePreviewRequest(
+                    agent_id=self.agent_id, call_id=preview.call_id, decision=want
+                ),
+                metadata=self.metadata,
+            )
+        except grpc.aio.AioRpcError:
+            self.stats.errors += 1
+            return
+        if resp.decision == agent_pb2.PREVIEW_DECISION_DIAL:
+            self.stats.preview_dials += 1
+        elif resp.decision == agent_pb2.PREVIEW_DECISION_SKIP:
+            self.stats.preview_skips += 1
 
     async def _handle(self, offer: agent_pb2.CallOffer) -> None:
         hangup = self._hangups.setdefault(offer.call_id, asyncio.Event())
@@ -196,6 +230,8 @@ async def run_simulated_agents(
     dispositions: dict[str, float] | None = None,
     on_offer: Callable[[str, agent_pb2.CallOffer], None] | None = None,
     started: asyncio.Event | None = None,
+    think: Distribution | None = None,
+    p_skip: float = 0.1,
 ) -> list[SimulatedAgent]:
     """Run ``count`` simulated agents against ``settings.agent_addr`` until ``stop`` is set."""
     master = random.Random(seed)
@@ -217,6 +253,8 @@ async def run_simulated_agents(
                 rng=random.Random(master.random()),
                 dispositions=dispositions,
                 on_offer=on_offer,
+                think=think,
+                p_skip=p_skip,
             )
         )
     tasks = [asyncio.create_task(a.run(stop)) for a in agents]

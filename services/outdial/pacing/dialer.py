@@ -23,6 +23,10 @@ What survives what:
 - **Never two at once**: a lead is claimed atomically with its pop; PostgreSQL's partial unique indexes
   refuse a second open call to a lead or a number, and a second connected call to an agent.
 
+Modes the planner does not pace (``Plan.flow``): *preview* shows each ready agent a lead and dials only on
+their word (``preview.py``, states ``PREVIEWING``/``GATING`` of the call table); *agentless* launches
+message calls (``calls.Flow.MESSAGE``) that no agent is waited for.
+
 Agent-reserved mode (``Plan.reserve_agent``: progressive, and the fallback of the others): before a call
 is dialled, ``ReserveAgent`` holds one ready agent for it (no agent held: the lead goes back to the hopper,
 nothing is dialled); on a live answer ``OfferCall`` names that agent.
@@ -54,12 +58,13 @@ from outdial.core.metrics import (
 from outdial.core.redis import Redis
 from outdial.pacing.agents import AgentClient
 from outdial.pacing.budget import budget_view
-from outdial.pacing.calls import Action, Event, State, state_from_record, step
+from outdial.pacing.calls import Action, Event, Flow, State, state_from_record, step
 from outdial.pacing.estimates import OnlineEstimator
 from outdial.pacing.gate import DialGate, GateLead
 from outdial.pacing.hopper import Hopper, TakenLead
 from outdial.pacing.lease import Lease, LeaseStore
 from outdial.pacing.planner import Plan, Planner, RingingCall, TickInput, abandon_limits, effective_params
+from outdial.pacing.preview import PreviewFlow
 from outdial.pacing.snapshot import AGENT_STATES, PAUSED, AgentSnap, BudgetView, Estimates, PacingParams
 from outdial.pacing.store import PacingStore, from_ms, ms
 from outdial.rules import law
@@ -96,6 +101,13 @@ def observe(
     est.observe_outcome(human, machine, max(0.0, (resolved - dial_ms) / 1000))
     if connect_ms is not None:
         est.observe_talk(max(0.0, (end_ms - connect_ms) / 1000))
+
+
+def flow_of(config: dict[str, Any]) -> Flow:
+    """The call flow of a campaign's calls (agentless: the message; otherwise an agent)."""
+    if config.get("dial_mode") != "agentless":
+        return Flow.AGENT
+    return Flow.MESSAGE_MACHINES if config.get("machine_action") == "leave_message" else Flow.MESSAGE
 
 
 def _carrier_event(ev: CallEvent) -> Event | None:
@@ -141,6 +153,10 @@ class Call:
     end_at: datetime | None = None
     # False for a call closed from its record (an orphan): no carrier leg of ours to act on.
     followed: bool = True
+    # Agentless calls play the campaign's message instead of waiting for an agent (calls.Flow).
+    flow: Flow = Flow.AGENT
+    # Preview: the agent who chose to dial this lead (the call is manual, not autodialled).
+    dialled_by: str = ""
 
 
 @dataclass
@@ -200,6 +216,7 @@ class Dialer:
         # Replicas seen without presence, and since when (monotonic): orphans only after a lease time.
         self._absent: dict[str, float] = {}
         self._hangups_wanted = asyncio.Event()
+        self.preview = PreviewFlow(self)
 
     @property
     def replica(self) -> str:
@@ -267,6 +284,7 @@ class Dialer:
         if run is None:
             return
         await self._halt(run)
+        self.preview.withdraw(cid)
         if release:
             with contextlib.suppress(Exception):
                 await self.leases.release(run.lease)
@@ -373,7 +391,10 @@ class Dialer:
 
     async def _on_hangup(self, cid: str, entry_id: str, fields: dict[str, str]) -> None:
         call = self.calls.get(str(fields.get("call_id", "")))
-        if call is not None and call.state is State.CONNECTED and call.end_at is None:
+        if fields.get("kind") == "preview":
+            if call is not None:
+                self.preview.on_notice(call, fields)
+        elif call is not None and call.state is State.CONNECTED and call.end_at is None:
             call.end_at = from_ms(int(fields["at_ms"])) if fields.get("at_ms") else self.clock.now()
             log.info("call %s: the agent hung up; hanging up the carrier leg", call.call_id)
             call.events.put_nowait(Event.AGENT_HANGUP)
@@ -440,6 +461,7 @@ class Dialer:
         mine = [c for c in self.calls.values() if c.campaign_id == cid]
         ringing = [c for c in mine if c.state is State.RINGING]
         waiting = sum(1 for c in mine if c.state is State.OFFERED)
+        messages = sum(1 for c in mine if c.state is State.MESSAGE)
         # Calls of a previous holder still in flight count as ringing (conservative).
         raw_inflight: Any = await self.redis.zrange(keys.calls_in_flight(cid), 0, -1, withscores=True)
         foreign = tuple(
@@ -466,6 +488,7 @@ class Dialer:
                 foreign_ringing_ages_s=foreign,
                 agents_reachable=self.agents.reachable,
                 stop_reason=stop,
+                other_lines=messages,
             )
         )
         if run.stopped:
@@ -474,8 +497,13 @@ class Dialer:
             run.released += 1
             log.warning("campaign %s: releasing call %s (no agent can staff it)", cid, ringing[i].call_id)
             ringing[i].events.put_nowait(Event.RELEASE)
+        if plan.flow == "preview":
+            self.preview.check_agents(cid, agents)
         if plan.launch > 0 and config is not None:
-            await self._launch(cid, run, config, plan)
+            if plan.flow == "preview":
+                await self.preview.launch(cid, run, config, plan)
+            else:
+                await self._launch(cid, run, config, plan)
         await self._publish(cid, run, now, overrides, params, plan, agents, waiting, estimates, budget)
 
     # ================================================================ launching calls
@@ -507,6 +535,7 @@ class Dialer:
                     allowed=r.allowed,
                     reasons=r.reasons,
                     gate_at=now,
+                    mode=str(config.get("dial_mode") or ""),
                 )
                 if not r.allowed:
                     run.blocked += 1
@@ -563,7 +592,17 @@ class Dialer:
         dial_at = self.clock.now()
         if not self._dialing or not await self.leases.fence_and_register(run.lease, g.call_id, ms(dial_at)):
             return None
-        call = Call(g.call_id, cid, g.lead_id, g.number, taken.fields, config, dial_at, held_agent=held_agent)
+        call = Call(
+            g.call_id,
+            cid,
+            g.lead_id,
+            g.number,
+            taken.fields,
+            config,
+            dial_at,
+            held_agent=held_agent,
+            flow=flow_of(config),
+        )
         # Known as ours before PostgreSQL shows it dialled, so reconciliation never takes it for an orphan.
         self.calls[g.call_id] = call
         if not await self.store.mark_dialed(g.call_id, dial_at):
@@ -620,7 +659,7 @@ class Dialer:
             run.wake.set()
 
     async def _apply(self, call: Call, event: Event, at: datetime, run: CampaignRun | None) -> None:
-        t = step(call.state, event)
+        t = step(call.state, event, call.flow)
         call.state = t.state
         if t.outcome:
             call.outcome = t.outcome
@@ -636,7 +675,11 @@ class Dialer:
 
     async def _do(self, call: Call, action: Action, at: datetime, run: CampaignRun | None) -> None:  # noqa: C901
         live = call.followed
-        if action is Action.EMIT_RINGING:
+        if action in PreviewFlow.ACTIONS:
+            await self.preview.act(call, action, at, run)
+        elif action is Action.PLAY_CAMPAIGN_MESSAGE and live:
+            await self._play_campaign_message(call)
+        elif action is Action.EMIT_RINGING:
             await self._emit(call, "call.ringing", at)
         elif action is Action.RECORD_ANSWER:
             call.answer = "machine" if call.outcome == "machine" else "human"
@@ -687,6 +730,22 @@ class Dialer:
             or "the number on your display"
         )
         return law.abandon_message(seller, callback, jurisdiction=str(cfg.get("jurisdiction") or "US")).text
+
+    async def _play_campaign_message(self, call: Call) -> None:
+        """Agentless: the campaign's message (who calls, the message, a number and the opt-out key)."""
+        cfg = call.config
+        try:
+            text = law.agentless_message(
+                str(cfg.get("agentless_message") or ""),
+                str(cfg.get("seller_name") or cfg.get("name") or ""),
+                str(cfg.get("opt_out_number") or cfg.get("caller_id") or ""),
+            )
+        except ValueError as exc:
+            log.error("call %s: no message to play (%s): hanging up", call.call_id, exc)
+            await self.adapter.hangup(call.call_id)
+            return
+        await self.adapter.play_message(call.call_id, text)
+        call.message_played = True
 
     async def _offer(self, call: Call, run: CampaignRun | None) -> None:
         assert call.answer_at is not None
