@@ -626,8 +626,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             with contextlib.suppress(ValueError, TypeError):
                 cid = str(json.loads(tr.extra or "{}").get("campaign_id", ""))
                 if cid:
-                    await self.store.redis.publish(
-                        keys.agent_hangups(cid), json.dumps({"call_id": tr.call_id, "agent_id": agent_id})
+                    # The stream the dialer reads through its consumer group (a PUBLISH here reached nobody).
+                    # No time: the dialer stamps the hang-up with its own clock when the notice arrives.
+                    await self.store.redis.xadd(
+                        keys.agent_hangups(cid),
+                        {"call_id": tr.call_id, "agent_id": agent_id},
+                        maxlen=keys.AGENT_HANGUPS_MAXLEN,
+                        approximate=True,
                     )
         return agent_pb2.EndCallResponse(status=await self._status(agent_id))
 
