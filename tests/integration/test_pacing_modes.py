@@ -289,6 +289,36 @@ async def test_preview_a_dnc_listed_lead_is_not_dialled_even_when_the_agent_pres
     assert await redis.keys(f"od:{{c:{CID}}}:claim:*") == []
 
 
+async def test_preview_an_agent_who_leaves_gives_the_lead_back_to_the_next_agent(
+    services: Services, redis: aioredis.Redis, pg: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast_sim_env(monkeypatch, **ALL_LIVE)
+    number = "+12122340051"
+    _dnc, agent = await start_preview(services, redis, [number], preview_seconds=0)  # wait for the agent
+    stub = agent_pb2_grpc.AgentServiceStub(services.channel(agent, role="agent", sub="pv-5"))
+    await stub.Login(agent_pb2.LoginRequest(campaigns=[agent_pb2.CampaignMembership(campaign_id=CID)]))
+    stream = stub.Connect(
+        agent_pb2.ConnectRequest(), metadata=(("authorization", f"Bearer {make_token('agent', 'pv-5')}"),)
+    )
+    agents = Running()
+    try:
+        await start_pacing(services, redis)
+        async for msg in stream:
+            if msg.HasField("preview"):
+                break
+        assert msg.preview.number == number and not msg.preview.HasField("decide_by")
+        await stub.Logout(agent_pb2.LogoutRequest())  # looked at it, and left without a word
+        await agents.start(sim_agent(services, agent, "pv-6", think=Distribution(0.2, "fixed"), p_skip=0.0))
+        await wait_for(lambda: all_ended(pg, 1), timeout=40)
+    finally:
+        stream.cancel()
+        await agents.close()
+    shown = [e["agent_id"] for e in of_type(await events(redis), "preview.offered")]
+    assert shown == ["pv-5", "pv-6"]
+    r = await pg.fetchrow("SELECT * FROM dial_attempts WHERE campaign_id = $1", CID)
+    assert (r["number"], r["manual"], r["dialled_by"], r["outcome"]) == (number, True, "pv-6", "connected")
+
+
 # ------------------------------------------------------------------------------------------------ agentless
 
 

@@ -509,7 +509,7 @@ def _validate_modes(s: dict[str, Any]) -> None:
 def _validate_retry(jur: str, s: dict[str, Any]) -> None:
     seen: set[str] = set()
     for i, r in enumerate(s["retry_rules"]):
-        if r["outcome"] not in OUTCOMES or r["outcome"] in ("connected", "blocked"):
+        if r["outcome"] not in OUTCOMES or r["outcome"] in ("connected", "blocked", "delivered"):
             raise InvalidArgument(
                 "retry rules apply to no_answer, busy, failed, machine, fax, abandoned",
                 field=f"retry_rules[{i}].outcome",

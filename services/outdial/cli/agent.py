@@ -203,6 +203,8 @@ async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  #
             if msg.HasField("status"):
                 ui.status = msg.status
                 ui.note(f"state {STATE_NAMES.get(msg.status.state, '?')}")
+                if msg.status.state != common_pb2.AGENT_STATE_RESERVED:
+                    ui.preview = None  # withdrawn (campaign paused, hold lapsed) or decided
             elif msg.HasField("offer"):
                 ui.offer = msg.offer
                 ui.note(f"call {msg.offer.call_id} from {msg.offer.lead_name or msg.offer.number}")

@@ -105,20 +105,23 @@ class PreviewFlow:
                     break  # no agent to show it to: this lead and the rest go back
                 pending.pop(t.call_id)
                 call.held_agent = res.agent_id
-                await d.store.emit(
-                    "preview.offered",
-                    d.clock.now(),
-                    cid,
-                    t.call_id,
-                    t.lead_id,
-                    t.number,
-                    agent_id=res.agent_id,
-                )
                 call.task = asyncio.create_task(d._follow(call, run), name=f"pacing:preview:{t.call_id}")
                 if seconds > 0:
                     self._timers[t.call_id] = asyncio.create_task(
                         self._timeout(call, seconds, on_timeout), name=f"pacing:preview-timer:{t.call_id}"
                     )
+                try:
+                    await d.store.emit(
+                        "preview.offered",
+                        d.clock.now(),
+                        cid,
+                        t.call_id,
+                        t.lead_id,
+                        t.number,
+                        agent_id=res.agent_id,
+                    )
+                except Exception as exc:  # a record of the showing, not a condition of it
+                    log.warning("call %s: preview.offered not recorded (%s)", t.call_id, type(exc).__name__)
         finally:
             for t in pending.values():
                 d.calls.pop(t.call_id, None)
