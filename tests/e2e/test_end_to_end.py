@@ -6,7 +6,6 @@ log or the event stream, never the services' own counters."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import signal
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from outdial.core import keys
 from outdial.core.config import Settings
 from outdial.rules.windows import WindowSpec, check_window, legal_window
 from tests.conftest import TEST_SECRET
+from tests.e2e.checks import assert_no_dnc_dial_and_every_dial_audited, overlaps
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -44,11 +44,6 @@ def _settings(database_url: str, redis_url: str) -> Settings:
     )
 
 
-def _overlaps(intervals: list[tuple[datetime, datetime]]) -> bool:
-    intervals.sort()
-    return any(b[0] < a[1] for a, b in itertools.pairwise(intervals))
-
-
 async def _check_invariants(result: DemoResult, redis_url: str) -> dict[str, Any]:
     """Everything the compliance officer would check, from the records. Returns figures for messages."""
     cid = result.campaign_id
@@ -66,23 +61,7 @@ async def _check_invariants(result: DemoResult, redis_url: str) -> dict[str, Any
         assert dials, "no call was placed"
 
         # 1. No number on any DNC list was dialled, and every dial has an allowing audit record before it.
-        on_list = await conn.fetch(
-            """SELECT d.call_id, e.list_id FROM dial_attempts d JOIN dnc_entries e ON e.number = d.number
-                WHERE d.campaign_id = $1 AND d.dial_at IS NOT NULL
-                  AND e.added_at <= d.dial_at AND (e.removed_at IS NULL OR e.removed_at > d.dial_at)
-                  AND (e.list_id IN ('internal', 'national:US') OR e.list_id = 'campaign:' || $1)""",
-            cid,
-        )
-        assert not on_list, f"numbers on a DNC list were dialled: {on_list[:5]}"
-        audited = {
-            r["call_id"]
-            for r in await conn.fetch(
-                "SELECT call_id FROM dnc_audit WHERE campaign_id = $1 AND action = 'check' AND result = 'allowed'",
-                cid,
-            )
-        }
-        unaudited = [d["call_id"] for d in dials if d["call_id"] not in audited]
-        assert not unaudited, f"dials without an allowing audit record: {unaudited[:5]}"
+        await assert_no_dnc_dial_and_every_dial_audited(conn, cid, dials)
 
         # 2. No call started outside the lead's local calling window (the law of its state, every zone).
         for d in dials:
@@ -124,7 +103,7 @@ async def _check_invariants(result: DemoResult, redis_url: str) -> dict[str, Any
         for d in live:
             if d["outcome"] == "connected":
                 per_agent[d["agent_id"]].append((d["connect_at"], d["end_at"]))
-        assert not [a for a, iv in per_agent.items() if _overlaps(iv)], "an agent held two calls at once"
+        assert not [a for a, iv in per_agent.items() if overlaps(iv)], "an agent held two calls at once"
 
         # 5. Every attempt is a call detail record; no lead was dialled twice at the same time.
         for _ in range(40):
@@ -142,9 +121,7 @@ async def _check_invariants(result: DemoResult, redis_url: str) -> dict[str, Any
         for d in dials:
             assert d["end_at"] is not None, f"call {d['call_id']} never ended"
             per_lead[d["lead_id"]].append((d["dial_at"], d["end_at"]))
-        assert not [lead for lead, iv in per_lead.items() if _overlaps(iv)], (
-            "a lead was dialled twice at once"
-        )
+        assert not [lead for lead, iv in per_lead.items() if overlaps(iv)], "a lead was dialled twice at once"
 
         # 6. No lead lost: every accepted lead is still there, none left claimed.
         leads = await conn.fetchval("SELECT count(*) FROM leads WHERE campaign_id = $1", cid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import asyncpg
 import grpc
@@ -151,17 +152,31 @@ async def test_offer_call_is_idempotent_per_call(services: Services, redis: aior
         await c.kill()
 
 
-async def test_agent_hangup_is_published_and_late_call_withdrawn(
+async def test_agent_hangup_is_one_stream_entry_and_late_call_withdrawn(
     services: Services, redis: aioredis.Redis
 ) -> None:
     rs = await services.start("agent")
     a0, a1 = await consoles(services, rs, "a0", "a1")
     d = dialer(services, rs)
     assert (await d.OfferCall(offer_req(CID, "h1"))).agent_id == "a0"
+    before_ms = int(time.time() * 1000)
     await a0.stub.EndCall(agent_pb2.EndCallRequest(call_id="h1"))
-    # On the campaign's hang-up stream, which the dialer holding the lease reads through its group.
+    after_ms = int(time.time() * 1000)
+    # The agent's hang-up is one entry on the campaign's stream (read by the dialer's consumer group, so a
+    # notice sent while the lease changes hands waits for the next holder).
     entries = await redis.xrange(keys.agent_hangups(CID))
-    assert [f for _id, f in entries] == [{"call_id": "h1", "agent_id": "a0"}]
+    assert len(entries) == 1
+    fields = entries[0][1]
+    assert (fields["call_id"], fields["agent_id"]) == ("h1", "a0")
+    assert before_ms - 1000 <= int(fields["at_ms"]) <= after_ms + 1000
+    # A retried EndCall is refused and adds nothing; a call the far end ended adds nothing either.
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await a0.stub.EndCall(agent_pb2.EndCallRequest(call_id="h1"))
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (await d.OfferCall(offer_req(CID, "h2"))).agent_id == "a1"
+    await d.EndCall(agent_pb2.EndCallRequest(agent_id="a1", call_id="h2"))
+    assert len(await redis.xrange(keys.agent_hangups(CID))) == 1
+    await a1.stub.SetDisposition(agent_pb2.SetDispositionRequest(call_id="h2", disposition="sale"))
     # A call connected after the dialer gave up on it: withdrawn, the agent is ready again at once.
     late = await d.OfferCall(offer_req(CID, "late"))
     assert late.agent_id == "a1"

@@ -290,3 +290,44 @@ async def test_a_skipped_preview_holds_the_lead_back_and_is_no_call(
     assert row["recheck_at"] == T0 + timedelta(seconds=5) + timedelta(seconds=1800)
     assert (row["attempts"], row["status"]) == (0, "new")
     assert await pg.fetchval("SELECT count(*) FROM call_records WHERE call_id = 'p1'") == 0
+
+
+async def test_records_of_calls_whose_events_redis_lost_are_rebuilt_once(
+    services: Services, redis, pg: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("OUTDIAL_RECONCILE_INTERVAL_S", "0.5")
+    _stub, cid, _ = await setup(services)
+    lead = str(await pg.fetchval("SELECT lead_id FROM lead_numbers WHERE e164 = '+12125550101'"))
+    dial_at = T0 + timedelta(minutes=20)
+    # The pacing service recorded the call; its events were lost with Redis's data.
+    await pg.execute(
+        """INSERT INTO dial_attempts (call_id, campaign_id, lead_id, number, attempt, replica, fence_token,
+               allowed, gate_at, dial_at, answer, answer_at, connect_at, end_at, agent_id, outcome)
+           VALUES ('lost-1', $1, $2, '+12125550101', 1, 'r', 1, true, $3, $3, 'human', $4, $5, $6, 'a-1',
+                   'connected')""",
+        cid, lead, dial_at, dial_at + timedelta(seconds=9), dial_at + timedelta(seconds=10),
+        dial_at + timedelta(seconds=70),
+    )  # fmt: skip
+
+    async def rebuilt() -> bool:
+        return bool(await pg.fetchval("SELECT end_at IS NOT NULL FROM call_records WHERE call_id = 'lost-1'"))
+
+    await wait_for(rebuilt, "the call detail record rebuilt from PostgreSQL")
+    rec = await pg.fetchrow("SELECT * FROM call_records WHERE call_id = 'lost-1'")
+    assert (rec["outcome"], rec["answer"], rec["agent_id"]) == ("connected", "human", "a-1")
+    assert rec["duration_s"] == pytest.approx(60.0)
+    assert await pg.fetchval("SELECT attempts FROM leads WHERE id = $1", int(lead)) == 1
+    # The original events arrive after all (same derived ids): nothing is applied twice.
+    for typ in ("call.dialing", "call.ended"):
+        e = {"event_id": f"lost-1:{typ}", "type": typ, "at": ms(dial_at), "campaign_id": cid}
+        e |= {"call_id": "lost-1", "lead_id": lead, "number": "+12125550101", "outcome": "connected"}
+        last = await redis.xadd(keys.call_events(), e)
+
+    async def consumed() -> bool:
+        groups = await redis.xinfo_groups(keys.call_events())
+        g = next(g for g in groups if g["name"] in ("campaign", b"campaign"))
+        return bool(g["last-delivered-id"] in (last, last.encode() if isinstance(last, str) else last))
+
+    await wait_for(consumed, "the late events read by the consumer")
+    await asyncio.sleep(0.3)  # (applied in the same pass that read them)
+    assert await pg.fetchval("SELECT attempts FROM leads WHERE id = $1", int(lead)) == 1

@@ -247,3 +247,20 @@ async def test_preview_starts_and_agentless_needs_an_informational_message(servi
     started = (await stub.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=c.id))).campaign
     assert started.state == common_pb2.CAMPAIGN_STATE_ACTIVE
     assert started.agentless_message == "Your pharmacy order is ready." and started.message_informational
+
+
+async def test_configs_come_back_after_redis_lost_its_data(services: Services, redis) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL is the truth: when Redis comes back empty, every config and the active set are written
+    again, without restarting the service, so dialing resumes."""
+    stub = await _stub(services)
+    active = await _create(stub, name="On")
+    await stub.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=active.id))
+    draft = await _create(stub, name="Off")
+    await redis.flushdb()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while loop.time() < deadline and not await redis.sismember(keys.active_campaigns(), active.id):
+        await asyncio.sleep(0.1)
+    assert await redis.smembers(keys.active_campaigns()) == {active.id}
+    assert json.loads(await redis.hget(keys.campaign_config(active.id), "json"))["state"] == "active"
+    assert json.loads(await redis.hget(keys.campaign_config(draft.id), "json"))["state"] == "draft"

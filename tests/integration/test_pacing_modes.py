@@ -48,7 +48,7 @@ ALL_LIVE = {
 
 def sim_agent(services: Services, agent: RunningService, agent_id: str, **kw: Any) -> SimulatedAgent:
     return SimulatedAgent(
-        services.channel(agent, role="agent", sub=agent_id),
+        lambda: services.channel(agent, role="agent", sub=agent_id),
         make_token("agent", agent_id),
         agent_id,
         [(CID, 1)],

@@ -33,6 +33,7 @@ async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
         dispositions=dispositions,
         followups=followups,
         replica_id=replica_id,
+        clock=ctx.clock,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
     ctx.spawn(hub.run(), "offers-hub")

@@ -68,9 +68,12 @@ class HangupConsumer:
                     if backlog and not entries:
                         backlog = False
                         continue
-                    for entry_id, fields in entries:
+                    for _, fields in entries:
                         await self.handle({str(k): str(v) for k, v in (fields or {}).items()})
-                        await self.store.redis.xack(keys.call_events(), GROUP, entry_id)
+                    if entries:
+                        # One XACK per batch, after the batch is handled (every call event passes here, and
+                        # one round trip per event was a tenth of the service's Redis traffic under load).
+                        await self.store.redis.xack(keys.call_events(), GROUP, *(e for e, _ in entries))
             except asyncio.CancelledError:
                 raise
             except Exception:

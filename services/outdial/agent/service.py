@@ -19,6 +19,7 @@ from outdial.agent.settings import AgentSettings
 from outdial.agent.store import AgentRedis, Dispositions, Timeline, Transition, call_event, ms_to_dt
 from outdial.core import keys
 from outdial.core.auth import Role, agent_may_act_for, current_principal
+from outdial.core.clock import Clock
 from outdial.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from outdial.core.metrics import OFFER_SECONDS, OFFERS
 from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
@@ -104,6 +105,36 @@ def preview_pb(o: dict[str, Any]) -> agent_pb2.PreviewOffer:
     return pb
 
 
+def offer_of(request: agent_pb2.OfferCallRequest) -> dict[str, Any]:
+    """The offer an agent is shown, as the transition script stores and publishes it."""
+    offer: dict[str, Any] = {
+        "call_id": request.call_id,
+        "campaign_id": request.campaign_id,
+        "lead_id": request.lead_id,
+        "number": request.number,
+        "lead_name": request.lead_name,
+        "answered_at_ms": request.answered_at.ToMilliseconds() if request.HasField("answered_at") else 0,
+    }
+    if request.lead_fields:
+        offer["lead_fields"] = dict(request.lead_fields)  # never empty: cjson would make it a list
+    return offer
+
+
+def preview_decided_pb(msg: dict[str, Any]) -> agent_pb2.PreviewDecided:
+    return agent_pb2.PreviewDecided(
+        call_id=str(msg.get("call_id", "")),
+        decision=DECISION_TO_PB.get(str(msg.get("decision", "")), agent_pb2.PREVIEW_DECISION_UNSPECIFIED),
+        by=str(msg.get("by", "")),
+    )
+
+
+def shown_pb(msg: dict[str, Any]) -> agent_pb2.ConnectResponse:
+    """What the console is shown of an offer: a call (``offer``) or a lead before any dial (``preview``)."""
+    if msg.get("type") == "preview":
+        return agent_pb2.ConnectResponse(preview=preview_pb(msg))
+    return agent_pb2.ConnectResponse(offer=offer_pb(msg))
+
+
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def __init__(
         self,
@@ -115,14 +146,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         dispositions: Dispositions,
         followups: Followups,
         replica_id: str,
+        clock: Clock,
     ) -> None:
         self.cfg = cfg
+        self.clock = clock
         self.store = store
         self.hub = hub
         self.timeline = timeline
         self.dispositions = dispositions
         self.followups = followups
         self.replica_id = replica_id
+        self._acks_template = keys.agent_key_template("acks")
+        self._hangups_template = keys.agent_key_template("hangups")
         self._bg: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ helpers
@@ -149,7 +184,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def _check(tr: Transition, action: str) -> None:
         if tr.status == "not_found":
             raise FailedPrecondition(f"agent {tr.agent_id} is not logged in", error_id="not_logged_in")
-        if tr.status in ("bad_state", "busy"):
+        if tr.status == "bad_state":
             raise FailedPrecondition(
                 f"cannot {action} while {tr.prev_state or 'logged_out'}",
                 error_id=f"{tr.status}_{tr.prev_state}",
@@ -176,13 +211,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise InvalidArgument("log in to at least one campaign", field="campaigns")
         campaigns = [{"id": cid, "priority": p} for cid, p in seen.items()]
         skills = sorted({s.strip() for s in request.skills if s.strip()})
-        session_id = uuid.uuid4().hex
-        tr = await self.store.run("login", agent_id, json.dumps(campaigns), json.dumps(skills), session_id)
-        self._check(tr, "log in again")
+        tr = await self.store.run(
+            "login", agent_id, json.dumps(campaigns), json.dumps(skills), uuid.uuid4().hex
+        )
+        session_id = tr.extra
         await self.store.touch_presence(agent_id, session_id, self.cfg.heartbeat_timeout_s)
-        if tr.prev_state not in ("", "logged_out"):
-            log.info("agent %s logged in again (was %s)", agent_id, tr.prev_state)
-        self.timeline.record(tr, "login", session_id)
+        if tr.status == "resumed":
+            # Logged in already (their console crashed or was started again): the same session goes on,
+            # in the same state and call. Not a new login.
+            log.info("agent %s took their session back (%s)", agent_id, tr.prev_state)
+        else:
+            self.timeline.record(tr, "login", session_id)
         resp = agent_pb2.LoginResponse(session_id=session_id, status=await self._status(agent_id))
         resp.heartbeat_interval.FromMilliseconds(int(self.cfg.heartbeat_interval_s * 1000))
         return resp
@@ -233,22 +272,28 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def Connect(  # type: ignore[override]
         self, request: agent_pb2.ConnectRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.ConnectResponse]:
+        """The console's stream. Any number of reconnections resume the same session: the console gets
+        its status, then the call it is on (or an offer still awaiting acknowledgement) again. The newest
+        connection of an agent wins; an older one ends with ``session_superseded``."""
         agent_id = _agent_id(request.agent_id)
-        h = await self.store.agent(agent_id)
-        if (h.get("state") or "logged_out") == "logged_out":
-            raise FailedPrecondition(f"agent {agent_id} is not logged in", error_id="not_logged_in")
-        session_id = h.get("session_id", "")
-        if request.session_id and request.session_id != session_id:
-            raise FailedPrecondition(
-                "this session was replaced by a newer login", error_id="session_superseded"
-            )
+        conn_id = uuid.uuid4().hex
+        # Subscribed before the attach: every notice from then on reaches this stream.
         q = await self.hub.subscribe(agent_id)
         pending: dict[str, Any] | None = None
+        superseded = False
         refresh = self.cfg.heartbeat_timeout_s / 3
         try:
-            await self.store.touch_presence(agent_id, session_id, self.cfg.heartbeat_timeout_s)
-            base = status_pb(agent_id, await self.store.agent(agent_id))
+            again, base = await self._attach(agent_id, conn_id, request.session_id)
+            session_id = base.session_id
             yield agent_pb2.ConnectResponse(status=base)
+            if again:
+                # Back on the call they are on, an offer still awaiting its acknowledgement, or the lead they
+                # are previewing: shown again.
+                pending = again if base.state == common_pb2.AGENT_STATE_RESERVED else None
+                yield shown_pb(again)
+                if pending is not None and not await self._acknowledge_again(again, agent_id):
+                    yield agent_pb2.ConnectResponse(call_ended=str(again.get("call_id", "")))
+                pending = None
             loop = asyncio.get_running_loop()
             refreshed = loop.time()
             while True:
@@ -262,40 +307,101 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     )
                 except TimeoutError:
                     continue
-                if msg.get("type") in ("offer", "preview"):
-                    pending = msg
-                    if msg["type"] == "offer":
-                        yield agent_pb2.ConnectResponse(offer=offer_pb(msg))
-                    else:
-                        yield agent_pb2.ConnectResponse(preview=preview_pb(msg))
-                    await self.store.publish_ack(str(msg["reply_to"]), "ack", str(msg["call_id"]), agent_id)
-                    pending = None
-                elif msg.get("type") == "preview_decided":
-                    yield agent_pb2.ConnectResponse(
-                        preview_decided=agent_pb2.PreviewDecided(
-                            call_id=str(msg.get("call_id", "")),
-                            decision=DECISION_TO_PB.get(
-                                str(msg.get("decision", "")), agent_pb2.PREVIEW_DECISION_UNSPECIFIED
-                            ),
-                            by=str(msg.get("by", "")),
-                        )
+                kind = msg.get("type")
+                if kind == "attach" and msg.get("conn") != conn_id:
+                    superseded = True
+                    raise FailedPrecondition(
+                        "this console was replaced by a newer connection of the same agent",
+                        error_id="session_superseded",
                     )
-                elif msg.get("type") == "status":
-                    if msg.get("state") == "logged_out" or msg.get("reason") == "login":
-                        # Logged out, or logged in again (maybe from another console): read the session.
-                        h = await self.store.agent(agent_id)
-                        if h.get("session_id", "") != session_id or h.get("state") == "logged_out":
-                            return  # this stream's session is over
-                    yield agent_pb2.ConnectResponse(status=self._status_from_notice(base, msg))
-                elif msg.get("type") == "call_ended":
+                if kind in ("offer", "preview"):
+                    pending = msg
+                    yield shown_pb(msg)
+                    pending = None
+                    if not await self._acknowledge(msg, agent_id):
+                        yield agent_pb2.ConnectResponse(call_ended=str(msg.get("call_id", "")))
+                elif kind == "preview_decided":
+                    yield agent_pb2.ConnectResponse(preview_decided=preview_decided_pb(msg))
+                elif kind == "status":
+                    yield agent_pb2.ConnectResponse(
+                        status=await self._status_notice(agent_id, session_id, base, msg)
+                    )
+                    if msg.get("state") == "logged_out":
+                        return  # logged out (by themselves, a manager, or the heartbeat grace)
+                elif kind == "call_ended":
                     yield agent_pb2.ConnectResponse(call_ended=str(msg.get("call_id", "")))
         finally:
-            undelivered = [pending] if pending else []
-            while not q.empty():
-                m = q.get_nowait()
-                if m.get("type") in ("offer", "preview"):
-                    undelivered.append(m)
+            # Superseded: the newer connection is subscribed too, and delivers them.
+            undelivered = [] if superseded else self._undelivered(q, pending)
             self._background(self._stream_closed(agent_id, q, undelivered))
+
+    @staticmethod
+    def _undelivered(
+        q: asyncio.Queue[dict[str, Any]], pending: dict[str, Any] | None
+    ) -> list[dict[str, Any]]:
+        """The offers (calls and previews) a closing stream took and never handed over: the one it was showing
+        and those still queued."""
+        out = [pending] if pending else []
+        while not q.empty():
+            m = q.get_nowait()
+            if m.get("type") in ("offer", "preview"):
+                out.append(m)
+        return out
+
+    async def _attach(
+        self, agent_id: str, conn_id: str, session_id: str
+    ) -> tuple[dict[str, Any] | None, agent_pb2.AgentStatus]:
+        """Attach a new Connect stream to the agent's session: the offer to show again (or None), and the
+        status the stream starts with."""
+        tr = await self.store.run("attach", agent_id, conn_id, session_id)
+        if tr.status == "not_found":
+            raise FailedPrecondition(f"agent {agent_id} is not logged in", error_id="not_logged_in")
+        if tr.status == "superseded":
+            raise FailedPrecondition(
+                "this session was replaced by a newer login", error_id="session_superseded"
+            )
+        h = await self.store.agent(agent_id)
+        await self.store.touch_presence(agent_id, h.get("session_id", ""), self.cfg.heartbeat_timeout_s)
+        base = status_pb(agent_id, h)
+        # The status read after the attach may be newer; shown again only while still in that state.
+        again = json.loads(tr.extra) if tr.extra and h.get("state") == tr.prev_state else None
+        return again, base
+
+    async def _status_notice(
+        self, agent_id: str, session_id: str, base: agent_pb2.AgentStatus, msg: dict[str, Any]
+    ) -> agent_pb2.AgentStatus:
+        if msg.get("reason") == "login" and msg.get("state") != "logged_out":
+            # Logged in anew (after a logout this stream missed): not this stream's session any more.
+            h = await self.store.agent(agent_id)
+            if h.get("session_id", "") != session_id:
+                raise FailedPrecondition(
+                    "this session was replaced by a newer login", error_id="session_superseded"
+                )
+        return self._status_from_notice(base, msg)
+
+    async def _acknowledge_again(self, offer: dict[str, Any], agent_id: str) -> bool:
+        """``_acknowledge`` for an offer shown again at a reconnection. A preview stays the agent's to decide
+        even when nobody listens: its PreviewLead has usually returned long ago (the dialer, not this service,
+        follows the preview until the agent or its timeout decides)."""
+        if offer.get("type") != "preview":
+            return await self._acknowledge(offer, agent_id)
+        call_id = str(offer.get("call_id", ""))
+        await self.store.publish_ack(str(offer.get("reply_to", "")), "ack", call_id, agent_id)
+        return True
+
+    async def _acknowledge(self, offer: dict[str, Any], agent_id: str) -> bool:
+        """Tell the OfferCall (or PreviewLead) waiting for ``offer`` that the console has it. When nobody waits
+        any more (its replica died), the reservation is undone: the console is told the call is gone. False
+        then (never for a preview: the status notice that follows takes it off the console)."""
+        call_id = str(offer.get("call_id", ""))
+        if await self.store.publish_ack(str(offer.get("reply_to", "")), "ack", call_id, agent_id):
+            return True
+        rel = await self.store.run("release", agent_id, call_id, "offer_orphaned")
+        self.timeline.record(rel, "offer_orphaned")
+        if offer.get("type") == "preview":
+            return True
+        # Not released: connected meanwhile (a retried OfferCall took it), or no longer theirs.
+        return not rel.changed and rel.prev_state == "on_call" and rel.call_id == call_id
 
     @staticmethod
     def _status_from_notice(base: agent_pb2.AgentStatus, msg: dict[str, Any]) -> agent_pb2.AgentStatus:
@@ -325,28 +431,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.OfferCallResponse:  # type: ignore[override]
         loop = asyncio.get_running_loop()
         started = loop.time()
-        if not request.campaign_id:
-            raise InvalidArgument("campaign_id is required", field="campaign_id")
-        if not request.call_id:
-            raise InvalidArgument("call_id is required", field="call_id")
-        deadline_ms = self.cfg.offer_deadline_ms
-        asked = request.deadline.ToMilliseconds() if request.HasField("deadline") else 0
-        if asked < 0:
-            raise InvalidArgument("deadline must not be negative", field="deadline")
-        if asked > 0:
-            deadline_ms = min(deadline_ms, asked)
-        end = started + deadline_ms / 1000
-        offer = {
-            "call_id": request.call_id,
-            "campaign_id": request.campaign_id,
-            "lead_id": request.lead_id,
-            "number": request.number,
-            "lead_name": request.lead_name,
-            "lead_fields": dict(request.lead_fields),
-            "answered_at_ms": request.answered_at.ToMilliseconds() if request.HasField("answered_at") else 0,
-        }
-        if not offer["lead_fields"]:
-            offer.pop("lead_fields")  # cjson would turn an empty object into a list
+        end = started + self._offer_deadline_ms(request) / 1000
+        offer = offer_of(request)
         skills = json.dumps(sorted({s for s in request.required_skills if s}))
         reason = "no_agent_ready"
 
@@ -378,12 +464,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     self.cfg.stuck_offer_slack_ms,
                     keys.call_agent(request.call_id),
                     held,
+                    self._acks_template,
                 )
                 held = ""
                 if tr.status == "existing":
                     # A retry: the call already has this agent. Never a second one.
                     self.hub.forget(request.call_id, fut)
                     ok, why = await self._existing(tr.agent_id, request.call_id, tr.extra, end)
+                    if why == "reattached":
+                        continue  # their console came back: offer again (answered to us this time)
                     return done(ok, tr.agent_id if ok else "", why)
                 if tr.status not in ("ok", "offered_held"):
                     return done(False, why=reason)
@@ -403,6 +492,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     delivered = json.loads(tr.extra)
                     self._background(self._call_events(delivered, tr.agent_id, con.at_ms))
                     return done(True, tr.agent_id)
+                if con.status == "same":
+                    return done(True, tr.agent_id)  # connected by the OfferCall this one retried
                 reason = "agent_lost"
             else:
                 rel = await self.store.run("release", tr.agent_id, request.call_id, "stream_closed")
@@ -410,10 +501,22 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 reason = "agent_lost"
             # The agent went away between reservation and delivery: offer to another one while time allows.
 
+    def _offer_deadline_ms(self, request: agent_pb2.OfferCallRequest) -> int:
+        if not request.campaign_id:
+            raise InvalidArgument("campaign_id is required", field="campaign_id")
+        if not request.call_id:
+            raise InvalidArgument("call_id is required", field="call_id")
+        asked = request.deadline.ToMilliseconds() if request.HasField("deadline") else 0
+        if asked < 0:
+            raise InvalidArgument("deadline must not be negative", field="deadline")
+        return min(self.cfg.offer_deadline_ms, asked) if asked > 0 else self.cfg.offer_deadline_ms
+
     async def _existing(self, agent_id: str, call_id: str, what: str, end: float) -> tuple[bool, str]:
         """OfferCall retried for a call that already has ``agent_id``: connected (or connected and ended)
         is assigned; an offer still out is awaited (the agent's state notices, no polling) until the
-        deadline; the first OfferCall keeps the job of releasing the agent when it times out."""
+        deadline; the first OfferCall keeps the job of releasing the agent when it times out. When the
+        agent's console connects again meanwhile, "reattached": the caller offers again (the reservation
+        script re-offers only when the first OfferCall's replica is gone)."""
         if what in ("on_call", "ended"):
             return True, ""
         if what != "offered":
@@ -433,6 +536,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     return False, "deadline"
                 if msg.get("type") == "status":
                     state, cur = str(msg.get("state", "")), str(msg.get("call_id", ""))
+                elif msg.get("type") == "attach":
+                    return False, "reattached"
             if cur == call_id and state in ("on_call", "wrap_up"):
                 return True, ""  # connected (and maybe already ended by the agent)
             return False, "agent_lost"
@@ -612,28 +717,30 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.EndCallRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.EndCallResponse:  # type: ignore[override]
         agent_id = _agent_id(request.agent_id)
-        tr = await self.store.run("end_call", agent_id, request.call_id, int(self.cfg.wrap_timeout_s * 1000))
-        self._check(tr, "end a call")
         by_agent = current_principal().subject == agent_id
+        wrap_ms = int(self.cfg.wrap_timeout_s * 1000)
+        if by_agent:
+            # The agent hung up: the same transition adds one entry to the campaign's hang-up stream
+            # (keys.agent_hangups), from which the dialer hangs up the carrier leg at once.
+            at_ms = int(self.clock.now().timestamp() * 1000)
+            tr = await self.store.run(
+                "end_call",
+                agent_id,
+                request.call_id,
+                wrap_ms,
+                self._hangups_template,
+                at_ms,
+                keys.AGENT_HANGUPS_MAXLEN,
+            )
+        else:
+            tr = await self.store.run("end_call", agent_id, request.call_id, wrap_ms)
+        self._check(tr, "end a call")
         self.timeline.record(tr, "end_call" if by_agent else "far_end_hangup")
-        if not by_agent:
+        if not by_agent and tr.changed:
             # The dialer (or a manager) ended it: the far end hung up. Tell the console.
             await self.store.redis.publish(
                 keys.agent_offers(agent_id), json.dumps({"type": "call_ended", "call_id": tr.call_id})
             )
-        elif tr.changed:
-            # The agent hung up: the dialer holding the campaign hangs up the carrier leg at once.
-            with contextlib.suppress(ValueError, TypeError):
-                cid = str(json.loads(tr.extra or "{}").get("campaign_id", ""))
-                if cid:
-                    # The stream the dialer reads through its consumer group (a PUBLISH here reached nobody).
-                    # No time: the dialer stamps the hang-up with its own clock when the notice arrives.
-                    await self.store.redis.xadd(
-                        keys.agent_hangups(cid),
-                        {"call_id": tr.call_id, "agent_id": agent_id},
-                        maxlen=keys.AGENT_HANGUPS_MAXLEN,
-                        approximate=True,
-                    )
         return agent_pb2.EndCallResponse(status=await self._status(agent_id))
 
     async def SetDisposition(

@@ -1,7 +1,9 @@
 """Simulated agents for demos, load tests and end-to-end tests. They use exactly the RPCs a real console
-uses (Login, Connect, EndCall, SetDisposition, DecidePreview, Logout), with talk, wrap-up and preview
-think times drawn from seeded distributions; a previewed lead is dialled after the think time, or skipped
-with probability ``p_skip``. Importable: ``run_simulated_agents(...)`` or one :class:`SimulatedAgent` at a time."""
+uses (Login, Connect, EndCall, SetDisposition, DecidePreview, Logout) through the same reconnecting session
+(:mod:`outdial.agent.client`), with talk, wrap-up and preview think times drawn from seeded distributions:
+they ride out restarts of the agent service and keep the call in hand. A previewed lead is dialled after the
+think time, or skipped with probability ``p_skip``. Importable: ``run_simulated_agents(...)`` or one
+:class:`SimulatedAgent` at a time."""
 
 from __future__ import annotations
 
@@ -10,17 +12,18 @@ import contextlib
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 
+from outdial.agent.client import AgentSession, Backoff, SessionEnded
 from outdial.core.auth import Role, issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import Settings
-from outdial.v1 import agent_pb2, agent_pb2_grpc
+from outdial.v1 import agent_pb2, common_pb2
 
 DEFAULT_DISPOSITIONS: dict[str, float] = {
     "sale": 0.15,
@@ -63,12 +66,20 @@ class SimStats:
     previews: int = 0
     preview_dials: int = 0
     preview_skips: int = 0
+    # Calls shown again after a reconnection (the same call, not a new offer), and calls taken over from an
+    # earlier run of the agent (a console that crashed while the agent was on a call).
+    shown_again: int = 0
+    taken_back: int = 0
+    # Calls the service took away while the agent was on them (withdrawn, or ended while away).
+    withdrawn: int = 0
+    reconnects: int = 0
+    relogins: int = 0
 
 
 class SimulatedAgent:
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        open_channel: Callable[[], grpc.aio.Channel],
         token: str,
         agent_id: str,
         campaigns: Sequence[tuple[str, int]],
@@ -79,83 +90,130 @@ class SimulatedAgent:
         dispositions: dict[str, float] | None = None,
         skills: Sequence[str] = (),
         on_offer: Callable[[str, agent_pb2.CallOffer], None] | None = None,
+        backoff: Backoff | None = None,
         think: Distribution | None = None,
         p_skip: float = 0.1,
     ) -> None:
         self.think = think or Distribution(2.0, "lognormal")
         self.p_skip = p_skip
-        self.stub = agent_pb2_grpc.AgentServiceStub(channel)
         # Streaming calls carry the token explicitly (grpc.aio applies a multi-kind client interceptor to
         # unary-unary calls only).
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.agent_id = agent_id
+        self.session = AgentSession(
+            open_channel,
+            agent_pb2.LoginRequest(
+                agent_id=agent_id,
+                campaigns=[agent_pb2.CampaignMembership(campaign_id=c, priority=p) for c, p in campaigns],
+                skills=list(skills),
+            ),
+            self.metadata,
+            backoff=backoff,
+            rng=random.Random(rng.random()),
+        )
         self.campaigns = list(campaigns)
         self.talk, self.wrap, self.rng = talk, wrap, rng
         weights = dispositions or DEFAULT_DISPOSITIONS
         self.dispo_names, self.dispo_weights = list(weights), list(weights.values())
-        self.skills = list(skills)
         self.on_offer = on_offer
         self.stats = SimStats()
-        self.connected = asyncio.Event()
-        self._calls: set[asyncio.Task[None]] = set()
+        self.connected = self.session.connected
+        # Calls this agent is handling (talk, then wrap-up), by call id; the hang-up event of those in talk.
+        self._calls: dict[str, asyncio.Task[None]] = {}
         self._hangups: dict[str, asyncio.Event] = {}
+        self._withdrawn: set[str] = set()
+        # Previewed leads this agent is looking at (think, then DecidePreview), by call id.
+        self._previews: dict[str, asyncio.Task[None]] = {}
 
     async def run(self, stop: asyncio.Event) -> SimStats:
-        await self.stub.Login(
-            agent_pb2.LoginRequest(
-                agent_id=self.agent_id,
-                campaigns=[
-                    agent_pb2.CampaignMembership(campaign_id=c, priority=p) for c, p in self.campaigns
-                ],
-                skills=self.skills,
-            ),
-            metadata=self.metadata,
-        )
-        call = self.stub.Connect(agent_pb2.ConnectRequest(agent_id=self.agent_id), metadata=self.metadata)
-        reader = asyncio.create_task(self._read(call))
+        """Work until ``stop``: through restarts of the agent service (the session resumes), logged out by
+        the heartbeat grace (logs in again). Ends early only when a newer console took the session over."""
+        reader: asyncio.Task[None] | None = None
         stopper = asyncio.create_task(stop.wait())
         try:
+            await self.session.login()
+            reader = asyncio.create_task(self._read())
             await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            call.cancel()
-            stopper.cancel()
-            for t in (reader, stopper, *self._calls):
+            tasks = [
+                t for t in (reader, stopper, *self._calls.values(), *self._previews.values()) if t is not None
+            ]
+            for t in tasks:
                 t.cancel()
-            for t in (reader, stopper, *self._calls):
-                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, SessionEnded):
                     await t
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await self.stub.Logout(
-                    agent_pb2.LogoutRequest(agent_id=self.agent_id), metadata=self.metadata
-                )
-        if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            self.stats.reconnects = self.session.reconnects
+            await self.session.logout()
+            await self.session.close()
+        if reader is not None and not reader.cancelled() and reader.exception() is not None:
             raise reader.exception()  # type: ignore[misc]
         return self.stats
 
-    async def _read(self, call: Any) -> None:
-        async for msg in call:
-            if msg.HasField("status"):
-                self.connected.set()
-            elif msg.call_ended:
-                self._hangups.setdefault(msg.call_ended, asyncio.Event()).set()
-            elif msg.HasField("preview"):
-                self.stats.previews += 1
-                task = asyncio.create_task(self._preview(msg.preview))
-                self._calls.add(task)
-                task.add_done_callback(self._calls.discard)
-            elif msg.HasField("offer"):
-                self.stats.offers += 1
-                offer = msg.offer
-                if offer.HasField("offered_at"):
-                    now = datetime.now(UTC)
-                    self.stats.handover_s.append(
-                        (now - offer.offered_at.ToDatetime(tzinfo=UTC)).total_seconds()
-                    )
-                if self.on_offer is not None:
-                    self.on_offer(self.agent_id, offer)
-                task = asyncio.create_task(self._handle(offer))
-                self._calls.add(task)
-                task.add_done_callback(self._calls.discard)
+    async def _read(self) -> None:
+        while True:
+            try:
+                async for msg in self.session.events():
+                    self._on_message(msg)
+            except SessionEnded as ended:
+                if ended.reason == "superseded":
+                    return  # another console of this agent took over: this one stops
+                # Logged out while connected (a manager, or the grace ran out): a simulated agent wants to
+                # work, so it logs in again.
+                self.stats.relogins += 1
+                await asyncio.sleep(self.session.backoff.delay(0, self.rng))
+                await self.session.login()
+
+    def _on_message(self, msg: agent_pb2.ConnectResponse) -> None:
+        if msg.HasField("status"):
+            self._on_status(msg.status)
+        elif msg.call_ended:
+            self._hangups.setdefault(msg.call_ended, asyncio.Event()).set()
+        elif msg.HasField("preview"):
+            call_id = msg.preview.call_id
+            if call_id in self._previews:
+                self.stats.shown_again += 1  # shown again after a reconnection: still deciding
+                return
+            self.stats.previews += 1
+            task = asyncio.create_task(self._preview(msg.preview))
+            self._previews[call_id] = task
+            task.add_done_callback(lambda _t: self._previews.pop(call_id, None))
+        elif msg.HasField("offer"):
+            offer = msg.offer
+            if offer.call_id in self._calls:
+                self.stats.shown_again += 1  # shown again after a reconnection: the call in hand
+                return
+            self.stats.offers += 1
+            st = self.session.status
+            if st is not None and st.state == common_pb2.AGENT_STATE_ON_CALL and st.call_id == offer.call_id:
+                self.stats.taken_back += 1  # on this call already: an earlier run of this agent took it
+            if offer.HasField("offered_at"):
+                now = datetime.now(UTC)
+                self.stats.handover_s.append((now - offer.offered_at.ToDatetime(tzinfo=UTC)).total_seconds())
+            if self.on_offer is not None:
+                self.on_offer(self.agent_id, offer)
+            self._start(offer.call_id, self._handle(offer))
+
+    def _on_status(self, st: agent_pb2.AgentStatus) -> None:
+        if st.state in (common_pb2.AGENT_STATE_READY, common_pb2.AGENT_STATE_PAUSED):
+            # Not on any call for the service: a call still in talk here was taken away.
+            for call_id, ev in self._hangups.items():
+                if not ev.is_set():
+                    self._withdrawn.add(call_id)
+                    ev.set()
+        elif st.state == common_pb2.AGENT_STATE_WRAP_UP and st.call_id:
+            if st.call_id not in self._calls:
+                # In wrap-up for a call an earlier run of this agent took (it crashed): finish it.
+                self.stats.taken_back += 1
+                self._start(st.call_id, self._wrap_up(st.call_id))
+            elif st.call_id in self._hangups:
+                # Ended on the far side while the stream was down (its notice missed): stop talking.
+                self._hangups[st.call_id].set()
+
+    def _start(self, call_id: str, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._calls[call_id] = task
+        task.add_done_callback(lambda _t: self._calls.pop(call_id, None))
 
     async def _preview(self, preview: agent_pb2.PreviewOffer) -> None:
         """Look at the lead for a think time, then dial it or (sometimes) skip it. A preview that timed out
@@ -163,13 +221,9 @@ class SimulatedAgent:
         await asyncio.sleep(self.think.sample(self.rng))
         skip = self.rng.random() < self.p_skip
         want = agent_pb2.PREVIEW_DECISION_SKIP if skip else agent_pb2.PREVIEW_DECISION_DIAL
+        req = agent_pb2.DecidePreviewRequest(agent_id=self.agent_id, call_id=preview.call_id, decision=want)
         try:
-            resp = await self.stub.DecidePreview(
-                agent_pb2.DecidePreviewRequest(
-                    agent_id=self.agent_id, call_id=preview.call_id, decision=want
-                ),
-                metadata=self.metadata,
-            )
+            resp = await self.session.call(lambda stub: stub.DecidePreview(req, metadata=self.metadata))
         except grpc.aio.AioRpcError:
             self.stats.errors += 1
             return
@@ -187,29 +241,37 @@ class SimulatedAgent:
                 await asyncio.wait_for(hangup.wait(), self.talk.sample(self.rng))
             except TimeoutError:
                 try:
-                    await self.stub.EndCall(
-                        agent_pb2.EndCallRequest(agent_id=self.agent_id, call_id=offer.call_id),
-                        metadata=self.metadata,
+                    await self.session.call(
+                        lambda stub: stub.EndCall(
+                            agent_pb2.EndCallRequest(agent_id=self.agent_id, call_id=offer.call_id),
+                            metadata=self.metadata,
+                        )
                     )
                 except grpc.aio.AioRpcError as exc:
                     # Ended on the far side at the same moment: wrap up and disposition all the same.
                     if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                         raise
+            if offer.call_id in self._withdrawn:
+                self.stats.withdrawn += 1
+                return
             self.stats.ended += 1
-            await asyncio.sleep(self.wrap.sample(self.rng))
-            dispo = self.rng.choices(self.dispo_names, self.dispo_weights)[0]
-            req = agent_pb2.SetDispositionRequest(
-                agent_id=self.agent_id, call_id=offer.call_id, disposition=dispo
-            )
-            if dispo == "callback":
-                req.callback_at.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
-            await self.stub.SetDisposition(req, metadata=self.metadata)
-            self.stats.dispositions[dispo] += 1
-        except grpc.aio.AioRpcError:
-            # The offer was withdrawn or the wrap-up timed out first: the agent is ready again either way.
-            self.stats.errors += 1
         finally:
             self._hangups.pop(offer.call_id, None)
+            self._withdrawn.discard(offer.call_id)
+        await self._wrap_up(offer.call_id)
+
+    async def _wrap_up(self, call_id: str) -> None:
+        try:
+            await asyncio.sleep(self.wrap.sample(self.rng))
+            dispo = self.rng.choices(self.dispo_names, self.dispo_weights)[0]
+            req = agent_pb2.SetDispositionRequest(agent_id=self.agent_id, call_id=call_id, disposition=dispo)
+            if dispo == "callback":
+                req.callback_at.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
+            await self.session.call(lambda stub: stub.SetDisposition(req, metadata=self.metadata))
+            self.stats.dispositions[dispo] += 1
+        except grpc.aio.AioRpcError:
+            # The wrap-up timed out first, or the call is no longer this agent's: ready again either way.
+            self.stats.errors += 1
 
 
 def agent_token(settings: Settings, agent_id: str) -> str:
@@ -230,21 +292,23 @@ async def run_simulated_agents(
     dispositions: dict[str, float] | None = None,
     on_offer: Callable[[str, agent_pb2.CallOffer], None] | None = None,
     started: asyncio.Event | None = None,
+    backoff: Backoff | None = None,
     think: Distribution | None = None,
     p_skip: float = 0.1,
 ) -> list[SimulatedAgent]:
     """Run ``count`` simulated agents against ``settings.agent_addr`` until ``stop`` is set."""
     master = random.Random(seed)
     agents: list[SimulatedAgent] = []
-    channels: list[grpc.aio.Channel] = []
     for i in range(count):
         agent_id = f"{prefix}-{i + 1:04d}"
         token = agent_token(settings, agent_id)
-        ch = open_channel(settings, settings.agent_addr, lambda t=token: t)  # type: ignore[misc]
-        channels.append(ch)
+
+        def opener(t: str = token) -> grpc.aio.Channel:
+            return open_channel(settings, settings.agent_addr, lambda: t)
+
         agents.append(
             SimulatedAgent(
-                ch,
+                opener,
                 token,
                 agent_id,
                 campaigns,
@@ -253,6 +317,7 @@ async def run_simulated_agents(
                 rng=random.Random(master.random()),
                 dispositions=dispositions,
                 on_offer=on_offer,
+                backoff=backoff,
                 think=think,
                 p_skip=p_skip,
             )
@@ -271,8 +336,8 @@ async def run_simulated_agents(
                 waiter.cancel()
         await asyncio.gather(*tasks)
     finally:
+        # Each agent closes its own channel when its task ends; none is closed under a running agent.
         for t in tasks:
             t.cancel()
-        for ch in channels:
-            await ch.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return agents

@@ -84,8 +84,10 @@ class AgentRedis:
     async def touch_presence(self, agent_id: str, session_id: str, ttl_s: float) -> None:
         await self.run("touch", agent_id, session_id or "1", int(ttl_s * 1000))
 
-    async def publish_ack(self, replica: str, kind: str, call_id: str, agent_id: str) -> None:
-        await self.redis.publish(keys.agent_acks(replica), json.dumps([kind, call_id, agent_id]))
+    async def publish_ack(self, replica: str, kind: str, call_id: str, agent_id: str) -> int:
+        """Tell the OfferCall waiting on ``replica``; returns how many listened (0: nobody waits any more)."""
+        n = await self.redis.publish(keys.agent_acks(replica), json.dumps([kind, call_id, agent_id]))
+        return int(n)
 
     async def add_event(self, fields: dict[str, str]) -> None:
         await self.redis.xadd(keys.call_events(), fields, maxlen=EVENTS_MAXLEN, approximate=True)  # type: ignore[arg-type]

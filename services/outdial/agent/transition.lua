@@ -6,8 +6,15 @@
 -- ARGV[6] = op; ARGV[7..] = op arguments (below)
 -- Time comes from Redis TIME so that replicas compare like with like.
 -- Returns {status, agent_id, prev_state, new_state, now_ms, seq, campaigns_json, call_id, extra}
--- status "ok" (changed), "noop" (nothing to do), or an error id ("bad_state", "busy", "not_found",
--- "no_agent", "existing" (the call already has that agent), "offered_held").
+-- status "ok" (changed), "noop" (nothing to do), or an error id ("bad_state", "not_found", "no_agent",
+-- "existing" (the call already has that agent), "offered_held", "resumed" (a login that took back the
+-- running session), "attached" / "superseded" (Connect), "same" (already connected to that call),
+-- "cleared" (a logged-out agent's held call ended)).
+--
+-- Sessions outlive consoles and replicas: the session (id, state, current call) lives in the agent hash,
+-- so a console that reconnects (Connect with its session id) or logs in again takes it back as it was. An
+-- agent logged out while on a call (heartbeat timeout, or Logout) keeps that call in 'held_offer' until
+-- the call ends: logging in again puts them back on it, never to ready while the call is up.
 
 local ready_tpl, view_tpl, agent_tpl, presence_tpl, offers_tpl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local index_key, presence_due, deadlines_due = KEYS[1], KEYS[2], KEYS[3]
@@ -21,12 +28,24 @@ local function campaigns_of(akey)
   return cjson.decode(raw), raw
 end
 
-local function ready_score(priority)
+local function ready_score(priority, since)
   local p = tonumber(priority) or 0
   if p < 0 then p = 0 end
   if p > 99 then p = 99 end
   -- Higher campaign priority first, then longest ready (lowest since).
-  return string.format('%.0f', (99 - p) * 1e13 + now)
+  return string.format('%.0f', (99 - p) * 1e13 + (since or now))
+end
+
+-- Put the agent into the ready sets and pacing views of ``campaigns`` in their current state (no change
+-- of state, since or sequence): a resumed session whose campaigns changed.
+local function place(aid, state, since, call_id, campaigns)
+  local view = cjson.encode({state = state, since_ms = since, call_id = call_id})
+  for _, c in ipairs(campaigns) do
+    if state == 'ready' then
+      redis.call('ZADD', string.format(ready_tpl, c.id), ready_score(c.priority, since), aid)
+    end
+    redis.call('HSET', string.format(view_tpl, c.id), aid, view)
+  end
 end
 
 -- Apply new_state to the agent: hash, every campaign's ready set and pacing view, status notice.
@@ -58,6 +77,18 @@ end
 local function result(status, aid, prev, new, seq, craw, call_id, extra)
   return {status, aid, prev or '', new or '', tostring(now), tostring(seq or 0), craw or '[]',
           call_id or '', extra or ''}
+end
+
+-- end_call by the agent: ARGV[10] template of the campaigns' hang-up streams (keys.agent_hangups; '' when
+-- the far end or the dialer ended the call: nobody to tell), [11] the service's clock (ms), [12] MAXLEN.
+-- One entry on the call's campaign stream, in the same transition as the state change: exactly one per
+-- hang-up, never one without the other.
+local function notify_hangup(offer_json, call_id)
+  if (ARGV[10] or '') == '' or offer_json == nil or offer_json == '' then return end
+  local cid = cjson.decode(offer_json)['campaign_id']
+  if cid == nil or cid == '' then return end
+  redis.call('XADD', string.format(ARGV[10], cid), 'MAXLEN', '~', ARGV[12], '*',
+             'call_id', call_id, 'agent_id', ARGV[7], 'at_ms', ARGV[11])
 end
 
 local function state_of(akey)
@@ -113,7 +144,7 @@ local function holder(call_key, call_id, preferred)
   if (aid == nil or aid == '') and call_key ~= '' then aid = redis.call('GET', call_key) end
   if not aid or aid == '' then return nil, nil end
   local akey = string.format(agent_tpl, aid)
-  local f = redis.call('HMGET', akey, 'state', 'call_id', 'offer', 'last_call')
+  local f = redis.call('HMGET', akey, 'state', 'call_id', 'offer', 'last_call', 'held_offer')
   if f[2] == call_id then
     if f[1] == 'reserved' then
       if f[3] and f[3] ~= '' then return aid, 'offered' end
@@ -121,6 +152,8 @@ local function holder(call_key, call_id, preferred)
     end
     if f[1] == 'on_call' then return aid, 'on_call' end
   end
+  -- Logged out while on this call (console gone): still theirs until it ends.
+  if f[5] and f[5] ~= '' and cjson.decode(f[5])['call_id'] == call_id then return aid, 'on_call' end
   if f[4] and f[4] ~= '' and cjson.decode(f[4])['call_id'] == call_id then return aid, 'ended' end
   return nil, nil
 end
@@ -150,12 +183,24 @@ end
 if op == 'reserve' then
   -- ARGV[7] campaign id, [8] call id, [9] required skills JSON list, [10] offer JSON, [11] deadline ms,
   -- [12] replica id waiting for the ack, [13] max agents to examine, [14] sweeper slack ms,
-  -- [15] call key (keys.call_agent), [16] agent held for this call by ReserveAgent ('' = look it up)
+  -- [15] call key (keys.call_agent), [16] agent held for this call by ReserveAgent ('' = look it up),
+  -- [17] template of the replicas' ack channels (keys.agent_acks)
   local cid, call_id, skills_json, offer_json = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
   local deadline_ms, replica, limit = tonumber(ARGV[11]), ARGV[12], tonumber(ARGV[13])
   local slack, call_key, preferred = tonumber(ARGV[14]), ARGV[15] or '', ARGV[16] or ''
+  local acks_tpl = ARGV[17] or ''
   local had, what = holder(call_key, call_id, preferred)
   if had == nil and preferred ~= '' then had, what = holder(call_key, call_id, '') end
+  if had ~= nil and what == 'offered' and acks_tpl ~= '' then
+    -- A retry whose first OfferCall died with its replica (nobody listens for the acknowledgement any
+    -- more): offer again to the same agent, this time answered to us, if their console is connected.
+    local waiting = redis.call('HGET', string.format(agent_tpl, had), 'offer_replica') or ''
+    local asked = redis.call('PUBSUB', 'NUMSUB', string.format(acks_tpl, waiting))
+    local subs = redis.call('PUBSUB', 'NUMSUB', string.format(offers_tpl, had))
+    if tonumber(asked[2]) == 0 and tonumber(subs[2]) > 0 then
+      return offer_to(had, 'reserved', cid, call_id, offer_json, deadline_ms, replica, slack, call_key)
+    end
+  end
   if had ~= nil then
     if what == 'held' then
       local subs = redis.call('PUBSUB', 'NUMSUB', string.format(offers_tpl, had))
@@ -237,38 +282,62 @@ if op == 'touch' then
 end
 
 if op == 'login' then
-  -- ARGV[8] campaigns JSON [{id, priority}], [9] skills JSON, [10] session id
-  if prev == 'reserved' or prev == 'on_call' then
-    return result('busy', aid, prev, prev, 0, '[]', redis.call('HGET', akey, 'call_id'))
-  end
+  -- ARGV[8] campaigns JSON [{id, priority}], [9] skills JSON, [10] session id for a new session
   if prev ~= 'logged_out' then
+    -- Logged in already (a console that crashed, or a second console): the running session is taken
+    -- back as it is (same session id, state, since and call), with the campaigns and skills asked now.
+    -- Not a new login: no state change, nothing for the timeline.
+    local f = redis.call('HMGET', akey, 'since_ms', 'call_id', 'session_id')
+    local session = f[3]
+    if not session or session == '' then
+      session = ARGV[10]
+      redis.call('HSET', akey, 'session_id', session)
+    end
     for _, c in ipairs((campaigns_of(akey))) do
       redis.call('ZREM', string.format(ready_tpl, c.id), aid)
       redis.call('HDEL', string.format(view_tpl, c.id), aid)
     end
+    redis.call('HSET', akey, 'campaigns', ARGV[8], 'skills', ARGV[9])
+    redis.call('SADD', index_key, aid)
+    place(aid, prev, tonumber(f[1]) or now, f[2] or '', cjson.decode(ARGV[8]))
+    return result('resumed', aid, prev, prev, 0, ARGV[8], f[2] or '', session)
   end
+  local held = redis.call('HGET', akey, 'held_offer') or ''
   redis.call('HSET', akey, 'campaigns', ARGV[8], 'skills', ARGV[9], 'session_id', ARGV[10],
-             'login_ms', now, 'offer', '', 'offer_deadline_ms', '', 'wrap_deadline_ms', '')
+             'login_ms', now, 'offer', held, 'offer_deadline_ms', '', 'wrap_deadline_ms', '', 'held_offer', '')
   redis.call('SADD', index_key, aid)
   local campaigns = cjson.decode(ARGV[8])
+  if held ~= '' then
+    -- Logged out while on a call that is still up: back on that call, not ready.
+    local held_id = cjson.decode(held)['call_id']
+    local seq = apply(aid, akey, 'on_call', 'login', held_id, campaigns, true)
+    return result('ok', aid, prev, 'on_call', seq, ARGV[8], held_id, ARGV[10])
+  end
   local seq = apply(aid, akey, 'ready', 'login', '', campaigns, true)
-  return result('ok', aid, prev, 'ready', seq, ARGV[8], '', '')
+  return result('ok', aid, prev, 'ready', seq, ARGV[8], '', ARGV[10])
 end
 
 local campaigns, craw = campaigns_of(akey)
 local call_id = redis.call('HGET', akey, 'call_id') or ''
 
-if op == 'logout' then
-  -- ARGV[8] reason
-  if prev == 'logged_out' then return result('noop', aid, prev, prev, 0, craw, '') end
+-- Log the agent out. A call they are on stays theirs ('held_offer') until it ends: a login puts them
+-- back on it. Returns the result; extra = the replica waiting on a reservation this drops.
+local function log_out(reason)
   local extra = ''
   if prev == 'reserved' then extra = redis.call('HGET', akey, 'offer_replica') or '' end
-  local seq = apply(aid, akey, 'logged_out', ARGV[8], call_id, campaigns, true)
-  redis.call('HSET', akey, 'session_id', '', 'offer', '', 'offer_deadline_ms', '')
+  if prev == 'on_call' then redis.call('HSET', akey, 'held_offer', redis.call('HGET', akey, 'offer') or '') end
+  local seq = apply(aid, akey, 'logged_out', reason, call_id, campaigns, true)
+  redis.call('HSET', akey, 'session_id', '', 'offer', '', 'offer_deadline_ms', '', 'conn_id', '')
   redis.call('SREM', index_key, aid)
   redis.call('ZREM', presence_due, aid)
   redis.call('ZREM', deadlines_due, aid)
   return result('ok', aid, prev, 'logged_out', seq, craw, call_id, extra)
+end
+
+if op == 'logout' then
+  -- ARGV[8] reason
+  if prev == 'logged_out' then return result('noop', aid, prev, prev, 0, craw, '') end
+  return log_out(ARGV[8])
 end
 
 if op == 'sweep' then
@@ -280,16 +349,7 @@ if op == 'sweep' then
     redis.call('ZREM', deadlines_due, aid)
     return result('noop', aid, prev, prev, 0, craw, '')
   end
-  if redis.call('EXISTS', string.format(presence_tpl, aid)) == 0 then
-    local extra = ''
-    if prev == 'reserved' then extra = redis.call('HGET', akey, 'offer_replica') or '' end
-    local seq = apply(aid, akey, 'logged_out', 'heartbeat_timeout', call_id, campaigns, true)
-    redis.call('HSET', akey, 'session_id', '', 'offer', '', 'offer_deadline_ms', '')
-    redis.call('SREM', index_key, aid)
-    redis.call('ZREM', presence_due, aid)
-    redis.call('ZREM', deadlines_due, aid)
-    return result('ok', aid, prev, 'logged_out', seq, craw, call_id, extra)
-  end
+  if redis.call('EXISTS', string.format(presence_tpl, aid)) == 0 then return log_out('heartbeat_timeout') end
   if prev == 'reserved' then
     local dl = tonumber(redis.call('HGET', akey, 'offer_deadline_ms') or '') or 0
     if now > dl + tonumber(ARGV[8]) then
@@ -320,7 +380,44 @@ if op == 'sweep' then
   return result('noop', aid, prev, prev, 0, craw, call_id)
 end
 
+if prev == 'logged_out' and (op == 'end_call' or op == 'release') then
+  -- The call a logged-out agent still holds ended (far end, dialer, or the agent): it becomes their last
+  -- call (a disposition can still be set), and a login no longer puts them back on it.
+  -- end_call: ARGV[8] call id ('' = the held one); release: ARGV[8] call id.
+  local held = redis.call('HGET', akey, 'held_offer') or ''
+  if held ~= '' then
+    local held_id = cjson.decode(held)['call_id']
+    if (op == 'end_call' and ARGV[8] == '') or ARGV[8] == held_id then
+      redis.call('HSET', akey, 'held_offer', '')
+      if op == 'end_call' then
+        redis.call('HSET', akey, 'last_call', held)
+        notify_hangup(held, held_id)
+      end
+      return result('cleared', aid, prev, prev, 0, craw, held_id, held)
+    end
+  end
+  if op == 'release' then return result('noop', aid, prev, prev, 0, craw, call_id) end
+end
+
 if prev == 'logged_out' and op ~= 'disposition' then return result('not_found', aid, prev, prev, 0, craw, call_id) end
+
+if op == 'attach' then
+  -- Connect: ARGV[8] id of this console connection, [9] session id the console holds ('' = the current
+  -- one). The newest connection of an agent wins: the notice ends the older streams. Returns in extra
+  -- the offer the console must be shown again: the call they are on, or an offer still awaiting its
+  -- acknowledgement (its OfferCall may still be waiting, within the deadline).
+  local f = redis.call('HMGET', akey, 'session_id', 'offer', 'offer_deadline_ms')
+  if ARGV[9] ~= '' and ARGV[9] ~= f[1] then return result('superseded', aid, prev, prev, 0, craw, call_id) end
+  redis.call('HSET', akey, 'conn_id', ARGV[8])
+  redis.call('PUBLISH', string.format(offers_tpl, aid), cjson.encode({type = 'attach', conn = ARGV[8]}))
+  local resend = ''
+  if prev == 'on_call' then
+    resend = f[2] or ''
+  elseif prev == 'reserved' and f[2] and f[2] ~= '' and (tonumber(f[3]) or 0) > now then
+    resend = f[2]
+  end
+  return result('attached', aid, prev, prev, 0, craw, call_id, resend)
+end
 
 if op == 'set_state' then
   -- ARGV[8] 'ready' | 'paused', [9] reason
@@ -335,6 +432,10 @@ end
 
 if op == 'connected' then
   -- ARGV[8] call id
+  if prev == 'on_call' and call_id == ARGV[8] then
+    -- Acknowledged twice (a retried OfferCall re-offered it, or a reconnected console was shown it again).
+    return result('same', aid, prev, prev, 0, craw, call_id, '')
+  end
   if prev ~= 'reserved' or call_id ~= ARGV[8] then
     -- A quick console may have ended the call before the connection was recorded: it was connected.
     local last = redis.call('HGET', akey, 'last_call') or ''
@@ -394,7 +495,7 @@ if op == 'preview_decide' then
 end
 
 if op == 'end_call' then
-  -- ARGV[8] call id ('' = the current one), [9] wrap-up timeout ms
+  -- ARGV[8] call id ('' = the current one), [9] wrap-up timeout ms, [10..12] see notify_hangup
   -- From reserved too: the offer reached the console (it shows the call) before OfferCall recorded the
   -- connection; 'connected' then sees last_call and reports the call as connected. Not a preview: a lead
   -- that was only shown is skipped or dialled (DecidePreview), never ended.
@@ -407,7 +508,9 @@ if op == 'end_call' then
              'offer_deadline_ms', '', 'wrap_deadline_ms', now + tonumber(ARGV[9]))
   local seq = apply(aid, akey, 'wrap_up', '', call_id, campaigns, true)
   redis.call('ZADD', deadlines_due, now + tonumber(ARGV[9]), aid)
-  return result('ok', aid, prev, 'wrap_up', seq, craw, call_id, redis.call('HGET', akey, 'last_call'))
+  local last = redis.call('HGET', akey, 'last_call')
+  notify_hangup(last, call_id)
+  return result('ok', aid, prev, 'wrap_up', seq, craw, call_id, last)
 end
 
 if op == 'disposition' then

@@ -21,12 +21,17 @@ from outdial.v1 import campaign_pb2_grpc
 log = logging.getLogger("outdial.campaign")
 
 
-async def _publish_all(ctx: ServiceContext, sched: CampaignScheduler) -> None:
-    """At start: write every campaign's config to Redis, rebuild the active set, schedule start/end."""
+async def _publish_all(ctx: ServiceContext, sched: CampaignScheduler, check_s: float = 1.0) -> None:
+    """Write every campaign's config to Redis, rebuild the active set, schedule start/end: at start, and
+    again whenever the marker :func:`keys.campaigns_published` is gone (Redis lost its data): PostgreSQL is
+    the truth, and dialing resumes without a restart."""
     await ctx.ready.wait()
     delay = 0.5
     while True:
         try:
+            if await ctx.redis.exists(keys.campaigns_published()):
+                await asyncio.sleep(check_s)
+                continue
             recs = await store.all_campaigns(ctx.pool)
             for rec in recs:
                 await store.publish(ctx.redis, rec)
@@ -37,8 +42,9 @@ async def _publish_all(ctx: ServiceContext, sched: CampaignScheduler) -> None:
             ]
             if stale:
                 await ctx.redis.srem(keys.active_campaigns(), *stale)
+            await ctx.redis.set(keys.campaigns_published(), int(ctx.clock.now().timestamp()))
             log.info("published %d campaign configs (%d active)", len(recs), len(active))
-            return
+            delay = 0.5
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -65,10 +65,14 @@ class EventConsumer:
         await ready.wait()
         backoff = 0.5
         pending_due = 0.0  # re-read our own unacknowledged entries (failed applies) now and then
+        reconcile_due = 0.0
         loop = asyncio.get_running_loop()
         while True:
             try:
                 await self.ensure_group()
+                if loop.time() >= reconcile_due:
+                    await self.reconcile_once()
+                    reconcile_due = loop.time() + self.settings.reconcile_interval_s
                 if loop.time() >= pending_due:
                     # Entries another (dead) replica took and never acknowledged become ours after 60 s.
                     await self.redis.xautoclaim(
@@ -107,6 +111,26 @@ class EventConsumer:
                 await self.redis.xack(self.stream, self.group, entry_id)
                 handled += 1
         return handled
+
+    async def reconcile_once(self) -> int:
+        """Call detail records from PostgreSQL for calls that ended a while ago but whose events never
+        arrived (Redis lost them). The pacing service's event ids are ``call_id:type``, so an event rebuilt
+        here and the original, should it still come, are one and the same: applied once."""
+        now = self.clock.now()
+        rows = await self.pool.fetch(
+            """SELECT d.* FROM dial_attempts d LEFT JOIN call_records c ON c.call_id = d.call_id
+                WHERE d.end_at IS NOT NULL AND d.end_at >= $1 AND d.end_at < $2 AND d.dial_at IS NOT NULL
+                  AND (c.call_id IS NULL OR c.end_at IS NULL)
+                ORDER BY d.end_at LIMIT 1000""",
+            now - timedelta(days=2),
+            now - timedelta(seconds=self.settings.reconcile_after_s),
+        )
+        for r in rows:
+            for ev in _events_from_attempt(r):
+                await self.apply(ev)
+        if rows:
+            log.warning("rebuilt the call detail records of %d calls whose events were lost", len(rows))
+        return len(rows)
 
     async def apply(self, ev: dict[str, str]) -> bool:
         """Apply one event; False when it was already applied (or carries no event_id)."""
@@ -320,3 +344,47 @@ class EventConsumer:
                 lead_id,
                 at + timedelta(minutes=15),
             )
+
+
+def _ms(at: datetime | None) -> str:
+    return "" if at is None else str(int(at.timestamp() * 1000))
+
+
+def _events_from_attempt(r: asyncpg.Record) -> list[dict[str, str]]:
+    """The lifecycle events the pacing service emitted for one call, as PostgreSQL recorded the call."""
+    base = {
+        "campaign_id": str(r["campaign_id"]),
+        "call_id": str(r["call_id"]),
+        "lead_id": str(r["lead_id"]),
+        "number": str(r["number"]),
+    }
+    out = [
+        base
+        | {"event_id": f"{r['call_id']}:call.dialing", "type": "call.dialing", "at": _ms(r["dial_at"])}
+        | {"attempt": str(r["attempt"])}
+    ]
+    if r["answer"]:
+        out.append(
+            base
+            | {
+                "event_id": f"{r['call_id']}:call.answered",
+                "type": "call.answered",
+                "at": _ms(r["answer_at"]),
+            }
+            | {"answer": str(r["answer"])}
+        )
+    start = r["connect_at"] or r["answer_at"]
+    out.append(
+        base
+        | {"event_id": f"{r['call_id']}:call.ended", "type": "call.ended", "at": _ms(r["end_at"])}
+        | {
+            "outcome": str(r["outcome"] or "failed"),
+            "dial_at": _ms(r["dial_at"]),
+            "answer_at": _ms(r["answer_at"]),
+            "connect_at": _ms(r["connect_at"]),
+            "end_at": _ms(r["end_at"]),
+            "agent_id": str(r["agent_id"] or ""),
+            "duration_s": f"{(r['end_at'] - start).total_seconds():.3f}" if start else "0",
+        }
+    )
+    return out

@@ -30,3 +30,7 @@ class CampaignSettings(BaseSettings):
     events_block_ms: int = Field(default=1000, gt=0)
     events_batch: int = Field(default=200, gt=0)
     consumer_group: str = "campaign"
+    # Call detail records rebuilt from PostgreSQL for calls ended this long ago whose events were lost
+    # (Redis lost its data), checked this often.
+    reconcile_after_s: float = Field(default=30.0, gt=0)
+    reconcile_interval_s: float = Field(default=10.0, gt=0)

@@ -22,6 +22,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from outdial.agent.client import AgentSession, SessionEnded
 from outdial.agent.simulated import Distribution, agent_token, run_simulated_agents
 from outdial.cli.base import channel, command, console, fail, group, print_json, print_table, to_dict
 from outdial.core.config import Settings
@@ -84,6 +85,7 @@ async def agent_counts(args: argparse.Namespace, settings: Settings) -> int:
 
 class ConsoleState:
     def __init__(self, dispositions: list[str]) -> None:
+        self.session: AgentSession | None = None
         self.status: agent_pb2.AgentStatus | None = None
         self.offer: agent_pb2.CallOffer | None = None
         self.preview: agent_pb2.PreviewOffer | None = None
@@ -97,10 +99,13 @@ class ConsoleState:
     def render(self) -> Panel:
         st = self.status
         state = STATE_NAMES.get(st.state, "?") if st else "connecting"
+        linked = self.session is None or self.session.connected.is_set()
         head = Table.grid(padding=(0, 2))
         head.add_row("agent", Text(st.agent_id if st else "", style="bold"))
         head.add_row("state", Text(state.upper(), style="bold green" if state == "ready" else "bold yellow"))
         head.add_row("since", _since(st.since) if st else "")
+        if not linked:
+            head.add_row("link", Text("reconnecting… (your session and call are kept)", style="bold red"))
         if st and st.pause_reason:
             head.add_row("pause reason", st.pause_reason)
         if st:
@@ -177,14 +182,20 @@ async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  #
         agent_id = args.agent_id
     else:
         agent_id = str(jwt.decode(token, options={"verify_signature": False}).get("sub", ""))
-    ch = channel(argparse.Namespace(token=token), settings, "agent")
-    stub = agent_pb2_grpc.AgentServiceStub(ch)
     md = (("authorization", f"Bearer {token}"),)
     campaigns = [agent_pb2.CampaignMembership(campaign_id=c, priority=args.priority) for c in args.campaign]
-    login = await stub.Login(
-        agent_pb2.LoginRequest(agent_id=agent_id, campaigns=campaigns, skills=args.skill or []), metadata=md
+    session = AgentSession(
+        lambda: channel(argparse.Namespace(token=token), settings, "agent"),
+        agent_pb2.LoginRequest(agent_id=agent_id, campaigns=campaigns, skills=args.skill or []),
+        md,
     )
     ui = ConsoleState(args.dispositions.split(","))
+    ui.session = session
+    try:
+        login = await session.login(give_up_s=args.connect_timeout)
+    except grpc.aio.AioRpcError as exc:
+        await session.close()
+        return fail(f"cannot log in: {exc.code().name}: {exc.details()}")
     ui.status = login.status
     ui.note(f"logged in (session {login.session_id[:8]})")
     keys: asyncio.Queue[str] = asyncio.Queue()
@@ -198,62 +209,91 @@ async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  #
             if not ch_.isspace():
                 keys.put_nowait(ch_)
 
-    async def read_stream() -> None:
-        async for msg in stub.Connect(agent_pb2.ConnectRequest(agent_id=agent_id), metadata=md):
-            if msg.HasField("status"):
-                ui.status = msg.status
-                ui.note(f"state {STATE_NAMES.get(msg.status.state, '?')}")
-                if msg.status.state != common_pb2.AGENT_STATE_RESERVED:
-                    ui.preview = None  # withdrawn (campaign paused, hold lapsed) or decided
-            elif msg.HasField("offer"):
-                ui.offer = msg.offer
-                ui.note(f"call {msg.offer.call_id} from {msg.offer.lead_name or msg.offer.number}")
-                console.bell()
-            elif msg.HasField("preview"):
-                ui.preview = msg.preview
-                ui.note(f"preview {msg.preview.call_id}: {msg.preview.lead_name or msg.preview.number}")
-                console.bell()
-            elif msg.HasField("preview_decided"):
-                d = msg.preview_decided
-                word = "dialling" if d.decision == agent_pb2.PREVIEW_DECISION_DIAL else "skipped"
-                ui.note(f"preview {d.call_id}: {word} ({d.by})")
-                if ui.preview is not None and ui.preview.call_id == d.call_id:
-                    ui.preview = None
-            elif msg.call_ended:
-                ui.note(f"far end hung up {msg.call_ended}")
+    async def read_stream() -> str:
+        """The session's events, through reconnections; returns why the session ended."""
+        seen = 0
+        try:
+            async for msg in session.events():
+                if session.reconnects > seen:
+                    seen = session.reconnects
+                    ui.note("reconnected: session resumed")
+                if msg.HasField("status"):
+                    ui.status = msg.status
+                    if msg.status.state in (common_pb2.AGENT_STATE_READY, common_pb2.AGENT_STATE_PAUSED):
+                        ui.offer = None  # no call in hand for the service (ended, or taken away)
+                    if msg.status.state != common_pb2.AGENT_STATE_RESERVED:
+                        ui.preview = None  # withdrawn (campaign paused, hold lapsed) or decided
+                    ui.note(f"state {STATE_NAMES.get(msg.status.state, '?')}")
+                elif msg.HasField("offer"):
+                    if ui.offer is not None and ui.offer.call_id == msg.offer.call_id:
+                        continue  # the call in hand, shown again after a reconnection
+                    ui.offer = msg.offer
+                    ui.note(f"call {msg.offer.call_id} from {msg.offer.lead_name or msg.offer.number}")
+                    console.bell()
+                elif msg.HasField("preview"):
+                    if ui.preview is not None and ui.preview.call_id == msg.preview.call_id:
+                        continue  # the lead in view, shown again after a reconnection
+                    ui.preview = msg.preview
+                    ui.note(f"preview {msg.preview.call_id}: {msg.preview.lead_name or msg.preview.number}")
+                    console.bell()
+                elif msg.HasField("preview_decided"):
+                    d = msg.preview_decided
+                    word = "dialling" if d.decision == agent_pb2.PREVIEW_DECISION_DIAL else "skipped"
+                    ui.note(f"preview {d.call_id}: {word} ({d.by})")
+                    if ui.preview is not None and ui.preview.call_id == d.call_id:
+                        ui.preview = None
+                elif msg.call_ended:
+                    ui.note(f"far end hung up {msg.call_ended}")
+        except SessionEnded as ended:
+            return (
+                "logged out"
+                if ended.reason == "logged_out"
+                else "this agent's session was taken over by another console"
+            )
+        return "stream closed"
 
     async def act(key: str) -> bool:
+        give_up = args.action_timeout
         try:
             if key == "q":
                 return False
             if key == "r":
-                resp = await stub.SetState(
-                    agent_pb2.SetStateRequest(agent_id=agent_id, state=common_pb2.AGENT_STATE_READY),
-                    metadata=md,
+                resp = await session.call(
+                    lambda s: s.SetState(
+                        agent_pb2.SetStateRequest(agent_id=agent_id, state=common_pb2.AGENT_STATE_READY),
+                        metadata=md,
+                    ),
+                    give_up_s=give_up,
                 )
                 ui.status = resp.status
             elif key == "p":
-                resp2 = await stub.SetState(
-                    agent_pb2.SetStateRequest(
-                        agent_id=agent_id, state=common_pb2.AGENT_STATE_PAUSED, pause_reason=args.pause_reason
+                resp2 = await session.call(
+                    lambda s: s.SetState(
+                        agent_pb2.SetStateRequest(
+                            agent_id=agent_id,
+                            state=common_pb2.AGENT_STATE_PAUSED,
+                            pause_reason=args.pause_reason,
+                        ),
+                        metadata=md,
                     ),
-                    metadata=md,
+                    give_up_s=give_up,
                 )
                 ui.status = resp2.status
             elif key in ("d", "s") and ui.preview is not None:
                 want = agent_pb2.PREVIEW_DECISION_DIAL if key == "d" else agent_pb2.PREVIEW_DECISION_SKIP
-                dec = await stub.DecidePreview(
-                    agent_pb2.DecidePreviewRequest(
-                        agent_id=agent_id, call_id=ui.preview.call_id, decision=want
-                    ),
-                    metadata=md,
+                decide = agent_pb2.DecidePreviewRequest(
+                    agent_id=agent_id, call_id=ui.preview.call_id, decision=want
                 )
+                dec = await session.call(lambda s: s.DecidePreview(decide, metadata=md), give_up_s=give_up)
                 ui.status = dec.status
                 if dec.decision == agent_pb2.PREVIEW_DECISION_UNSPECIFIED:
                     ui.note("that preview is no longer yours")
                 ui.preview = None
             elif key == "e":
-                resp3 = await stub.EndCall(agent_pb2.EndCallRequest(agent_id=agent_id), metadata=md)
+                resp3 = await session.call(
+                    lambda s: s.EndCall(agent_pb2.EndCallRequest(agent_id=agent_id), metadata=md),
+                    give_up_s=give_up,
+                )
                 ui.status = resp3.status
                 ui.note("call ended")
             elif key.isdigit() and 0 < int(key) <= len(ui.dispositions):
@@ -261,7 +301,7 @@ async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  #
                 req = agent_pb2.SetDispositionRequest(agent_id=agent_id, disposition=dispo)
                 if dispo == "callback":
                     req.callback_at.FromDatetime(datetime.now(UTC) + timedelta(minutes=args.callback_minutes))
-                resp4 = await stub.SetDisposition(req, metadata=md)
+                resp4 = await session.call(lambda s: s.SetDisposition(req, metadata=md), give_up_s=give_up)
                 ui.status = resp4.status
                 ui.offer = None
                 ui.note(f"disposition {dispo}")
@@ -270,6 +310,7 @@ async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  #
         return True
 
     stream = asyncio.create_task(read_stream())
+    logout = True
     with _RawStdin() as raw, Live(ui.render(), console=console, refresh_per_second=8, screen=raw.tty) as live:
         loop.add_reader(sys.stdin.fileno(), on_key)
         try:
@@ -278,10 +319,10 @@ async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  #
                 done, _ = await asyncio.wait({get, stream}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
                 if stream in done:
                     get.cancel()
-                    exc = stream.exception()
-                    ui.note(
-                        f"stream closed: {exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc}"
-                    )
+                    err = stream.exception()
+                    why = stream.result() if err is None else _why(err)
+                    ui.note(f"session ended: {why}")
+                    logout = False
                     live.update(ui.render())
                     break
                 if get in done:
@@ -293,13 +334,17 @@ async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  #
         finally:
             loop.remove_reader(sys.stdin.fileno())
             stream.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError, SessionEnded):
                 await stream
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await stub.Logout(agent_pb2.LogoutRequest(agent_id=agent_id), metadata=md)
-            await ch.close()
-    console.print(f"logged out {agent_id}")
+            if logout:
+                await session.logout()
+            await session.close()
+    console.print(f"logged out {agent_id}" if logout else f"{agent_id}: session ended")
     return 0
+
+
+def _why(exc: BaseException) -> str:
+    return f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
 
 
 # ------------------------------------------------------------------------------------------- sim agents
@@ -355,6 +400,10 @@ async def sim_agents(args: argparse.Namespace, settings: Settings) -> int:
         "preview_skips": sum(a.stats.preview_skips for a in agents),
         "dispositions": dict(sum((a.stats.dispositions for a in agents), Counter[str]())),
         "errors": sum(a.stats.errors for a in agents),
+        # Ridden out: streams reopened after a fault, logins after the heartbeat grace, calls taken back.
+        "reconnects": sum(a.stats.reconnects for a in agents),
+        "relogins": sum(a.stats.relogins for a in agents),
+        "calls_taken_back": sum(a.stats.taken_back for a in agents),
     }
     if args.json:
         print_json(total)
@@ -374,6 +423,12 @@ def register(sub: Any) -> None:
     p.add_argument("--agent-id", help="agent id (default: the token's subject)")
     p.add_argument("--pause-reason", default="break")
     p.add_argument("--callback-minutes", type=int, default=60)
+    p.add_argument(
+        "--connect-timeout", type=float, default=30.0, help="seconds to keep trying to log in at start"
+    )
+    p.add_argument(
+        "--action-timeout", type=float, default=10.0, help="seconds to keep retrying a key's action"
+    )
     p.add_argument(
         "--dispositions",
         default="sale,not_interested,callback,wrong_number,do_not_call,other",

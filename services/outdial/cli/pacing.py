@@ -50,6 +50,8 @@ def _rows(st: pacing_pb2.PacingState) -> list[tuple[str, Any]]:
             f"{b.remaining:.1f} left; last 60 min {b.rate_60min:.2%}",
         ),
         ("calls placed / blocked", f"{st.calls_placed} / {st.calls_blocked}"),
+        ("ringing calls released (no agent)", str(st.calls_released)),
+        ("agent service", "reachable" if st.agent_service_reachable else "UNREACHABLE: not dialling"),
         ("paused by settings", st.settings.paused),
     ]
 

@@ -125,7 +125,10 @@ class PrivateServer:
     restart: Callable[[], None] = field(default=lambda: None, repr=False)
 
 
-def start_private_postgres(port: int | None = None) -> PrivateServer:
+def start_private_postgres(port: int | None = None, *, durable: bool = False) -> PrivateServer:
+    """A throwaway PostgreSQL. Tuned for speed (no fsync, asynchronous commit) unless ``durable``: then a
+    commit is on disk before it returns, so a crash of the server (not of the machine) loses nothing
+    committed, as in production: what the crash tests need."""
     initdb, postgres = find_binary("initdb"), find_binary("postgres")
     if initdb is None or postgres is None:
         raise RuntimeError(
@@ -137,13 +140,23 @@ def start_private_postgres(port: int | None = None) -> PrivateServer:
     data = directory / "data"
     user = _unprivileged_user()
 
-    # Popen's user/group (set in C after fork) rather than a preexec_fn: safe beside gRPC's threads.
-    demote: dict[str, int] = {"user": user.pw_uid, "group": user.pw_gid} if user is not None else {}
+    # As root, the server runs as an unprivileged user. Through ``setpriv`` when the machine has it: Popen's
+    # own user/group switch forces a plain fork(), whose handlers in a process where gRPC is running can
+    # crash the child (seen as a SIGSEGV of postgres restarted under a running test), while a Popen with no
+    # switch uses vfork/posix_spawn. Else Popen's user/group (set in C after fork, never a preexec_fn).
+    demote: dict[str, int] = {}
+    prefix: list[str] = []
+    setpriv = shutil.which("setpriv")
+    if user is not None and setpriv:
+        prefix = [setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
+    elif user is not None:
+        demote = {"user": user.pw_uid, "group": user.pw_gid}
 
     if user is not None:
         os.chown(directory, user.pw_uid, user.pw_gid)
     subprocess.run(
         [
+            *prefix,
             str(initdb),
             "-D",
             str(data),
@@ -167,6 +180,7 @@ def start_private_postgres(port: int | None = None) -> PrivateServer:
         with open(directory / "postgres.log", "ab") as logfile:
             return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
                 [
+                    *prefix,
                     str(postgres),
                     "-D",
                     str(data),
@@ -179,7 +193,7 @@ def start_private_postgres(port: int | None = None) -> PrivateServer:
                     "-c",
                     "fsync=off",
                     "-c",
-                    "synchronous_commit=off",
+                    f"synchronous_commit={'on' if durable else 'off'}",
                     "-c",
                     "full_page_writes=off",
                     "-c",

@@ -35,8 +35,16 @@ def event_seen(group: str, event_id: str) -> str:
 
 def active_campaigns() -> str:
     """Set of ids of campaigns in state active. Writer: campaign service. Readers: pacing, feeder. No TTL
-    (rebuilt from PostgreSQL at campaign-service start)."""
+    (rebuilt from PostgreSQL at campaign-service start, and whenever :func:`campaigns_published` is gone)."""
     return f"{PREFIX}campaigns:active"
+
+
+def campaigns_published() -> str:
+    """String: "every campaign's config and the active set are in Redis" (the time they were written).
+    Writer: campaign service, after publishing them all. Reader: the campaign service, every second: when
+    it is missing, Redis lost its data, and every config and the active set are written again from
+    PostgreSQL. No TTL."""
+    return f"{PREFIX}campaigns:published"
 
 
 def campaign_config(campaign_id: str) -> str:
@@ -144,8 +152,11 @@ def abandon_window(campaign_id: str) -> str:
 
 
 def agent(agent_id: str) -> str:
-    """Hash: an agent's live state (state, since, campaigns, skills, call id, session). Writer: agent service
-    (Lua). Readers: agent, pacing. No TTL (presence is separate)."""
+    """Hash: an agent's live state and session (state, since, campaigns, skills, call id, session id, the
+    current offer, the console connection id, and ``held_offer``: the call they were on when logged out,
+    until it ends). Sessions outlive consoles and agent-service replicas: a console that reconnects or
+    logs in again takes its session back from here. Writer: agent service (Lua). Readers: agent, pacing.
+    No TTL (presence is separate)."""
     return f"{PREFIX}agent:{{a:{agent_id}}}"
 
 
@@ -168,8 +179,9 @@ def agents_index() -> str:
 
 
 def campaign_agents(campaign_id: str) -> str:
-    """Hash agent id -> state for agents logged in to the campaign. Writer: agent service. Reader: pacing
-    (one round trip for counts). No TTL."""
+    """Hash agent id -> state (JSON: state, since_ms, call_id) for agents logged in to the campaign; an agent
+    logged out (by Logout or after the heartbeat grace) is removed at once. Writer: agent service. Reader:
+    pacing (one round trip for counts). No TTL."""
     return f"{_c(campaign_id)}:agents"
 
 
@@ -215,13 +227,16 @@ AGENT_HANGUPS_MAXLEN = 10_000
 def agent_key_template(kind: str) -> str:
     """Template (``%s`` = id) of a per-agent or per-campaign key, for Lua scripts that derive key names
     of an agent's campaigns: kind is "ready" (campaign_ready), "view" (campaign_agents), "agent",
-    "presence" or "offers". Writer/reader: agent service scripts."""
+    "presence", "offers", "acks" (agent_acks, by replica id) or "hangups" (agent_hangups). Writer/reader:
+    agent service scripts."""
     builders = {
         "ready": campaign_ready,
         "view": campaign_agents,
         "agent": agent,
         "presence": agent_presence,
         "offers": agent_offers,
+        "acks": agent_acks,
+        "hangups": agent_hangups,
     }
     return builders[kind]("%s")
 

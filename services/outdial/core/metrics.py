@@ -30,6 +30,11 @@ CALLS_BLOCKED = Counter(
     "Dials refused by the dial-time gate, by first reason",
     ["campaign", "reason"],
 )
+CALLS_RELEASED = Counter(
+    "outdial_calls_released_total",
+    "Ringing calls released after the legal ring minimum because no agent could take them (capacity loss)",
+    ["campaign"],
+)
 CALLS_ENDED = Counter("outdial_calls_ended_total", "Calls ended, by outcome", ["campaign", "outcome"])
 LINES_IN_FLIGHT = Gauge("outdial_lines_in_flight", "Calls in flight (lease holder's view)", ["campaign"])
 DIAL_LEVEL = Gauge("outdial_dial_level", "Lines per agent the pacing algorithm asks for", ["campaign"])

@@ -48,7 +48,9 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str |
     return hosts, path[0], db, password or None
 
 
-def create_redis(url: str, *, decode: bool = True, max_connections: int = 64) -> Redis:
+def create_redis(
+    url: str, *, decode: bool = True, max_connections: int = 64, pool_wait_s: float = 5.0
+) -> Redis:
     """A pooled client. It connects lazily and reconnects by itself when Redis comes back.
 
     ``redis://`` / ``rediss://`` / ``unix://`` URLs name one server; ``redis+sentinel://h1:26379,h2:26379/
@@ -69,10 +71,15 @@ def create_redis(url: str, *, decode: bool = True, max_connections: int = 64) ->
         )
         primary._sentinel = sentinel
         return primary
-    client: Redis = aioredis.from_url(
+    # A blocking pool: when every connection is busy (a burst of RPCs, each running a command), a command
+    # waits for a free connection, up to ``pool_wait_s``. redis-py's default pool raises MaxConnectionsError
+    # at once instead, which reached callers as UNAVAILABLE ("a dependency is not answering") while Redis
+    # was answering in well under a millisecond (bench/assign.py: 500 consoles refreshing presence together).
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
-        decode_responses=decode,
         max_connections=max_connections,
+        timeout=pool_wait_s,
+        decode_responses=decode,
         socket_connect_timeout=2.0,
         # No read timeout: XREADGROUP/XREAD BLOCK and pub/sub reads wait longer than any fixed socket timeout
         # would allow (a 5 s timeout broke 5 s BLOCK reads). A dead peer is found by TCP keepalive and the
@@ -83,6 +90,7 @@ def create_redis(url: str, *, decode: bool = True, max_connections: int = 64) ->
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
         retry_on_timeout=False,
     )
+    client: Redis = aioredis.Redis.from_pool(pool)
     return client
 
 

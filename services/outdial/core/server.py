@@ -48,6 +48,14 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.so_reuseport", 0),
+    # grpc.aio takes new RPCs from gRPC core one at a time, each through a turn of the event loop; the calls
+    # that arrived meanwhile wait in core's pending queue. Past 1,000 waiting calls core's defaults drop
+    # new ones at random (all of them past 3,000), and the caller gets a bare CANCELLED that the handler
+    # never saw: a burst of reconnecting consoles, or an agent service that fell a few seconds behind at
+    # 100 live answers/s (bench/assign.py, issue 10), lost OfferCalls that way. Queue them instead; calls
+    # still waiting after grpc.server_max_unrequested_time_in_server (30 s) are dropped by core.
+    ("grpc.server.max_pending_requests", 10_000),
+    ("grpc.server.max_pending_requests_hard_limit", 20_000),
 ]
 
 

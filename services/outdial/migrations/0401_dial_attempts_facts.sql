@@ -39,3 +39,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS dial_attempts_open_number
 CREATE UNIQUE INDEX IF NOT EXISTS dial_attempts_open_agent
     ON dial_attempts (agent_id) WHERE connect_at IS NOT NULL AND end_at IS NULL;
 -- The lease holder's reconciliation reads a campaign's open calls through dial_attempts_open_lead.
+
+-- 3. The campaign service rebuilds call detail records of ended calls whose events Redis lost.
+CREATE INDEX IF NOT EXISTS dial_attempts_end ON dial_attempts (end_at) WHERE end_at IS NOT NULL;

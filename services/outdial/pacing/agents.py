@@ -41,15 +41,10 @@ class OfferResult:
 
 class AgentClient:
     def __init__(
-        self,
-        stub: agent_pb2_grpc.AgentServiceStub,
-        health: health_pb2_grpc.HealthStub | None = None,
-        *,
-        probe_s: float = 1.0,
+        self, stub: agent_pb2_grpc.AgentServiceStub, health: health_pb2_grpc.HealthStub | None = None
     ) -> None:
         self.stub = stub
         self.health = health
-        self.probe_s = probe_s
         self.reachable = True
         self._task: asyncio.Task[None] | None = None
 
@@ -67,21 +62,30 @@ class AgentClient:
             self._task = None
 
     async def _probe(self) -> None:
+        """Health.Watch on the agent service's channel: a stream that breaks the moment the service dies,
+        so the dialer stops counting its agents at once (no polling); re-opened with backoff."""
         assert self.health is not None
+        backoff = 0.05
         while True:
-            up = True
             try:
-                resp = await self.health.Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=self.probe_s
-                )
-                up = resp.status == health_pb2.HealthCheckResponse.SERVING
+                stream = self.health.Watch(health_pb2.HealthCheckRequest(service=""))
+                async for resp in stream:
+                    self._set(resp.status == health_pb2.HealthCheckResponse.SERVING)
+                    backoff = 0.05
+                self._set(False)  # the stream ended: the server is going away
             except grpc.aio.AioRpcError as exc:
-                # A peer without the health service (UNIMPLEMENTED) answers: it is there.
-                up = exc.code() not in _DOWN
-            if up != self.reachable:
-                log.warning("agent service %s", "reachable again" if up else "unreachable: no agents counted")
-            self.reachable = up
-            await asyncio.sleep(self.probe_s)
+                if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                    # A peer without the health service answers: it is there. Nothing more to watch.
+                    self._set(True)
+                    return
+                self._set(False)
+            await asyncio.sleep(backoff)
+            backoff = min(1.0, backoff * 2)
+
+    def _set(self, up: bool) -> None:
+        if up != self.reachable:
+            log.warning("agent service %s", "reachable again" if up else "unreachable: no agents counted")
+        self.reachable = up
 
     def _saw(self, exc: grpc.aio.AioRpcError) -> None:
         # A deadline on a call says nothing about the service being there; the probe decides then.
@@ -137,12 +141,20 @@ class AgentClient:
             deadline=duration(deadline_s),
             reserved_agent_id=reserved_agent_id,
         )
-        try:
-            resp = await self.stub.OfferCall(req, timeout=deadline_s + 0.25)
-        except grpc.aio.AioRpcError as exc:
-            self._saw(exc)
-            return OfferResult(False, "", f"agent service: {exc.code().name}")
-        return OfferResult(bool(resp.assigned), str(resp.agent_id), str(resp.reason))
+        # A restarting agent service refuses connections for a moment: retry while the 2 s still allow it.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + deadline_s
+        while True:
+            left = until - loop.time()
+            try:
+                resp = await self.stub.OfferCall(req, timeout=max(0.05, left) + 0.25)
+                return OfferResult(bool(resp.assigned), str(resp.agent_id), str(resp.reason))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNAVAILABLE or left < 0.15:
+                    self._saw(exc)
+                    return OfferResult(False, "", f"agent service: {exc.code().name}")
+            await asyncio.sleep(0.05)
+            req.deadline.CopyFrom(duration(max(0.05, until - loop.time())))
 
     # ------------------------------------------------------------------ preview mode
 

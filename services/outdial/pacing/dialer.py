@@ -4,9 +4,9 @@ Per replica, one :class:`Dialer` holds campaign leases (``lease.py``) and runs o
 holds. Each tick reads the campaign from Redis, asks the planner (``planner.py``, the very code the
 simulator runs) what to do, releases the ringing calls it says to release, takes leads from the hopper with
 their claims (``hopper.py``), passes each through the dial-time gate (``gate.py``) and originates through the
-telephony adapter. Every call's events go through the pure state machine (``calls.py``); the dialer only
-carries out the actions it returns, against the adapter, the agent service (``agents.py``), Redis and
-PostgreSQL (``store.py``).
+telephony adapter. Every call's events go through the pure state machine (``calls.py``), whose actions
+``actions.py`` carries out against the adapter, the agent service (``agents.py``), Redis and PostgreSQL
+(``store.py``). Agent hang-ups come from ``hangups.py``.
 
 What survives what:
 - **A call's end is written once**, by whoever writes it first into PostgreSQL (``finish_attempt``): the
@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import grpc
 import redis.exceptions
 
 from outdial.core import keys
@@ -50,17 +49,19 @@ from outdial.core.clock import Clock
 from outdial.core.metrics import (
     ABANDON_RATE,
     CALLS_BLOCKED,
-    CALLS_ENDED,
     CALLS_PLACED,
+    CALLS_RELEASED,
     DIAL_LEVEL,
     LINES_IN_FLIGHT,
 )
 from outdial.core.redis import Redis
+from outdial.pacing.actions import Call, CallActions, carrier_event, observe
 from outdial.pacing.agents import AgentClient
 from outdial.pacing.budget import budget_view
-from outdial.pacing.calls import Action, Event, Flow, State, state_from_record, step
+from outdial.pacing.calls import Event, Flow, State
 from outdial.pacing.estimates import OnlineEstimator
 from outdial.pacing.gate import DialGate, GateLead
+from outdial.pacing.hangups import HangupReader
 from outdial.pacing.hopper import Hopper, TakenLead
 from outdial.pacing.lease import Lease, LeaseStore
 from outdial.pacing.planner import Plan, Planner, RingingCall, TickInput, abandon_limits, effective_params
@@ -68,8 +69,8 @@ from outdial.pacing.preview import PreviewFlow
 from outdial.pacing.snapshot import AGENT_STATES, PAUSED, AgentSnap, BudgetView, Estimates, PacingParams
 from outdial.pacing.store import PacingStore, from_ms, ms
 from outdial.rules import law
-from outdial.telephony.base import Answer, CallEvent, EventKind, TelephonyAdapter
-from outdial.v1 import agent_pb2_grpc, dnc_pb2, dnc_pb2_grpc
+from outdial.telephony.base import EventKind, TelephonyAdapter
+from outdial.v1 import agent_pb2_grpc, dnc_pb2_grpc
 
 log = logging.getLogger("outdial.pacing.dialer")
 
@@ -84,79 +85,11 @@ return {#m, a}
 """
 
 
-def observe(
-    est: OnlineEstimator,
-    outcome: str,
-    dial_ms: int,
-    answer_ms: int | None,
-    connect_ms: int | None,
-    end_ms: int,
-) -> None:
-    """Feed one ended call to the estimator (network failures say nothing about people: skipped)."""
-    if outcome == "failed" or not outcome:
-        return
-    human = outcome in ("connected", "abandoned")
-    machine = outcome in ("machine", "fax")
-    resolved = answer_ms if answer_ms is not None else end_ms
-    est.observe_outcome(human, machine, max(0.0, (resolved - dial_ms) / 1000))
-    if connect_ms is not None:
-        est.observe_talk(max(0.0, (end_ms - connect_ms) / 1000))
-
-
 def flow_of(config: dict[str, Any]) -> Flow:
     """The call flow of a campaign's calls (agentless: the message; otherwise an agent)."""
     if config.get("dial_mode") != "agentless":
         return Flow.AGENT
     return Flow.MESSAGE_MACHINES if config.get("machine_action") == "leave_message" else Flow.MESSAGE
-
-
-def _carrier_event(ev: CallEvent) -> Event | None:
-    if ev.kind is EventKind.ANSWERED:
-        return Event.ANSWERED_MACHINE if ev.answer is Answer.MACHINE else Event.ANSWERED_HUMAN
-    if ev.kind is EventKind.DTMF:
-        return Event.OPT_OUT_KEY if ev.digit == law.OPT_OUT_KEY else None
-    if ev.kind is EventKind.ENDED:
-        return Event.ORIGINATE_ERROR if ev.reason == "originate_error" else Event.LINE_ENDED
-    return {
-        EventKind.RINGING: Event.RINGING,
-        EventKind.NO_ANSWER: Event.NO_ANSWER,
-        EventKind.BUSY: Event.BUSY,
-        EventKind.FAILED: Event.FAILED,
-        EventKind.MESSAGE_DONE: Event.MESSAGE_DONE,
-    }.get(ev.kind)
-
-
-@dataclass
-class Call:
-    call_id: str
-    campaign_id: str
-    lead_id: str
-    number: str
-    lead: dict[str, str]
-    config: dict[str, Any]
-    dial_at: datetime
-    events: asyncio.Queue[CallEvent | Event] = field(default_factory=asyncio.Queue)
-    state: State = State.RINGING
-    answer: str | None = None
-    answer_at: datetime | None = None
-    connect_at: datetime | None = None
-    agent_id: str = ""
-    opt_out: bool = False
-    message_played: bool = False
-    outcome: str = ""
-    reason: str = ""
-    outcome_emitted: bool = False
-    task: asyncio.Task[None] | None = None
-    # The agent ReserveAgent held for this call before it was dialled ("" when none is held).
-    held_agent: str = ""
-    # When the agent hung up (the carrier leg is then hung up by the dialer).
-    end_at: datetime | None = None
-    # False for a call closed from its record (an orphan): no carrier leg of ours to act on.
-    followed: bool = True
-    # Agentless calls play the campaign's message instead of waiting for an agent (calls.Flow).
-    flow: Flow = Flow.AGENT
-    # Preview: the agent who chose to dial this lead (the call is manual, not autodialled).
-    dialled_by: str = ""
 
 
 @dataclass
@@ -215,8 +148,20 @@ class Dialer:
         self._started_ms = ms(clock.now())
         # Replicas seen without presence, and since when (monotonic): orphans only after a lease time.
         self._absent: dict[str, float] = {}
-        self._hangups_wanted = asyncio.Event()
+        self.actions = CallActions(
+            redis=redis,
+            store=store,
+            adapter=adapter,
+            agents=self.agents,
+            dnc=dnc,
+            hopper=self.hopper,
+            clock=clock,
+            offer_deadline_s=self.offer_deadline_s,
+        )
+        self.hangups = HangupReader(redis, leases.replica, lambda: list(self.campaigns), self._on_hangup)
+        # Preview mode's side of the dialer; the call table's preview actions are carried out there.
         self.preview = PreviewFlow(self)
+        self.actions.extension = self.preview
 
     @property
     def replica(self) -> str:
@@ -227,7 +172,7 @@ class Dialer:
     async def run(self) -> None:
         tasks = [
             asyncio.create_task(self._pump(), name="pacing:event-pump"),
-            asyncio.create_task(self._hangup_reader(), name="pacing:agent-hangups"),
+            asyncio.create_task(self.hangups.run(), name="pacing:agent-hangups"),
         ]
         self.agents.start()
         try:
@@ -267,13 +212,13 @@ class Dialer:
             except Exception:
                 log.exception("campaign %s: take-over steps failed; dialing anyway", cid)
             self.campaigns[cid] = run
-            self._hangups_wanted.set()
+            self.hangups.wake()
             run.task = asyncio.create_task(self._campaign_loop(cid, run), name=f"pacing:dial:{cid}")
 
     async def _take_over(self, cid: str, run: CampaignRun) -> None:
         """At lease acquisition: the hang-up stream's group, the abandonment window rebuilt from PostgreSQL,
         calls of dead holders closed, stale claims freed, estimates learned from recent calls."""
-        await self._ensure_hangup_group(cid)
+        await self.hangups.take_over(cid)
         config = await self.store.campaign_config(cid) or {}
         await self._rebuild_window(cid, config)
         await self._reconcile(cid, taking_over=True)
@@ -308,13 +253,22 @@ class Dialer:
             await run.task
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
-        """Stop dialing; let calls in flight finish for ``drain_s``; close the rest; release leases."""
+        """Stop dialing; let calls in flight finish for ``drain_s``, and in any case until every ringing call
+        has rung the legal minimum (a shutdown never cuts one short); close the rest; release leases."""
         self._dialing = False
         for cid in list(self.campaigns):
             await self._halt(self.campaigns[cid])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_s
-        while self.calls and loop.time() < deadline:
+
+        def too_young() -> bool:
+            now = self.clock.now()
+            return any(
+                c.state is State.RINGING and (now - c.dial_at).total_seconds() < law.MIN_RING_S
+                for c in self.calls.values()
+            )
+
+        while self.calls and (loop.time() < deadline or too_young()):
             await asyncio.sleep(0.05)
         for call in list(self.calls.values()):
             call.events.put_nowait(Event.SHUTDOWN)
@@ -341,55 +295,9 @@ class Dialer:
             if call is not None:
                 call.events.put_nowait(ev)
 
-    # ================================================================ agent hang-ups (stream + group)
+    # ================================================================ agent hang-ups
 
-    async def _ensure_hangup_group(self, cid: str) -> None:
-        try:
-            await self.redis.xgroup_create(
-                keys.agent_hangups(cid), keys.AGENT_HANGUPS_GROUP, id="0", mkstream=True
-            )
-        except redis.exceptions.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        # Notices a previous holder read but never handled: this holder takes them over.
-        resp: Any = await self.redis.xautoclaim(
-            keys.agent_hangups(cid), keys.AGENT_HANGUPS_GROUP, self.replica, min_idle_time=0, start_id="0-0"
-        )
-        for entry_id, fields in resp[1] if resp else []:
-            await self._on_hangup(cid, entry_id, fields)
-
-    async def _hangup_reader(self) -> None:
-        """Blocks on XREADGROUP over the streams of the campaigns this replica leases (re-read each second
-        for the set of campaigns), handles each notice, acknowledges it."""
-        while True:
-            try:
-                await self._hangups_wanted.wait()
-                streams: dict[Any, Any] = {keys.agent_hangups(cid): ">" for cid in self.campaigns}
-                if not streams:
-                    self._hangups_wanted.clear()
-                    continue
-                resp: Any = await self.redis.xreadgroup(
-                    keys.AGENT_HANGUPS_GROUP, self.replica, streams, count=100, block=1000
-                )
-                for stream, entries in resp or []:
-                    cid = next((c for c in self.campaigns if keys.agent_hangups(c) == stream), "")
-                    for entry_id, fields in entries:
-                        await self._on_hangup(cid, entry_id, fields)
-            except asyncio.CancelledError:
-                raise
-            except redis.exceptions.ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    for cid in list(self.campaigns):
-                        with contextlib.suppress(Exception):
-                            await self._ensure_hangup_group(cid)
-                else:
-                    log.warning("agent hang-up reader error (%s)", exc)
-                await asyncio.sleep(0.2)
-            except Exception as exc:
-                log.warning("agent hang-up reader error (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(0.2)
-
-    async def _on_hangup(self, cid: str, entry_id: str, fields: dict[str, str]) -> None:
+    async def _on_hangup(self, fields: dict[str, str]) -> None:
         call = self.calls.get(str(fields.get("call_id", "")))
         if fields.get("kind") == "preview":
             if call is not None:
@@ -398,8 +306,6 @@ class Dialer:
             call.end_at = from_ms(int(fields["at_ms"])) if fields.get("at_ms") else self.clock.now()
             log.info("call %s: the agent hung up; hanging up the carrier leg", call.call_id)
             call.events.put_nowait(Event.AGENT_HANGUP)
-        if cid:
-            await self.redis.xack(keys.agent_hangups(cid), keys.AGENT_HANGUPS_GROUP, entry_id)
 
     # ================================================================ per-campaign loop
 
@@ -495,6 +401,7 @@ class Dialer:
             return
         for i in plan.cancel:
             run.released += 1
+            CALLS_RELEASED.labels(cid).inc()
             log.warning("campaign %s: releasing call %s (no agent can staff it)", cid, ringing[i].call_id)
             ringing[i].events.put_nowait(Event.RELEASE)
         if plan.flow == "preview":
@@ -590,8 +497,6 @@ class Dialer:
         """True: dialled. None: fenced off or shutting down (hand the lead back). False: refused because the
         lead or number has a call open."""
         dial_at = self.clock.now()
-        if not self._dialing or not await self.leases.fence_and_register(run.lease, g.call_id, ms(dial_at)):
-            return None
         call = Call(
             g.call_id,
             cid,
@@ -603,8 +508,12 @@ class Dialer:
             held_agent=held_agent,
             flow=flow_of(config),
         )
-        # Known as ours before PostgreSQL shows it dialled, so reconciliation never takes it for an orphan.
+        # Known as ours before it is in flight or PostgreSQL shows it dialled, so reconciliation never takes
+        # it for an orphan nor drops its in-flight entry.
         self.calls[g.call_id] = call
+        if not self._dialing or not await self.leases.fence_and_register(run.lease, g.call_id, ms(dial_at)):
+            self.calls.pop(g.call_id, None)
+            return None
         if not await self.store.mark_dialed(g.call_id, dial_at):
             self.calls.pop(g.call_id, None)
             await self.redis.zrem(keys.calls_in_flight(cid), g.call_id)
@@ -643,246 +552,22 @@ class Dialer:
                 if isinstance(item, Event):
                     event, at = item, self.clock.now()
                 else:
-                    mapped = _carrier_event(item)
+                    mapped = carrier_event(item)
                     if mapped is None:
                         continue
                     event, at = mapped, from_ms(item.at_ms) or self.clock.now()
                     if item.kind is EventKind.FAILED and item.reason and not call.reason:
                         call.reason = item.reason
-                await self._apply(call, event, at, run)
+                    if event is Event.LINE_ENDED and call.end_at is None:
+                        call.end_at = at  # the carrier's time of the end, not the time we got to it
+                await self.actions.apply(call, event, at, run)
         except asyncio.CancelledError:
             if call.state is not State.ENDED:
-                await asyncio.shield(self._apply(call, Event.SHUTDOWN, self.clock.now(), run))
+                await asyncio.shield(self.actions.apply(call, Event.SHUTDOWN, self.clock.now(), run))
             raise
         finally:
             self.calls.pop(call.call_id, None)
             run.wake.set()
-
-    async def _apply(self, call: Call, event: Event, at: datetime, run: CampaignRun | None) -> None:
-        t = step(call.state, event, call.flow)
-        call.state = t.state
-        if t.outcome:
-            call.outcome = t.outcome
-        if t.reason and not call.reason:
-            call.reason = t.reason
-        for action in t.actions:
-            try:
-                await self._do(call, action, at, run)
-            except Exception:
-                if action is Action.FINISH:
-                    raise
-                log.exception("call %s: %s failed", call.call_id, action.value)
-
-    async def _do(self, call: Call, action: Action, at: datetime, run: CampaignRun | None) -> None:  # noqa: C901
-        live = call.followed
-        if action in PreviewFlow.ACTIONS:
-            await self.preview.act(call, action, at, run)
-        elif action is Action.PLAY_CAMPAIGN_MESSAGE and live:
-            await self._play_campaign_message(call)
-        elif action is Action.EMIT_RINGING:
-            await self._emit(call, "call.ringing", at)
-        elif action is Action.RECORD_ANSWER:
-            call.answer = "machine" if call.outcome == "machine" else "human"
-            call.answer_at = at
-            await self.store.mark_answered(call.call_id, call.answer, at, call.outcome or None)
-            await self._emit(call, "call.answered", at, answer=call.answer)
-        elif action is Action.OFFER:
-            await self._offer(call, run)
-        elif action is Action.BRIDGE and live:
-            await self.adapter.bridge(call.call_id, call.agent_id)
-        elif action is Action.RECORD_CONNECT and call.answer_at is not None:
-            await self.redis.zadd(
-                keys.abandon_window(call.campaign_id), {f"{call.call_id}:h": ms(call.answer_at)}
-            )
-        elif action is Action.RELEASE_AGENT:
-            await self._release_held(call, call.reason or call.outcome or "ended")
-        elif action is Action.PLAY_MESSAGE and live:
-            await self.adapter.play_message(call.call_id, self._message(call.config))
-            call.message_played = True
-        elif action is Action.RECORD_ABANDON:
-            await self._record_abandon(call, run)
-        elif action is Action.RECORD_OPT_OUT:
-            call.opt_out = True
-            await self._opt_out(call)
-        elif action is Action.EMIT_OUTCOME:
-            extra = {"reason": call.reason or call.outcome} if call.outcome == "failed" else {}
-            if call.reason.startswith("released"):
-                extra = {"reason": "released_no_agent"}
-            call.outcome_emitted = True
-            await self.store.mark_outcome(call.call_id, call.outcome)
-            await self._emit(call, f"call.{call.outcome}", at, **extra)
-        elif action is Action.HANGUP and live:
-            with contextlib.suppress(Exception):
-                await self.adapter.hangup(call.call_id)
-        elif action is Action.CANCEL and live:
-            with contextlib.suppress(Exception):
-                await self.adapter.cancel(call.call_id)
-        elif action is Action.END_AGENT_CALL and call.agent_id:
-            await self.agents.end_call(call.agent_id, call.call_id)
-        elif action is Action.FINISH:
-            await self._finish(call, run)
-
-    @staticmethod
-    def _message(cfg: dict[str, Any]) -> str:
-        seller = str(cfg.get("seller_name") or cfg.get("name") or "").strip() or "the caller"
-        callback = (
-            str(cfg.get("opt_out_number") or cfg.get("caller_id") or "").strip()
-            or "the number on your display"
-        )
-        return law.abandon_message(seller, callback, jurisdiction=str(cfg.get("jurisdiction") or "US")).text
-
-    async def _play_campaign_message(self, call: Call) -> None:
-        """Agentless: the campaign's message (who calls, the message, a number and the opt-out key)."""
-        cfg = call.config
-        try:
-            text = law.agentless_message(
-                str(cfg.get("agentless_message") or ""),
-                str(cfg.get("seller_name") or cfg.get("name") or ""),
-                str(cfg.get("opt_out_number") or cfg.get("caller_id") or ""),
-            )
-        except ValueError as exc:
-            log.error("call %s: no message to play (%s): hanging up", call.call_id, exc)
-            await self.adapter.hangup(call.call_id)
-            return
-        await self.adapter.play_message(call.call_id, text)
-        call.message_played = True
-
-    async def _offer(self, call: Call, run: CampaignRun | None) -> None:
-        assert call.answer_at is not None
-        elapsed = (self.clock.now() - call.answer_at).total_seconds()
-        budget = max(0.05, self.offer_deadline_s - max(0.0, elapsed))
-        name = " ".join(x for x in (call.lead.get("first_name", ""), call.lead.get("last_name", "")) if x)
-        try:
-            fields = {str(k): str(v) for k, v in json.loads(call.lead.get("fields") or "{}").items()}
-        except (ValueError, AttributeError):
-            fields = {}
-        res = await self.agents.offer(
-            campaign_id=call.campaign_id,
-            call_id=call.call_id,
-            lead_id=call.lead_id,
-            number=call.number,
-            lead_name=name,
-            lead_fields=fields,
-            answered_at=call.answer_at,
-            deadline_s=budget,
-            reserved_agent_id=call.held_agent,
-        )
-        now = self.clock.now()
-        why = res.reason
-        # The law counts from the greeting: an assignment that comes back late is an abandonment too.
-        in_time = res.assigned and (now - call.answer_at) <= timedelta(seconds=law.CONNECT_LIMIT_S)
-        if in_time and not await self.store.mark_connected(call.call_id, now, res.agent_id):
-            in_time, why = False, "agent already on a call"
-        if in_time:
-            if call.held_agent and call.held_agent != res.agent_id:
-                await self.agents.release(call.held_agent, call.call_id, "offered_elsewhere")
-            call.held_agent = ""
-            call.agent_id, call.connect_at = res.agent_id, now
-            await self._apply(call, Event.OFFER_ACCEPTED, now, run)
-            return
-        if res.assigned:
-            why = why if why == "agent already on a call" else "assigned after the 2 s deadline"
-            # The agent service connected them, but the call is abandoned: give the agent back at once.
-            await self.agents.release(res.agent_id, call.call_id, "abandoned")
-        call.reason = why or "no agent"
-        await self._apply(call, Event.OFFER_REFUSED, now, run)
-
-    async def _record_abandon(self, call: Call, run: CampaignRun | None) -> None:
-        await self.store.mark_outcome(call.call_id, "abandoned")
-        if call.answer_at is not None:
-            await self.redis.zadd(
-                keys.abandon_window(call.campaign_id), {f"{call.call_id}:a": ms(call.answer_at)}
-            )
-            quiet = int(law.UK_ABANDON_QUIET.total_seconds())
-            await self.redis.set(keys.number_abandoned(call.number), ms(call.answer_at), ex=quiet)
-        if run is not None:
-            run.budget = None  # refresh the budget at the next tick
-
-    async def _release_held(self, call: Call, reason: str) -> None:
-        if call.held_agent:
-            agent_id, call.held_agent = call.held_agent, ""
-            await self.agents.release(agent_id, call.call_id, reason)
-
-    async def _opt_out(self, call: Call) -> None:
-        req = dnc_pb2.RecordOptOutRequest(
-            number=call.number, campaign_id=call.campaign_id, call_id=call.call_id, source="keypress"
-        )
-        for attempt in range(3):
-            try:
-                await self.dnc.RecordOptOut(req, timeout=2.0)
-                return
-            except grpc.aio.AioRpcError as exc:
-                log.warning("opt-out not recorded yet (%s), attempt %d", exc.code().name, attempt + 1)
-                await asyncio.sleep(0.2 * (attempt + 1))
-        log.error(
-            "opt-out of call %s could not be recorded: the call.abandoned event carries it", call.call_id
-        )
-
-    async def _emit(self, call: Call, type_: str, at: datetime, **fields: Any) -> None:
-        await self.store.emit(type_, at, call.campaign_id, call.call_id, call.lead_id, call.number, **fields)
-
-    async def _finish(self, call: Call, run: CampaignRun | None) -> None:
-        """Exactly once per dialled call, whoever gets there first: the end in PostgreSQL, then (for the
-        writer that won) ``call.ended`` and its companions; the lead's claim and the in-flight entry go."""
-        end_at = call.end_at or self.clock.now()
-        try:
-            won = await self.store.finish_attempt(
-                call.call_id,
-                outcome=call.outcome or "failed",
-                answer=call.answer,
-                answer_at=call.answer_at,
-                connect_at=call.connect_at,
-                end_at=end_at,
-                agent_id=call.agent_id or None,
-                opt_out=call.opt_out,
-            )
-            if not won:
-                log.warning(
-                    "call %s: its end was already written (closed by the campaign's lease holder)",
-                    call.call_id,
-                )
-                return
-            await self._emit_end(call, end_at, run)
-        finally:
-            with contextlib.suppress(Exception):
-                await self.redis.zrem(keys.calls_in_flight(call.campaign_id), call.call_id)
-            with contextlib.suppress(Exception):
-                await self.hopper.release(call.campaign_id, call.lead_id, call.call_id)
-
-    async def _emit_end(self, call: Call, end_at: datetime, run: CampaignRun | None) -> None:
-        if call.outcome == "abandoned":
-            await self._emit(
-                call,
-                "call.abandoned",
-                end_at,
-                message_played=int(call.message_played),
-                opt_out=int(call.opt_out),
-            )
-        if call.outcome == "failed" and not call.outcome_emitted:
-            await self._emit(call, "call.failed", end_at, reason=call.reason or "failed")
-        if run is not None and call.followed and call.reason != "shutdown":
-            observe(
-                run.estimator,
-                call.outcome,
-                ms(call.dial_at),
-                ms(call.answer_at) if call.answer_at else None,
-                ms(call.connect_at) if call.connect_at else None,
-                ms(end_at),
-            )
-        CALLS_ENDED.labels(call.campaign_id, call.outcome).inc()
-        start = call.connect_at or call.answer_at
-        await self._emit(
-            call,
-            "call.ended",
-            end_at,
-            outcome=call.outcome,
-            dial_at=ms(call.dial_at),
-            answer_at=ms(call.answer_at) if call.answer_at else "",
-            connect_at=ms(call.connect_at) if call.connect_at else "",
-            end_at=ms(end_at),
-            agent_id=call.agent_id,
-            duration_s=f"{(end_at - start).total_seconds():.3f}" if start else "0",
-        )
 
     # ================================================================ orphans and stale claims
 
@@ -916,7 +601,7 @@ class Dialer:
         closed = 0
         for row in foreign.values():
             if str(row["replica"]) in gone:
-                await self._close_orphan(row)
+                await self.actions.close_orphan(row)
                 closed += 1
         # In-flight entries with no open call behind them (ended, or never dialled) are dropped.
         for call_id in in_flight - set(by_id) - set(self.calls):
@@ -930,37 +615,6 @@ class Dialer:
                 log.warning(
                     "campaign %s: freed %d leads claimed by a lost replica but never dialled", cid, freed
                 )
-
-    async def _close_orphan(self, row: Any) -> None:
-        """Close one call from what PostgreSQL recorded of it, through the same state machine (``ORPHAN``)."""
-        state = state_from_record(
-            outcome=row["outcome"],
-            answer=row["answer"],
-            answer_at=row["answer_at"],
-            connect_at=row["connect_at"],
-            end_at=row["end_at"],
-        )
-        call = Call(
-            call_id=str(row["call_id"]),
-            campaign_id=str(row["campaign_id"]),
-            lead_id=str(row["lead_id"]),
-            number=str(row["number"]),
-            lead={},
-            config={},
-            dial_at=row["dial_at"],
-            state=state,
-            answer=row["answer"],
-            answer_at=row["answer_at"],
-            connect_at=row["connect_at"],
-            agent_id=str(row["agent_id"] or ""),
-            outcome=str(row["outcome"] or ""),
-            opt_out=bool(row["opt_out"]),
-            followed=False,
-        )
-        if not call.agent_id:
-            held = await self.redis.get(keys.call_agent(call.call_id))
-            call.held_agent = str(held or "")
-        await self._apply(call, Event.ORPHAN, self.clock.now(), None)
 
     async def _bootstrap_estimates(self, cid: str, run: CampaignRun) -> None:
         """A new holder learns from the campaign's recent ``call.ended`` events (the last

@@ -26,10 +26,11 @@ import contextlib
 import json
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from outdial.core import keys
 from outdial.core.metrics import CALLS_BLOCKED, CALLS_PLACED
+from outdial.pacing.actions import Call, Run
 from outdial.pacing.calls import Action, Event, State
 from outdial.pacing.gate import GateLead
 from outdial.pacing.hopper import TakenLead
@@ -38,7 +39,7 @@ from outdial.pacing.store import ms
 from outdial.rules import law
 
 if TYPE_CHECKING:
-    from outdial.pacing.dialer import Call, CampaignRun, Dialer
+    from outdial.pacing.dialer import CampaignRun, Dialer
 
 log = logging.getLogger("outdial.pacing.preview")
 
@@ -73,8 +74,6 @@ class PreviewFlow:
 
     async def launch(self, cid: str, run: CampaignRun, config: dict[str, Any], plan: Plan) -> None:
         """Show up to ``plan.launch`` leads, one per agent. Every lead taken is shown or handed back."""
-        from outdial.pacing.dialer import Call  # the dialer's call record (dialer.py imports this module)
-
         d = self.d
         taken = await d.hopper.take(cid, plan.launch)
         pending = {t.call_id: t for t in taken}
@@ -178,16 +177,18 @@ class PreviewFlow:
 
     # ------------------------------------------------------------------ 3./4. the table's actions
 
-    async def act(self, call: Call, action: Action, at: datetime, run: CampaignRun | None) -> None:
+    async def act(self, call: Call, action: Action, at: datetime, run: Run | None) -> None:
         timer = self._timers.pop(call.call_id, None)
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()
         d = self.d
         if action is Action.DIAL:
-            await self._dial(call, run)
+            await self._dial(
+                call, cast("CampaignRun | None", run)
+            )  # the dialer's calls run under a CampaignRun
         elif action is Action.SKIP_LEAD:
             await d.hopper.release(call.campaign_id, call.lead_id, call.call_id)
-            await d._emit(
+            await d.actions._emit(
                 call,
                 "preview.skipped",
                 at,
@@ -229,27 +230,27 @@ class PreviewFlow:
             if run is not None:
                 run.blocked += 1
             CALLS_BLOCKED.labels(cid, r.reasons[0] if r.reasons else "unknown").inc()
-            await d._emit(
+            await d.actions._emit(
                 call, "dial.blocked", now, reasons=r.reasons, detail=r.detail, manual=1, agent_id=agent
             )
             log.info("call %s: preview dial blocked by the gate (%s)", call.call_id, ",".join(r.reasons))
-            await d._apply(call, Event.BLOCKED, now, run)
+            await d.actions.apply(call, Event.BLOCKED, now, run)
             return
         dial_at = d.clock.now()
         if run is None or run.stopped or not d._dialing:
-            await d._apply(call, Event.NOT_DIALLED, dial_at, run)
+            await d.actions.apply(call, Event.NOT_DIALLED, dial_at, run)
             return
         if not await d.leases.fence_and_register(run.lease, call.call_id, ms(dial_at)):
-            await d._apply(call, Event.NOT_DIALLED, dial_at, run)
+            await d.actions.apply(call, Event.NOT_DIALLED, dial_at, run)
             return
         if not await d.store.mark_dialed(call.call_id, dial_at):
             await d.redis.zrem(keys.calls_in_flight(cid), call.call_id)
-            await d._apply(call, Event.NOT_DIALLED, dial_at, run)
+            await d.actions.apply(call, Event.NOT_DIALLED, dial_at, run)
             return
         call.dial_at = dial_at
         await d.redis.zadd(keys.number_attempts(call.number), {call.call_id: ms(dial_at)})
         await d.redis.expire(keys.number_attempts(call.number), 8 * 24 * 3600)
-        await d._emit(
+        await d.actions._emit(
             call,
             "call.dialing",
             dial_at,
@@ -266,9 +267,9 @@ class PreviewFlow:
             await d.adapter.originate(call.call_id, call.number, str(config.get("caller_id", "")), ring_s)
         except Exception as exc:  # the adapter refused: the call ends failed, through the table
             call.reason = f"originate: {type(exc).__name__}"
-            await d._apply(call, Event.ORIGINATE_ERROR, d.clock.now(), run)
+            await d.actions.apply(call, Event.ORIGINATE_ERROR, d.clock.now(), run)
             return
-        await d._apply(call, Event.DIALLED, dial_at, run)
+        await d.actions.apply(call, Event.DIALLED, dial_at, run)
 
 
 def _fields(fields: dict[str, str]) -> dict[str, str]:

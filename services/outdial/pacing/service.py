@@ -107,6 +107,8 @@ def state_to_pb(
     st.updated_at.CopyFrom(ts)
     st.calls_placed = int(s.get("calls_placed") or 0)
     st.calls_blocked = int(s.get("calls_blocked") or 0)
+    st.calls_released = int(s.get("calls_released") or 0)
+    st.agent_service_reachable = bool(s.get("agent_service_reachable", True))
     return st
 
 

@@ -67,7 +67,9 @@ class PacingStore:
         number: str,
         **fields: Any,
     ) -> str:
-        event_id = uuid.uuid4().hex
+        # One event of a type per call (a repeat, e.g. a second ringing, is a duplicate consumers skip): the
+        # id is derived, so a consumer that rebuilds a lost event from PostgreSQL uses the very same id.
+        event_id = f"{call_id}:{type_}" if call_id else uuid.uuid4().hex
         body: dict[str, str] = {
             "event_id": event_id,
             "type": type_,

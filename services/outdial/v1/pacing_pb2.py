@@ -28,15 +28,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from outdial.v1 import common_pb2 as outdial_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17outdial/v1/pacing.proto\x12\noutdial.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17outdial/v1/common.proto\"\xea\x01\n\x0ePacingSettings\x12.\n\talgorithm\x18\x01 \x01(\x0e\x32\x1b.outdial.v1.PacingAlgorithm\x12\x13\n\x0bpower_ratio\x18\x02 \x01(\x01\x12\x1b\n\x13max_lines_per_agent\x18\x03 \x01(\x05\x12/\n\x0cring_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13target_abandon_rate\x18\x05 \x01(\x01\x12\x18\n\x10short_window_cap\x18\x06 \x01(\x01\x12\x0e\n\x06paused\x18\x07 \x01(\x08\"\xb1\x01\n\tEstimates\x12\x18\n\x10live_answer_rate\x18\x01 \x01(\x01\x12\x1f\n\x17live_answer_rate_stddev\x18\x02 \x01(\x01\x12\x1b\n\x13mean_answer_delay_s\x18\x03 \x01(\x01\x12\x13\n\x0bmean_talk_s\x18\x04 \x01(\x01\x12\x13\n\x0bmean_wrap_s\x18\x05 \x01(\x01\x12\x0f\n\x07samples\x18\x06 \x01(\x03\x12\x11\n\tconfident\x18\x07 \x01(\x08\"\xa5\x01\n\rAbandonBudget\x12\x0b\n\x03\x63\x61p\x18\x01 \x01(\x01\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0clive_answers\x18\x03 \x01(\x03\x12\x11\n\tabandoned\x18\x04 \x01(\x03\x12\x11\n\tremaining\x18\x05 \x01(\x01\x12\x0c\n\x04rate\x18\x06 \x01(\x01\x12\x12\n\nrate_60min\x18\x07 \x01(\x01\"\xfb\x03\n\x0bPacingState\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.outdial.v1.PacingSettings\x12\x38\n\x13\x65\x66\x66\x65\x63tive_algorithm\x18\x03 \x01(\x0e\x32\x1b.outdial.v1.PacingAlgorithm\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\x12\x12\n\ndial_level\x18\x05 \x01(\x01\x12\x17\n\x0flines_in_flight\x18\x06 \x01(\x05\x12\x18\n\x10\x61nswered_waiting\x18\x07 \x01(\x05\x12\'\n\x06\x61gents\x18\x08 \x01(\x0b\x32\x17.outdial.v1.AgentCounts\x12(\n\testimates\x18\t \x01(\x0b\x32\x15.outdial.v1.Estimates\x12)\n\x06\x62udget\x18\n \x01(\x0b\x32\x19.outdial.v1.AbandonBudget\x12\x0e\n\x06leader\x18\x0b \x01(\t\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63\x61lls_placed\x18\r \x01(\x03\x12\x15\n\rcalls_blocked\x18\x0e \x01(\x03\x12\x0c\n\x04mode\x18\x0f \x01(\t\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_mode\x18\x10 \x01(\t\",\n\x15GetPacingStateRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"@\n\x16GetPacingStateResponse\x12&\n\x05state\x18\x01 \x01(\x0b\x32\x17.outdial.v1.PacingState\"\x91\x01\n\x1bUpdatePacingSettingsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.outdial.v1.PacingSettings\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"L\n\x1cUpdatePacingSettingsResponse\x12,\n\x08settings\x18\x01 \x01(\x0b\x32\x1a.outdial.v1.PacingSettings\"V\n\x12WatchPacingRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\x13WatchPacingResponse\x12&\n\x05state\x18\x01 \x01(\x0b\x32\x17.outdial.v1.PacingState*\x92\x01\n\x0fPacingAlgorithm\x12 \n\x1cPACING_ALGORITHM_UNSPECIFIED\x10\x00\x12 \n\x1cPACING_ALGORITHM_PROGRESSIVE\x10\x01\x12\x1a\n\x16PACING_ALGORITHM_POWER\x10\x02\x12\x1f\n\x1bPACING_ALGORITHM_PREDICTIVE\x10\x03\x32\xa5\x02\n\rPacingService\x12W\n\x0eGetPacingState\x12!.outdial.v1.GetPacingStateRequest\x1a\".outdial.v1.GetPacingStateResponse\x12i\n\x14UpdatePacingSettings\x12\'.outdial.v1.UpdatePacingSettingsRequest\x1a(.outdial.v1.UpdatePacingSettingsResponse\x12P\n\x0bWatchPacing\x12\x1e.outdial.v1.WatchPacingRequest\x1a\x1f.outdial.v1.WatchPacingResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17outdial/v1/pacing.proto\x12\noutdial.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17outdial/v1/common.proto\"\xea\x01\n\x0ePacingSettings\x12.\n\talgorithm\x18\x01 \x01(\x0e\x32\x1b.outdial.v1.PacingAlgorithm\x12\x13\n\x0bpower_ratio\x18\x02 \x01(\x01\x12\x1b\n\x13max_lines_per_agent\x18\x03 \x01(\x05\x12/\n\x0cring_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13target_abandon_rate\x18\x05 \x01(\x01\x12\x18\n\x10short_window_cap\x18\x06 \x01(\x01\x12\x0e\n\x06paused\x18\x07 \x01(\x08\"\xb1\x01\n\tEstimates\x12\x18\n\x10live_answer_rate\x18\x01 \x01(\x01\x12\x1f\n\x17live_answer_rate_stddev\x18\x02 \x01(\x01\x12\x1b\n\x13mean_answer_delay_s\x18\x03 \x01(\x01\x12\x13\n\x0bmean_talk_s\x18\x04 \x01(\x01\x12\x13\n\x0bmean_wrap_s\x18\x05 \x01(\x01\x12\x0f\n\x07samples\x18\x06 \x01(\x03\x12\x11\n\tconfident\x18\x07 \x01(\x08\"\xa5\x01\n\rAbandonBudget\x12\x0b\n\x03\x63\x61p\x18\x01 \x01(\x01\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0clive_answers\x18\x03 \x01(\x03\x12\x11\n\tabandoned\x18\x04 \x01(\x03\x12\x11\n\tremaining\x18\x05 \x01(\x01\x12\x0c\n\x04rate\x18\x06 \x01(\x01\x12\x12\n\nrate_60min\x18\x07 \x01(\x01\"\xb4\x04\n\x0bPacingState\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.outdial.v1.PacingSettings\x12\x38\n\x13\x65\x66\x66\x65\x63tive_algorithm\x18\x03 \x01(\x0e\x32\x1b.outdial.v1.PacingAlgorithm\x12\x17\n\x0f\x66\x61llback_reason\x18\x04 \x01(\t\x12\x12\n\ndial_level\x18\x05 \x01(\x01\x12\x17\n\x0flines_in_flight\x18\x06 \x01(\x05\x12\x18\n\x10\x61nswered_waiting\x18\x07 \x01(\x05\x12\'\n\x06\x61gents\x18\x08 \x01(\x0b\x32\x17.outdial.v1.AgentCounts\x12(\n\testimates\x18\t \x01(\x0b\x32\x15.outdial.v1.Estimates\x12)\n\x06\x62udget\x18\n \x01(\x0b\x32\x19.outdial.v1.AbandonBudget\x12\x0e\n\x06leader\x18\x0b \x01(\t\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63\x61lls_placed\x18\r \x01(\x03\x12\x15\n\rcalls_blocked\x18\x0e \x01(\x03\x12\x0c\n\x04mode\x18\x0f \x01(\t\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_mode\x18\x10 \x01(\t\x12\x16\n\x0e\x63\x61lls_released\x18\x11 \x01(\x03\x12\x1f\n\x17\x61gent_service_reachable\x18\x12 \x01(\x08\",\n\x15GetPacingStateRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"@\n\x16GetPacingStateResponse\x12&\n\x05state\x18\x01 \x01(\x0b\x32\x17.outdial.v1.PacingState\"\x91\x01\n\x1bUpdatePacingSettingsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12,\n\x08settings\x18\x02 \x01(\x0b\x32\x1a.outdial.v1.PacingSettings\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"L\n\x1cUpdatePacingSettingsResponse\x12,\n\x08settings\x18\x01 \x01(\x0b\x32\x1a.outdial.v1.PacingSettings\"V\n\x12WatchPacingRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12+\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\x13WatchPacingResponse\x12&\n\x05state\x18\x01 \x01(\x0b\x32\x17.outdial.v1.PacingState*\x92\x01\n\x0fPacingAlgorithm\x12 \n\x1cPACING_ALGORITHM_UNSPECIFIED\x10\x00\x12 \n\x1cPACING_ALGORITHM_PROGRESSIVE\x10\x01\x12\x1a\n\x16PACING_ALGORITHM_POWER\x10\x02\x12\x1f\n\x1bPACING_ALGORITHM_PREDICTIVE\x10\x03\x32\xa5\x02\n\rPacingService\x12W\n\x0eGetPacingState\x12!.outdial.v1.GetPacingStateRequest\x1a\".outdial.v1.GetPacingStateResponse\x12i\n\x14UpdatePacingSettings\x12\'.outdial.v1.UpdatePacingSettingsRequest\x1a(.outdial.v1.UpdatePacingSettingsResponse\x12P\n\x0bWatchPacing\x12\x1e.outdial.v1.WatchPacingRequest\x1a\x1f.outdial.v1.WatchPacingResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'outdial.v1.pacing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PACINGALGORITHM']._serialized_start=1748
-  _globals['_PACINGALGORITHM']._serialized_end=1894
+  _globals['_PACINGALGORITHM']._serialized_start=1805
+  _globals['_PACINGALGORITHM']._serialized_end=1951
   _globals['_PACINGSETTINGS']._serialized_start=164
   _globals['_PACINGSETTINGS']._serialized_end=398
   _globals['_ESTIMATES']._serialized_start=401
@@ -44,19 +44,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ABANDONBUDGET']._serialized_start=581
   _globals['_ABANDONBUDGET']._serialized_end=746
   _globals['_PACINGSTATE']._serialized_start=749
-  _globals['_PACINGSTATE']._serialized_end=1256
-  _globals['_GETPACINGSTATEREQUEST']._serialized_start=1258
-  _globals['_GETPACINGSTATEREQUEST']._serialized_end=1302
-  _globals['_GETPACINGSTATERESPONSE']._serialized_start=1304
-  _globals['_GETPACINGSTATERESPONSE']._serialized_end=1368
-  _globals['_UPDATEPACINGSETTINGSREQUEST']._serialized_start=1371
-  _globals['_UPDATEPACINGSETTINGSREQUEST']._serialized_end=1516
-  _globals['_UPDATEPACINGSETTINGSRESPONSE']._serialized_start=1518
-  _globals['_UPDATEPACINGSETTINGSRESPONSE']._serialized_end=1594
-  _globals['_WATCHPACINGREQUEST']._serialized_start=1596
-  _globals['_WATCHPACINGREQUEST']._serialized_end=1682
-  _globals['_WATCHPACINGRESPONSE']._serialized_start=1684
-  _globals['_WATCHPACINGRESPONSE']._serialized_end=1745
-  _globals['_PACINGSERVICE']._serialized_start=1897
-  _globals['_PACINGSERVICE']._serialized_end=2190
+  _globals['_PACINGSTATE']._serialized_end=1313
+  _globals['_GETPACINGSTATEREQUEST']._serialized_start=1315
+  _globals['_GETPACINGSTATEREQUEST']._serialized_end=1359
+  _globals['_GETPACINGSTATERESPONSE']._serialized_start=1361
+  _globals['_GETPACINGSTATERESPONSE']._serialized_end=1425
+  _globals['_UPDATEPACINGSETTINGSREQUEST']._serialized_start=1428
+  _globals['_UPDATEPACINGSETTINGSREQUEST']._serialized_end=1573
+  _globals['_UPDATEPACINGSETTINGSRESPONSE']._serialized_start=1575
+  _globals['_UPDATEPACINGSETTINGSRESPONSE']._serialized_end=1651
+  _globals['_WATCHPACINGREQUEST']._serialized_start=1653
+  _globals['_WATCHPACINGREQUEST']._serialized_end=1739
+  _globals['_WATCHPACINGRESPONSE']._serialized_start=1741
+  _globals['_WATCHPACINGRESPONSE']._serialized_end=1802
+  _globals['_PACINGSERVICE']._serialized_start=1954
+  _globals['_PACINGSERVICE']._serialized_end=2247
 # @@protoc_insertion_point(module_scope)

@@ -176,6 +176,8 @@ class PacingState(_message.Message):
     CALLS_BLOCKED_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
     EFFECTIVE_MODE_FIELD_NUMBER: _builtins.int
+    CALLS_RELEASED_FIELD_NUMBER: _builtins.int
+    AGENT_SERVICE_REACHABLE_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     effective_algorithm: Global___PacingAlgorithm.ValueType
     """The mode actually in force (may fall back to progressive)."""
@@ -190,6 +192,12 @@ class PacingState(_message.Message):
     """The mode the pacer applies (the campaign's dial mode unless settings.algorithm overrides it)."""
     effective_mode: _builtins.str
     """What the last decision actually used: "progressive", "power", "predictive", … or "none" (no dialing)."""
+    calls_released: _builtins.int
+    """Ringing calls the holder released (CANCEL after the legal ring minimum) because no agent could take
+    them (capacity loss), since it took the lease.
+    """
+    agent_service_reachable: _builtins.bool
+    """False while the agent service does not answer: its agents are not counted, nothing is launched."""
     @_builtins.property
     def settings(self) -> Global___PacingSettings: ...
     @_builtins.property
@@ -219,10 +227,12 @@ class PacingState(_message.Message):
         calls_blocked: _builtins.int = ...,
         mode: _builtins.str = ...,
         effective_mode: _builtins.str = ...,
+        calls_released: _builtins.int = ...,
+        agent_service_reachable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "budget", b"budget", "estimates", b"estimates", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "answered_waiting", b"answered_waiting", "budget", b"budget", "calls_blocked", b"calls_blocked", "calls_placed", b"calls_placed", "campaign_id", b"campaign_id", "dial_level", b"dial_level", "effective_algorithm", b"effective_algorithm", "effective_mode", b"effective_mode", "estimates", b"estimates", "fallback_reason", b"fallback_reason", "leader", b"leader", "lines_in_flight", b"lines_in_flight", "mode", b"mode", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_service_reachable", b"agent_service_reachable", "agents", b"agents", "answered_waiting", b"answered_waiting", "budget", b"budget", "calls_blocked", b"calls_blocked", "calls_placed", b"calls_placed", "calls_released", b"calls_released", "campaign_id", b"campaign_id", "dial_level", b"dial_level", "effective_algorithm", b"effective_algorithm", "effective_mode", b"effective_mode", "estimates", b"estimates", "fallback_reason", b"fallback_reason", "leader", b"leader", "lines_in_flight", b"lines_in_flight", "mode", b"mode", "settings", b"settings", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
