@@ -22,7 +22,7 @@ from outdial.agent.simulated import Distribution, run_simulated_agents
 from outdial.agent.store import AgentRedis
 from outdial.core import keys
 from outdial.core.clients import open_channel
-from outdial.v1 import agent_pb2, common_pb2
+from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from tests.conftest import RunningService, Services, make_token
 from tests.integration.test_agent_service import Console, dialer, offer_req, timeline, wait_for
 
@@ -238,6 +238,63 @@ async def test_an_offer_whose_offercall_died_is_taken_back_from_the_console(
     assert await redis.hget(keys.agent("uma"), "state") == "ready"
     assert ("ready", "offer_orphaned", "dead1") in await timeline(pg, "uma")
     await uma.kill()
+
+
+async def _next_with(stream: Any, field: str) -> agent_pb2.ConnectResponse:
+    """The next message of a Connect stream that carries ``field`` (status notices in between skipped)."""
+    while True:
+        msg = await asyncio.wait_for(stream.read(), 10)
+        assert msg is not grpc.aio.EOF, f"the stream ended before a {field}"
+        if msg.WhichOneof("event") == field:
+            return msg  # type: ignore[no-any-return]
+
+
+async def test_a_console_back_while_previewing_is_shown_the_lead_again_and_still_decides_it(
+    services: Services, redis: aioredis.Redis
+) -> None:
+    """Preview mode across a restart of the agent service: the lead on screen (not dialled yet) is shown again
+    as a preview on the resumed stream, stays the agent's (the replica whose PreviewLead showed it is gone,
+    but the dialer follows a preview, not that replica: it is no orphaned offer), and the agent's decision
+    reaches the dialer on the campaign's notice stream."""
+    rs = await services.start("agent")
+    pia = agent_pb2_grpc.AgentServiceStub(services.channel(rs, role="agent", sub="pia"))
+    md = (("authorization", f"Bearer {make_token('agent', 'pia')}"),)
+    login = await pia.Login(agent_pb2.LoginRequest(campaigns=[agent_pb2.CampaignMembership(campaign_id=CID)]))
+    first = pia.Connect(agent_pb2.ConnectRequest(session_id=login.session_id), metadata=md)
+    await _next_with(first, "status")
+    req = agent_pb2.PreviewLeadRequest(
+        campaign_id=CID, call_id="p1", lead_id="Lp1", number="+12025550123", lead_name="Ada"
+    )
+    req.timeout_action = agent_pb2.PREVIEW_DECISION_DIAL
+    req.dial_hold.FromSeconds(30)
+    shown = await dialer(services, rs).PreviewLead(req)
+    assert (shown.previewed, shown.agent_id) == (True, "pia")
+    assert (await _next_with(first, "preview")).preview.call_id == "p1"
+    # The agent service restarts (a rolling update) while the agent looks at the lead.
+    await rs.stop()
+    first.cancel()
+    rs = await services.start("agent", listen_port=rs.port)
+    pia = agent_pb2_grpc.AgentServiceStub(services.channel(rs, role="agent", sub="pia"))
+    second = pia.Connect(agent_pb2.ConnectRequest(session_id=login.session_id), metadata=md)
+    status = (await _next_with(second, "status")).status
+    assert (status.state, status.call_id) == (common_pb2.AGENT_STATE_RESERVED, "p1")
+    again = await _next_with(second, "preview")  # a preview again, not a call offer
+    assert (again.preview.call_id, again.preview.lead_name) == ("p1", "Ada")
+    decided = await pia.DecidePreview(
+        agent_pb2.DecidePreviewRequest(agent_id="pia", call_id="p1", decision=agent_pb2.PREVIEW_DECISION_DIAL)
+    )
+    assert decided.decision == agent_pb2.PREVIEW_DECISION_DIAL
+    note = (await _next_with(second, "preview_decided")).preview_decided
+    assert (note.call_id, note.decision, note.by) == ("p1", agent_pb2.PREVIEW_DECISION_DIAL, "agent")
+    entries = await redis.xrange(keys.agent_hangups(CID))
+    assert [f for _id, f in entries] == [
+        {"kind": "preview", "call_id": "p1", "agent_id": "pia", "decision": "dial", "by": "agent"}
+    ]
+    # Held for the call they chose to dial: the live answer goes to them.
+    answered = await dialer(services, rs).OfferCall(offer_req(CID, "p1", reserved_agent_id="pia"))
+    assert (answered.assigned, answered.agent_id) == (True, "pia")
+    assert (await _next_with(second, "offer")).offer.call_id == "p1"
+    second.cancel()
 
 
 async def test_a_retried_offercall_re_offers_when_the_first_ones_replica_died(

@@ -268,6 +268,30 @@ async def test_an_event_that_fails_stays_pending_and_others_go_on(
     assert await pg.fetchval("SELECT count(*) FROM call_records WHERE call_id = 'bad'") == 0
 
 
+async def test_a_skipped_preview_holds_the_lead_back_and_is_no_call(
+    services: Services, redis, pg: asyncpg.Pool
+) -> None:  # type: ignore[no-untyped-def]
+    """preview.skipped (an agent skipped a lead in preview mode): the lead waits the campaign's skip delay
+    (default 30 min) before the feeder offers it again; a lead that was only shown is no call record."""
+    _stub, cid, _ = await setup(services)
+    lead = str(await pg.fetchval("SELECT lead_id FROM lead_numbers WHERE e164 = '+12125550101'"))
+    ev = Events(redis, cid)
+    await ev.add("preview.offered", "p1", lead, "+12125550101", T0, agent_id="a1")
+    await ev.add(
+        "preview.skipped", "p1", lead, "+12125550101", T0 + timedelta(seconds=5), agent_id="a1", by="agent"
+    )
+
+    async def held_back() -> bool:
+        at = await pg.fetchval("SELECT recheck_at FROM leads WHERE id = $1", int(lead))
+        return bool(at is not None)
+
+    await wait_for(held_back, "the skipped lead's recheck time")
+    row = await pg.fetchrow("SELECT recheck_at, attempts, status FROM leads WHERE id = $1", int(lead))
+    assert row["recheck_at"] == T0 + timedelta(seconds=5) + timedelta(seconds=1800)
+    assert (row["attempts"], row["status"]) == (0, "new")
+    assert await pg.fetchval("SELECT count(*) FROM call_records WHERE call_id = 'p1'") == 0
+
+
 async def test_records_of_calls_whose_events_redis_lost_are_rebuilt_once(
     services: Services, redis, pg: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]

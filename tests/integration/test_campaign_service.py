@@ -211,24 +211,42 @@ async def test_scheduled_start_and_end(services: Services, redis) -> None:  # ty
     assert not await redis.sismember(keys.active_campaigns(), c.id)
 
 
-async def test_modes_the_dialer_does_not_run_cannot_start(services: Services) -> None:
-    """A preview or agentless campaign would sit active with leads never dialled: starting it is refused
-    with a reason, and it starts once switched to a mode the dialer runs."""
+async def test_preview_starts_and_agentless_needs_an_informational_message(services: Services) -> None:
+    """A preview campaign starts like any other. An agentless one is refused, with its reason, until it has
+    a message and declares it informational: a prerecorded telemarketing call needs written consent that
+    outdial cannot check yet, so it fails closed."""
     stub = await _stub(services)
-    for mode in (common_pb2.DIAL_MODE_PREVIEW, common_pb2.DIAL_MODE_AGENTLESS):
-        c = await _create(stub, dial_mode=mode)
+    p = await _create(stub, dial_mode=common_pb2.DIAL_MODE_PREVIEW)
+    assert p.preview_timeout.seconds == 30
+    assert p.preview_timeout_action == campaign_pb2.PREVIEW_TIMEOUT_ACTION_DIAL
+    started = (await stub.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=p.id))).campaign
+    assert started.state == common_pb2.CAMPAIGN_STATE_ACTIVE
+
+    c = await _create(stub, dial_mode=common_pb2.DIAL_MODE_AGENTLESS)
+    for change, error_id in (
+        ({}, "agentless_message_required"),
+        ({"agentless_message": "Your pharmacy order is ready."}, "consent_required"),
+    ):
+        if change:
+            await stub.UpdateCampaign(
+                campaign_pb2.UpdateCampaignRequest(
+                    campaign=campaign_pb2.Campaign(id=c.id, **change),
+                    update_mask=field_mask_pb2.FieldMask(paths=list(change)),
+                )
+            )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=c.id))
         assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-        assert "dial_mode_not_supported" in (err.value.details() or "")
-    upd = campaign_pb2.Campaign(id=c.id, dial_mode=common_pb2.DIAL_MODE_PROGRESSIVE)
+        assert error_id in (err.value.details() or "")
     await stub.UpdateCampaign(
         campaign_pb2.UpdateCampaignRequest(
-            campaign=upd, update_mask=field_mask_pb2.FieldMask(paths=["dial_mode"])
+            campaign=campaign_pb2.Campaign(id=c.id, message_informational=True),
+            update_mask=field_mask_pb2.FieldMask(paths=["message_informational"]),
         )
     )
     started = (await stub.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=c.id))).campaign
     assert started.state == common_pb2.CAMPAIGN_STATE_ACTIVE
+    assert started.agentless_message == "Your pharmacy order is ready." and started.message_informational
 
 
 async def test_configs_come_back_after_redis_lost_its_data(services: Services, redis) -> None:  # type: ignore[no-untyped-def]

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from outdial.pacing.calls import TABLE, Action, Event, State, state_from_record, step
+from outdial.pacing.calls import FLOW_TABLE, TABLE, Action, Event, Flow, State, state_from_record, step
 
-A, E, S = Action, Event, State
+A, E, S, F = Action, Event, State, Flow
 
 # (state, event) -> (new state, outcome set, actions): the whole table, written out once more on purpose.
 EXPECTED: dict[tuple[State, Event], tuple[State, str | None, tuple[Action, ...]]] = {
@@ -45,14 +45,41 @@ EXPECTED: dict[tuple[State, Event], tuple[State, str | None, tuple[Action, ...]]
     (S.CLOSING, E.LINE_ENDED): (S.ENDED, None, (A.FINISH,)),
     (S.CLOSING, E.SHUTDOWN): (S.ENDED, None, (A.HANGUP, A.FINISH)),
     (S.CLOSING, E.ORPHAN): (S.ENDED, None, (A.FINISH,)),
+    # preview: the lead is shown, nothing is dialled until the agent (or the timeout) says dial
+    (S.PREVIEWING, E.PREVIEW_DIAL): (S.GATING, None, (A.DIAL,)),
+    (S.PREVIEWING, E.PREVIEW_SKIP): (S.ENDED, "skipped", (A.SKIP_LEAD, A.RELEASE_AGENT)),
+    (S.PREVIEWING, E.AGENT_GONE): (S.ENDED, None, (A.RELEASE_AGENT, A.GIVE_BACK)),
+    (S.PREVIEWING, E.SHUTDOWN): (S.ENDED, None, (A.RELEASE_AGENT, A.GIVE_BACK)),
+    (S.GATING, E.DIALLED): (S.RINGING, None, ()),
+    (S.GATING, E.BLOCKED): (S.ENDED, "blocked", (A.RELEASE_AGENT, A.RELEASE_LEAD)),
+    (S.GATING, E.NOT_DIALLED): (S.ENDED, None, (A.RELEASE_AGENT, A.GIVE_BACK)),
+    (S.GATING, E.ORIGINATE_ERROR): (S.ENDED, "failed", (A.RELEASE_AGENT, A.FINISH)),
+    # agentless: the campaign's message
+    (S.MESSAGE, E.OPT_OUT_KEY): (S.MESSAGE, None, (A.RECORD_OPT_OUT, A.HANGUP)),
+    (S.MESSAGE, E.MESSAGE_DONE): (S.MESSAGE, None, (A.HANGUP,)),
+    (S.MESSAGE, E.LINE_ENDED): (S.ENDED, None, (A.FINISH,)),
+    (S.MESSAGE, E.SHUTDOWN): (S.ENDED, None, (A.HANGUP, A.FINISH)),
+    (S.MESSAGE, E.ORPHAN): (S.ENDED, None, (A.FINISH,)),
+}
+
+# Per flow, what differs from EXPECTED.
+PLAY = (S.MESSAGE, "delivered", (A.RECORD_ANSWER, A.PLAY_CAMPAIGN_MESSAGE))
+EXPECTED_FLOW: dict[Flow, dict[tuple[State, Event], tuple[State, str | None, tuple[Action, ...]]]] = {
+    F.AGENT: {},
+    F.MESSAGE: {(S.RINGING, E.ANSWERED_HUMAN): PLAY},
+    F.MESSAGE_MACHINES: {
+        (S.RINGING, E.ANSWERED_HUMAN): PLAY,
+        (S.RINGING, E.ANSWERED_MACHINE): (S.MESSAGE, "machine", (A.RECORD_ANSWER, A.PLAY_CAMPAIGN_MESSAGE)),
+    },
 }
 
 
-@pytest.mark.parametrize(("state", "event"), list(itertools.product(State, Event)))
-def test_every_transition(state: State, event: Event) -> None:
-    t = step(state, event)
-    if (state, event) in EXPECTED:
-        assert (t.state, t.outcome, t.actions) == EXPECTED[(state, event)]
+@pytest.mark.parametrize(("flow", "state", "event"), list(itertools.product(Flow, State, Event)))
+def test_every_transition(flow: Flow, state: State, event: Event) -> None:
+    t = step(state, event, flow)
+    want = {**EXPECTED, **EXPECTED_FLOW[flow]}
+    if (state, event) in want:
+        assert (t.state, t.outcome, t.actions) == want[(state, event)]
     else:
         # Anything else means nothing in that state: a late carrier event, a second key, anything after the end.
         assert (t.state, t.outcome, t.actions) == (state, None, ())
@@ -60,13 +87,51 @@ def test_every_transition(state: State, event: Event) -> None:
 
 def test_the_table_has_no_transition_the_test_does_not_know() -> None:
     assert set(TABLE) == set(EXPECTED)
+    assert {f: set(t) for f, t in FLOW_TABLE.items()} == {f: set(t) for f, t in EXPECTED_FLOW.items()}
+
+
+def _all_transitions() -> list[tuple[State, Event, object]]:
+    return [(s, e, t) for (s, e), t in TABLE.items()] + [
+        (s, e, t) for table in FLOW_TABLE.values() for (s, e), t in table.items()
+    ]
 
 
 def test_ended_is_terminal_and_finish_only_enters_it() -> None:
-    for (state, _event), t in TABLE.items():
+    """FINISH (the end written to dial_attempts) enters ENDED, exactly once; only a preview that was never
+    placed (skipped, blocked, handed back) ends without it, since nothing was dialled."""
+    for state, event, t in _all_transitions():
         assert state is not S.ENDED
-        assert (A.FINISH in t.actions) == (t.state is S.ENDED)
-        assert t.actions.count(A.FINISH) <= 1
+        never_placed = state in (S.PREVIEWING, S.GATING) and event is not E.ORIGINATE_ERROR
+        assert (A.FINISH in t.actions) == (t.state is S.ENDED and not never_placed)  # type: ignore[attr-defined]
+        assert t.actions.count(A.FINISH) <= 1  # type: ignore[attr-defined]
+
+
+def test_nothing_is_dialled_but_through_the_gate_after_a_dial_decision() -> None:
+    """A preview reaches RINGING only through GATING (the gate allowed it and it was placed), and GATING only
+    through a dial decision; a skipped or blocked lead never rings."""
+    into_ringing = [(s, e) for s, e, t in _all_transitions() if t.state is S.RINGING and s is not S.RINGING]  # type: ignore[attr-defined]
+    assert into_ringing == [(S.GATING, E.DIALLED)]
+    assert [(s, e) for s, e, t in _all_transitions() if t.state is S.GATING and s is not S.GATING] == [  # type: ignore[attr-defined]
+        (S.PREVIEWING, E.PREVIEW_DIAL)
+    ]
+    assert [s for s, _e, t in _all_transitions() if A.DIAL in t.actions] == [S.PREVIEWING]  # type: ignore[attr-defined]
+
+
+def test_an_agentless_call_is_never_offered_nor_abandoned() -> None:
+    """No agent is waited for: an answer plays the message, so no live answer can be abandoned."""
+    for flow in (F.MESSAGE, F.MESSAGE_MACHINES):
+        state = S.RINGING
+        for ev in (E.RINGING, E.ANSWERED_HUMAN, E.OPT_OUT_KEY, E.LINE_ENDED):
+            t = step(state, ev, flow)
+            assert A.OFFER not in t.actions and A.RECORD_ABANDON not in t.actions
+            assert t.outcome in (None, "delivered")
+            state = t.state
+        assert state is S.ENDED
+    assert step(S.RINGING, E.ANSWERED_MACHINE, F.MESSAGE).actions == (
+        A.RECORD_ANSWER,
+        A.RELEASE_AGENT,
+        A.HANGUP,
+    )
 
 
 def test_only_an_accepted_offer_after_a_human_answer_connects() -> None:
@@ -97,8 +162,8 @@ class Record:
         self.log.append(action)
         if action is A.RECORD_ANSWER:
             self.answer, self.answer_at = ("machine" if outcome == "machine" else "human"), 1.0
-            if outcome == "machine":
-                self.outcome = "machine"
+            if outcome in ("machine", "delivered"):
+                self.outcome = outcome
         elif action is A.RECORD_CONNECT:
             self.connect_at, self.outcome = 2.0, "connected"
         elif action is A.RECORD_ABANDON:
@@ -117,6 +182,16 @@ PATHS: dict[str, list[Event]] = {
     "no_answer": [E.RINGING, E.NO_ANSWER, E.LINE_ENDED],
     "busy": [E.BUSY, E.LINE_ENDED],
     "released": [E.RINGING, E.RELEASE, E.LINE_ENDED],
+    "preview_connected": [E.PREVIEW_DIAL, E.DIALLED, E.ANSWERED_HUMAN, E.OFFER_ACCEPTED, E.LINE_ENDED],
+    "preview_no_answer": [E.PREVIEW_DIAL, E.DIALLED, E.RINGING, E.NO_ANSWER, E.LINE_ENDED],
+    "delivered": [E.RINGING, E.ANSWERED_HUMAN, E.OPT_OUT_KEY, E.LINE_ENDED],
+    "delivered_heard_it_all": [E.ANSWERED_HUMAN, E.MESSAGE_DONE, E.LINE_ENDED],
+    "machine_got_the_message": [E.RINGING, E.ANSWERED_MACHINE, E.MESSAGE_DONE, E.LINE_ENDED],
+}
+FLOWS = {
+    "delivered": F.MESSAGE,
+    "delivered_heard_it_all": F.MESSAGE,
+    "machine_got_the_message": F.MESSAGE_MACHINES,
 }
 
 
@@ -124,6 +199,8 @@ def _truth(rec: Record) -> str:
     """The truthful outcome of a call whose holder died with ``rec`` written."""
     if rec.connect_at is not None:
         return "connected"
+    if rec.outcome == "delivered":
+        return "delivered"  # agentless: nobody was waited for, the message was the call
     if rec.answer == "human":
         return "abandoned"  # a person answered and nobody was connected
     return rec.outcome or "failed"
@@ -132,13 +209,15 @@ def _truth(rec: Record) -> str:
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_a_crash_between_any_two_steps_closes_with_the_truth(path: str) -> None:
     steps: list[tuple[Action, str | None]] = []
-    state, outcome = S.RINGING, None
+    flow = FLOWS.get(path, F.AGENT)
+    state, outcome = (S.PREVIEWING if path.startswith("preview") else S.RINGING), None
     for ev in PATHS[path]:
-        t = step(state, ev)
+        t = step(state, ev, flow)
         state, outcome = t.state, t.outcome or outcome
         steps += [(a, outcome) for a in t.actions]
     assert state is S.ENDED and [a for a, _ in steps].count(A.FINISH) == 1
-    assert outcome == path.split("_heard")[0].replace("released", "no_answer")
+    expected = path.split("_heard")[0].replace("released", "no_answer").removeprefix("preview_")
+    assert outcome == {"machine_got_the_message": "machine"}.get(expected, expected)
     for k in range(len(steps)):  # the holder dies after k actions
         rec = Record()
         for a, o in steps[:k]:
@@ -152,7 +231,7 @@ def test_a_crash_between_any_two_steps_closes_with_the_truth(path: str) -> None:
             connect_at=rec.connect_at,
             end_at=None,
         )
-        t = step(recovered, E.ORPHAN)
+        t = step(recovered, E.ORPHAN, flow)
         final = t.outcome or rec.outcome or "failed"
         assert t.state is S.ENDED and A.FINISH in t.actions
         assert final == _truth(rec), (path, k, rec)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from outdial.pacing.budget import budget_view
-from outdial.pacing.planner import Planner, RingingCall, TickInput
+from outdial.pacing.planner import Planner, RingingCall, TickInput, effective_params
 from outdial.pacing.snapshot import AgentSnap, Estimates, PacingParams
 from outdial.rules.law import MIN_RING_S
 
@@ -40,7 +42,6 @@ def test_stop_reasons_launch_nothing() -> None:
     assert p.plan(tick(["ready"] * 5, stop="campaign not active")).launch == 0
     assert p.plan(tick([])).reason == "no agent logged in"
     assert p.plan(tick(["paused", "paused"])).reason == "every agent paused"
-    assert p.plan(tick(["ready"] * 3, algorithm="preview")).launch == 0
     assert p.plan(tick(["ready"] * 3, reachable=False)).reason == "agent service unreachable"
 
 
@@ -97,3 +98,36 @@ def test_staffed_lines_are_left_alone() -> None:
     ringing = [RingingCall(float(a)) for a in range(10, 30)]
     plan = Planner().plan(tick(["on_call"] * 10, ringing))
     assert plan.cancel == ()
+
+
+def test_preview_shows_one_lead_to_each_ready_agent_and_dials_nothing_itself() -> None:
+    p = Planner()
+    plan = p.plan(tick(["ready", "ready", "reserved", "on_call", "paused"], algorithm="preview"))
+    assert (plan.flow, plan.launch, plan.reserve_agent) == ("preview", 2, False)
+    assert p.plan(tick([], algorithm="preview")).launch == 0
+    assert p.plan(tick(["paused"], algorithm="preview")).reason == "every agent paused"
+    assert p.plan(tick(["ready"] * 3, algorithm="preview", reachable=False)).launch == 0
+    assert p.plan(tick(["ready"] * 3, algorithm="preview", stop="campaign not active")).launch == 0
+    # Preview calls ringing hold their agent: never surplus, whatever happens to the others.
+    held = [RingingCall(30.0, reserved=True)] * 3
+    assert p.plan(tick(["reserved"] * 3, held, algorithm="preview")).cancel == ()
+
+
+def test_agentless_needs_no_agent_and_keeps_its_lines() -> None:
+    p = Planner()
+    base = replace(tick([], algorithm="agentless"), params=PacingParams(algorithm="agentless", max_lines=4))
+    assert (p.plan(base).flow, p.plan(base).launch) == ("agentless", 4)
+    busy = replace(base, ringing=(RingingCall(20.0), RingingCall(1.0)), other_lines=1)
+    plan = p.plan(busy)
+    assert plan.launch == 1 and plan.cancel == ()  # no agent: nothing is "surplus", nothing released
+    assert p.plan(replace(base, stop_reason="campaign not active")).launch == 0
+    assert p.plan(replace(base, agents_reachable=False)).launch == 4
+
+
+def test_pacing_settings_never_turn_preview_or_agentless_into_a_paced_campaign() -> None:
+    for mode in ("preview", "agentless"):
+        params = effective_params({"dial_mode": mode, "agentless_lines": 7}, {"algorithm": "predictive"})
+        assert params.algorithm == mode and params.max_lines == 7
+    assert (
+        effective_params({"dial_mode": "progressive"}, {"algorithm": "predictive"}).algorithm == "predictive"
+    )

@@ -141,3 +141,47 @@ def test_readers_of_the_region_map_give_the_same_answers() -> None:
     boxing_day = datetime(2025, 12, 26, 15, 0, tzinfo=UTC)  # a Friday: 15:00 in London, 10:00 in New York
     assert not windows.check_window(boxing_day, ("Europe/London",), spec, jurisdiction="UK").allowed
     assert windows.check_window(boxing_day, ("America/New_York",), spec, jurisdiction="US").allowed
+
+
+def test_agentless_runs_only_informational_until_consent_can_be_checked() -> None:
+    for j in law.JURISDICTIONS:
+        assert law.agentless_refusal(j, informational=True) == ""
+        assert "consent" in law.agentless_refusal(j, informational=False)
+    # The hook a consent check (the compliance issue) will use.
+    assert law.agentless_refusal("US", informational=False, consent_checked=True) == ""
+
+
+def test_the_agentless_message_says_who_calls_first_and_ends_with_the_opt_out() -> None:
+    text = law.agentless_message("Your order is ready.", "Acme", "+12125550199")
+    assert text.startswith("This is Acme.") and "Your order is ready." in text
+    assert f"press {law.OPT_OUT_KEY}" in text and text.endswith("2 1 2 5 5 5 0 1 9 9.")
+    for missing in (("", "Acme", "+1"), ("x", "", "+1"), ("x", "Acme", "")):
+        with pytest.raises(ValueError):
+            law.agentless_message(*missing)
+
+
+def test_mode_settings_are_validated_and_agentless_starts_only_when_the_law_allows() -> None:
+    s = model.defaults("US")
+    model.validate("c", s, None, None)
+    assert (s["preview_seconds"], s["preview_timeout_action"], s["machine_action"]) == (30, "dial", "hang_up")
+    for key, bad in (
+        ("preview_seconds", -1),
+        ("preview_seconds", 601),
+        ("agentless_lines", 0),
+        ("machine_action", "x"),
+    ):
+        with pytest.raises(InvalidArgument):
+            model.validate("c", {**model.defaults("US"), key: bad}, None, None)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    rec = model.CampaignRecord(
+        "c1", "c", "", "draft", {**s, "caller_id": "+12125550100"}, None, None, now, now
+    )
+    assert model.transition(rec, "start") == "active"  # progressive
+    rec.settings["dial_mode"] = "preview"
+    assert model.transition(rec, "start") == "active"
+    rec.settings.update(dial_mode="agentless", agentless_message="Your order is ready.")
+    with pytest.raises(model.FailedPrecondition) as err:
+        model.transition(rec, "start")
+    assert err.value.error_id == "consent_required"
+    rec.settings["message_informational"] = True
+    assert model.transition(rec, "start") == "active"

@@ -133,3 +133,26 @@ async def test_cancel_before_answer_and_mixed_outcomes_each_end_once() -> None:
     with pytest.raises(ValueError):
         await carrier.originate("x", "+15551239999", "", 15)
     await carrier.close()
+
+
+async def test_a_message_left_on_a_machine_is_recorded_to_the_end() -> None:
+    """Agentless campaigns that leave their message on machines: the machine records it all, then ends."""
+    cfg = SimCarrierConfig(p_live=0, p_machine=1.0, p_busy=0, p_failed=0, message_s=2, time_scale=50)
+    carrier = SimCarrier(cfg)
+    await carrier.originate("c1", "+15551230001", "+15550000000", 20)
+    events: list[CallEvent] = []
+
+    async def drive() -> None:
+        async for ev in carrier.events():
+            events.append(ev)
+            if ev.kind is EventKind.ANSWERED:
+                await carrier.play_message("c1", "This is Acme. Your order is ready.")
+            if ev.kind is EventKind.ENDED:
+                return
+
+    await asyncio.wait_for(drive(), 30)
+    kinds = [e.kind for e in events]
+    assert events[kinds.index(EventKind.ANSWERED)].answer is Answer.MACHINE
+    assert kinds.index(EventKind.MESSAGE_DONE) < kinds.index(EventKind.ENDED)
+    assert EventKind.DTMF not in kinds
+    await carrier.close()

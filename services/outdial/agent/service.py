@@ -35,6 +35,11 @@ STATE_TO_PB = {
     "paused": common_pb2.AGENT_STATE_PAUSED,
 }
 COUNT_FIELDS = ("ready", "reserved", "on_call", "wrap_up", "paused")
+DECISION_TO_PB: dict[str, agent_pb2.PreviewDecision.ValueType] = {
+    "dial": agent_pb2.PREVIEW_DECISION_DIAL,
+    "skip": agent_pb2.PREVIEW_DECISION_SKIP,
+}
+PB_TO_DECISION = {v: k for k, v in DECISION_TO_PB.items()}
 
 
 def _agent_id(requested: str) -> str:
@@ -81,6 +86,25 @@ def offer_pb(o: dict[str, Any]) -> agent_pb2.CallOffer:
     return pb
 
 
+def preview_pb(o: dict[str, Any]) -> agent_pb2.PreviewOffer:
+    pb = agent_pb2.PreviewOffer(
+        call_id=str(o.get("call_id", "")),
+        campaign_id=str(o.get("campaign_id", "")),
+        lead_id=str(o.get("lead_id", "")),
+        number=str(o.get("number", "")),
+        lead_name=str(o.get("lead_name", "")),
+        lead_fields={str(k): str(v) for k, v in (o.get("lead_fields") or {}).items()},
+        timeout_action=DECISION_TO_PB.get(
+            str(o.get("timeout_action", "")), agent_pb2.PREVIEW_DECISION_UNSPECIFIED
+        ),
+    )
+    if o.get("offered_at_ms"):
+        pb.offered_at.FromMilliseconds(int(o["offered_at_ms"]))
+    if o.get("decide_by_ms"):
+        pb.decide_by.FromMilliseconds(int(o["decide_by_ms"]))
+    return pb
+
+
 def offer_of(request: agent_pb2.OfferCallRequest) -> dict[str, Any]:
     """The offer an agent is shown, as the transition script stores and publishes it."""
     offer: dict[str, Any] = {
@@ -94,6 +118,21 @@ def offer_of(request: agent_pb2.OfferCallRequest) -> dict[str, Any]:
     if request.lead_fields:
         offer["lead_fields"] = dict(request.lead_fields)  # never empty: cjson would make it a list
     return offer
+
+
+def preview_decided_pb(msg: dict[str, Any]) -> agent_pb2.PreviewDecided:
+    return agent_pb2.PreviewDecided(
+        call_id=str(msg.get("call_id", "")),
+        decision=DECISION_TO_PB.get(str(msg.get("decision", "")), agent_pb2.PREVIEW_DECISION_UNSPECIFIED),
+        by=str(msg.get("by", "")),
+    )
+
+
+def shown_pb(msg: dict[str, Any]) -> agent_pb2.ConnectResponse:
+    """What the console is shown of an offer: a call (``offer``) or a lead before any dial (``preview``)."""
+    if msg.get("type") == "preview":
+        return agent_pb2.ConnectResponse(preview=preview_pb(msg))
+    return agent_pb2.ConnectResponse(offer=offer_pb(msg))
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -248,10 +287,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             session_id = base.session_id
             yield agent_pb2.ConnectResponse(status=base)
             if again:
-                # Back on the call they are on, or an offer still awaiting its acknowledgement: shown again.
+                # Back on the call they are on, an offer still awaiting its acknowledgement, or the lead they
+                # are previewing: shown again.
                 pending = again if base.state == common_pb2.AGENT_STATE_RESERVED else None
-                yield agent_pb2.ConnectResponse(offer=offer_pb(again))
-                if pending is not None and not await self._acknowledge(again, agent_id):
+                yield shown_pb(again)
+                if pending is not None and not await self._acknowledge_again(again, agent_id):
                     yield agent_pb2.ConnectResponse(call_ended=str(again.get("call_id", "")))
                 pending = None
             loop = asyncio.get_running_loop()
@@ -274,12 +314,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         "this console was replaced by a newer connection of the same agent",
                         error_id="session_superseded",
                     )
-                if kind == "offer":
+                if kind in ("offer", "preview"):
                     pending = msg
-                    yield agent_pb2.ConnectResponse(offer=offer_pb(msg))
+                    yield shown_pb(msg)
                     pending = None
                     if not await self._acknowledge(msg, agent_id):
                         yield agent_pb2.ConnectResponse(call_ended=str(msg.get("call_id", "")))
+                elif kind == "preview_decided":
+                    yield agent_pb2.ConnectResponse(preview_decided=preview_decided_pb(msg))
                 elif kind == "status":
                     yield agent_pb2.ConnectResponse(
                         status=await self._status_notice(agent_id, session_id, base, msg)
@@ -289,14 +331,22 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 elif kind == "call_ended":
                     yield agent_pb2.ConnectResponse(call_ended=str(msg.get("call_id", "")))
         finally:
-            undelivered = [pending] if pending else []
-            while not q.empty():
-                m = q.get_nowait()
-                if m.get("type") == "offer":
-                    undelivered.append(m)
-            if superseded:
-                undelivered = []  # the newer connection is subscribed too: it delivers them
+            # Superseded: the newer connection is subscribed too, and delivers them.
+            undelivered = [] if superseded else self._undelivered(q, pending)
             self._background(self._stream_closed(agent_id, q, undelivered))
+
+    @staticmethod
+    def _undelivered(
+        q: asyncio.Queue[dict[str, Any]], pending: dict[str, Any] | None
+    ) -> list[dict[str, Any]]:
+        """The offers (calls and previews) a closing stream took and never handed over: the one it was showing
+        and those still queued."""
+        out = [pending] if pending else []
+        while not q.empty():
+            m = q.get_nowait()
+            if m.get("type") in ("offer", "preview"):
+                out.append(m)
+        return out
 
     async def _attach(
         self, agent_id: str, conn_id: str, session_id: str
@@ -329,14 +379,27 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 )
         return self._status_from_notice(base, msg)
 
+    async def _acknowledge_again(self, offer: dict[str, Any], agent_id: str) -> bool:
+        """``_acknowledge`` for an offer shown again at a reconnection. A preview stays the agent's to decide
+        even when nobody listens: its PreviewLead has usually returned long ago (the dialer, not this service,
+        follows the preview until the agent or its timeout decides)."""
+        if offer.get("type") != "preview":
+            return await self._acknowledge(offer, agent_id)
+        call_id = str(offer.get("call_id", ""))
+        await self.store.publish_ack(str(offer.get("reply_to", "")), "ack", call_id, agent_id)
+        return True
+
     async def _acknowledge(self, offer: dict[str, Any], agent_id: str) -> bool:
-        """Tell the OfferCall waiting for ``offer`` that the console has it. When nobody waits any more (its
-        replica died), the reservation is undone: the console is told the call is gone. False then."""
+        """Tell the OfferCall (or PreviewLead) waiting for ``offer`` that the console has it. When nobody waits
+        any more (its replica died), the reservation is undone: the console is told the call is gone. False
+        then (never for a preview: the status notice that follows takes it off the console)."""
         call_id = str(offer.get("call_id", ""))
         if await self.store.publish_ack(str(offer.get("reply_to", "")), "ack", call_id, agent_id):
             return True
         rel = await self.store.run("release", agent_id, call_id, "offer_orphaned")
         self.timeline.record(rel, "offer_orphaned")
+        if offer.get("type") == "preview":
+            return True
         # Not released: connected meanwhile (a retried OfferCall took it), or no longer theirs.
         return not rel.changed and rel.prev_state == "on_call" and rel.call_id == call_id
 
@@ -532,6 +595,113 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 )
         return agent_pb2.ReleaseAgentResponse(
             released=tr.changed, status=await self._status(request.agent_id)
+        )
+
+    # ------------------------------------------------------------------ preview mode
+
+    async def PreviewLead(
+        self, request: agent_pb2.PreviewLeadRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.PreviewLeadResponse:  # type: ignore[override]
+        """Hold a ready agent and show them the lead (nothing is dialled): delivered to their console within
+        the offer deadline, or the agent is given back and nobody is shown it."""
+        if not request.campaign_id:
+            raise InvalidArgument("campaign_id is required", field="campaign_id")
+        if not request.call_id:
+            raise InvalidArgument("call_id is required", field="call_id")
+        timeout_ms = request.timeout.ToMilliseconds() if request.HasField("timeout") else 0
+        dial_hold_ms = request.dial_hold.ToMilliseconds() if request.HasField("dial_hold") else 0
+        if timeout_ms < 0 or dial_hold_ms < 0:
+            raise InvalidArgument("timeout and dial_hold must not be negative", field="timeout")
+        preview: dict[str, Any] = {
+            "call_id": request.call_id,
+            "campaign_id": request.campaign_id,
+            "lead_id": request.lead_id,
+            "number": request.number,
+            "lead_name": request.lead_name,
+            "lead_fields": dict(request.lead_fields),
+            "timeout_action": PB_TO_DECISION.get(request.timeout_action, ""),
+            "timeout_ms": timeout_ms,  # the script sets decide_by_ms from Redis TIME
+            "dial_hold_ms": min(dial_hold_ms or self.cfg.hold_default_ms, self.cfg.hold_max_ms),
+        }
+        if not preview["lead_fields"]:
+            preview.pop("lead_fields")  # cjson would turn an empty object into a list
+        # The hold outlives the decision time a little (the dialer decides at the timeout); with no timeout
+        # it lasts while the agent looks at it, up to preview_hold_max_ms.
+        ttl_ms = timeout_ms + self.cfg.stuck_offer_slack_ms if timeout_ms else self.cfg.preview_hold_max_ms
+        skills = json.dumps(sorted({s for s in request.required_skills if s}))
+        fut = self.hub.expect(request.call_id)
+        try:
+            tr = await self.store.run(
+                "preview",
+                request.campaign_id,
+                request.call_id,
+                skills,
+                json.dumps(preview),
+                ttl_ms,
+                self.replica_id,
+                self.cfg.max_candidates,
+                self.cfg.stuck_offer_slack_ms,
+                keys.call_agent(request.call_id),
+            )
+            if tr.status == "existing":
+                shown = tr.extra in ("offered", "held")
+                return agent_pb2.PreviewLeadResponse(
+                    previewed=shown,
+                    agent_id=tr.agent_id if shown else "",
+                    reason="" if shown else "call_ended",
+                )
+            if not tr.changed:
+                return agent_pb2.PreviewLeadResponse(previewed=False, reason="no_agent_ready")
+            self.timeline.record(tr, "preview")
+            try:
+                kind, _ = await asyncio.wait_for(fut, timeout=self.cfg.offer_deadline_ms / 1000)
+            except TimeoutError:
+                kind = "timeout"
+        finally:
+            self.hub.forget(request.call_id, fut)
+        if kind == "ack":
+            return agent_pb2.PreviewLeadResponse(previewed=True, agent_id=tr.agent_id)
+        rel = await self.store.run("release", tr.agent_id, request.call_id, "preview_not_delivered")
+        self.timeline.record(rel, "preview_not_delivered")
+        return agent_pb2.PreviewLeadResponse(previewed=False, reason="not_delivered")
+
+    async def DecidePreview(
+        self, request: agent_pb2.DecidePreviewRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.DecidePreviewResponse:  # type: ignore[override]
+        """Dial or skip a previewed lead. The first decision stands; the dialer holding the campaign hears of
+        it on the campaign's agent-notice stream (durable: a lease change loses nothing)."""
+        agent_id = _agent_id(request.agent_id)
+        if not request.call_id:
+            raise InvalidArgument("call_id is required", field="call_id")
+        decision = PB_TO_DECISION.get(request.decision)
+        if decision is None:
+            raise InvalidArgument("decision must be DIAL or SKIP", field="decision")
+        by = "agent" if current_principal().subject == agent_id else "timeout"
+        tr = await self.store.run(
+            "preview_decide", agent_id, request.call_id, decision, by, self.cfg.stuck_offer_slack_ms
+        )
+        standing, _, cid = tr.extra.partition(":")
+        if tr.changed:
+            self.timeline.record(tr, f"preview_{decision}_{by}")
+            if cid:
+                await self.store.redis.xadd(
+                    keys.agent_hangups(cid),
+                    {
+                        "kind": "preview",
+                        "call_id": request.call_id,
+                        "agent_id": agent_id,
+                        "decision": standing,
+                        "by": by,
+                    },
+                    maxlen=keys.AGENT_HANGUPS_MAXLEN,
+                    approximate=True,
+                )
+        return agent_pb2.DecidePreviewResponse(
+            decision=DECISION_TO_PB.get(standing, agent_pb2.PREVIEW_DECISION_UNSPECIFIED)
+            if tr.status in ("ok", "already")
+            else agent_pb2.PREVIEW_DECISION_UNSPECIFIED,
+            campaign_id=cid,
+            status=await self._status(agent_id),
         )
 
     async def _call_events(self, offer: dict[str, Any], agent_id: str, connected_ms: int) -> None:

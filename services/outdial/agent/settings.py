@@ -29,6 +29,8 @@ class AgentSettings(BaseSettings):
     # ReserveAgent holds (agent reserved before dialing): default and longest time to live.
     hold_default_ms: int = Field(default=60_000, gt=0)
     hold_max_ms: int = Field(default=180_000, gt=0)
+    # A preview with no timeout (the agent decides) holds its agent at most this long.
+    preview_hold_max_ms: int = Field(default=3_600_000, gt=0)
     # Most ready agents the assignment script examines for one call (skills filtering).
     max_candidates: int = Field(default=512, gt=0)
     # Background retry of DNC opt-outs / callbacks that could not be delivered at once.

@@ -1,7 +1,8 @@
 """Simulated agents for demos, load tests and end-to-end tests. They use exactly the RPCs a real console
-uses (Login, Connect, EndCall, SetDisposition, Logout) through the same reconnecting session
-(:mod:`outdial.agent.client`), with talk and wrap-up times drawn from seeded distributions: they ride out
-restarts of the agent service and keep the call in hand. Importable: ``run_simulated_agents(...)`` or one
+uses (Login, Connect, EndCall, SetDisposition, DecidePreview, Logout) through the same reconnecting session
+(:mod:`outdial.agent.client`), with talk, wrap-up and preview think times drawn from seeded distributions:
+they ride out restarts of the agent service and keep the call in hand. A previewed lead is dialled after the
+think time, or skipped with probability ``p_skip``. Importable: ``run_simulated_agents(...)`` or one
 :class:`SimulatedAgent` at a time."""
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class SimStats:
     errors: int = 0
     # Offer hand-over seconds (offered_at -> received), as this client measured them.
     handover_s: list[float] = field(default_factory=list)
+    previews: int = 0
+    preview_dials: int = 0
+    preview_skips: int = 0
     # Calls shown again after a reconnection (the same call, not a new offer), and calls taken over from an
     # earlier run of the agent (a console that crashed while the agent was on a call).
     shown_again: int = 0
@@ -87,7 +91,11 @@ class SimulatedAgent:
         skills: Sequence[str] = (),
         on_offer: Callable[[str, agent_pb2.CallOffer], None] | None = None,
         backoff: Backoff | None = None,
+        think: Distribution | None = None,
+        p_skip: float = 0.1,
     ) -> None:
+        self.think = think or Distribution(2.0, "lognormal")
+        self.p_skip = p_skip
         # Streaming calls carry the token explicitly (grpc.aio applies a multi-kind client interceptor to
         # unary-unary calls only).
         self.metadata = (("authorization", f"Bearer {token}"),)
@@ -114,6 +122,8 @@ class SimulatedAgent:
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._hangups: dict[str, asyncio.Event] = {}
         self._withdrawn: set[str] = set()
+        # Previewed leads this agent is looking at (think, then DecidePreview), by call id.
+        self._previews: dict[str, asyncio.Task[None]] = {}
 
     async def run(self, stop: asyncio.Event) -> SimStats:
         """Work until ``stop``: through restarts of the agent service (the session resumes), logged out by
@@ -125,7 +135,9 @@ class SimulatedAgent:
             reader = asyncio.create_task(self._read())
             await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            tasks = [t for t in (reader, stopper, *self._calls.values()) if t is not None]
+            tasks = [
+                t for t in (reader, stopper, *self._calls.values(), *self._previews.values()) if t is not None
+            ]
             for t in tasks:
                 t.cancel()
             for t in tasks:
@@ -157,6 +169,15 @@ class SimulatedAgent:
             self._on_status(msg.status)
         elif msg.call_ended:
             self._hangups.setdefault(msg.call_ended, asyncio.Event()).set()
+        elif msg.HasField("preview"):
+            call_id = msg.preview.call_id
+            if call_id in self._previews:
+                self.stats.shown_again += 1  # shown again after a reconnection: still deciding
+                return
+            self.stats.previews += 1
+            task = asyncio.create_task(self._preview(msg.preview))
+            self._previews[call_id] = task
+            task.add_done_callback(lambda _t: self._previews.pop(call_id, None))
         elif msg.HasField("offer"):
             offer = msg.offer
             if offer.call_id in self._calls:
@@ -193,6 +214,23 @@ class SimulatedAgent:
         task = asyncio.create_task(coro)
         self._calls[call_id] = task
         task.add_done_callback(lambda _t: self._calls.pop(call_id, None))
+
+    async def _preview(self, preview: agent_pb2.PreviewOffer) -> None:
+        """Look at the lead for a think time, then dial it or (sometimes) skip it. A preview that timed out
+        first was decided for the agent; the service answers with that decision."""
+        await asyncio.sleep(self.think.sample(self.rng))
+        skip = self.rng.random() < self.p_skip
+        want = agent_pb2.PREVIEW_DECISION_SKIP if skip else agent_pb2.PREVIEW_DECISION_DIAL
+        req = agent_pb2.DecidePreviewRequest(agent_id=self.agent_id, call_id=preview.call_id, decision=want)
+        try:
+            resp = await self.session.call(lambda stub: stub.DecidePreview(req, metadata=self.metadata))
+        except grpc.aio.AioRpcError:
+            self.stats.errors += 1
+            return
+        if resp.decision == agent_pb2.PREVIEW_DECISION_DIAL:
+            self.stats.preview_dials += 1
+        elif resp.decision == agent_pb2.PREVIEW_DECISION_SKIP:
+            self.stats.preview_skips += 1
 
     async def _handle(self, offer: agent_pb2.CallOffer) -> None:
         hangup = self._hangups.setdefault(offer.call_id, asyncio.Event())
@@ -255,6 +293,8 @@ async def run_simulated_agents(
     on_offer: Callable[[str, agent_pb2.CallOffer], None] | None = None,
     started: asyncio.Event | None = None,
     backoff: Backoff | None = None,
+    think: Distribution | None = None,
+    p_skip: float = 0.1,
 ) -> list[SimulatedAgent]:
     """Run ``count`` simulated agents against ``settings.agent_addr`` until ``stop`` is set."""
     master = random.Random(seed)
@@ -278,6 +318,8 @@ async def run_simulated_agents(
                 dispositions=dispositions,
                 on_offer=on_offer,
                 backoff=backoff,
+                think=think,
+                p_skip=p_skip,
             )
         )
     tasks = [asyncio.create_task(a.run(stop)) for a in agents]

@@ -241,6 +241,35 @@ if op == 'hold' then
   return result('ok', chosen, 'ready', 'reserved', seq, craw, call_id, '')
 end
 
+if op == 'preview' then
+  -- PreviewLead: hold a ready agent and show them a lead before any dial (reserved, offer = the preview).
+  -- ARGV[7] campaign id, [8] call id, [9] required skills JSON, [10] preview JSON, [11] ttl ms,
+  -- [12] replica id waiting for the ack, [13] max agents to examine, [14] sweeper slack ms, [15] call key
+  local cid, call_id, ttl, replica = ARGV[7], ARGV[8], tonumber(ARGV[11]), ARGV[12]
+  local limit, slack, call_key = tonumber(ARGV[13]), tonumber(ARGV[14]), ARGV[15]
+  local had, what = holder(call_key, call_id, '')
+  if had ~= nil then return result('existing', had, what, what, 0, '[]', call_id, what) end
+  local chosen, examined = pick(cid, cjson.decode(ARGV[9]), limit)
+  if chosen == nil then return result('no_agent', '', '', '', 0, '[]', call_id, tostring(examined)) end
+  local akey = string.format(agent_tpl, chosen)
+  local campaigns, craw = campaigns_of(akey)
+  local preview = cjson.decode(ARGV[10])
+  preview['type'] = 'preview'
+  preview['agent_id'] = chosen
+  preview['offered_at_ms'] = now
+  preview['reply_to'] = replica
+  local decide_in = tonumber(preview['timeout_ms']) or 0
+  if decide_in > 0 then preview['decide_by_ms'] = now + decide_in end
+  local payload = cjson.encode(preview)
+  redis.call('HSET', akey, 'offer', payload, 'offer_deadline_ms', now + ttl, 'offer_replica', replica,
+             'offer_campaign', cid, 'preview_call', call_id, 'preview_decision', '')
+  local seq = apply(chosen, akey, 'reserved', 'preview', call_id, campaigns, true)
+  redis.call('ZADD', deadlines_due, now + ttl + slack, chosen)
+  redis.call('SET', call_key, chosen, 'PX', 3600000)
+  redis.call('PUBLISH', string.format(offers_tpl, chosen), payload)
+  return result('ok', chosen, 'ready', 'reserved', seq, craw, call_id, payload)
+end
+
 local aid = ARGV[7]
 local akey = string.format(agent_tpl, aid)
 local prev = state_of(akey)
@@ -432,11 +461,46 @@ if op == 'release' then
   return result('ok', aid, prev, 'ready', seq, craw, call_id, '')
 end
 
+if op == 'preview_decide' then
+  -- DecidePreview: ARGV[8] call id, [9] 'dial' | 'skip', [10] who ('agent' | 'timeout'), [11] sweeper slack ms.
+  -- The first decision stands: a later one gets it back ('already', extra = that decision).
+  local want_call = ARGV[8]
+  local decided = redis.call('HMGET', akey, 'preview_call', 'preview_decision', 'offer_campaign')
+  if decided[1] ~= want_call then return result('not_held', aid, prev, prev, 0, craw, call_id, '') end
+  if decided[2] and decided[2] ~= '' then
+    return result('already', aid, prev, prev, 0, craw, want_call, decided[2] .. ':' .. (decided[3] or ''))
+  end
+  local raw = redis.call('HGET', akey, 'offer') or ''
+  if prev ~= 'reserved' or call_id ~= want_call or raw == '' then
+    return result('not_held', aid, prev, prev, 0, craw, call_id, '')
+  end
+  local preview = cjson.decode(raw)
+  if preview['type'] ~= 'preview' then return result('not_held', aid, prev, prev, 0, craw, call_id, '') end
+  local decision, cid = ARGV[9], decided[3] or ''
+  redis.call('HSET', akey, 'preview_decision', decision)
+  local seq = 0
+  if decision == 'dial' then
+    -- Held for the call now (no offer out): the live answer is offered to this agent first.
+    local hold = tonumber(preview['dial_hold_ms']) or 60000
+    redis.call('HSET', akey, 'offer', '', 'offer_deadline_ms', now + hold)
+    redis.call('ZADD', deadlines_due, now + hold + tonumber(ARGV[11]), aid)
+  else
+    seq = apply(aid, akey, 'ready', 'preview_skipped', '', campaigns, true)
+    redis.call('HSET', akey, 'offer', '', 'offer_deadline_ms', '')
+  end
+  redis.call('PUBLISH', string.format(offers_tpl, aid), cjson.encode({
+    type = 'preview_decided', call_id = want_call, decision = decision, by = ARGV[10]}))
+  return result('ok', aid, prev, decision == 'dial' and 'reserved' or 'ready', seq, craw, want_call,
+                decision .. ':' .. cid)
+end
+
 if op == 'end_call' then
   -- ARGV[8] call id ('' = the current one), [9] wrap-up timeout ms, [10..12] see notify_hangup
   -- From reserved too: the offer reached the console (it shows the call) before OfferCall recorded the
-  -- connection; 'connected' then sees last_call and reports the call as connected.
-  local offered = (redis.call('HGET', akey, 'offer') or '') ~= ''
+  -- connection; 'connected' then sees last_call and reports the call as connected. Not a preview: a lead
+  -- that was only shown is skipped or dialled (DecidePreview), never ended.
+  local offer_raw = redis.call('HGET', akey, 'offer') or ''
+  local offered = offer_raw ~= '' and cjson.decode(offer_raw)['type'] ~= 'preview'
   if (prev ~= 'on_call' and not (prev == 'reserved' and offered)) or (ARGV[8] ~= '' and call_id ~= ARGV[8]) then
     return result('bad_state', aid, prev, prev, 0, craw, call_id)
   end

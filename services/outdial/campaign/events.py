@@ -17,6 +17,7 @@ import asyncpg
 import redis.exceptions
 
 from outdial.campaign import retries
+from outdial.campaign.model import MODE_DEFAULTS
 from outdial.campaign.settings import CampaignSettings
 from outdial.core import keys
 from outdial.core.clock import Clock
@@ -161,6 +162,12 @@ class EventConsumer:
             )
             if not exists:
                 lead_id = None
+        if typ.startswith("preview."):
+            # A lead shown to an agent in preview mode is not a call (no call record); a skipped one waits
+            # the campaign's preview_skip_delay_s before it is offered again.
+            if typ == "preview.skipped" and lead_id is not None:
+                await self._skipped(conn, cid, lead_id, at)
+            return
         await conn.execute(
             """INSERT INTO call_records (call_id, campaign_id, lead_id, called_number) VALUES ($1, $2, $3, $4)
                ON CONFLICT (call_id) DO NOTHING""",
@@ -206,6 +213,16 @@ class EventConsumer:
             await self._disposition(conn, ev, call_id, lead_id, at)
         elif typ == "dial.blocked":
             await self._blocked(conn, ev, call_id, lead_id, at)
+
+    async def _skipped(self, conn: asyncpg.Connection, cid: str, lead_id: int, at: datetime) -> None:
+        cfg = await conn.fetchval("SELECT settings::text FROM campaigns WHERE id = $1", cid)
+        s: dict[str, Any] = json.loads(cfg) if cfg else {}
+        delay = int(s.get("preview_skip_delay_s", MODE_DEFAULTS["preview_skip_delay_s"]))
+        await conn.execute(
+            "UPDATE leads SET recheck_at = $2, updated_at = now() WHERE id = $1",
+            lead_id,
+            at + timedelta(seconds=delay),
+        )
 
     async def _ended(
         self,

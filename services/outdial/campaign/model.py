@@ -16,15 +16,26 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from outdial.core.errors import FailedPrecondition, InvalidArgument
 from outdial.rules import windows
-from outdial.rules.law import JURISDICTION_REGION, JURISDICTIONS, MIN_RING_S, UK_ABANDON_QUIET, abandon_policy
+from outdial.rules.law import (
+    JURISDICTION_REGION,
+    JURISDICTIONS,
+    MIN_RING_S,
+    UK_ABANDON_QUIET,
+    abandon_policy,
+    agentless_refusal,
+)
 from outdial.v1 import campaign_pb2, common_pb2
 
 DIAL_MODES = ("preview", "progressive", "power", "predictive", "agentless")
-#: Modes a campaign may be configured with but that the dialer does not run yet (no agent-initiated
-#: preview flow, no message-only flow): starting such a campaign is refused.
-UNDIALLED_MODES = frozenset({"preview", "agentless"})
 STATES = ("draft", "active", "paused", "completed", "archived")
-OUTCOMES = ("no_answer", "busy", "failed", "machine", "fax", "connected", "abandoned", "blocked")
+#: ``delivered``: an agentless campaign's message reached a person.
+OUTCOMES = ("no_answer", "busy", "failed", "machine", "fax", "connected", "abandoned", "blocked", "delivered")
+
+#: Preview: the agent's time to decide may be set up to this (0 = wait for the agent).
+MAX_PREVIEW_S = 600
+PREVIEW_TIMEOUT_ACTIONS = ("dial", "skip")
+MACHINE_ACTIONS = ("hang_up", "leave_message")
+MAX_AGENTLESS_LINES = 200
 
 #: A campaign's ring timeout may be set up to this (a longer ring only ties up a line).
 MAX_RING_TIMEOUT_S = 120
@@ -71,7 +82,20 @@ def defaults(jurisdiction: str = "US") -> dict[str, Any]:
         "seller_name": "",
         "opt_out_number": "",
         "max_attempts_per_lead": 0,
+        **MODE_DEFAULTS,
     }
+
+
+#: Settings of the preview and agentless modes (campaigns stored before them read these defaults).
+MODE_DEFAULTS: dict[str, Any] = {
+    "preview_seconds": 30,
+    "preview_timeout_action": "dial",
+    "preview_skip_delay_s": 1800,
+    "agentless_message": "",
+    "message_informational": False,
+    "machine_action": "hang_up",
+    "agentless_lines": 10,
+}
 
 
 @dataclass
@@ -108,6 +132,7 @@ class CampaignRecord:
             "id": self.id,
             "name": self.name,
             "state": self.state,
+            **MODE_DEFAULTS,
             **{k: s[k] for k in s},
             "seller_name": s.get("seller_name") or self.name,
             "opt_out_number": s.get("opt_out_number") or s.get("caller_id", ""),
@@ -132,7 +157,18 @@ class CampaignRecord:
             seller_name=s.get("seller_name", ""),
             opt_out_number=s.get("opt_out_number", ""),
             max_attempts_per_lead=int(s.get("max_attempts_per_lead", 0)),
+            preview_timeout_action=campaign_pb2.PreviewTimeoutAction.Value(
+                f"PREVIEW_TIMEOUT_ACTION_{mode_setting(s, 'preview_timeout_action').upper()}"
+            ),
+            agentless_message=mode_setting(s, "agentless_message"),
+            message_informational=bool(mode_setting(s, "message_informational")),
+            machine_action=campaign_pb2.MachineAction.Value(
+                f"MACHINE_ACTION_{mode_setting(s, 'machine_action').upper()}"
+            ),
+            agentless_lines=int(mode_setting(s, "agentless_lines")),
         )
+        c.preview_timeout.FromSeconds(int(mode_setting(s, "preview_seconds")))
+        c.preview_skip_delay.FromSeconds(int(mode_setting(s, "preview_skip_delay_s")))
         cw = s["calling_window"]
         c.calling_window.start_local = cw["start_local"]
         c.calling_window.end_local = cw["end_local"]
@@ -153,6 +189,10 @@ class CampaignRecord:
         c.created_at.FromDatetime(self.created_at)
         c.updated_at.FromDatetime(self.updated_at)
         return c
+
+
+def mode_setting(s: dict[str, Any], name: str) -> Any:
+    return s.get(name, MODE_DEFAULTS[name])
 
 
 # ----------------------------------------------------------------------------------- proto -> settings
@@ -179,6 +219,13 @@ SETTABLE = (
     "seller_name",
     "opt_out_number",
     "max_attempts_per_lead",
+    "preview_timeout",
+    "preview_timeout_action",
+    "preview_skip_delay",
+    "agentless_message",
+    "message_informational",
+    "machine_action",
+    "agentless_lines",
 )
 
 
@@ -270,12 +317,13 @@ def _merge(
     for f in ("power_ratio", "abandon_cap"):
         if take(f):
             s[f] = float(getattr(msg, f))
-    for f in ("caller_id", "default_region", "seller_name", "opt_out_number"):
+    for f in ("caller_id", "default_region", "seller_name", "opt_out_number", "agentless_message"):
         if take(f):
             s[f] = getattr(msg, f).strip()
-    for f in ("max_calls_per_number_24h", "max_lines_per_agent", "max_attempts_per_lead"):
+    for f in ("max_calls_per_number_24h", "max_lines_per_agent", "max_attempts_per_lead", "agentless_lines"):
         if take(f):
             s[f] = int(getattr(msg, f))
+    _merge_modes(msg, s, take)
     _merge_structs(msg, s, take)
     if take("scheduled_start"):
         start = _ts(msg.scheduled_start)
@@ -284,11 +332,33 @@ def _merge(
     return name, description, start, end
 
 
+def _merge_modes(msg: campaign_pb2.Campaign, s: dict[str, Any], take: Take) -> None:
+    if take("message_informational"):
+        s["message_informational"] = bool(msg.message_informational)
+    if take("preview_timeout_action"):
+        action = _enum_name(
+            "PREVIEW_TIMEOUT_ACTION_",
+            campaign_pb2.PreviewTimeoutAction,
+            msg.preview_timeout_action,
+            "preview_timeout_action",
+        )
+        s["preview_timeout_action"] = action or MODE_DEFAULTS["preview_timeout_action"]
+    if take("machine_action"):
+        action = _enum_name(
+            "MACHINE_ACTION_", campaign_pb2.MachineAction, msg.machine_action, "machine_action"
+        )
+        s["machine_action"] = action or MODE_DEFAULTS["machine_action"]
+
+
 def _merge_structs(msg: campaign_pb2.Campaign, s: dict[str, Any], take: Take) -> None:
     if take("abandon_window"):
         s["abandon_window_s"] = _dur(msg.abandon_window)
     if take("ring_timeout"):
         s["ring_timeout_s"] = _dur(msg.ring_timeout)
+    if take("preview_timeout"):
+        s["preview_seconds"] = _dur(msg.preview_timeout)
+    if take("preview_skip_delay"):
+        s["preview_skip_delay_s"] = _dur(msg.preview_skip_delay)
     if take("dispositions"):
         s["dispositions"] = [d.strip() for d in msg.dispositions]
     if take("calling_window"):
@@ -319,7 +389,15 @@ def _merge_structs(msg: campaign_pb2.Campaign, s: dict[str, Any], take: Take) ->
 
 
 def _is_set(msg: campaign_pb2.Campaign, field: str) -> bool:
-    if field in ("calling_window", "abandon_window", "ring_timeout", "scheduled_start", "scheduled_end"):
+    if field in (
+        "calling_window",
+        "abandon_window",
+        "ring_timeout",
+        "scheduled_start",
+        "scheduled_end",
+        "preview_timeout",
+        "preview_skip_delay",
+    ):
         return bool(msg.HasField(field))  # type: ignore[arg-type]
     value = getattr(msg, field)
     if field in ("retry_rules", "dispositions"):
@@ -351,6 +429,7 @@ def validate(name: str, s: dict[str, Any], start: datetime | None, end: datetime
     _validate_basics(s)
     _validate_limits(jur, s)
     _validate_retry(jur, s)
+    _validate_modes(s)
     if not s["dispositions"] or any(not d for d in s["dispositions"]):
         raise InvalidArgument("dispositions must be a non-empty list of names", field="dispositions")
     if start is not None and end is not None and end <= start:
@@ -405,10 +484,32 @@ def _validate_limits(jur: str, s: dict[str, Any]) -> None:
     s["default_region"] = region
 
 
+def _validate_modes(s: dict[str, Any]) -> None:
+    for k, v in MODE_DEFAULTS.items():
+        s.setdefault(k, v)
+    if not (0 <= s["preview_seconds"] <= MAX_PREVIEW_S):
+        raise InvalidArgument(
+            f"preview_timeout must be between 0 (wait for the agent) and {MAX_PREVIEW_S} s",
+            field="preview_timeout",
+        )
+    if s["preview_timeout_action"] not in PREVIEW_TIMEOUT_ACTIONS:
+        raise InvalidArgument("preview_timeout_action must be dial or skip", field="preview_timeout_action")
+    if s["preview_skip_delay_s"] < 0:
+        raise InvalidArgument("preview_skip_delay must not be negative", field="preview_skip_delay")
+    if s["machine_action"] not in MACHINE_ACTIONS:
+        raise InvalidArgument("machine_action must be hang_up or leave_message", field="machine_action")
+    if not (1 <= s["agentless_lines"] <= MAX_AGENTLESS_LINES):
+        raise InvalidArgument(
+            f"agentless_lines must be between 1 and {MAX_AGENTLESS_LINES}", field="agentless_lines"
+        )
+    if len(s["agentless_message"]) > 2000:
+        raise InvalidArgument("agentless_message is longer than 2000 characters", field="agentless_message")
+
+
 def _validate_retry(jur: str, s: dict[str, Any]) -> None:
     seen: set[str] = set()
     for i, r in enumerate(s["retry_rules"]):
-        if r["outcome"] not in OUTCOMES or r["outcome"] in ("connected", "blocked"):
+        if r["outcome"] not in OUTCOMES or r["outcome"] in ("connected", "blocked", "delivered"):
             raise InvalidArgument(
                 "retry rules apply to no_answer, busy, failed, machine, fax, abandoned",
                 field=f"retry_rules[{i}].outcome",
@@ -453,14 +554,24 @@ def transition(rec: CampaignRecord, action: str) -> str:
         )
     if to == "active" and not rec.settings.get("caller_id"):
         raise FailedPrecondition("a caller ID is required to start a campaign", error_id="caller_id_required")
-    mode = rec.settings.get("dial_mode")
-    if to == "active" and mode in UNDIALLED_MODES:
-        # Refuse loudly rather than let an active campaign's leads silently never be dialled.
-        raise FailedPrecondition(
-            f"dial mode {mode!r} is not dialled yet (use progressive, power or predictive)",
-            error_id="dial_mode_not_supported",
-        )
+    if to == "active" and rec.settings.get("dial_mode") == "agentless":
+        _check_agentless(rec.settings)
     return to
+
+
+def _check_agentless(s: dict[str, Any]) -> None:
+    """An agentless campaign starts only with a message to play and, failing closed, only when the law lets
+    it run without a per-call consent check (:func:`outdial.rules.law.agentless_refusal`)."""
+    if not str(mode_setting(s, "agentless_message")).strip():
+        raise FailedPrecondition(
+            "an agentless campaign needs its message (agentless_message)",
+            error_id="agentless_message_required",
+        )
+    why = agentless_refusal(
+        str(s.get("jurisdiction") or "US"), informational=bool(mode_setting(s, "message_informational"))
+    )
+    if why:
+        raise FailedPrecondition(why, error_id="consent_required")
 
 
 def state_from_proto(value: int) -> str:

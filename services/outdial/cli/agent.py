@@ -88,6 +88,7 @@ class ConsoleState:
         self.session: AgentSession | None = None
         self.status: agent_pb2.AgentStatus | None = None
         self.offer: agent_pb2.CallOffer | None = None
+        self.preview: agent_pb2.PreviewOffer | None = None
         self.log: deque[str] = deque(maxlen=8)
         self.dispositions = dispositions
         self.prompt = ""
@@ -119,13 +120,35 @@ class ConsoleState:
             for k, v in sorted(o.lead_fields.items()):
                 call.add_row(k, v)
             parts.append(call)
+        if self.preview is not None:
+            parts.append(preview_table(self.preview))
         if state == "wrap_up":
             parts.append(
                 Text("disposition: " + "  ".join(f"[{i + 1}] {d}" for i, d in enumerate(self.dispositions)))
             )
         parts.append(Text("\n".join(self.log), style="dim"))
-        parts.append(Text("keys: r ready · p pause · e end call · 1-9 disposition · q quit", style="cyan"))
+        keys = "keys: r ready · p pause · e end call · 1-9 disposition · q quit"
+        if self.preview is not None:
+            keys = "keys: d DIAL this lead · s SKIP it · " + keys.removeprefix("keys: ")
+        parts.append(Text(keys, style="cyan"))
         return Panel(Group(*parts), title="outdial agent console")
+
+
+def preview_table(p: agent_pb2.PreviewOffer) -> Table:
+    """A lead shown before any dial: who, which number, and what happens if the agent does nothing."""
+    t = Table(title=f"PREVIEW {p.call_id} (not dialled yet)", show_header=False, style="magenta")
+    t.add_row("lead", f"{p.lead_name} ({p.lead_id})")
+    t.add_row("number", p.number)
+    t.add_row("campaign", p.campaign_id)
+    for k, v in sorted(p.lead_fields.items()):
+        t.add_row(k, v)
+    if p.HasField("decide_by"):
+        left = (p.decide_by.ToDatetime(tzinfo=UTC) - datetime.now(UTC)).total_seconds()
+        action = "dials" if p.timeout_action == agent_pb2.PREVIEW_DECISION_DIAL else "skips"
+        t.add_row("timeout", f"{action} by itself in {max(0, round(left))} s")
+    else:
+        t.add_row("timeout", "none: waits for you")
+    return t
 
 
 class _RawStdin:
@@ -198,6 +221,8 @@ async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  #
                     ui.status = msg.status
                     if msg.status.state in (common_pb2.AGENT_STATE_READY, common_pb2.AGENT_STATE_PAUSED):
                         ui.offer = None  # no call in hand for the service (ended, or taken away)
+                    if msg.status.state != common_pb2.AGENT_STATE_RESERVED:
+                        ui.preview = None  # withdrawn (campaign paused, hold lapsed) or decided
                     ui.note(f"state {STATE_NAMES.get(msg.status.state, '?')}")
                 elif msg.HasField("offer"):
                     if ui.offer is not None and ui.offer.call_id == msg.offer.call_id:
@@ -205,6 +230,18 @@ async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  #
                     ui.offer = msg.offer
                     ui.note(f"call {msg.offer.call_id} from {msg.offer.lead_name or msg.offer.number}")
                     console.bell()
+                elif msg.HasField("preview"):
+                    if ui.preview is not None and ui.preview.call_id == msg.preview.call_id:
+                        continue  # the lead in view, shown again after a reconnection
+                    ui.preview = msg.preview
+                    ui.note(f"preview {msg.preview.call_id}: {msg.preview.lead_name or msg.preview.number}")
+                    console.bell()
+                elif msg.HasField("preview_decided"):
+                    d = msg.preview_decided
+                    word = "dialling" if d.decision == agent_pb2.PREVIEW_DECISION_DIAL else "skipped"
+                    ui.note(f"preview {d.call_id}: {word} ({d.by})")
+                    if ui.preview is not None and ui.preview.call_id == d.call_id:
+                        ui.preview = None
                 elif msg.call_ended:
                     ui.note(f"far end hung up {msg.call_ended}")
         except SessionEnded as ended:
@@ -242,6 +279,16 @@ async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  #
                     give_up_s=give_up,
                 )
                 ui.status = resp2.status
+            elif key in ("d", "s") and ui.preview is not None:
+                want = agent_pb2.PREVIEW_DECISION_DIAL if key == "d" else agent_pb2.PREVIEW_DECISION_SKIP
+                decide = agent_pb2.DecidePreviewRequest(
+                    agent_id=agent_id, call_id=ui.preview.call_id, decision=want
+                )
+                dec = await session.call(lambda s: s.DecidePreview(decide, metadata=md), give_up_s=give_up)
+                ui.status = dec.status
+                if dec.decision == agent_pb2.PREVIEW_DECISION_UNSPECIFIED:
+                    ui.note("that preview is no longer yours")
+                ui.preview = None
             elif key == "e":
                 resp3 = await session.call(
                     lambda s: s.EndCall(agent_pb2.EndCallRequest(agent_id=agent_id), metadata=md),
@@ -337,6 +384,8 @@ async def sim_agents(args: argparse.Namespace, settings: Settings) -> int:
             dispositions=json.loads(args.dispositions) if args.dispositions else None,
             on_offer=on_offer,
             started=started,
+            think=Distribution(args.preview_think, "lognormal"),
+            p_skip=args.preview_skip,
         )
     except KeyboardInterrupt:
         return 130
@@ -346,6 +395,9 @@ async def sim_agents(args: argparse.Namespace, settings: Settings) -> int:
         "agents": len(agents),
         "offers": sum(a.stats.offers for a in agents),
         "ended": sum(a.stats.ended for a in agents),
+        "previews": sum(a.stats.previews for a in agents),
+        "preview_dials": sum(a.stats.preview_dials for a in agents),
+        "preview_skips": sum(a.stats.preview_skips for a in agents),
         "dispositions": dict(sum((a.stats.dispositions for a in agents), Counter[str]())),
         "errors": sum(a.stats.errors for a in agents),
         # Ridden out: streams reopened after a fault, logins after the heartbeat grace, calls taken back.
@@ -401,3 +453,7 @@ def register(sub: Any) -> None:
     p.add_argument("--prefix", default="sim", help="agent ids are PREFIX-0001 …")
     p.add_argument("--dispositions", help='JSON weights, e.g. {"sale": 0.2, "not_interested": 0.8}')
     p.add_argument("--quiet", action="store_true", help="do not print every offer")
+    p.add_argument(
+        "--preview-think", type=float, default=2.0, help="preview mode: mean seconds before deciding"
+    )
+    p.add_argument("--preview-skip", type=float, default=0.1, help="preview mode: chance of skipping a lead")

@@ -104,8 +104,47 @@ def _settings_args(p: argparse.ArgumentParser, create: bool) -> None:
         metavar="OUTCOME=DELAY_S:MAX",
         help="retry rule, e.g. no_answer=3600:5 (repeatable; replaces the rules)",
     )
+    p.add_argument("--preview-seconds", type=int, help="preview: seconds the agent has (0 = wait for them)")
+    p.add_argument("--preview-timeout-action", choices=["dial", "skip"], help="preview: at the timeout")
+    p.add_argument("--preview-skip-delay", type=int, help="preview: seconds before a skipped lead comes back")
+    p.add_argument("--message", help="agentless: the message (outdial adds who calls and the opt-out)")
+    p.add_argument(
+        "--informational",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="agentless: the message is informational, not telemarketing (required to start)",
+    )
+    p.add_argument("--machine-action", choices=["hang_up", "leave_message"], help="agentless: on a machine")
+    p.add_argument("--agentless-lines", type=int, help="agentless: most calls in flight")
     p.add_argument("--start-at", help="scheduled start (ISO 8601)")
     p.add_argument("--end-at", help="scheduled end (ISO 8601)")
+
+
+def _mode_args(args: argparse.Namespace, c: campaign_pb2.Campaign, put: Any, paths: list[str]) -> None:
+    for value, path in (
+        (args.preview_seconds, "preview_timeout"),
+        (args.preview_skip_delay, "preview_skip_delay"),
+    ):
+        if value is not None:
+            getattr(c, path).FromSeconds(value)
+            paths.append(path)
+    if args.preview_timeout_action:
+        put(
+            "preview_timeout_action",
+            "preview_timeout_action",
+            campaign_pb2.PreviewTimeoutAction.Value(
+                f"PREVIEW_TIMEOUT_ACTION_{args.preview_timeout_action.upper()}"
+            ),
+        )
+    if args.machine_action:
+        put(
+            "machine_action",
+            "machine_action",
+            campaign_pb2.MachineAction.Value(f"MACHINE_ACTION_{args.machine_action.upper()}"),
+        )
+    put("agentless_message", "agentless_message", args.message)
+    put("message_informational", "message_informational", args.informational)
+    put("agentless_lines", "agentless_lines", args.agentless_lines)
 
 
 def _campaign_from_args(args: argparse.Namespace) -> tuple[campaign_pb2.Campaign, list[str]]:
@@ -133,6 +172,7 @@ def _campaign_from_args(args: argparse.Namespace) -> tuple[campaign_pb2.Campaign
     if args.ring_timeout is not None:
         c.ring_timeout.FromSeconds(args.ring_timeout)
         paths.append("ring_timeout")
+    _mode_args(args, c, put, paths)
     if args.window or args.days or args.holiday or args.skip_public_holidays:
         start, _, end = (args.window or "08:00-21:00").partition("-")
         c.calling_window.start_local, c.calling_window.end_local = start.strip(), end.strip()

@@ -134,6 +134,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
             "GetAgentCounts": {_M, _S},
             "ReserveAgent": {_S},
             "ReleaseAgent": {_S},
+            "PreviewLead": {_S},
+            "DecidePreview": {_G, _S},
         },
         "PacingService": {
             "GetPacingState": {_M, _C, _S},

@@ -204,7 +204,9 @@ def agent_hangups(campaign_id: str) -> str:
     by the agent), XADD with an approximate MAXLEN of :data:`AGENT_HANGUPS_MAXLEN`. Consumer: the pacing
     replica holding the campaign's lease, through the consumer group :data:`AGENT_HANGUPS_GROUP` (a notice
     sent while the lease changes hands stays pending and is read by the next holder), which hangs up the
-    carrier leg at once. Entries are acknowledged once handled; the stream is trimmed by MAXLEN."""
+    carrier leg at once. Entries are acknowledged once handled; the stream is trimmed by MAXLEN.
+    Preview decisions travel the same way (fields kind="preview", call_id, agent_id, decision dial|skip,
+    by agent|timeout; producer: DecidePreview), so that a dial or skip is not lost in a lease change."""
     return f"{_c(campaign_id)}:agent-hangups"
 
 

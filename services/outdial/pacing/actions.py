@@ -26,7 +26,7 @@ from outdial.core.clock import Clock
 from outdial.core.metrics import CALLS_ENDED
 from outdial.core.redis import Redis
 from outdial.pacing.agents import AgentClient
-from outdial.pacing.calls import Action, Event, State, state_from_record, step
+from outdial.pacing.calls import Action, Event, Flow, State, state_from_record, step
 from outdial.pacing.estimates import OnlineEstimator
 from outdial.pacing.hopper import Hopper
 from outdial.pacing.snapshot import BudgetView
@@ -113,6 +113,10 @@ class Call:
     end_at: datetime | None = None
     # False for a call closed from its record (an orphan): no carrier leg of ours to act on.
     followed: bool = True
+    # Agentless calls play the campaign's message instead of waiting for an agent (calls.Flow).
+    flow: Flow = Flow.AGENT
+    # Preview: the agent who chose to dial this lead (the call is manual, not autodialled).
+    dialled_by: str = ""
 
 
 class Run(Protocol):
@@ -121,6 +125,14 @@ class Run(Protocol):
 
     estimator: OnlineEstimator
     budget: BudgetView | None
+
+
+class Extension(Protocol):
+    """Actions of the call table carried out outside this module (preview mode's: ``preview.py``)."""
+
+    ACTIONS: frozenset[Action]
+
+    async def act(self, call: Call, action: Action, at: datetime, run: Run | None) -> None: ...
 
 
 class CallActions:
@@ -144,9 +156,10 @@ class CallActions:
         self.hopper = hopper
         self.clock = clock
         self.offer_deadline_s = offer_deadline_s
+        self.extension: Extension | None = None
 
     async def apply(self, call: Call, event: Event, at: datetime, run: Run | None) -> None:
-        t = step(call.state, event)
+        t = step(call.state, event, call.flow)
         call.state = t.state
         if t.outcome:
             call.outcome = t.outcome
@@ -162,7 +175,11 @@ class CallActions:
 
     async def _do(self, call: Call, action: Action, at: datetime, run: Run | None) -> None:  # noqa: C901
         live = call.followed
-        if action is Action.EMIT_RINGING:
+        if self.extension is not None and action in self.extension.ACTIONS:
+            await self.extension.act(call, action, at, run)
+        elif action is Action.PLAY_CAMPAIGN_MESSAGE and live:
+            await self._play_campaign_message(call)
+        elif action is Action.EMIT_RINGING:
             await self._emit(call, "call.ringing", at)
         elif action is Action.RECORD_ANSWER:
             call.answer = "machine" if call.outcome == "machine" else "human"
@@ -213,6 +230,22 @@ class CallActions:
             or "the number on your display"
         )
         return law.abandon_message(seller, callback, jurisdiction=str(cfg.get("jurisdiction") or "US")).text
+
+    async def _play_campaign_message(self, call: Call) -> None:
+        """Agentless: the campaign's message (who calls, the message, a number and the opt-out key)."""
+        cfg = call.config
+        try:
+            text = law.agentless_message(
+                str(cfg.get("agentless_message") or ""),
+                str(cfg.get("seller_name") or cfg.get("name") or ""),
+                str(cfg.get("opt_out_number") or cfg.get("caller_id") or ""),
+            )
+        except ValueError as exc:
+            log.error("call %s: no message to play (%s): hanging up", call.call_id, exc)
+            await self.adapter.hangup(call.call_id)
+            return
+        await self.adapter.play_message(call.call_id, text)
+        call.message_played = True
 
     async def _offer(self, call: Call, run: Run | None) -> None:
         assert call.answer_at is not None

@@ -25,6 +25,7 @@ from outdial.v1 import agent_pb2, agent_pb2_grpc
 log = logging.getLogger("outdial.pacing.agents")
 
 _DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_DECISION_PB = {"dial": agent_pb2.PREVIEW_DECISION_DIAL, "skip": agent_pb2.PREVIEW_DECISION_SKIP}
 
 
 def duration(seconds: float) -> Duration:
@@ -154,6 +155,54 @@ class AgentClient:
                     return OfferResult(False, "", f"agent service: {exc.code().name}")
             await asyncio.sleep(0.05)
             req.deadline.CopyFrom(duration(max(0.05, until - loop.time())))
+
+    # ------------------------------------------------------------------ preview mode
+
+    async def preview(
+        self,
+        *,
+        campaign_id: str,
+        call_id: str,
+        lead_id: str,
+        number: str,
+        lead_name: str,
+        lead_fields: dict[str, str],
+        timeout_s: float,
+        timeout_action: str,
+        dial_hold_s: float,
+    ) -> OfferResult:
+        """PreviewLead: a ready agent held and shown the lead (``assigned``), or nobody (nothing to dial)."""
+        req = agent_pb2.PreviewLeadRequest(
+            campaign_id=campaign_id,
+            call_id=call_id,
+            lead_id=lead_id,
+            number=number,
+            lead_name=lead_name,
+            lead_fields=lead_fields,
+            timeout=duration(timeout_s),
+            timeout_action=_DECISION_PB[timeout_action],
+            dial_hold=duration(dial_hold_s),
+        )
+        try:
+            resp = await self.stub.PreviewLead(req, timeout=5.0)
+        except grpc.aio.AioRpcError as exc:
+            self._saw(exc)
+            return OfferResult(False, "", f"agent service: {exc.code().name}")
+        return OfferResult(bool(resp.previewed), str(resp.agent_id), str(resp.reason))
+
+    async def decide_preview(self, agent_id: str, call_id: str, decision: str) -> str:
+        """DecidePreview for a preview that timed out: the decision that stands ("dial" or "skip"; the
+        agent's own when they were first), or "" when the agent no longer holds it or the service failed."""
+        req = agent_pb2.DecidePreviewRequest(
+            agent_id=agent_id, call_id=call_id, decision=_DECISION_PB[decision]
+        )
+        try:
+            resp = await self.stub.DecidePreview(req, timeout=2.0)
+        except grpc.aio.AioRpcError as exc:
+            self._saw(exc)
+            log.warning("DecidePreview for call %s failed: %s", call_id, exc.code().name)
+            return ""
+        return {v: k for k, v in _DECISION_PB.items()}.get(resp.decision, "")
 
     async def end_call(self, agent_id: str, call_id: str) -> None:
         """The far side hung up: the agent moves on to wrap-up (they may have ended the call first)."""

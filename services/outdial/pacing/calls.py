@@ -10,6 +10,15 @@ Crashes between steps: what has been done is in PostgreSQL (``dial_attempts``: t
 :func:`state_from_record` reads a call's state back from that row, and ``ORPHAN`` from that state gives
 the truthful outcome: a call a person answered and nobody connected is abandoned, a connected call stays
 connected with its answer, agent and times.
+
+Modes (:class:`Flow`). A **preview** call starts in ``PREVIEWING``: the lead is shown to one held agent and
+nothing is dialled. The agent's decision (or the timeout's) is ``PREVIEW_DIAL`` or ``PREVIEW_SKIP``; a dial
+passes the dial-time gate in ``GATING`` (``DIAL``), and only an allowed, placed call goes on to ``RINGING``,
+from where it is an ordinary call whose agent is already held (so a person who answers reaches that agent at
+once: nothing waits for an agent, nothing is abandoned). An **agentless** call (``Flow.MESSAGE``, or
+``Flow.MESSAGE_MACHINES`` when machines get the message too) plays the campaign's message on an answer
+(``MESSAGE``) instead of offering it to an agent; the opt-out key lands the number on the internal DNC list
+at once, as on an abandonment message. Only the transitions that differ per flow are in :data:`FLOW_TABLE`.
 """
 
 from __future__ import annotations
@@ -27,6 +36,17 @@ class State(StrEnum):
         "closing"  # the outcome is known (no answer, busy, failed, machine); waiting for the line to end
     )
     ENDED = "ended"  # written once, terminal
+    PREVIEWING = "previewing"  # preview: the lead is shown to a held agent; nothing dialled yet
+    GATING = (
+        "gating"  # preview: the agent (or the timeout) chose to dial; the gate and the dial are under way
+    )
+    MESSAGE = "message"  # agentless: the campaign's message plays, the opt-out key is listened for
+
+
+class Flow(StrEnum):
+    AGENT = "agent"  # progressive, power, predictive, and preview once dialled
+    MESSAGE = "message"  # agentless: a person hears the campaign's message; machines are hung up on
+    MESSAGE_MACHINES = "message_machines"  # agentless, and machines get the message too
 
 
 class Event(StrEnum):
@@ -46,6 +66,12 @@ class Event(StrEnum):
     RELEASE = "release"  # capacity loss: the dialer lets go of a ringing call it cannot staff
     SHUTDOWN = "shutdown"  # this replica is stopping and its drain time ran out
     ORPHAN = "orphan"  # the call's holder died; a new holder closes it from its recorded state
+    PREVIEW_DIAL = "preview_dial"  # the agent pressed dial, or the preview timed out with auto-dial
+    PREVIEW_SKIP = "preview_skip"  # the agent skipped the lead, or the preview timed out with auto-skip
+    AGENT_GONE = "agent_gone"  # the previewing agent no longer holds the lead (logged out, console gone)
+    DIALLED = "dialled"  # the gate allowed the preview call and it was placed
+    BLOCKED = "blocked"  # the gate refused the preview call
+    NOT_DIALLED = "not_dialled"  # lease fenced off, shutting down, or the lead/number has a call open
 
 
 class Action(StrEnum):
@@ -63,6 +89,11 @@ class Action(StrEnum):
     CANCEL = "cancel"  # CANCEL a ringing line (only after the legal ring minimum: the planner's rule)
     END_AGENT_CALL = "end_agent_call"  # the agent moves to wrap-up (EndCall)
     FINISH = "finish"  # exactly once: the end in PostgreSQL (first writer wins), call.ended, lead claim freed
+    DIAL = "dial"  # the dial-time gate, then place the call (manual); the result comes back as an event
+    SKIP_LEAD = "skip_lead"  # free the lead's claim; preview.skipped (the campaign delays the lead)
+    GIVE_BACK = "give_back"  # the lead back to the front of the hopper, its claim freed (never dialled)
+    RELEASE_LEAD = "release_lead"  # free the claim of a lead the gate blocked (dial.blocked decides its fate)
+    PLAY_CAMPAIGN_MESSAGE = "play_campaign_message"  # agentless: the campaign's message
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +158,46 @@ TABLE: dict[tuple[State, Event], Transition] = {
     (S.CLOSING, E.LINE_ENDED): Transition(S.ENDED, None, (A.FINISH,)),
     (S.CLOSING, E.SHUTDOWN): Transition(S.ENDED, None, (A.HANGUP, A.FINISH)),
     (S.CLOSING, E.ORPHAN): Transition(S.ENDED, None, (A.FINISH,)),
+    # ---------------------------------------------------------------- preview: shown, not dialled
+    (S.PREVIEWING, E.PREVIEW_DIAL): Transition(S.GATING, None, (A.DIAL,)),
+    (S.PREVIEWING, E.PREVIEW_SKIP): Transition(
+        S.ENDED, "skipped", (A.SKIP_LEAD, A.RELEASE_AGENT), "skipped by the agent"
+    ),
+    (S.PREVIEWING, E.AGENT_GONE): Transition(S.ENDED, None, (A.RELEASE_AGENT, A.GIVE_BACK), "agent_gone"),
+    (S.PREVIEWING, E.SHUTDOWN): Transition(S.ENDED, None, (A.RELEASE_AGENT, A.GIVE_BACK), "shutdown"),
+    # ---------------------------------------------------------------- preview: the gate and the dial
+    (S.GATING, E.DIALLED): Transition(S.RINGING, None, ()),
+    (S.GATING, E.BLOCKED): Transition(S.ENDED, "blocked", (A.RELEASE_AGENT, A.RELEASE_LEAD), "blocked"),
+    (S.GATING, E.NOT_DIALLED): Transition(S.ENDED, None, (A.RELEASE_AGENT, A.GIVE_BACK), "not_dialled"),
+    (S.GATING, E.ORIGINATE_ERROR): _FAILED_ENDS[E.ORIGINATE_ERROR],
+    # ---------------------------------------------------------------- agentless: the campaign's message
+    (S.MESSAGE, E.OPT_OUT_KEY): Transition(S.MESSAGE, None, (A.RECORD_OPT_OUT, A.HANGUP)),
+    (S.MESSAGE, E.MESSAGE_DONE): Transition(S.MESSAGE, None, (A.HANGUP,)),
+    (S.MESSAGE, E.LINE_ENDED): Transition(S.ENDED, None, (A.FINISH,)),
+    (S.MESSAGE, E.SHUTDOWN): Transition(S.ENDED, None, (A.HANGUP, A.FINISH), "shutdown"),
+    (S.MESSAGE, E.ORPHAN): Transition(S.ENDED, None, (A.FINISH,), "replica_lost"),
+}
+
+_PLAY = Transition(S.MESSAGE, "delivered", (A.RECORD_ANSWER, A.PLAY_CAMPAIGN_MESSAGE))
+
+#: Transitions that differ from :data:`TABLE` in a flow (agentless: an answer hears the message).
+FLOW_TABLE: dict[Flow, dict[tuple[State, Event], Transition]] = {
+    Flow.AGENT: {},
+    Flow.MESSAGE: {(S.RINGING, E.ANSWERED_HUMAN): _PLAY},
+    Flow.MESSAGE_MACHINES: {
+        (S.RINGING, E.ANSWERED_HUMAN): _PLAY,
+        (S.RINGING, E.ANSWERED_MACHINE): Transition(
+            S.MESSAGE, "machine", (A.RECORD_ANSWER, A.PLAY_CAMPAIGN_MESSAGE)
+        ),
+    },
 }
 
 
-def step(state: State, event: Event) -> Transition:
-    """The transition for ``event`` in ``state``; an event that means nothing there changes nothing
-    (a late carrier event, a second key press, anything after the end)."""
-    t = TABLE.get((state, event))
+def step(state: State, event: Event, flow: Flow = Flow.AGENT) -> Transition:
+    """The transition for ``event`` in ``state`` (in ``flow``); an event that means nothing there changes
+    nothing (a late carrier event, a second key press, a preview decision after the dial, anything after
+    the end)."""
+    t = FLOW_TABLE[flow].get((state, event)) or TABLE.get((state, event))
     if t is None:
         return Transition(state, None, ())
     return t
@@ -149,6 +213,8 @@ def state_from_record(
         return S.CONNECTED
     if outcome == "abandoned":
         return S.ABANDONED
+    if outcome == "delivered":
+        return S.MESSAGE
     if outcome in ("machine", "no_answer", "busy", "failed", "fax"):
         return S.CLOSING
     if answer == "human" and answer_at is not None:
@@ -156,4 +222,14 @@ def state_from_record(
     return S.RINGING
 
 
-__all__ = ["TABLE", "Action", "Event", "State", "Transition", "state_from_record", "step"]
+__all__ = [
+    "FLOW_TABLE",
+    "TABLE",
+    "Action",
+    "Event",
+    "Flow",
+    "State",
+    "Transition",
+    "state_from_record",
+    "step",
+]

@@ -23,6 +23,10 @@ What survives what:
 - **Never two at once**: a lead is claimed atomically with its pop; PostgreSQL's partial unique indexes
   refuse a second open call to a lead or a number, and a second connected call to an agent.
 
+Modes the planner does not pace (``Plan.flow``): *preview* shows each ready agent a lead and dials only on
+their word (``preview.py``, states ``PREVIEWING``/``GATING`` of the call table); *agentless* launches
+message calls (``calls.Flow.MESSAGE``) that no agent is waited for.
+
 Agent-reserved mode (``Plan.reserve_agent``: progressive, and the fallback of the others): before a call
 is dialled, ``ReserveAgent`` holds one ready agent for it (no agent held: the lead goes back to the hopper,
 nothing is dialled); on a live answer ``OfferCall`` names that agent.
@@ -54,13 +58,14 @@ from outdial.core.redis import Redis
 from outdial.pacing.actions import Call, CallActions, carrier_event, observe
 from outdial.pacing.agents import AgentClient
 from outdial.pacing.budget import budget_view
-from outdial.pacing.calls import Event, State
+from outdial.pacing.calls import Event, Flow, State
 from outdial.pacing.estimates import OnlineEstimator
 from outdial.pacing.gate import DialGate, GateLead
 from outdial.pacing.hangups import HangupReader
 from outdial.pacing.hopper import Hopper, TakenLead
 from outdial.pacing.lease import Lease, LeaseStore
 from outdial.pacing.planner import Plan, Planner, RingingCall, TickInput, abandon_limits, effective_params
+from outdial.pacing.preview import PreviewFlow
 from outdial.pacing.snapshot import AGENT_STATES, PAUSED, AgentSnap, BudgetView, Estimates, PacingParams
 from outdial.pacing.store import PacingStore, from_ms, ms
 from outdial.rules import law
@@ -78,6 +83,13 @@ local a = 0
 for _, v in ipairs(m) do if string.sub(v, -2) == ':a' then a = a + 1 end end
 return {#m, a}
 """
+
+
+def flow_of(config: dict[str, Any]) -> Flow:
+    """The call flow of a campaign's calls (agentless: the message; otherwise an agent)."""
+    if config.get("dial_mode") != "agentless":
+        return Flow.AGENT
+    return Flow.MESSAGE_MACHINES if config.get("machine_action") == "leave_message" else Flow.MESSAGE
 
 
 @dataclass
@@ -147,6 +159,9 @@ class Dialer:
             offer_deadline_s=self.offer_deadline_s,
         )
         self.hangups = HangupReader(redis, leases.replica, lambda: list(self.campaigns), self._on_hangup)
+        # Preview mode's side of the dialer; the call table's preview actions are carried out there.
+        self.preview = PreviewFlow(self)
+        self.actions.extension = self.preview
 
     @property
     def replica(self) -> str:
@@ -214,6 +229,7 @@ class Dialer:
         if run is None:
             return
         await self._halt(run)
+        self.preview.withdraw(cid)
         if release:
             with contextlib.suppress(Exception):
                 await self.leases.release(run.lease)
@@ -283,7 +299,10 @@ class Dialer:
 
     async def _on_hangup(self, fields: dict[str, str]) -> None:
         call = self.calls.get(str(fields.get("call_id", "")))
-        if call is not None and call.state is State.CONNECTED and call.end_at is None:
+        if fields.get("kind") == "preview":
+            if call is not None:
+                self.preview.on_notice(call, fields)
+        elif call is not None and call.state is State.CONNECTED and call.end_at is None:
             call.end_at = from_ms(int(fields["at_ms"])) if fields.get("at_ms") else self.clock.now()
             log.info("call %s: the agent hung up; hanging up the carrier leg", call.call_id)
             call.events.put_nowait(Event.AGENT_HANGUP)
@@ -348,6 +367,7 @@ class Dialer:
         mine = [c for c in self.calls.values() if c.campaign_id == cid]
         ringing = [c for c in mine if c.state is State.RINGING]
         waiting = sum(1 for c in mine if c.state is State.OFFERED)
+        messages = sum(1 for c in mine if c.state is State.MESSAGE)
         # Calls of a previous holder still in flight count as ringing (conservative).
         raw_inflight: Any = await self.redis.zrange(keys.calls_in_flight(cid), 0, -1, withscores=True)
         foreign = tuple(
@@ -374,6 +394,7 @@ class Dialer:
                 foreign_ringing_ages_s=foreign,
                 agents_reachable=self.agents.reachable,
                 stop_reason=stop,
+                other_lines=messages,
             )
         )
         if run.stopped:
@@ -383,8 +404,13 @@ class Dialer:
             CALLS_RELEASED.labels(cid).inc()
             log.warning("campaign %s: releasing call %s (no agent can staff it)", cid, ringing[i].call_id)
             ringing[i].events.put_nowait(Event.RELEASE)
+        if plan.flow == "preview":
+            self.preview.check_agents(cid, agents)
         if plan.launch > 0 and config is not None:
-            await self._launch(cid, run, config, plan)
+            if plan.flow == "preview":
+                await self.preview.launch(cid, run, config, plan)
+            else:
+                await self._launch(cid, run, config, plan)
         await self._publish(cid, run, now, overrides, params, plan, agents, waiting, estimates, budget)
 
     # ================================================================ launching calls
@@ -416,6 +442,7 @@ class Dialer:
                     allowed=r.allowed,
                     reasons=r.reasons,
                     gate_at=now,
+                    mode=str(config.get("dial_mode") or ""),
                 )
                 if not r.allowed:
                     run.blocked += 1
@@ -470,7 +497,17 @@ class Dialer:
         """True: dialled. None: fenced off or shutting down (hand the lead back). False: refused because the
         lead or number has a call open."""
         dial_at = self.clock.now()
-        call = Call(g.call_id, cid, g.lead_id, g.number, taken.fields, config, dial_at, held_agent=held_agent)
+        call = Call(
+            g.call_id,
+            cid,
+            g.lead_id,
+            g.number,
+            taken.fields,
+            config,
+            dial_at,
+            held_agent=held_agent,
+            flow=flow_of(config),
+        )
         # Known as ours before it is in flight or PostgreSQL shows it dialled, so reconciliation never takes
         # it for an orphan nor drops its in-flight entry.
         self.calls[g.call_id] = call

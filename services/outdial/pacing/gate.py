@@ -1,6 +1,7 @@
 """The dialer's dial-time gate: every call passes it right before origination, whatever path it came by.
 
-Local checks first (campaign state, caller id, calling window at the lead's zones, rolling 24 h attempt cap,
+Local checks first (campaign state, an agentless campaign the law does not let run without a consent check
+(:func:`outdial.rules.law.agentless_refusal`), caller id, calling window at the lead's zones, rolling 24 h attempt cap,
 the UK 72-hour rule after an abandoned call), then the DNC service's audited ``CheckNumbers`` with
 ``dial_time=true`` for the numbers still allowed. It fails closed: an RPC error, a missing answer or a
 malformed config is a block, with its reason.
@@ -20,6 +21,7 @@ from outdial.core import keys
 from outdial.core.jurisdictions import jurisdiction_to_pb
 from outdial.core.redis import Redis
 from outdial.rules.caps import DAY, check_attempts, check_uk_abandon_rule, default_max_calls_24h
+from outdial.rules.law import agentless_refusal
 from outdial.rules.windows import check_window, window_from_json
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
 
@@ -72,6 +74,12 @@ class DialGate:
             for r in results:
                 r.allowed, r.reasons = False, ["campaign.not_active"]
             return results
+        if config.get("dial_mode") == "agentless":
+            why = agentless_refusal(jurisdiction, informational=bool(config.get("message_informational")))
+            if why:
+                for r in results:
+                    r.allowed, r.reasons, r.detail = False, ["consent.agentless"], why
+                return results
         if not str(config.get("caller_id") or "").strip():
             for r in results:
                 r.allowed, r.reasons = False, ["caller_id.missing"]

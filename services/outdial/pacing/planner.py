@@ -3,8 +3,11 @@
 The dialer and the simulator (``outdial.sim``) both call :meth:`Planner.plan` every tick, so the
 benchmark and ``outdial sim pacing`` exercise exactly the code that dials. One decision is, in order:
 
-1. **Stop reasons** — campaign not active, paused by its pacing settings, a mode the pacer does not dial
-   (preview, agentless), no agent logged in, every agent paused, the agent service unreachable: no call.
+1. **Stop reasons** — campaign not active, paused by its pacing settings, no agent logged in, every agent
+   paused, the agent service unreachable: no call.
+   **Modes without pacing** (:data:`UNPACED_MODES`) end here: *preview* shows one lead to each ready agent
+   (``flow="preview"``: nothing is dialled until the agent says so); *agentless* keeps up to its
+   ``max_lines`` message calls in flight, with no agent at all (``flow="agentless"``).
 2. **The algorithm** of the campaign (:mod:`.algorithms`), unless a **fallback** applies: the
    abandonment budget over the legal window spent, the last 60 minutes at their cap, or estimates not yet
    confident → agent-reserved progressive (no call can then be abandoned).
@@ -40,8 +43,10 @@ from outdial.pacing.snapshot import (
 )
 from outdial.rules import law
 
-#: Modes a campaign can be set to that the pacer never dials by itself (an agent or a message flow does).
+#: Modes a campaign can be set to that the pacing algorithms do not pace: the agent dials (preview), or a
+#: message needs no agent (agentless).
 UNPACED_MODES = frozenset({"preview", "agentless"})
+DEFAULT_AGENTLESS_LINES = 10
 DEFAULT_RING_S = 25.0
 DEFAULT_MAX_LINES_PER_AGENT = 3
 DEFAULT_POWER_RATIO = 2.0
@@ -75,6 +80,8 @@ class TickInput:
     foreign_ringing_ages_s: tuple[float, ...] = ()
     agents_reachable: bool = True
     stop_reason: str = ""
+    # Calls answered and still up that wait for no agent (agentless messages): lines, not agent demand.
+    other_lines: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +96,8 @@ class Plan:
     cancel: tuple[int, ...] = ()
     lines: int = 0
     capacity: int = 0
+    # "" (paced calls), "preview" (each launch is a lead shown to an agent) or "agentless" (message calls).
+    flow: str = ""
 
     @property
     def reason(self) -> str:
@@ -99,6 +108,10 @@ def effective_params(config: Mapping[str, Any], overrides: Mapping[str, Any]) ->
     """A campaign's pacing parameters: its pacing settings over its configuration over the defaults.
     The ring time is never below the legal minimum."""
     mode = str(overrides.get("algorithm") or config.get("dial_mode") or "progressive")
+    if config.get("dial_mode") in UNPACED_MODES:
+        # A preview campaign's leads may be ones that must not be autodialled; an agentless one has no
+        # agents: a pacing-settings algorithm never turns either into a paced campaign.
+        mode = str(config["dial_mode"])
     target = overrides.get("target_abandon_rate")
     ring = overrides.get("ring_timeout_s") or config.get("ring_timeout_s") or DEFAULT_RING_S
     return PacingParams(
@@ -111,6 +124,7 @@ def effective_params(config: Mapping[str, Any], overrides: Mapping[str, Any]) ->
         ),
         ring_timeout_s=law.ring_time(float(ring)),
         target_abandon_rate=float(target) if target else None,
+        max_lines=int(config.get("agentless_lines") or DEFAULT_AGENTLESS_LINES),
     )
 
 
@@ -178,14 +192,16 @@ class Planner:
         lines = len(ages) + inp.answered_waiting
         staffed = sum(1 for a in agents if a.state != PAUSED)
         ready = sum(1 for a in agents if a.state == READY)
+        if inp.params.algorithm == "agentless":
+            return self._agentless(inp, ring, lines + inp.other_lines)
         cancel = self._surplus(inp, staffed)
         stop = inp.stop_reason
         if not stop and not inp.agents_reachable and inp.agents:
             stop = "agent service unreachable"
-        if not stop and inp.params.algorithm in UNPACED_MODES:
-            stop = f"{inp.params.algorithm} mode is not dialled by the pacer"
         if stop:
             return Plan(Decision(0, 0.0, "none", stop, False, ring), 0, False, ring, cancel, lines, staffed)
+        if inp.params.algorithm == "preview":
+            return self._preview(inp, ring, cancel, lines, staffed, ready)
         snap = Snapshot(inp.now_s, agents, ages, inp.answered_waiting, inp.estimates, inp.budget, inp.params)
         d = self.decide(snap)
         n = d.calls
@@ -195,6 +211,32 @@ class Planner:
             held = sum(1 for r in inp.ringing if r.reserved)
             n = min(n, max(0, ready - (lines - held)))
         return Plan(d, max(0, n), d.reserve_agent, max(ring, d.ring_timeout_s), cancel, lines, staffed)
+
+    @staticmethod
+    def _preview(
+        inp: TickInput, ring: float, cancel: tuple[int, ...], lines: int, staffed: int, ready: int
+    ) -> Plan:
+        """One lead shown to each ready agent (an agent previewing or on a preview call is not ready)."""
+        if not inp.agents:
+            why, n = "no agent logged in", 0
+        elif staffed == 0:
+            why, n = "every agent paused", 0
+        else:
+            why, n = f"preview: a lead for each of {ready} ready agents", ready
+        d = Decision(n, 0.0, "preview", why, False, ring)
+        return Plan(d, n, False, ring, cancel, lines, staffed, flow="preview")
+
+    @staticmethod
+    def _agentless(inp: TickInput, ring: float, lines: int) -> Plan:
+        """Message calls up to the campaign's lines; no agent is waited for, so none is counted."""
+        cap = max(0, inp.params.max_lines)
+        if inp.stop_reason:
+            why, n = inp.stop_reason, 0
+        else:
+            n = max(0, cap - lines)
+            why = f"agentless: {lines} of {cap} lines in use"
+        d = Decision(n, float(n), "agentless", why, False, ring)
+        return Plan(d, n, False, ring, (), lines, 0, flow="agentless")
 
     @staticmethod
     def _surplus(inp: TickInput, staffed: int) -> tuple[int, ...]:

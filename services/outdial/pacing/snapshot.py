@@ -93,6 +93,8 @@ class PacingParams:
     max_lines_per_agent: int = 3
     ring_timeout_s: float = 25.0
     target_abandon_rate: float | None = None
+    # Agentless: most message calls in flight (no agent bounds them).
+    max_lines: int = 10
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,11 +99,15 @@ class PacingStore:
         allowed: bool,
         reasons: list[str],
         gate_at: datetime,
+        mode: str = "",
+        dialled_by: str = "",
     ) -> None:
+        """The gate's decision, before any dial. ``dialled_by``: the agent who chose to dial this lead
+        (preview), which makes the call manual (agent-initiated) rather than autodialled."""
         await self.pool.execute(
             """INSERT INTO dial_attempts (call_id, campaign_id, lead_id, number, attempt, replica, fence_token,
-                   allowed, reasons, gate_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10)
+                   allowed, reasons, gate_at, mode, manual, dialled_by)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12 <> '', nullif($12, ''))
                ON CONFLICT (call_id) DO NOTHING""",
             call_id,
             campaign_id,
@@ -115,6 +119,8 @@ class PacingStore:
             allowed,
             json.dumps(reasons),
             gate_at,
+            mode,
+            dialled_by,
         )
 
     async def mark_dialed(self, call_id: str, dial_at: datetime) -> bool:

@@ -34,6 +34,8 @@ __all__ = [
     "AbandonPolicy",
     "abandon_message",
     "abandon_policy",
+    "agentless_message",
+    "agentless_refusal",
     "ring_time",
 ]
 
@@ -146,3 +148,38 @@ def abandon_message(seller: str, callback_number: str, *, jurisdiction: str = "U
             f"or call {spoken}."
         )
     return AbandonMessage(text, seller, callback_number)
+
+
+def agentless_refusal(jurisdiction: str, *, informational: bool, consent_checked: bool = False) -> str:
+    """Why an agentless (prerecorded-message) campaign may not run, or "" when it may.
+
+    A prerecorded telemarketing call needs the called person's prior express written consent, to any number
+    (47 CFR 64.1200(a)(2), (a)(3)); the UK forbids automated marketing calls without prior consent (PECR
+    reg. 19); Canada forbids ADAD solicitation without express consent (CRTC UTR Part IV). Outdial has no
+    per-call consent check yet (``consent_checked`` is that hook, always False today), so it fails closed:
+    only a message the campaign declares informational runs. Informational prerecorded calls to wireless
+    numbers still need prior express consent; the dial-time gate's wireless list enforces that.
+    """
+    if informational:
+        return ""
+    if consent_checked:
+        return ""
+    j = (jurisdiction or DEFAULT_JURISDICTION).upper()
+    return (
+        f"{j}: a prerecorded telemarketing message needs each person's prior express written consent, "
+        "and outdial has no consent check yet; only informational agentless campaigns can run"
+    )
+
+
+def agentless_message(body: str, seller: str, callback_number: str) -> str:
+    """The text an agentless call plays to a person: who calls first, then the message, then a number to
+    call and the opt-out key (47 CFR 64.1200(b)(1) identity at the beginning, (b)(2) a telephone number,
+    (b)(3) the automated opt-out of every prerecorded call that could be telemarketing; outdial offers it on
+    every agentless call)."""
+    seller = seller.strip()
+    callback_number = callback_number.strip()
+    body = body.strip()
+    if not seller or not callback_number or not body:
+        raise ValueError("an agentless message needs the caller's name, a callback number and a body")
+    spoken = " ".join(callback_number.lstrip("+"))
+    return f"This is {seller}. {body} To not be called again, press {OPT_OUT_KEY}, or call {spoken}."

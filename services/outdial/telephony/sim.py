@@ -226,6 +226,13 @@ class SimCarrier(TelephonyAdapter):
         if d.outcome is Outcome.MACHINE:
             self._emit(call, EventKind.ANSWERED, answer=Answer.MACHINE)
             cmd = await self._wait(call, cfg.machine_hangup_s)
+            if cmd is not None and cmd[0] == "play":
+                # A message left on the machine (agentless campaigns that leave one): it records it all.
+                cmd = await self._wait(call, cfg.message_s)
+                if cmd is not None and cmd[0] in ("hangup", "cancel"):
+                    return "local"
+                self._emit(call, EventKind.MESSAGE_DONE)
+                return "remote"
             return "local" if cmd is not None and cmd[0] in ("hangup", "cancel") else "remote"
         self._emit(call, EventKind.ANSWERED, answer=Answer.HUMAN)
         cmd = await self._wait(call, cfg.silence_hangup_s)
@@ -236,7 +243,8 @@ class SimCarrier(TelephonyAdapter):
         if cmd[0] == "bridge":
             cmd = await self._wait(call, d.talk_s)
             return "local" if cmd is not None and cmd[0] in ("hangup", "cancel") else "remote"
-        # play: the abandonment message, maybe a key press, then the person hangs up.
+        # play: a message (the abandonment message, or an agentless campaign's), maybe a key press, then the
+        # person hangs up.
         if d.opt_out:
             cmd = await self._wait(call, cfg.message_s * 0.6)
             if cmd is not None and cmd[0] in ("hangup", "cancel"):

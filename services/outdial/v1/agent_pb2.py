@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from outdial.v1 import common_pb2 as outdial_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16outdial/v1/agent.proto\x12\noutdial.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17outdial/v1/common.proto\";\n\x12\x43\x61mpaignMembership\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\"\xef\x01\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.outdial.v1.AgentState\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\tcampaigns\x18\x04 \x03(\x0b\x32\x1e.outdial.v1.CampaignMembership\x12\x0e\n\x06skills\x18\x05 \x03(\t\x12\x14\n\x0cpause_reason\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x07 \x01(\t\x12\x12\n\nsession_id\x18\x08 \x01(\t\"c\n\x0cLoginRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x31\n\tcampaigns\x18\x02 \x03(\x0b\x32\x1e.outdial.v1.CampaignMembership\x12\x0e\n\x06skills\x18\x03 \x03(\t\"\x83\x01\n\rLoginResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\rLogoutRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"9\n\x0eLogoutResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\"`\n\x0fSetStateRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.outdial.v1.AgentState\x12\x14\n\x0cpause_reason\x18\x03 \x01(\t\";\n\x10SetStateResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\"6\n\x0e\x43onnectRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\xb5\x02\n\tCallOffer\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x0f\n\x07lead_id\x18\x03 \x01(\t\x12\x0e\n\x06number\x18\x04 \x01(\t\x12\x11\n\tlead_name\x18\x05 \x01(\t\x12:\n\x0blead_fields\x18\x06 \x03(\x0b\x32%.outdial.v1.CallOffer.LeadFieldsEntry\x12/\n\x0b\x61nswered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\noffered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x31\n\x0fLeadFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x01\n\x0f\x43onnectResponse\x12&\n\x05offer\x18\x01 \x01(\x0b\x32\x15.outdial.v1.CallOfferH\x00\x12)\n\x06status\x18\x02 \x01(\x0b\x32\x17.outdial.v1.AgentStatusH\x00\x12\x14\n\ncall_ended\x18\x03 \x01(\tH\x00\x42\x07\n\x05\x65vent\"8\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"<\n\x11HeartbeatResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\"3\n\x0e\x45ndCallRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\":\n\x0f\x45ndCallResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\"\x8f\x01\n\x15SetDispositionRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64isposition\x18\x03 \x01(\t\x12/\n\x0b\x63\x61llback_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05notes\x18\x05 \x01(\t\"A\n\x16SetDispositionResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\"(\n\x11ListAgentsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"=\n\x12ListAgentsResponse\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.outdial.v1.AgentStatus\"\xf4\x02\n\x10OfferCallRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x0f\n\x07lead_id\x18\x03 \x01(\t\x12\x0e\n\x06number\x18\x04 \x01(\t\x12\x11\n\tlead_name\x18\x05 \x01(\t\x12\x41\n\x0blead_fields\x18\x06 \x03(\x0b\x32,.outdial.v1.OfferCallRequest.LeadFieldsEntry\x12/\n\x0b\x61nswered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0frequired_skills\x18\t \x03(\t\x12\x19\n\x11reserved_agent_id\x18\n \x01(\t\x1a\x31\n\x0fLeadFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"s\n\x11OfferCallResponse\x12\x10\n\x08\x61ssigned\x18\x01 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12*\n\x07latency\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\",\n\x15GetAgentCountsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"A\n\x16GetAgentCountsResponse\x12\'\n\x06\x63ounts\x18\x01 \x01(\x0b\x32\x17.outdial.v1.AgentCounts\"|\n\x13ReserveAgentRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0frequired_skills\x18\x04 \x03(\t\"J\n\x14ReserveAgentResponse\x12\x10\n\x08reserved\x18\x01 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"H\n\x13ReleaseAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"Q\n\x14ReleaseAgentResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.outdial.v1.AgentStatus2\x97\x07\n\x0c\x41gentService\x12<\n\x05Login\x12\x18.outdial.v1.LoginRequest\x1a\x19.outdial.v1.LoginResponse\x12?\n\x06Logout\x12\x19.outdial.v1.LogoutRequest\x1a\x1a.outdial.v1.LogoutResponse\x12\x45\n\x08SetState\x12\x1b.outdial.v1.SetStateRequest\x1a\x1c.outdial.v1.SetStateResponse\x12\x44\n\x07\x43onnect\x12\x1a.outdial.v1.ConnectRequest\x1a\x1b.outdial.v1.ConnectResponse0\x01\x12H\n\tHeartbeat\x12\x1c.outdial.v1.HeartbeatRequest\x1a\x1d.outdial.v1.HeartbeatResponse\x12\x42\n\x07\x45ndCall\x12\x1a.outdial.v1.EndCallRequest\x1a\x1b.outdial.v1.EndCallResponse\x12W\n\x0eSetDisposition\x12!.outdial.v1.SetDispositionRequest\x1a\".outdial.v1.SetDispositionResponse\x12K\n\nListAgents\x12\x1d.outdial.v1.ListAgentsRequest\x1a\x1e.outdial.v1.ListAgentsResponse\x12H\n\tOfferCall\x12\x1c.outdial.v1.OfferCallRequest\x1a\x1d.outdial.v1.OfferCallResponse\x12W\n\x0eGetAgentCounts\x12!.outdial.v1.GetAgentCountsRequest\x1a\".outdial.v1.GetAgentCountsResponse\x12Q\n\x0cReserveAgent\x12\x1f.outdial.v1.ReserveAgentRequest\x1a .outdial.v1.ReserveAgentResponse\x12Q\n\x0cReleaseAgent\x12\x1f.outdial.v1.ReleaseAgentRequest\x1a .outdial.v1.ReleaseAgentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16outdial/v1/agent.proto\x12\noutdial.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17outdial/v1/common.proto\";\n\x12\x43\x61mpaignMembership\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\"\xef\x01\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.outdial.v1.AgentState\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\tcampaigns\x18\x04 \x03(\x0b\x32\x1e.outdial.v1.CampaignMembership\x12\x0e\n\x06skills\x18\x05 \x03(\t\x12\x14\n\x0cpause_reason\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x07 \x01(\t\x12\x12\n\nsession_id\x18\x08 \x01(\t\"c\n\x0cLoginRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x31\n\tcampaigns\x18\x02 \x03(\x0b\x32\x1e.outdial.v1.CampaignMembership\x12\x0e\n\x06skills\x18\x03 \x03(\t\"\x83\x01\n\rLoginResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\rLogoutRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"9\n\x0eLogoutResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\"`\n\x0fSetStateRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.outdial.v1.AgentState\x12\x14\n\x0cpause_reason\x18\x03 \x01(\t\";\n\x10SetStateResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\"6\n\x0e\x43onnectRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\xb5\x02\n\tCallOffer\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x0f\n\x07lead_id\x18\x03 \x01(\t\x12\x0e\n\x06number\x18\x04 \x01(\t\x12\x11\n\tlead_name\x18\x05 \x01(\t\x12:\n\x0blead_fields\x18\x06 \x03(\x0b\x32%.outdial.v1.CallOffer.LeadFieldsEntry\x12/\n\x0b\x61nswered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\noffered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x31\n\x0fLeadFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe7\x01\n\x0f\x43onnectResponse\x12&\n\x05offer\x18\x01 \x01(\x0b\x32\x15.outdial.v1.CallOfferH\x00\x12)\n\x06status\x18\x02 \x01(\x0b\x32\x17.outdial.v1.AgentStatusH\x00\x12\x14\n\ncall_ended\x18\x03 \x01(\tH\x00\x12+\n\x07preview\x18\x04 \x01(\x0b\x32\x18.outdial.v1.PreviewOfferH\x00\x12\x35\n\x0fpreview_decided\x18\x05 \x01(\x0b\x32\x1a.outdial.v1.PreviewDecidedH\x00\x42\x07\n\x05\x65vent\"\xee\x02\n\x0cPreviewOffer\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x0f\n\x07lead_id\x18\x03 \x01(\t\x12\x0e\n\x06number\x18\x04 \x01(\t\x12\x11\n\tlead_name\x18\x05 \x01(\t\x12=\n\x0blead_fields\x18\x06 \x03(\x0b\x32(.outdial.v1.PreviewOffer.LeadFieldsEntry\x12.\n\noffered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tdecide_by\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0etimeout_action\x18\t \x01(\x0e\x32\x1b.outdial.v1.PreviewDecision\x1a\x31\n\x0fLeadFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\\\n\x0ePreviewDecided\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12-\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x1b.outdial.v1.PreviewDecision\x12\n\n\x02\x62y\x18\x03 \x01(\t\"8\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"<\n\x11HeartbeatResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\"3\n\x0e\x45ndCallRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\":\n\x0f\x45ndCallResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\"\x8f\x01\n\x15SetDispositionRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x13\n\x0b\x64isposition\x18\x03 \x01(\t\x12/\n\x0b\x63\x61llback_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05notes\x18\x05 \x01(\t\"A\n\x16SetDispositionResponse\x12\'\n\x06status\x18\x01 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\"(\n\x11ListAgentsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"=\n\x12ListAgentsResponse\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.outdial.v1.AgentStatus\"\xf4\x02\n\x10OfferCallRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x0f\n\x07lead_id\x18\x03 \x01(\t\x12\x0e\n\x06number\x18\x04 \x01(\t\x12\x11\n\tlead_name\x18\x05 \x01(\t\x12\x41\n\x0blead_fields\x18\x06 \x03(\x0b\x32,.outdial.v1.OfferCallRequest.LeadFieldsEntry\x12/\n\x0b\x61nswered_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0frequired_skills\x18\t \x03(\t\x12\x19\n\x11reserved_agent_id\x18\n \x01(\t\x1a\x31\n\x0fLeadFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"s\n\x11OfferCallResponse\x12\x10\n\x08\x61ssigned\x18\x01 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12*\n\x07latency\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\",\n\x15GetAgentCountsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"A\n\x16GetAgentCountsResponse\x12\'\n\x06\x63ounts\x18\x01 \x01(\x0b\x32\x17.outdial.v1.AgentCounts\"|\n\x13ReserveAgentRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0frequired_skills\x18\x04 \x03(\t\"J\n\x14ReserveAgentResponse\x12\x10\n\x08reserved\x18\x01 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"H\n\x13ReleaseAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"Q\n\x14ReleaseAgentResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.outdial.v1.AgentStatus\"\x8e\x03\n\x12PreviewLeadRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x0f\n\x07lead_id\x18\x03 \x01(\t\x12\x0e\n\x06number\x18\x04 \x01(\t\x12\x11\n\tlead_name\x18\x05 \x01(\t\x12\x43\n\x0blead_fields\x18\x06 \x03(\x0b\x32..outdial.v1.PreviewLeadRequest.LeadFieldsEntry\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x0etimeout_action\x18\x08 \x01(\x0e\x32\x1b.outdial.v1.PreviewDecision\x12,\n\tdial_hold\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0frequired_skills\x18\n \x03(\t\x1a\x31\n\x0fLeadFieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x13PreviewLeadResponse\x12\x11\n\tpreviewed\x18\x01 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"h\n\x14\x44\x65\x63idePreviewRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12-\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x1b.outdial.v1.PreviewDecision\"\x84\x01\n\x15\x44\x65\x63idePreviewResponse\x12-\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x1b.outdial.v1.PreviewDecision\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0b\x32\x17.outdial.v1.AgentStatus*i\n\x0fPreviewDecision\x12 \n\x1cPREVIEW_DECISION_UNSPECIFIED\x10\x00\x12\x19\n\x15PREVIEW_DECISION_DIAL\x10\x01\x12\x19\n\x15PREVIEW_DECISION_SKIP\x10\x02\x32\xbd\x08\n\x0c\x41gentService\x12<\n\x05Login\x12\x18.outdial.v1.LoginRequest\x1a\x19.outdial.v1.LoginResponse\x12?\n\x06Logout\x12\x19.outdial.v1.LogoutRequest\x1a\x1a.outdial.v1.LogoutResponse\x12\x45\n\x08SetState\x12\x1b.outdial.v1.SetStateRequest\x1a\x1c.outdial.v1.SetStateResponse\x12\x44\n\x07\x43onnect\x12\x1a.outdial.v1.ConnectRequest\x1a\x1b.outdial.v1.ConnectResponse0\x01\x12H\n\tHeartbeat\x12\x1c.outdial.v1.HeartbeatRequest\x1a\x1d.outdial.v1.HeartbeatResponse\x12\x42\n\x07\x45ndCall\x12\x1a.outdial.v1.EndCallRequest\x1a\x1b.outdial.v1.EndCallResponse\x12W\n\x0eSetDisposition\x12!.outdial.v1.SetDispositionRequest\x1a\".outdial.v1.SetDispositionResponse\x12K\n\nListAgents\x12\x1d.outdial.v1.ListAgentsRequest\x1a\x1e.outdial.v1.ListAgentsResponse\x12H\n\tOfferCall\x12\x1c.outdial.v1.OfferCallRequest\x1a\x1d.outdial.v1.OfferCallResponse\x12W\n\x0eGetAgentCounts\x12!.outdial.v1.GetAgentCountsRequest\x1a\".outdial.v1.GetAgentCountsResponse\x12Q\n\x0cReserveAgent\x12\x1f.outdial.v1.ReserveAgentRequest\x1a .outdial.v1.ReserveAgentResponse\x12Q\n\x0cReleaseAgent\x12\x1f.outdial.v1.ReleaseAgentRequest\x1a .outdial.v1.ReleaseAgentResponse\x12N\n\x0bPreviewLead\x12\x1e.outdial.v1.PreviewLeadRequest\x1a\x1f.outdial.v1.PreviewLeadResponse\x12T\n\rDecidePreview\x12 .outdial.v1.DecidePreviewRequest\x1a!.outdial.v1.DecidePreviewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLOFFER_LEADFIELDSENTRY']._loaded_options = None
   _globals['_CALLOFFER_LEADFIELDSENTRY']._serialized_options = b'8\001'
+  _globals['_PREVIEWOFFER_LEADFIELDSENTRY']._loaded_options = None
+  _globals['_PREVIEWOFFER_LEADFIELDSENTRY']._serialized_options = b'8\001'
   _globals['_OFFERCALLREQUEST_LEADFIELDSENTRY']._loaded_options = None
   _globals['_OFFERCALLREQUEST_LEADFIELDSENTRY']._serialized_options = b'8\001'
+  _globals['_PREVIEWLEADREQUEST_LEADFIELDSENTRY']._loaded_options = None
+  _globals['_PREVIEWLEADREQUEST_LEADFIELDSENTRY']._serialized_options = b'8\001'
+  _globals['_PREVIEWDECISION']._serialized_start=4217
+  _globals['_PREVIEWDECISION']._serialized_end=4322
   _globals['_CAMPAIGNMEMBERSHIP']._serialized_start=128
   _globals['_CAMPAIGNMEMBERSHIP']._serialized_end=187
   _globals['_AGENTSTATUS']._serialized_start=190
@@ -61,41 +67,57 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLOFFER_LEADFIELDSENTRY']._serialized_start=1236
   _globals['_CALLOFFER_LEADFIELDSENTRY']._serialized_end=1285
   _globals['_CONNECTRESPONSE']._serialized_start=1288
-  _globals['_CONNECTRESPONSE']._serialized_end=1419
-  _globals['_HEARTBEATREQUEST']._serialized_start=1421
-  _globals['_HEARTBEATREQUEST']._serialized_end=1477
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1479
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1539
-  _globals['_ENDCALLREQUEST']._serialized_start=1541
-  _globals['_ENDCALLREQUEST']._serialized_end=1592
-  _globals['_ENDCALLRESPONSE']._serialized_start=1594
-  _globals['_ENDCALLRESPONSE']._serialized_end=1652
-  _globals['_SETDISPOSITIONREQUEST']._serialized_start=1655
-  _globals['_SETDISPOSITIONREQUEST']._serialized_end=1798
-  _globals['_SETDISPOSITIONRESPONSE']._serialized_start=1800
-  _globals['_SETDISPOSITIONRESPONSE']._serialized_end=1865
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1867
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1907
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1909
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1970
-  _globals['_OFFERCALLREQUEST']._serialized_start=1973
-  _globals['_OFFERCALLREQUEST']._serialized_end=2345
+  _globals['_CONNECTRESPONSE']._serialized_end=1519
+  _globals['_PREVIEWOFFER']._serialized_start=1522
+  _globals['_PREVIEWOFFER']._serialized_end=1888
+  _globals['_PREVIEWOFFER_LEADFIELDSENTRY']._serialized_start=1236
+  _globals['_PREVIEWOFFER_LEADFIELDSENTRY']._serialized_end=1285
+  _globals['_PREVIEWDECIDED']._serialized_start=1890
+  _globals['_PREVIEWDECIDED']._serialized_end=1982
+  _globals['_HEARTBEATREQUEST']._serialized_start=1984
+  _globals['_HEARTBEATREQUEST']._serialized_end=2040
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2042
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2102
+  _globals['_ENDCALLREQUEST']._serialized_start=2104
+  _globals['_ENDCALLREQUEST']._serialized_end=2155
+  _globals['_ENDCALLRESPONSE']._serialized_start=2157
+  _globals['_ENDCALLRESPONSE']._serialized_end=2215
+  _globals['_SETDISPOSITIONREQUEST']._serialized_start=2218
+  _globals['_SETDISPOSITIONREQUEST']._serialized_end=2361
+  _globals['_SETDISPOSITIONRESPONSE']._serialized_start=2363
+  _globals['_SETDISPOSITIONRESPONSE']._serialized_end=2428
+  _globals['_LISTAGENTSREQUEST']._serialized_start=2430
+  _globals['_LISTAGENTSREQUEST']._serialized_end=2470
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=2472
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=2533
+  _globals['_OFFERCALLREQUEST']._serialized_start=2536
+  _globals['_OFFERCALLREQUEST']._serialized_end=2908
   _globals['_OFFERCALLREQUEST_LEADFIELDSENTRY']._serialized_start=1236
   _globals['_OFFERCALLREQUEST_LEADFIELDSENTRY']._serialized_end=1285
-  _globals['_OFFERCALLRESPONSE']._serialized_start=2347
-  _globals['_OFFERCALLRESPONSE']._serialized_end=2462
-  _globals['_GETAGENTCOUNTSREQUEST']._serialized_start=2464
-  _globals['_GETAGENTCOUNTSREQUEST']._serialized_end=2508
-  _globals['_GETAGENTCOUNTSRESPONSE']._serialized_start=2510
-  _globals['_GETAGENTCOUNTSRESPONSE']._serialized_end=2575
-  _globals['_RESERVEAGENTREQUEST']._serialized_start=2577
-  _globals['_RESERVEAGENTREQUEST']._serialized_end=2701
-  _globals['_RESERVEAGENTRESPONSE']._serialized_start=2703
-  _globals['_RESERVEAGENTRESPONSE']._serialized_end=2777
-  _globals['_RELEASEAGENTREQUEST']._serialized_start=2779
-  _globals['_RELEASEAGENTREQUEST']._serialized_end=2851
-  _globals['_RELEASEAGENTRESPONSE']._serialized_start=2853
-  _globals['_RELEASEAGENTRESPONSE']._serialized_end=2934
-  _globals['_AGENTSERVICE']._serialized_start=2937
-  _globals['_AGENTSERVICE']._serialized_end=3856
+  _globals['_OFFERCALLRESPONSE']._serialized_start=2910
+  _globals['_OFFERCALLRESPONSE']._serialized_end=3025
+  _globals['_GETAGENTCOUNTSREQUEST']._serialized_start=3027
+  _globals['_GETAGENTCOUNTSREQUEST']._serialized_end=3071
+  _globals['_GETAGENTCOUNTSRESPONSE']._serialized_start=3073
+  _globals['_GETAGENTCOUNTSRESPONSE']._serialized_end=3138
+  _globals['_RESERVEAGENTREQUEST']._serialized_start=3140
+  _globals['_RESERVEAGENTREQUEST']._serialized_end=3264
+  _globals['_RESERVEAGENTRESPONSE']._serialized_start=3266
+  _globals['_RESERVEAGENTRESPONSE']._serialized_end=3340
+  _globals['_RELEASEAGENTREQUEST']._serialized_start=3342
+  _globals['_RELEASEAGENTREQUEST']._serialized_end=3414
+  _globals['_RELEASEAGENTRESPONSE']._serialized_start=3416
+  _globals['_RELEASEAGENTRESPONSE']._serialized_end=3497
+  _globals['_PREVIEWLEADREQUEST']._serialized_start=3500
+  _globals['_PREVIEWLEADREQUEST']._serialized_end=3898
+  _globals['_PREVIEWLEADREQUEST_LEADFIELDSENTRY']._serialized_start=1236
+  _globals['_PREVIEWLEADREQUEST_LEADFIELDSENTRY']._serialized_end=1285
+  _globals['_PREVIEWLEADRESPONSE']._serialized_start=3900
+  _globals['_PREVIEWLEADRESPONSE']._serialized_end=3974
+  _globals['_DECIDEPREVIEWREQUEST']._serialized_start=3976
+  _globals['_DECIDEPREVIEWREQUEST']._serialized_end=4080
+  _globals['_DECIDEPREVIEWRESPONSE']._serialized_start=4083
+  _globals['_DECIDEPREVIEWRESPONSE']._serialized_end=4215
+  _globals['_AGENTSERVICE']._serialized_start=4325
+  _globals['_AGENTSERVICE']._serialized_end=5410
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from outdial.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -20,6 +21,23 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PreviewDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PreviewDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PreviewDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PREVIEW_DECISION_UNSPECIFIED: _PreviewDecision.ValueType  # 0
+    PREVIEW_DECISION_DIAL: _PreviewDecision.ValueType  # 1
+    PREVIEW_DECISION_SKIP: _PreviewDecision.ValueType  # 2
+
+class PreviewDecision(_PreviewDecision, metaclass=_PreviewDecisionEnumTypeWrapper): ...
+
+PREVIEW_DECISION_UNSPECIFIED: PreviewDecision.ValueType  # 0
+PREVIEW_DECISION_DIAL: PreviewDecision.ValueType  # 1
+PREVIEW_DECISION_SKIP: PreviewDecision.ValueType  # 2
+Global___PreviewDecision: _TypeAlias = PreviewDecision  # noqa: Y015
 
 @_typing.final
 class CampaignMembership(_message.Message):
@@ -319,28 +337,134 @@ class ConnectResponse(_message.Message):
     OFFER_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     CALL_ENDED_FIELD_NUMBER: _builtins.int
+    PREVIEW_FIELD_NUMBER: _builtins.int
+    PREVIEW_DECIDED_FIELD_NUMBER: _builtins.int
     call_ended: _builtins.str
     """The call ended on the far side."""
     @_builtins.property
     def offer(self) -> Global___CallOffer: ...
     @_builtins.property
     def status(self) -> Global___AgentStatus: ...
+    @_builtins.property
+    def preview(self) -> Global___PreviewOffer:
+        """A lead to look at before it is dialled (preview mode): answer with DecidePreview."""
+
+    @_builtins.property
+    def preview_decided(self) -> Global___PreviewDecided:
+        """A preview was decided (by the agent, or by its timeout)."""
+
     def __init__(
         self,
         *,
         offer: Global___CallOffer | None = ...,
         status: Global___AgentStatus | None = ...,
         call_ended: _builtins.str = ...,
+        preview: Global___PreviewOffer | None = ...,
+        preview_decided: Global___PreviewDecided | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["call_ended", b"call_ended", "event", b"event", "offer", b"offer", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call_ended", b"call_ended", "event", b"event", "offer", b"offer", "preview", b"preview", "preview_decided", b"preview_decided", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_ended", b"call_ended", "event", b"event", "offer", b"offer", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_ended", b"call_ended", "event", b"event", "offer", b"offer", "preview", b"preview", "preview_decided", b"preview_decided", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["offer", "status", "call_ended"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["offer", "status", "call_ended", "preview", "preview_decided"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class PreviewOffer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LeadFieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    LEAD_ID_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    LEAD_NAME_FIELD_NUMBER: _builtins.int
+    LEAD_FIELDS_FIELD_NUMBER: _builtins.int
+    OFFERED_AT_FIELD_NUMBER: _builtins.int
+    DECIDE_BY_FIELD_NUMBER: _builtins.int
+    TIMEOUT_ACTION_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    campaign_id: _builtins.str
+    lead_id: _builtins.str
+    number: _builtins.str
+    lead_name: _builtins.str
+    timeout_action: Global___PreviewDecision.ValueType
+    @_builtins.property
+    def lead_fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def offered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def decide_by(self) -> _timestamp_pb2.Timestamp:
+        """When the timeout action happens (unset: the preview waits for the agent)."""
+
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+        lead_id: _builtins.str = ...,
+        number: _builtins.str = ...,
+        lead_name: _builtins.str = ...,
+        lead_fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        offered_at: _timestamp_pb2.Timestamp | None = ...,
+        decide_by: _timestamp_pb2.Timestamp | None = ...,
+        timeout_action: Global___PreviewDecision.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decide_by", b"decide_by", "offered_at", b"offered_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "campaign_id", b"campaign_id", "decide_by", b"decide_by", "lead_fields", b"lead_fields", "lead_id", b"lead_id", "lead_name", b"lead_name", "number", b"number", "offered_at", b"offered_at", "timeout_action", b"timeout_action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewOffer: _TypeAlias = PreviewOffer  # noqa: Y015
+
+@_typing.final
+class PreviewDecided(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    decision: Global___PreviewDecision.ValueType
+    by: _builtins.str
+    """"agent" or "timeout"."""
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        decision: Global___PreviewDecision.ValueType = ...,
+        by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "call_id", b"call_id", "decision", b"decision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewDecided: _TypeAlias = PreviewDecided  # noqa: Y015
 
 @_typing.final
 class HeartbeatRequest(_message.Message):
@@ -769,3 +893,155 @@ class ReleaseAgentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseAgentResponse: _TypeAlias = ReleaseAgentResponse  # noqa: Y015
+
+@_typing.final
+class PreviewLeadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LeadFieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    LEAD_ID_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    LEAD_NAME_FIELD_NUMBER: _builtins.int
+    LEAD_FIELDS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    TIMEOUT_ACTION_FIELD_NUMBER: _builtins.int
+    DIAL_HOLD_FIELD_NUMBER: _builtins.int
+    REQUIRED_SKILLS_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    call_id: _builtins.str
+    lead_id: _builtins.str
+    number: _builtins.str
+    lead_name: _builtins.str
+    timeout_action: Global___PreviewDecision.ValueType
+    @_builtins.property
+    def lead_fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long the agent has to decide (0 = no limit: the agent decides)."""
+
+    @_builtins.property
+    def dial_hold(self) -> _duration_pb2.Duration:
+        """How long the agent stays held once they chose to dial (ring time plus the offer deadline, typically)."""
+
+    @_builtins.property
+    def required_skills(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        call_id: _builtins.str = ...,
+        lead_id: _builtins.str = ...,
+        number: _builtins.str = ...,
+        lead_name: _builtins.str = ...,
+        lead_fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        timeout_action: Global___PreviewDecision.ValueType = ...,
+        dial_hold: _duration_pb2.Duration | None = ...,
+        required_skills: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dial_hold", b"dial_hold", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "campaign_id", b"campaign_id", "dial_hold", b"dial_hold", "lead_fields", b"lead_fields", "lead_id", b"lead_id", "lead_name", b"lead_name", "number", b"number", "required_skills", b"required_skills", "timeout", b"timeout", "timeout_action", b"timeout_action"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewLeadRequest: _TypeAlias = PreviewLeadRequest  # noqa: Y015
+
+@_typing.final
+class PreviewLeadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIEWED_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    previewed: _builtins.bool
+    agent_id: _builtins.str
+    reason: _builtins.str
+    """Why no agent was shown the lead (no_agent_ready, not_delivered)."""
+    def __init__(
+        self,
+        *,
+        previewed: _builtins.bool = ...,
+        agent_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "previewed", b"previewed", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewLeadResponse: _TypeAlias = PreviewLeadResponse  # noqa: Y015
+
+@_typing.final
+class DecidePreviewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    call_id: _builtins.str
+    decision: Global___PreviewDecision.ValueType
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        call_id: _builtins.str = ...,
+        decision: Global___PreviewDecision.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "call_id", b"call_id", "decision", b"decision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecidePreviewRequest: _TypeAlias = DecidePreviewRequest  # noqa: Y015
+
+@_typing.final
+class DecidePreviewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    decision: Global___PreviewDecision.ValueType
+    """The decision that stands (an earlier one wins); UNSPECIFIED when the agent no longer holds the preview."""
+    campaign_id: _builtins.str
+    @_builtins.property
+    def status(self) -> Global___AgentStatus: ...
+    def __init__(
+        self,
+        *,
+        decision: Global___PreviewDecision.ValueType = ...,
+        campaign_id: _builtins.str = ...,
+        status: Global___AgentStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "decision", b"decision", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecidePreviewResponse: _TypeAlias = DecidePreviewResponse  # noqa: Y015

@@ -95,6 +95,16 @@ class AgentServiceStub:
                 request_serializer=outdial_dot_v1_dot_agent__pb2.ReleaseAgentRequest.SerializeToString,
                 response_deserializer=outdial_dot_v1_dot_agent__pb2.ReleaseAgentResponse.FromString,
                 _registered_method=True)
+        self.PreviewLead = channel.unary_unary(
+                '/outdial.v1.AgentService/PreviewLead',
+                request_serializer=outdial_dot_v1_dot_agent__pb2.PreviewLeadRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_agent__pb2.PreviewLeadResponse.FromString,
+                _registered_method=True)
+        self.DecidePreview = channel.unary_unary(
+                '/outdial.v1.AgentService/DecidePreview',
+                request_serializer=outdial_dot_v1_dot_agent__pb2.DecidePreviewRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_agent__pb2.DecidePreviewResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -180,6 +190,22 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreviewLead(self, request, context):
+        """Used by the dialer in preview mode: hold one ready agent of the campaign and show them a lead before
+        anything is dialled (the preview goes down their Connect stream). Idempotent per call_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecidePreview(self, request, context):
+        """The agent's answer to a preview: dial or skip. The dialer calls it too when the preview times out;
+        the first decision stands and is returned to every caller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -242,6 +268,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReleaseAgent,
                     request_deserializer=outdial_dot_v1_dot_agent__pb2.ReleaseAgentRequest.FromString,
                     response_serializer=outdial_dot_v1_dot_agent__pb2.ReleaseAgentResponse.SerializeToString,
+            ),
+            'PreviewLead': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewLead,
+                    request_deserializer=outdial_dot_v1_dot_agent__pb2.PreviewLeadRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_agent__pb2.PreviewLeadResponse.SerializeToString,
+            ),
+            'DecidePreview': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecidePreview,
+                    request_deserializer=outdial_dot_v1_dot_agent__pb2.DecidePreviewRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_agent__pb2.DecidePreviewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -569,6 +605,60 @@ class AgentService:
             '/outdial.v1.AgentService/ReleaseAgent',
             outdial_dot_v1_dot_agent__pb2.ReleaseAgentRequest.SerializeToString,
             outdial_dot_v1_dot_agent__pb2.ReleaseAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewLead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outdial.v1.AgentService/PreviewLead',
+            outdial_dot_v1_dot_agent__pb2.PreviewLeadRequest.SerializeToString,
+            outdial_dot_v1_dot_agent__pb2.PreviewLeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecidePreview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outdial.v1.AgentService/DecidePreview',
+            outdial_dot_v1_dot_agent__pb2.DecidePreviewRequest.SerializeToString,
+            outdial_dot_v1_dot_agent__pb2.DecidePreviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

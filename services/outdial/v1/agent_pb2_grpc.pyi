@@ -54,6 +54,14 @@ class AgentServiceStub:
     """Used by the dialer: give back an agent held for a call (no answer, machine, failure, or a call
     abandoned after all, including one connected too late). Idempotent.
     """
+    PreviewLead: _grpc.UnaryUnaryMultiCallable[_agent_pb2.PreviewLeadRequest, _agent_pb2.PreviewLeadResponse]
+    """Used by the dialer in preview mode: hold one ready agent of the campaign and show them a lead before
+    anything is dialled (the preview goes down their Connect stream). Idempotent per call_id.
+    """
+    DecidePreview: _grpc.UnaryUnaryMultiCallable[_agent_pb2.DecidePreviewRequest, _agent_pb2.DecidePreviewResponse]
+    """The agent's answer to a preview: dial or skip. The dialer calls it too when the preview times out;
+    the first decision stands and is returned to every caller.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -80,6 +88,14 @@ class AgentServiceAsyncStub(AgentServiceStub):
     ReleaseAgent: _aio.UnaryUnaryMultiCallable[_agent_pb2.ReleaseAgentRequest, _agent_pb2.ReleaseAgentResponse]  # type: ignore[assignment]
     """Used by the dialer: give back an agent held for a call (no answer, machine, failure, or a call
     abandoned after all, including one connected too late). Idempotent.
+    """
+    PreviewLead: _aio.UnaryUnaryMultiCallable[_agent_pb2.PreviewLeadRequest, _agent_pb2.PreviewLeadResponse]  # type: ignore[assignment]
+    """Used by the dialer in preview mode: hold one ready agent of the campaign and show them a lead before
+    anything is dialled (the preview goes down their Connect stream). Idempotent per call_id.
+    """
+    DecidePreview: _aio.UnaryUnaryMultiCallable[_agent_pb2.DecidePreviewRequest, _agent_pb2.DecidePreviewResponse]  # type: ignore[assignment]
+    """The agent's answer to a preview: dial or skip. The dialer calls it too when the preview times out;
+    the first decision stands and is returned to every caller.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -176,6 +192,26 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_pb2.ReleaseAgentResponse, _abc.Awaitable[_agent_pb2.ReleaseAgentResponse]]:
         """Used by the dialer: give back an agent held for a call (no answer, machine, failure, or a call
         abandoned after all, including one connected too late). Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def PreviewLead(
+        self,
+        request: _agent_pb2.PreviewLeadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.PreviewLeadResponse, _abc.Awaitable[_agent_pb2.PreviewLeadResponse]]:
+        """Used by the dialer in preview mode: hold one ready agent of the campaign and show them a lead before
+        anything is dialled (the preview goes down their Connect stream). Idempotent per call_id.
+        """
+
+    @_abc_1.abstractmethod
+    def DecidePreview(
+        self,
+        request: _agent_pb2.DecidePreviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.DecidePreviewResponse, _abc.Awaitable[_agent_pb2.DecidePreviewResponse]]:
+        """The agent's answer to a preview: dial or skip. The dialer calls it too when the preview times out;
+        the first decision stands and is returned to every caller.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

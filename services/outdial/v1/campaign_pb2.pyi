@@ -10,6 +10,7 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from outdial.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -21,6 +22,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PreviewTimeoutAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PreviewTimeoutActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PreviewTimeoutAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PREVIEW_TIMEOUT_ACTION_UNSPECIFIED: _PreviewTimeoutAction.ValueType  # 0
+    PREVIEW_TIMEOUT_ACTION_DIAL: _PreviewTimeoutAction.ValueType  # 1
+    PREVIEW_TIMEOUT_ACTION_SKIP: _PreviewTimeoutAction.ValueType  # 2
+
+class PreviewTimeoutAction(_PreviewTimeoutAction, metaclass=_PreviewTimeoutActionEnumTypeWrapper):
+    """What a preview does when the agent has not decided in time."""
+
+PREVIEW_TIMEOUT_ACTION_UNSPECIFIED: PreviewTimeoutAction.ValueType  # 0
+PREVIEW_TIMEOUT_ACTION_DIAL: PreviewTimeoutAction.ValueType  # 1
+PREVIEW_TIMEOUT_ACTION_SKIP: PreviewTimeoutAction.ValueType  # 2
+Global___PreviewTimeoutAction: _TypeAlias = PreviewTimeoutAction  # noqa: Y015
+
+class _MachineAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MachineActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MachineAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MACHINE_ACTION_UNSPECIFIED: _MachineAction.ValueType  # 0
+    MACHINE_ACTION_HANG_UP: _MachineAction.ValueType  # 1
+    MACHINE_ACTION_LEAVE_MESSAGE: _MachineAction.ValueType  # 2
+
+class MachineAction(_MachineAction, metaclass=_MachineActionEnumTypeWrapper):
+    """What an agentless call does when a machine answers."""
+
+MACHINE_ACTION_UNSPECIFIED: MachineAction.ValueType  # 0
+MACHINE_ACTION_HANG_UP: MachineAction.ValueType  # 1
+MACHINE_ACTION_LEAVE_MESSAGE: MachineAction.ValueType  # 2
+Global___MachineAction: _TypeAlias = MachineAction  # noqa: Y015
 
 @_typing.final
 class Campaign(_message.Message):
@@ -50,6 +87,13 @@ class Campaign(_message.Message):
     SELLER_NAME_FIELD_NUMBER: _builtins.int
     OPT_OUT_NUMBER_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_PER_LEAD_FIELD_NUMBER: _builtins.int
+    PREVIEW_TIMEOUT_FIELD_NUMBER: _builtins.int
+    PREVIEW_TIMEOUT_ACTION_FIELD_NUMBER: _builtins.int
+    PREVIEW_SKIP_DELAY_FIELD_NUMBER: _builtins.int
+    AGENTLESS_MESSAGE_FIELD_NUMBER: _builtins.int
+    MESSAGE_INFORMATIONAL_FIELD_NUMBER: _builtins.int
+    MACHINE_ACTION_FIELD_NUMBER: _builtins.int
+    AGENTLESS_LINES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     description: _builtins.str
@@ -72,6 +116,18 @@ class Campaign(_message.Message):
     opt_out_number: _builtins.str
     max_attempts_per_lead: _builtins.int
     """Total attempts per lead across all outcomes (0 = no limit beyond retry rules)."""
+    preview_timeout_action: Global___PreviewTimeoutAction.ValueType
+    agentless_message: _builtins.str
+    """Agentless mode: the message a person (or, per machine_action, a machine) hears, between the caller's
+    name and the opt-out key and number, which outdial adds.
+    """
+    message_informational: _builtins.bool
+    """Agentless mode: the message is informational (not telemarketing). Required to start an agentless
+    campaign until a per-call consent check exists.
+    """
+    machine_action: Global___MachineAction.ValueType
+    agentless_lines: _builtins.int
+    """Agentless mode: lines in flight at most."""
     @_builtins.property
     def calling_window(self) -> _common_pb2.CallingWindow: ...
     @_builtins.property
@@ -93,6 +149,14 @@ class Campaign(_message.Message):
     @_builtins.property
     def dispositions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Dispositions agents may choose (sale, callback, not_interested, wrong_number, do_not_call, …)."""
+
+    @_builtins.property
+    def preview_timeout(self) -> _duration_pb2.Duration:
+        """Preview mode: how long the agent sees a lead before the timeout action (0 = wait for the agent)."""
+
+    @_builtins.property
+    def preview_skip_delay(self) -> _duration_pb2.Duration:
+        """Preview mode: a skipped lead is offered again after this long."""
 
     def __init__(
         self,
@@ -121,10 +185,17 @@ class Campaign(_message.Message):
         seller_name: _builtins.str = ...,
         opt_out_number: _builtins.str = ...,
         max_attempts_per_lead: _builtins.int = ...,
+        preview_timeout: _duration_pb2.Duration | None = ...,
+        preview_timeout_action: Global___PreviewTimeoutAction.ValueType = ...,
+        preview_skip_delay: _duration_pb2.Duration | None = ...,
+        agentless_message: _builtins.str = ...,
+        message_informational: _builtins.bool = ...,
+        machine_action: Global___MachineAction.ValueType = ...,
+        agentless_lines: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abandon_window", b"abandon_window", "calling_window", b"calling_window", "created_at", b"created_at", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abandon_window", b"abandon_window", "calling_window", b"calling_window", "created_at", b"created_at", "preview_skip_delay", b"preview_skip_delay", "preview_timeout", b"preview_timeout", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon_cap", b"abandon_cap", "abandon_window", b"abandon_window", "caller_id", b"caller_id", "calling_window", b"calling_window", "created_at", b"created_at", "default_region", b"default_region", "description", b"description", "dial_mode", b"dial_mode", "dispositions", b"dispositions", "id", b"id", "jurisdiction", b"jurisdiction", "max_attempts_per_lead", b"max_attempts_per_lead", "max_calls_per_number_24h", b"max_calls_per_number_24h", "max_lines_per_agent", b"max_lines_per_agent", "name", b"name", "opt_out_number", b"opt_out_number", "power_ratio", b"power_ratio", "retry_rules", b"retry_rules", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "seller_name", b"seller_name", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon_cap", b"abandon_cap", "abandon_window", b"abandon_window", "agentless_lines", b"agentless_lines", "agentless_message", b"agentless_message", "caller_id", b"caller_id", "calling_window", b"calling_window", "created_at", b"created_at", "default_region", b"default_region", "description", b"description", "dial_mode", b"dial_mode", "dispositions", b"dispositions", "id", b"id", "jurisdiction", b"jurisdiction", "machine_action", b"machine_action", "max_attempts_per_lead", b"max_attempts_per_lead", "max_calls_per_number_24h", b"max_calls_per_number_24h", "max_lines_per_agent", b"max_lines_per_agent", "message_informational", b"message_informational", "name", b"name", "opt_out_number", b"opt_out_number", "power_ratio", b"power_ratio", "preview_skip_delay", b"preview_skip_delay", "preview_timeout", b"preview_timeout", "preview_timeout_action", b"preview_timeout_action", "retry_rules", b"retry_rules", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "seller_name", b"seller_name", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
