@@ -373,3 +373,32 @@ async def test_timeline_keeps_recording_after_redis_loses_its_data(
     await wait_for(grew, what="timeline rows after Redis lost its data")
     states = [e.state for e in await load_timeline(pg, "agent-flush")]
     assert states[-1] == "ready" and "paused" in states
+
+
+async def test_a_live_answer_waits_for_the_first_agent_to_become_ready_within_its_deadline(
+    services: Services,
+) -> None:
+    """Nobody ready when the person answers: the first agent to become ready within the 2 s takes the
+    call (a person waits that long on the line), as the simulator models it, instead of an abandonment."""
+    rs = await start_agent(services)
+    con = Console(services, rs, "wren")
+    await con.login(("c1", 1))
+    await con.connect()
+    d = dialer(services, rs)
+    assert (await d.OfferCall(offer_req("c1", "w1"))).assigned
+    await con.stub.EndCall(agent_pb2.EndCallRequest(call_id="w1"))  # wrap-up: not ready
+    req = offer_req("c1", "w2")
+    req.deadline.FromMilliseconds(2000)
+    waiting = asyncio.ensure_future(d.OfferCall(req))
+    await asyncio.sleep(0.4)
+    assert not waiting.done()
+    # The disposition ends the wrap-up: ready, and at once on that waiting call.
+    await con.stub.SetDisposition(agent_pb2.SetDispositionRequest(call_id="w1", disposition="sale"))
+    resp = await asyncio.wait_for(waiting, 5)
+    assert (resp.assigned, resp.agent_id) == (True, "wren")
+    assert 400 <= resp.latency.ToMilliseconds() <= 2000
+    # Nobody becomes ready: no agent after the whole deadline, answered in time.
+    req = offer_req("c1", "w3")
+    req.deadline.FromMilliseconds(600)
+    resp = await d.OfferCall(req)
+    assert (resp.assigned, resp.reason) == (False, "no_agent_ready") and resp.latency.ToMilliseconds() <= 600

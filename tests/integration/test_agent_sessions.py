@@ -391,8 +391,10 @@ async def test_a_sim_agents_process_killed_on_a_call_and_started_again_takes_the
         await asyncio.wait_for(started.wait(), 20)
         h = await redis.hgetall(keys.agent(agent))
         assert (h["state"], h["call_id"], h["session_id"]) == ("on_call", "x1", session)
-        # Still on that call: no second one.
-        second = await d.OfferCall(offer_req(CID, "x2"))
+        # Still on that call: no second one (asked for while the call lasts: 0.2 s of its 1 s).
+        req = offer_req(CID, "x2")
+        req.deadline.FromMilliseconds(200)
+        second = await d.OfferCall(req)
         assert (second.assigned, second.reason) == (False, "no_agent_ready")
 
         async def dispositioned() -> bool:

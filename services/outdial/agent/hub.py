@@ -32,6 +32,8 @@ class Hub:
         self._queues: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self._channel_agent: dict[str, str] = {}
         self._waiters: dict[str, set[asyncio.Future[tuple[str, str]]]] = defaultdict(set)
+        # OfferCalls waiting for an agent to become ready (within their 2 s).
+        self._ready_waiters: set[asyncio.Future[None]] = set()
         self._lock = asyncio.Lock()
         self._started = asyncio.Event()
         self._closed = False
@@ -82,6 +84,21 @@ class Hub:
         payload = json.loads(data)
         for q in list(self._queues.get(agent_id, ())):
             q.put_nowait(payload)
+        if payload.get("type") == "status" and payload.get("state") == "ready":
+            for w in list(self._ready_waiters):
+                if not w.done():
+                    w.set_result(None)
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Until an agent whose console is on this replica becomes ready, or ``timeout`` (agents on other
+        replicas are not seen here: the caller looks again after the timeout)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ready_waiters.add(fut)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, timeout)
+        finally:
+            self._ready_waiters.discard(fut)
 
     async def subscribe(self, agent_id: str) -> asyncio.Queue[dict[str, Any]]:
         await self._started.wait()

@@ -24,6 +24,11 @@ from outdial.core.errors import FailedPrecondition, InvalidArgument, PermissionD
 from outdial.core.metrics import OFFER_SECONDS, OFFERS
 from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
+#: While waiting for a ready agent, look again at least this often (agents on other replicas).
+_READY_RECHECK_S = 0.25
+#: ... and stop waiting this long before the deadline, so the answer itself arrives in time.
+_ANSWER_MARGIN_S = 0.02
+
 log = logging.getLogger("outdial.agent")
 
 STATE_TO_PB = {
@@ -446,10 +451,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             return resp
 
         held = request.reserved_agent_id.strip()
+        waiting = False  # for an agent to become ready
         while True:
             remaining = end - loop.time()
             if remaining <= 0:
-                return done(False, why="deadline")
+                return done(False, why="no_agent_ready" if waiting else "deadline")
             fut = self.hub.expect(request.call_id)
             try:
                 tr = await self.store.run(
@@ -474,6 +480,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     if why == "reattached":
                         continue  # their console came back: offer again (answered to us this time)
                     return done(ok, tr.agent_id if ok else "", why)
+                left = end - loop.time() - _ANSWER_MARGIN_S
+                if tr.status == "no_agent" and left > 0:
+                    # Nobody ready now: the first agent to become ready within the 2 s takes the call, as
+                    # a person waits that long on the line (the law counts from the greeting).
+                    waiting = True
+                    await self.hub.wait_ready(min(_READY_RECHECK_S, left))
+                    continue
                 if tr.status not in ("ok", "offered_held"):
                     return done(False, why=reason)
                 self.timeline.record(tr, "offer")
