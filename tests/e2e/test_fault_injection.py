@@ -228,6 +228,11 @@ async def _check(database_url: str, redis_url: str, cid: str, accepted: int, fau
         # Abandonment within the cap over the campaign's whole history.
         live = [d for d in dials if d["answer"] == "human"]
         abandoned = [d for d in live if d["outcome"] == "abandoned"]
+        t0 = min(d["dial_at"] for d in dials)
+        per10 = [0] * 12
+        for d in live:
+            per10[min(11, int((d["answer_at"] - t0).total_seconds() // 10))] += 1
+        print(f"live answers per 10 s: {per10}")
         assert all(d["outcome"] in ("connected", "abandoned") for d in live)
         assert len(abandoned) <= 0.03 * len(live), (
             f"{len(abandoned)} abandoned of {len(live)} live answers; faults: {faults.done}; abandoned: "

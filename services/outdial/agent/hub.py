@@ -37,6 +37,7 @@ class Hub:
         self._lock = asyncio.Lock()
         self._started = asyncio.Event()
         self._closed = False
+        self._epoch_seen = False
 
     async def run(self) -> None:
         """Reader loop; reconnects on errors (redis-py re-subscribes the channels)."""
@@ -46,6 +47,7 @@ class Hub:
                 await self._pubsub.subscribe(self.ack_channel)
                 for agent_id in list(self._queues):
                     await self._pubsub.subscribe(keys.agent_offers(agent_id))
+                await self._check_epoch()
                 self._started.set()
                 while True:
                     msg = await self._pubsub.get_message(timeout=None)
@@ -60,6 +62,20 @@ class Hub:
                     with contextlib.suppress(Exception):
                         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
                 await asyncio.sleep(0.2)
+
+    async def _check_epoch(self) -> None:
+        """At every (re)connection to Redis: when this replica's marker ``keys.agent_epoch`` is gone, Redis lost its
+        data (a restart without persistence, a fail-over to an empty replica) and with it every session:
+        the consoles of this replica are told at once (``sessions_lost``), so they log in again now."""
+        if (
+            await self.redis.set(keys.agent_epoch(self.replica_id), 1, nx=True, ex=7 * 86400)
+            and self._epoch_seen
+        ):
+            log.warning("Redis lost its data: every console connected here logs in again")
+            for qs in list(self._queues.values()):
+                for q in list(qs):
+                    q.put_nowait({"type": "sessions_lost"})
+        self._epoch_seen = True
 
     async def close(self) -> None:
         self._closed = True

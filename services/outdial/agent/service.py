@@ -24,6 +24,11 @@ from outdial.core.errors import FailedPrecondition, InvalidArgument, PermissionD
 from outdial.core.metrics import OFFER_SECONDS, OFFERS
 from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
+
+def _session_gone(agent_id: str) -> FailedPrecondition:
+    return FailedPrecondition(f"agent {agent_id} is not logged in", error_id="not_logged_in")
+
+
 #: While waiting for a ready agent, look again at least this often (agents on other replicas).
 _READY_RECHECK_S = 0.25
 #: ... and stop waiting this long before the deadline, so the answer itself arrives in time.
@@ -304,7 +309,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             while True:
                 # Presence is refreshed while the stream is open, however busy it is.
                 if loop.time() - refreshed >= refresh:
-                    await self.store.touch_presence(agent_id, session_id, self.cfg.heartbeat_timeout_s)
+                    if not await self.store.touch_presence(
+                        agent_id, session_id, self.cfg.heartbeat_timeout_s
+                    ):
+                        raise _session_gone(agent_id)
                     refreshed = loop.time()
                 try:
                     msg = await asyncio.wait_for(
@@ -313,6 +321,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 except TimeoutError:
                     continue
                 kind = msg.get("type")
+                if kind == "sessions_lost":
+                    # Redis lost its data: the console logs in again at once (the client does that on
+                    # not_logged_in) rather than at its next presence refresh.
+                    raise _session_gone(agent_id)
                 if kind == "attach" and msg.get("conn") != conn_id:
                     superseded = True
                     raise FailedPrecondition(

@@ -81,8 +81,11 @@ class AgentRedis:
         rows = await pipe.execute()
         return [(aid, row) for aid, row in zip(agent_ids, rows, strict=True) if row]
 
-    async def touch_presence(self, agent_id: str, session_id: str, ttl_s: float) -> None:
-        await self.run("touch", agent_id, session_id or "1", int(ttl_s * 1000))
+    async def touch_presence(self, agent_id: str, session_id: str, ttl_s: float) -> bool:
+        """Refresh the agent's presence; False when the agent has no session any more (logged out, or
+        Redis lost its data)."""
+        tr = await self.run("touch", agent_id, session_id or "1", int(ttl_s * 1000))
+        return tr.status != "not_found"
 
     async def publish_ack(self, replica: str, kind: str, call_id: str, agent_id: str) -> int:
         """Tell the OfferCall waiting on ``replica``; returns how many listened (0: nobody waits any more)."""

@@ -275,7 +275,9 @@ local akey = string.format(agent_tpl, aid)
 local prev = state_of(akey)
 
 if op == 'touch' then
-  -- Presence: ARGV[8] session id, [9] ttl ms
+  -- Presence: ARGV[8] session id, [9] ttl ms. No session any more (logged out, or Redis lost its data):
+  -- "not_found", and no presence is written for it.
+  if prev == 'logged_out' then return result('not_found', aid, prev, prev, 0, '[]', '') end
   redis.call('SET', string.format(presence_tpl, aid), ARGV[8], 'PX', tonumber(ARGV[9]))
   redis.call('ZADD', presence_due, now + tonumber(ARGV[9]), aid)
   return result('noop', aid, prev, prev, 0, '[]', '')

@@ -151,6 +151,14 @@ def abandon_window(campaign_id: str) -> str:
 # ---------------------------------------------------------------- agents
 
 
+def agent_epoch(replica_id: str) -> str:
+    """String: "Redis still holds the agent sessions", one per agent-service replica. Writer and reader: that
+    replica, SET NX whenever it (re)connects to Redis. TTL 7 days (a false alarm after it lapses costs only
+    a re-login, which takes the running session back). Found missing after a reconnection: Redis lost its
+    data, every session is gone, and the replica tells its consoles to log in again."""
+    return f"{PREFIX}agent:epoch:{replica_id}"
+
+
 def agent(agent_id: str) -> str:
     """Hash: an agent's live state and session (state, since, campaigns, skills, call id, session id, the
     current offer, the console connection id, and ``held_offer``: the call they were on when logged out,
