@@ -410,3 +410,48 @@ async def test_a_sim_agents_process_killed_on_a_call_and_started_again_takes_the
         agents = await asyncio.wait_for(sim, 20)
     assert agents[0].stats.taken_back == 1 and agents[0].stats.offers == 1
     assert agents[0].session.logins + agents[0].session.resumes == 1
+
+
+@pytest.mark.parametrize("how", ["reconnect", "presence"])
+async def test_consoles_log_in_again_at_once_when_redis_lost_the_sessions(
+    services: Services, redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Redis came back empty (its data, and every session, gone). "reconnect": the service's connections to
+    Redis broke, as in a restart, and its marker is gone: the consoles are told at once. "presence": no
+    reconnection (a flush): the next presence refresh finds the session gone. Either way the console logs in
+    again by itself and is back in the campaign's pacing view, ready."""
+    monkeypatch.setenv("OUTDIAL_AGENT_HEARTBEAT_TIMEOUT_S", "60" if how == "reconnect" else "3")
+    rs = await services.start("agent")
+    token = make_token("agent", "pia")
+    s = AgentSession(
+        lambda: open_channel(services.settings, rs.addr, lambda: token),
+        agent_pb2.LoginRequest(agent_id="pia", campaigns=[agent_pb2.CampaignMembership(campaign_id=CID)]),
+        (("authorization", f"Bearer {token}"),),
+        backoff=Backoff(0.02, 0.2),
+    )
+
+    async def follow() -> None:
+        async for _msg in s.events():
+            pass
+
+    task = asyncio.create_task(follow())
+    try:
+        await s.login()
+        await asyncio.wait_for(s.connected.wait(), 10)
+        first = s.session_id
+        await redis.flushall()
+        if how == "reconnect":
+            await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+
+        async def back() -> bool:
+            view = await redis.hget(keys.campaign_agents(CID), "pia")
+            return bool(view and json.loads(view)["state"] == "ready" and s.session_id != first)
+
+        # "reconnect" within a second or so; "presence" within a refresh (a third of the 3 s grace).
+        await wait_for(back, timeout=4 if how == "reconnect" else 8, what="the console logged in again")
+        assert s.logins == 2
+    finally:
+        task.cancel()
+        with pytest.raises((asyncio.CancelledError, grpc.aio.AioRpcError)):
+            await task
+        await s.logout()
