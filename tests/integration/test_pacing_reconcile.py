@@ -170,3 +170,44 @@ async def test_the_abandonment_window_is_rebuilt_from_postgresql(
         assert sum(1 for m in window if m.endswith(":a")) == 2
     finally:
         await peers.stop(None)
+
+
+async def test_the_gates_number_history_is_rebuilt_from_postgresql(
+    services: Services, redis: aioredis.Redis, pg: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis lost its data: the new lease holder puts back each number's recent attempts and the latest
+    UK 72-hour abandonment mark from PostgreSQL, so the dial-time caps are as strict as before."""
+    monkeypatch.setenv("OUTDIAL_DNC_REQUIRE_REGISTRY", "false")
+    clock = workday_clock()
+    now = clock.now()
+    await seed_campaign(redis, n_leads=0, n_agents=1)
+    number = "+12125550777"
+    rows = [  # (call id, dialled hours ago, outcome)
+        ("n1", 70.0, "abandoned"),  # abandoned, the older one
+        ("n2", 20.0, "abandoned"),  # abandoned, the latest: its 72 hours rule
+        ("n3", 2.0, "no_answer"),
+        ("old", 24.0 * 10, "no_answer"),  # older than the history kept
+    ]
+    for call_id, hours, outcome in rows:
+        at = now - timedelta(hours=hours)
+        await pg.execute(
+            """INSERT INTO dial_attempts (call_id, campaign_id, lead_id, number, replica, fence_token, allowed,
+                   gate_at, dial_at, answer, answer_at, outcome, end_at)
+               VALUES ($1, $2, 'l1', $3, 'old', 1, true, $4, $4, $5, $6, $7, $8)""",
+            call_id, CID, number, at, "human" if outcome == "abandoned" else None,
+            at + timedelta(seconds=10) if outcome == "abandoned" else None, outcome, at + timedelta(minutes=1),
+        )  # fmt: skip
+    peers = await start_peers(services, FakeDnc(set()), RecordingAgents())
+    try:
+        await services.start("pacing", clock=clock, instance_id="r1")
+
+        async def rebuilt() -> bool:
+            return await redis.zcard(keys.number_attempts(number)) == 3
+
+        await wait_for(rebuilt, timeout=10)
+        assert set(await redis.zrange(keys.number_attempts(number), 0, -1)) == {"n1", "n2", "n3"}
+        mark = int(await redis.get(keys.number_abandoned(number)))
+        assert mark == int((now - timedelta(hours=20) + timedelta(seconds=10)).timestamp() * 1000)
+        assert await redis.ttl(keys.number_abandoned(number)) > 51 * 3600
+    finally:
+        await peers.stop(None)

@@ -76,6 +76,8 @@ log = logging.getLogger("outdial.pacing.dialer")
 
 BUDGET_REFRESH_S = 1.0
 BOOTSTRAP_EVENTS = 20_000
+#: How far back the gate's per-number attempt history reaches (rolling caps look at the last 24 h).
+NUMBER_HISTORY_S = 8 * 24 * 3600
 
 _COUNT_ABANDONED = """
 local m = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
@@ -221,6 +223,7 @@ class Dialer:
         await self.hangups.take_over(cid)
         config = await self.store.campaign_config(cid) or {}
         await self._rebuild_window(cid, config)
+        await self._rebuild_number_history(cid)
         await self._reconcile(cid, taking_over=True)
         await self._bootstrap_estimates(cid, run)
 
@@ -350,6 +353,28 @@ class Dialer:
                 keys.abandon_window(cid),
                 {f"{call_id}:{'a' if ab else 'h'}": ms(at) for call_id, at, ab in facts},
             )
+
+    async def _rebuild_number_history(self, cid: str) -> None:
+        """The gate's per-number facts in Redis (attempts of the last days, the UK 72-hour mark) from the
+        campaign's dials in PostgreSQL, so a Redis that lost its data does not loosen the dial-time caps
+        (idempotent: one attempt member per call; the abandonment mark keeps the latest time)."""
+        now = self.clock.now()
+        quiet = law.UK_ABANDON_QUIET
+        dials = await self.store.recent_dials(cid, now - timedelta(seconds=NUMBER_HISTORY_S), now - quiet)
+        latest: dict[str, datetime] = {}
+        for i in range(0, len(dials), 1000):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for number, call_id, dial_at, abandoned_at in dials[i : i + 1000]:
+                    pipe.zadd(keys.number_attempts(number), {call_id: ms(dial_at)})
+                    pipe.expire(keys.number_attempts(number), NUMBER_HISTORY_S)
+                    if abandoned_at is not None and abandoned_at > latest.get(number, abandoned_at - quiet):
+                        latest[number] = abandoned_at
+                await pipe.execute()
+        for number, at in latest.items():
+            held = await self.redis.get(keys.number_abandoned(number))
+            if held is None or int(held) < ms(at):
+                left = int((at + quiet - now).total_seconds()) + 1
+                await self.redis.set(keys.number_abandoned(number), ms(at), ex=max(1, left))
 
     async def _tick(self, cid: str, run: CampaignRun) -> None:
         now = self.clock.now()
@@ -522,7 +547,7 @@ class Dialer:
             )
             return False
         await self.redis.zadd(keys.number_attempts(g.number), {g.call_id: ms(dial_at)})
-        await self.redis.expire(keys.number_attempts(g.number), 8 * 24 * 3600)
+        await self.redis.expire(keys.number_attempts(g.number), NUMBER_HISTORY_S)
         await self.store.emit(
             "call.dialing",
             dial_at,

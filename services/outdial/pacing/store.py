@@ -191,6 +191,22 @@ class PacingStore:
         )
         return [(r["call_id"], r["answer_at"], r["outcome"] == "abandoned") for r in rows]
 
+    async def recent_dials(
+        self, campaign_id: str, since: datetime, abandoned_since: datetime
+    ) -> list[tuple[str, str, datetime, datetime | None]]:
+        """(number, call id, dial time, answer time when abandoned since ``abandoned_since``) of the
+        campaign's dials since ``since``: the facts behind the gate's per-number attempt counts and the UK
+        72-hour rule."""
+        rows = await self.pool.fetch(
+            """SELECT number, call_id, dial_at,
+                      CASE WHEN outcome = 'abandoned' AND answer_at >= $3 THEN answer_at END AS abandoned_at
+               FROM dial_attempts WHERE campaign_id = $1 AND dial_at >= $2""",
+            campaign_id,
+            since,
+            abandoned_since,
+        )
+        return [(r["number"], r["call_id"], r["dial_at"], r["abandoned_at"]) for r in rows]
+
     async def finish_attempt(
         self,
         call_id: str,
