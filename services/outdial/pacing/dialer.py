@@ -509,6 +509,21 @@ class Dialer:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.hopper.give_back(cid, t.lead_id, t.call_id))
 
+    async def enter_flight(
+        self, run: CampaignRun, cid: str, call_id: str, number: str, dial_at: datetime
+    ) -> bool | None:
+        """The last steps before a call leaves, for every dial (paced or preview): the lease fence with the
+        in-flight entry, the dial time in PostgreSQL, the number's attempt for the gate. None: fenced off
+        or shutting down. False: the lead or number already has a call open (PostgreSQL said so)."""
+        if not self._dialing or not await self.leases.fence_and_register(run.lease, call_id, ms(dial_at)):
+            return None
+        if not await self.store.mark_dialed(call_id, dial_at):
+            await self.redis.zrem(keys.calls_in_flight(cid), call_id)
+            return False
+        await self.redis.zadd(keys.number_attempts(number), {call_id: ms(dial_at)})
+        await self.redis.expire(keys.number_attempts(number), NUMBER_HISTORY_S)
+        return True
+
     async def _originate(
         self,
         cid: str,
@@ -536,18 +551,16 @@ class Dialer:
         # Known as ours before it is in flight or PostgreSQL shows it dialled, so reconciliation never takes
         # it for an orphan nor drops its in-flight entry.
         self.calls[g.call_id] = call
-        if not self._dialing or not await self.leases.fence_and_register(run.lease, g.call_id, ms(dial_at)):
+        entered = await self.enter_flight(run, cid, g.call_id, g.number, dial_at)
+        if not entered:
             self.calls.pop(g.call_id, None)
-            return None
-        if not await self.store.mark_dialed(g.call_id, dial_at):
-            self.calls.pop(g.call_id, None)
-            await self.redis.zrem(keys.calls_in_flight(cid), g.call_id)
-            log.warning(
-                "call %s: lead %s or its number already has a call open: not dialled", g.call_id, g.lead_id
-            )
-            return False
-        await self.redis.zadd(keys.number_attempts(g.number), {g.call_id: ms(dial_at)})
-        await self.redis.expire(keys.number_attempts(g.number), NUMBER_HISTORY_S)
+            if entered is False:
+                log.warning(
+                    "call %s: lead %s or its number already has a call open: not dialled",
+                    g.call_id,
+                    g.lead_id,
+                )
+            return entered
         await self.store.emit(
             "call.dialing",
             dial_at,

@@ -28,14 +28,12 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from outdial.core import keys
 from outdial.core.metrics import CALLS_BLOCKED, CALLS_PLACED
 from outdial.pacing.actions import Call, Run
 from outdial.pacing.calls import Action, Event, State
 from outdial.pacing.gate import GateLead
 from outdial.pacing.hopper import TakenLead
 from outdial.pacing.planner import DEFAULT_RING_S, Plan
-from outdial.pacing.store import ms
 from outdial.rules import law
 
 if TYPE_CHECKING:
@@ -237,19 +235,14 @@ class PreviewFlow:
             await d.actions.apply(call, Event.BLOCKED, now, run)
             return
         dial_at = d.clock.now()
-        if run is None or run.stopped or not d._dialing:
-            await d.actions.apply(call, Event.NOT_DIALLED, dial_at, run)
-            return
-        if not await d.leases.fence_and_register(run.lease, call.call_id, ms(dial_at)):
-            await d.actions.apply(call, Event.NOT_DIALLED, dial_at, run)
-            return
-        if not await d.store.mark_dialed(call.call_id, dial_at):
-            await d.redis.zrem(keys.calls_in_flight(cid), call.call_id)
+        if (
+            run is None
+            or run.stopped
+            or not await d.enter_flight(run, cid, call.call_id, call.number, dial_at)
+        ):
             await d.actions.apply(call, Event.NOT_DIALLED, dial_at, run)
             return
         call.dial_at = dial_at
-        await d.redis.zadd(keys.number_attempts(call.number), {call.call_id: ms(dial_at)})
-        await d.redis.expire(keys.number_attempts(call.number), 8 * 24 * 3600)
         await d.actions._emit(
             call,
             "call.dialing",
