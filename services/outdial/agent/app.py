@@ -11,8 +11,9 @@ from outdial.agent.presence import Sweeper
 from outdial.agent.service import AgentService
 from outdial.agent.settings import AgentSettings
 from outdial.agent.store import AgentRedis, Dispositions, Timeline
+from outdial.core.clients import open_channel
 from outdial.core.server import ServiceContext, ServiceSpec
-from outdial.v1 import agent_pb2_grpc
+from outdial.v1 import agent_pb2_grpc, gateway_pb2_grpc
 
 
 async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
@@ -24,6 +25,16 @@ async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
     timeline = Timeline(ctx.pool, ctx.ready)
     dispositions = Dispositions(ctx.pool)
     followups = Followups(dispositions, ctx.channel)
+    stub: list[gateway_pb2_grpc.GatewayServiceStub] = []
+
+    def gateway() -> gateway_pb2_grpc.GatewayServiceStub:
+        """The telephony gateway (SIP), opened on first use: only agents who log in with a phone need it."""
+        if not stub:
+            channel = open_channel(ctx.settings, ctx.settings.gateway_addr, ctx.token)
+            ctx.on_close(channel.close)
+            stub.append(gateway_pb2_grpc.GatewayServiceStub(channel))
+        return stub[0]
+
     sweeper = Sweeper(store, timeline, stuck_offer_slack_ms=cfg.stuck_offer_slack_ms)
     servicer = AgentService(
         cfg=cfg,
@@ -34,6 +45,7 @@ async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
         followups=followups,
         replica_id=replica_id,
         clock=ctx.clock,
+        gateway=gateway,
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
     ctx.spawn(hub.run(), "offers-hub")

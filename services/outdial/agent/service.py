@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -20,9 +20,9 @@ from outdial.agent.store import AgentRedis, Dispositions, Timeline, Transition, 
 from outdial.core import keys
 from outdial.core.auth import Role, agent_may_act_for, current_principal
 from outdial.core.clock import Clock
-from outdial.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from outdial.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from outdial.core.metrics import OFFER_SECONDS, OFFERS
-from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
 
 
 def _session_gone(agent_id: str) -> FailedPrecondition:
@@ -157,7 +157,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         followups: Followups,
         replica_id: str,
         clock: Clock,
+        gateway: Callable[[], gateway_pb2_grpc.GatewayServiceStub] | None = None,
     ) -> None:
+        self.gateway = gateway
         self.cfg = cfg
         self.clock = clock
         self.store = store
@@ -221,6 +223,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise InvalidArgument("log in to at least one campaign", field="campaigns")
         campaigns = [{"id": cid, "priority": p} for cid, p in seen.items()]
         skills = sorted({s.strip() for s in request.skills if s.strip()})
+        if request.phone.strip():
+            await self._open_phone(agent_id, request.phone.strip())
         tr = await self.store.run(
             "login", agent_id, json.dumps(campaigns), json.dumps(skills), uuid.uuid4().hex
         )
@@ -244,9 +248,41 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         reason = "logout" if principal.subject == agent_id else f"logout_by_{principal.role.value}"
         tr = await self.store.run("logout", agent_id, reason)
         await self.store.redis.delete(keys.agent_presence(agent_id))
+        await self._close_phone(agent_id)
         self.timeline.record(tr, reason)
         await self._released(tr)
         return agent_pb2.LogoutResponse(status=await self._status(agent_id))
+
+    async def _open_phone(self, agent_id: str, phone: str) -> None:
+        """The gateway calls the agent's phone and keeps the call up for the session (SIP telephony)."""
+        if self.gateway is None:
+            raise FailedPrecondition(
+                "this agent service has no telephony gateway (OUTDIAL_GATEWAY_ADDR): log in without a phone",
+                error_id="no_gateway",
+            )
+        if phone != "registered" and not phone.startswith(("sip:", "sips:")):
+            raise InvalidArgument("phone must be 'registered' or a sip: URI", field="phone")
+        contact = "" if phone == "registered" else phone
+        try:
+            await self.gateway().OpenAgentLeg(
+                gateway_pb2.OpenAgentLegRequest(agent_id=agent_id, contact_uri=contact), timeout=40.0
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable(f"the telephony gateway is unreachable: {exc.details()}") from exc
+            raise FailedPrecondition(
+                f"the agent's phone could not be reached: {exc.details()}", error_id="phone_unreachable"
+            ) from exc
+
+    async def _close_phone(self, agent_id: str) -> None:
+        if self.gateway is None:
+            return
+        try:
+            await self.gateway().CloseAgentLeg(
+                gateway_pb2.CloseAgentLegRequest(agent_id=agent_id), timeout=5.0
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("agent %s: phone leg not closed (%s)", agent_id, exc.code().name)
 
     async def SetState(
         self, request: agent_pb2.SetStateRequest, context: grpc.aio.ServicerContext

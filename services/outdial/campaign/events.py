@@ -257,6 +257,9 @@ class EventConsumer:
             return  # the disposition (already applied) decides
         cfg = await conn.fetchval("SELECT settings::text FROM campaigns WHERE id = $1", cid)
         s: dict[str, Any] = json.loads(cfg) if cfg else {}
+        if outcome == "failed" and ev.get("reason") == retries.INVALID_NUMBER:
+            # The network says the number does not exist (SIP 404/410/484/604): no retry rule applies.
+            outcome = retries.INVALID_NUMBER
         counts = await conn.fetchrow(
             """SELECT count(*) FILTER (WHERE outcome = $2) AS same,
                       count(*) FILTER (WHERE outcome NOT IN ('', 'blocked')) AS total

@@ -15,6 +15,9 @@ class LeadUpdate:
     next_attempt_at: datetime | None
 
 
+#: The outcome of a call the network refused because the number does not exist: the number is closed.
+INVALID_NUMBER = "invalid_number"
+
 FINAL_DISPOSITIONS = {"do_not_call": "dnc", "dnc": "dnc", "wrong_number": "wrong_number"}
 
 
@@ -31,6 +34,8 @@ def after_outcome(
     outcome so far, this one included; ``attempts_total`` attempts of any outcome)."""
     if outcome == "connected":
         return LeadUpdate("final", "connected", None)
+    if outcome == INVALID_NUMBER:
+        return LeadUpdate("final", INVALID_NUMBER, None)
     rule = next((r for r in rules if r.get("outcome") == outcome), None)
     if rule is None:
         return LeadUpdate("final", outcome or "unknown", None)

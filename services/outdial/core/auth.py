@@ -142,6 +142,19 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
             "UpdatePacingSettings": {_M},
             "WatchPacing": {_M, _C, _S},
         },
+        # The gateway's call control is for the dialer and the agent service only.
+        "GatewayService": {
+            "Originate": {_S},
+            "CancelCall": {_S},
+            "HangupCall": {_S},
+            "PlayPrompt": {_S},
+            "BridgeCall": {_S},
+            "OpenAgentLeg": {_S},
+            "CloseAgentLeg": {_S},
+            "ListCalls": {_S},
+            "StreamCallEvents": {_S},
+            "GetGatewayStatus": {_M, _C, _S},
+        },
     }.items()
     for rpc, roles in table.items()
 }

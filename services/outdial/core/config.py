@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     pacing_addr: str = "127.0.0.1:50052"
     dnc_addr: str = "127.0.0.1:50053"
     agent_addr: str = "127.0.0.1:50054"
+    # The SIP/RTP gateway (issue 11), when telephony is "sip".
+    gateway_addr: str = "127.0.0.1:50055"
     # ... and where a service listens (default: the port of its *_addr on `listen_host`).
     listen_host: str = "127.0.0.1"
     listen_port: int | None = None

@@ -51,3 +51,25 @@ OFFER_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0),
 )
 LEAD_ROWS = Counter("outdial_lead_rows_total", "Lead file rows read by UploadLeads, by result", ["result"])
+
+# The SIP/RTP gateway (issue 11).
+SIP_REQUESTS = Counter(
+    "outdial_gateway_sip_requests_total", "SIP requests received outside a dialog, by method", ["method"]
+)
+SIP_REJECTED = Counter(
+    "outdial_gateway_sip_rejected_total",
+    "SIP input refused or dropped: malformed, digest failures, requests from unknown sources",
+    ["why"],
+)
+GATEWAY_CALLS = Counter(
+    "outdial_gateway_calls_total", "Calls placed on the trunk, by final event", ["outcome"]
+)
+GATEWAY_IN_FLIGHT = Gauge("outdial_gateway_calls_in_flight", "Trunk calls not yet ended")
+GATEWAY_AGENT_LEGS = Gauge("outdial_gateway_agent_legs", "Agents' phone legs up")
+GATEWAY_TRUNK_UP = Gauge("outdial_gateway_trunk_up", "1 while the trunk is not degraded")
+GATEWAY_MEDIA_UP = Gauge("outdial_gateway_media_up", "1 while rtpengine answers")
+BRIDGE_SECONDS = Histogram(
+    "outdial_gateway_bridge_seconds",
+    "Time to bridge a customer's media to an agent's leg in rtpengine",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0),
+)

@@ -413,6 +413,8 @@ class CallActions:
             end_at=ms(end_at),
             agent_id=call.agent_id,
             duration_s=f"{(end_at - start).total_seconds():.3f}" if start else "0",
+            # The network's reason of a failed call (e.g. invalid_number: the campaign closes the number).
+            reason=call.reason if call.outcome == "failed" else "",
         )
 
     async def close_orphan(self, row: Any) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from outdial.core.clients import open_channel
 from outdial.core.server import ServiceContext, ServiceSpec
 from outdial.pacing.dialer import Dialer
 from outdial.pacing.lease import LeaseStore
@@ -14,12 +15,17 @@ from outdial.pacing.settings import PacingServiceSettings
 from outdial.pacing.store import PacingStore
 from outdial.telephony.base import TelephonyAdapter
 from outdial.telephony.sim import SimCarrier, SimCarrierConfig
+from outdial.telephony.sip import SipTelephonyAdapter
 from outdial.v1 import agent_pb2_grpc, dnc_pb2_grpc, pacing_pb2_grpc
 
 
 def make_adapter(s: PacingServiceSettings, ctx: ServiceContext) -> TelephonyAdapter:
+    if s.telephony == "sip":
+        channel = open_channel(ctx.settings, ctx.settings.gateway_addr, ctx.token)
+        ctx.on_close(channel.close)
+        return SipTelephonyAdapter(channel, owner=f"pacing:{ctx.instance_id}", identity=s.sip_identity)
     if s.telephony != "sim":
-        raise ValueError(f"unknown telephony adapter {s.telephony!r} (only 'sim' ships so far)")
+        raise ValueError(f"OUTDIAL_TELEPHONY: unknown telephony adapter {s.telephony!r} (sim or sip)")
     return SimCarrier(
         SimCarrierConfig(
             p_live=s.sim_p_live,

@@ -443,6 +443,8 @@ class Dialer:
     async def _launch(self, cid: str, run: CampaignRun, config: dict[str, Any], plan: Plan) -> None:
         """Take leads, gate them, hold agents, originate. Every lead taken is dialled, released (blocked) or
         handed back to the hopper, on every path, errors and cancellation included."""
+        if not self.adapter.ready():
+            return  # the network refuses calls a moment (trunk degraded, media down): back off
         taken = await self.hopper.take(cid, plan.launch)
         if not taken:
             return

@@ -22,8 +22,10 @@ class PacingServiceSettings(BaseSettings):
     pacing_drain_s: float = Field(default=5.0, ge=0)
     # Lead claim TTL: a safety net only (claims are deleted when the call ends).
     pacing_claim_ttl_s: int = Field(default=3600, ge=60)
-    # Telephony: "sim" (the simulated carrier); a SIP adapter comes later.
+    # Telephony: "sim" (the simulated carrier) or "sip" (the gateway at OUTDIAL_GATEWAY_ADDR).
     telephony: str = "sim"
+    # A STIR/SHAKEN Identity header value the operator supplies, passed through on every call (SIP only).
+    sip_identity: str = ""
     sim_seed: int = 1
     sim_time_scale: float = Field(default=1.0, gt=0)
     sim_p_live: float = 0.25

@@ -83,5 +83,9 @@ class TelephonyAdapter(abc.ABC):
     def events(self) -> AsyncIterator[CallEvent]:
         """The event feed for every call of this adapter (one consumer)."""
 
+    def ready(self) -> bool:
+        """False while the network cannot take new calls (the dialer launches none); default: always."""
+        return True
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release network resources; calls still up are hung up."""

@@ -112,8 +112,14 @@ class LoginRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     CAMPAIGNS_FIELD_NUMBER: _builtins.int
     SKILLS_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Empty: the token's subject."""
+    phone: _builtins.str
+    """The agent's phone for the session's audio (SIP telephony): empty = none (console only); "registered" =
+    the softphone registered to the gateway under the agent's id; or a contact URI (sip:user@host:port).
+    The gateway calls it at login and keeps that call up; a phone that does not answer fails the login.
+    """
     @_builtins.property
     def campaigns(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignMembership]: ...
     @_builtins.property
@@ -124,10 +130,11 @@ class LoginRequest(_message.Message):
         agent_id: _builtins.str = ...,
         campaigns: _abc.Iterable[Global___CampaignMembership] | None = ...,
         skills: _abc.Iterable[_builtins.str] | None = ...,
+        phone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "campaigns", b"campaigns", "skills", b"skills"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "campaigns", b"campaigns", "phone", b"phone", "skills", b"skills"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
