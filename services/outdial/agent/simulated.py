@@ -93,6 +93,7 @@ class SimulatedAgent:
         backoff: Backoff | None = None,
         think: Distribution | None = None,
         p_skip: float = 0.1,
+        phone: str = "",
     ) -> None:
         self.think = think or Distribution(2.0, "lognormal")
         self.p_skip = p_skip
@@ -106,6 +107,7 @@ class SimulatedAgent:
                 agent_id=agent_id,
                 campaigns=[agent_pb2.CampaignMembership(campaign_id=c, priority=p) for c, p in campaigns],
                 skills=list(skills),
+                phone=phone,
             ),
             self.metadata,
             backoff=backoff,
@@ -295,6 +297,7 @@ async def run_simulated_agents(
     backoff: Backoff | None = None,
     think: Distribution | None = None,
     p_skip: float = 0.1,
+    phone_of: Callable[[str], str] | None = None,
 ) -> list[SimulatedAgent]:
     """Run ``count`` simulated agents against ``settings.agent_addr`` until ``stop`` is set."""
     master = random.Random(seed)
@@ -320,6 +323,7 @@ async def run_simulated_agents(
                 backoff=backoff,
                 think=think,
                 p_skip=p_skip,
+                phone=phone_of(agent_id) if phone_of else "",
             )
         )
     tasks = [asyncio.create_task(a.run(stop)) for a in agents]

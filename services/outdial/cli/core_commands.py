@@ -17,7 +17,7 @@ from outdial.cli.base import fail, print_json
 from outdial.core import db
 from outdial.core import logging as odlog
 from outdial.core.auth import Role, issue_token
-from outdial.core.config import SERVICES, ServiceName, Settings
+from outdial.core.config import SERVICES, Settings
 from outdial.core.infra import Infra, ensure_infra
 
 log = logging.getLogger("outdial.run")
@@ -69,7 +69,7 @@ class Supervisor:
     def __init__(
         self,
         settings: Settings,
-        services: tuple[ServiceName, ...] = SERVICES,
+        services: tuple[str, ...] = SERVICES,
         extra_env: dict[str, str] | None = None,
         quiet: bool = False,
         log_path: str | None = None,

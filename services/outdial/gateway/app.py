@@ -196,28 +196,9 @@ async def serve(
     if started is not None:
         started(port)
 
-    async def health_loop() -> None:
-        last = None
-        while True:
-            creds.reload()
-            ok = gw.media_up
-            status = (
-                health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            if status != last:
-                for n in ("", FULL_NAME):
-                    await health_servicer.set(n, status)
-                last = status
-            SERVING.labels("gateway").set(1 if ok else 0)
-            GATEWAY_MEDIA_UP.set(1 if gw.media_up else 0)
-            GATEWAY_TRUNK_UP.set(1 if gw.health.state == "up" else 0)
-            GATEWAY_IN_FLIGHT.set(gw.in_flight())
-            GATEWAY_AGENT_LEGS.set(sum(1 for leg in gw.legs.values() if leg.state == "up"))
-            await asyncio.sleep(1.0)
-
     tasks = [
         asyncio.create_task(gw.watch_media(), name="gateway:media"),
-        asyncio.create_task(health_loop(), name="gateway:health"),
+        asyncio.create_task(_health_loop(gw, creds, health_servicer), name="gateway:health"),
     ]
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -244,6 +225,27 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
+
+
+async def _health_loop(
+    gw: Gateway, creds: AgentCredentials, health_servicer: health.aio.HealthServicer
+) -> None:
+    """Health follows rtpengine (no media: no call can be placed); metrics of the gateway's state."""
+    last = None
+    while True:
+        creds.reload()
+        ok = gw.media_up
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        if status != last:
+            for n in ("", FULL_NAME):
+                await health_servicer.set(n, status)
+            last = status
+        SERVING.labels("gateway").set(1 if ok else 0)
+        GATEWAY_MEDIA_UP.set(1 if gw.media_up else 0)
+        GATEWAY_TRUNK_UP.set(1 if gw.health.state == "up" else 0)
+        GATEWAY_IN_FLIGHT.set(gw.in_flight())
+        GATEWAY_AGENT_LEGS.set(sum(1 for leg in gw.legs.values() if leg.state == "up"))
+        await asyncio.sleep(1.0)
 
 
 class GatewayMedia(Media):

@@ -606,12 +606,7 @@ class Gateway:
                 self.sip.call("disconnect", f"c:{call_id}")
             return
         if kind == "ring":
-            code, sdp = args[0], args[1]
-            if call.state == "ringing" and isinstance(code, int) and code >= 180:
-                self._emit(call, Kind.RINGING, sip_status=code)
-                self.health.ok()
-                if isinstance(sdp, str):  # early media (183): hear it, it is the network's
-                    self._spawn(self.media.customer_answered(call_id, sdp), "early media")
+            self._on_ring(call, args[0], args[1])
         elif kind == "connect":
             sdp = args[1]
             if call.state != "ringing" or call.cancelled:
@@ -620,19 +615,7 @@ class Gateway:
                 return
             self._spawn(self._answered(call, sdp if isinstance(sdp, str) else None), "answer")
         elif kind == "fail":
-            code, reason = int(args[0]), str(args[1])  # type: ignore[call-overload]
-            if call.state == "ended":
-                return
-            outcome = outcome_of(code)
-            if code >= 500 or (code == 408 and call.state == "ringing"):
-                self.health.failed()
-            elif outcome is not Kind.FAILED:
-                self.health.ok()
-            if call.cancelled:
-                self._end(call, "local")
-                return
-            self._final(call, outcome, reason=f"{code} {reason}", sip_status=code)
-            self._end(call, "remote")
+            self._on_fail(call, int(str(args[0])), str(args[1]))
         elif kind == "disc":
             self._end(call, "remote")
         elif kind == "info":
@@ -641,6 +624,27 @@ class Gateway:
                 self._emit(call, Kind.DTMF, digit=digit)
         elif kind == "update" and self.sip is not None:
             self.sip.call("answer_update", f"c:{call_id}", None)
+
+    def _on_ring(self, call: Call, code: object, sdp: object) -> None:
+        if call.state == "ringing" and isinstance(code, int) and code >= 180:
+            self._emit(call, Kind.RINGING, sip_status=code)
+            self.health.ok()
+            if isinstance(sdp, str):  # early media (183): the network's tones and announcements
+                self._spawn(self.media.customer_answered(call.call_id, sdp), "early media")
+
+    def _on_fail(self, call: Call, code: int, reason: str) -> None:
+        if call.state == "ended":
+            return
+        outcome = outcome_of(code)
+        if code >= 500 or (code == 408 and call.state == "ringing"):
+            self.health.failed()
+        elif outcome is not Kind.FAILED:
+            self.health.ok()
+        if call.cancelled:
+            self._end(call, "local")
+            return
+        self._final(call, outcome, reason=f"{code} {reason}", sip_status=code)
+        self._end(call, "remote")
 
     async def _answered(self, call: Call, sdp: str | None) -> None:
         call.state = "answered"
