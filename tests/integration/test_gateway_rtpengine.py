@@ -23,6 +23,7 @@ import pytest
 from outdial.gateway.rtpengine import (
     DtmfListener,
     Media,
+    MediaStateError,
     RtpEngine,
     RtpEngineError,
     RtpEngineUnavailable,
@@ -340,6 +341,9 @@ async def test_play_reaches_the_customer(media: Media, phones: tuple[Peer, Peer]
     assert {addr for _, addr in first + rest} == {(HOST, cust_port)}
     assert agent.pending() == 0  # only the customer hears it
 
+    await media.bridge("call5", "leg5")
+    with pytest.raises(MediaStateError):  # the agent's voice and a prompt at once: refused
+        await media.play("call5", prompt)
     await media.release_customer("call5")
     await media.release_agent("leg5")
     assert await media.leftover() == []
@@ -454,3 +458,34 @@ async def test_a_killed_rtpengine_is_noticed(tmp_path: Path) -> None:
     finally:
         engine.close()
         proc.stop()
+
+
+async def test_early_media_then_answer_from_another_port(
+    media: Media, phones: tuple[Peer, Peer], sink: Peer
+) -> None:
+    """A 183 with SDP (early media: ringback, announcements) and then a 200 OK whose SDP names another
+    port: the customer's media follows the latest answer, and a bridge made during early media holds."""
+    customer, agent = phones
+    answer_peer = await open_peer(CUSTOMER_PORT + 20)
+    try:
+        cust_port = sdp_audio_port(await media.customer_offer("call8"))
+        await media.customer_answered("call8", phone_sdp(CUSTOMER_PORT, 8))  # 183
+        agent_port = sdp_audio_port(await media.agent_offer("leg8"))
+        await media.agent_answered("leg8", phone_sdp(AGENT_PORT, 8))
+        await media.bridge("call8", "leg8")
+        await send_stream(customer, cust_port, 8, 0x1111, payloads(12, 3))  # the ringback
+        assert [d[12:] for d, _ in await agent.recv(3)] == payloads(12, 3)
+
+        await media.customer_answered("call8", phone_sdp(CUSTOMER_PORT + 20, 8))  # 200 OK
+        await asyncio.gather(
+            send_stream(answer_peer, cust_port, 8, 0x4444, payloads(13, 3)),
+            send_stream(agent, agent_port, 8, 0x2222, payloads(14, 3)),
+        )
+        assert [d[12:] for d, _ in await agent.recv(3)] == payloads(13, 3)
+        assert [d[12:] for d, _ in await answer_peer.recv(3)] == payloads(14, 3)
+        assert customer.pending() == 0 and sink.pending() == 0
+    finally:
+        answer_peer.close()
+    await media.release_customer("call8")
+    await media.release_agent("leg8")
+    assert await media.leftover() == []

@@ -47,6 +47,10 @@ phone. The inner side is where the other party's media comes from and goes to:
   (PCMA vs PCMU), ``codec: {transcode: [far end's codec]}`` makes rtpengine transcode; with the same codec
   the payload is relayed byte for byte.
 
+Prompts: ``play media`` with the outer tag plays to that far end (NG ``from-tag`` names the party who
+hears it), in the codec it negotiated, first packet a few ms after the command. Not while bridged (the
+party would get the prompt and the other party's audio interleaved): ``Media.play`` refuses then.
+
 Who pressed a key: ``Media.who(source_tag)`` maps the DTMF log's ``source_tag``: ``c-X`` -> ("customer", X),
 ``a-Y`` -> ("agent", Y). While bridged, each digit is reported twice, once where it enters (the outer tag)
 and once more where it crosses the bridge (an inner tag ``ci-``/``ai-``): ``who`` returns None for inner
@@ -747,8 +751,14 @@ class Media:
     # -- prompts, recording
 
     async def play(self, call_id: str, file: str | Path) -> int:
-        """Play a file (WAV…) to the customer; its duration in ms."""
+        """Play a file (WAV…) to the customer; its duration in ms. Refused while bridged: rtpengine would
+        send the prompt and the agent's audio side by side (two SSRCs interleaved, measured), not mixed."""
         leg = self._get("customer", call_id)
+        if leg.peer is not None:
+            raise MediaStateError(
+                f"customer {call_id} is bridged to agent leg {leg.peer}: unbridge before playing",
+                error_id="media_bridged",
+            )
         return await self.engine.play_media(leg.rtp_call_id, leg.outer_tag, file)
 
     async def play_agent(self, leg_id: str, file: str | Path) -> int:
