@@ -222,6 +222,31 @@ async def test_offer_points_the_carrier_at_rtpengine(media: Media) -> None:
     assert await media.leftover() == []
 
 
+async def test_own_placeholder_sink_swallows_unbridged_audio(
+    rtpengine: RtpengineProcess, phones: tuple[Peer, Peer]
+) -> None:
+    customer, _ = phones
+    engine = RtpEngine(HOST, NG_PORT)
+    media = Media(engine, rtpengine.recording_dir, sink_port=SINK_PORT + 2)  # binds its own sink
+    await media.start()
+    try:
+        assert media.placeholder == (HOST, SINK_PORT + 2)
+        cust_port = sdp_audio_port(await media.customer_offer("call0"))
+        await media.customer_answered("call0", phone_sdp(CUSTOMER_PORT, 8))
+        await send_stream(customer, cust_port, 8, 0x1111, payloads(0, 5))
+        for _ in range(200):  # the sink only counts: look until the 5 packets are there (2 s at most)
+            if media.placeholder_packets >= 5:
+                break
+            await asyncio.sleep(0.01)
+        assert media.placeholder_packets == 5
+        assert customer.pending() == 0
+        await media.release_customer("call0")
+        assert await media.leftover() == []
+    finally:
+        media.close()
+        engine.close()
+
+
 async def test_bridge_relays_both_ways_byte_for_byte(
     media: Media, phones: tuple[Peer, Peer], sink: Peer
 ) -> None:
@@ -377,6 +402,7 @@ async def test_dtmf_is_reported_with_who_pressed(media: Media, phones: tuple[Pee
         await send_dtmf(customer, cust_port, 0x1111, 13, 40)  # ... and B
         assert await asyncio.wait_for(presses.get(), 5) == ("customer", "call6", "B")
         # the bridged digits also crossed to the other phone, and were logged there under inner tags only
+        assert "ci-call6" in relayed  # the agent's * as it entered the customer's call
         assert set(relayed) <= {"ci-call6", "ai-leg6"}
         assert any(d[1] & 0x7F == 101 for d, _ in await agent.recv(agent.pending()))
     finally:
