@@ -23,6 +23,7 @@ import pytest
 from outdial.gateway.rtpengine import (
     DtmfListener,
     Media,
+    MediaStateError,
     RtpEngine,
     RtpEngineError,
     RtpEngineUnavailable,
@@ -221,6 +222,31 @@ async def test_offer_points_the_carrier_at_rtpengine(media: Media) -> None:
     assert await media.leftover() == []
 
 
+async def test_own_placeholder_sink_swallows_unbridged_audio(
+    rtpengine: RtpengineProcess, phones: tuple[Peer, Peer]
+) -> None:
+    customer, _ = phones
+    engine = RtpEngine(HOST, NG_PORT)
+    media = Media(engine, rtpengine.recording_dir, sink_port=SINK_PORT + 2)  # binds its own sink
+    await media.start()
+    try:
+        assert media.placeholder == (HOST, SINK_PORT + 2)
+        cust_port = sdp_audio_port(await media.customer_offer("call0"))
+        await media.customer_answered("call0", phone_sdp(CUSTOMER_PORT, 8))
+        await send_stream(customer, cust_port, 8, 0x1111, payloads(0, 5))
+        for _ in range(200):  # the sink only counts: look until the 5 packets are there (2 s at most)
+            if media.placeholder_packets >= 5:
+                break
+            await asyncio.sleep(0.01)
+        assert media.placeholder_packets == 5
+        assert customer.pending() == 0
+        await media.release_customer("call0")
+        assert await media.leftover() == []
+    finally:
+        media.close()
+        engine.close()
+
+
 async def test_bridge_relays_both_ways_byte_for_byte(
     media: Media, phones: tuple[Peer, Peer], sink: Peer
 ) -> None:
@@ -340,6 +366,9 @@ async def test_play_reaches_the_customer(media: Media, phones: tuple[Peer, Peer]
     assert {addr for _, addr in first + rest} == {(HOST, cust_port)}
     assert agent.pending() == 0  # only the customer hears it
 
+    await media.bridge("call5", "leg5")
+    with pytest.raises(MediaStateError):  # the agent's voice and a prompt at once: refused
+        await media.play("call5", prompt)
     await media.release_customer("call5")
     await media.release_agent("leg5")
     assert await media.leftover() == []
@@ -373,6 +402,7 @@ async def test_dtmf_is_reported_with_who_pressed(media: Media, phones: tuple[Pee
         await send_dtmf(customer, cust_port, 0x1111, 13, 40)  # ... and B
         assert await asyncio.wait_for(presses.get(), 5) == ("customer", "call6", "B")
         # the bridged digits also crossed to the other phone, and were logged there under inner tags only
+        assert "ci-call6" in relayed  # the agent's * as it entered the customer's call
         assert set(relayed) <= {"ci-call6", "ai-leg6"}
         assert any(d[1] & 0x7F == 101 for d, _ in await agent.recv(agent.pending()))
     finally:
@@ -454,3 +484,34 @@ async def test_a_killed_rtpengine_is_noticed(tmp_path: Path) -> None:
     finally:
         engine.close()
         proc.stop()
+
+
+async def test_early_media_then_answer_from_another_port(
+    media: Media, phones: tuple[Peer, Peer], sink: Peer
+) -> None:
+    """A 183 with SDP (early media: ringback, announcements) and then a 200 OK whose SDP names another
+    port: the customer's media follows the latest answer, and a bridge made during early media holds."""
+    customer, agent = phones
+    answer_peer = await open_peer(CUSTOMER_PORT + 20)
+    try:
+        cust_port = sdp_audio_port(await media.customer_offer("call8"))
+        await media.customer_answered("call8", phone_sdp(CUSTOMER_PORT, 8))  # 183
+        agent_port = sdp_audio_port(await media.agent_offer("leg8"))
+        await media.agent_answered("leg8", phone_sdp(AGENT_PORT, 8))
+        await media.bridge("call8", "leg8")
+        await send_stream(customer, cust_port, 8, 0x1111, payloads(12, 3))  # the ringback
+        assert [d[12:] for d, _ in await agent.recv(3)] == payloads(12, 3)
+
+        await media.customer_answered("call8", phone_sdp(CUSTOMER_PORT + 20, 8))  # 200 OK
+        await asyncio.gather(
+            send_stream(answer_peer, cust_port, 8, 0x4444, payloads(13, 3)),
+            send_stream(agent, agent_port, 8, 0x2222, payloads(14, 3)),
+        )
+        assert [d[12:] for d, _ in await agent.recv(3)] == payloads(13, 3)
+        assert [d[12:] for d, _ in await answer_peer.recv(3)] == payloads(14, 3)
+        assert customer.pending() == 0 and sink.pending() == 0
+    finally:
+        answer_peer.close()
+    await media.release_customer("call8")
+    await media.release_agent("leg8")
+    assert await media.leftover() == []

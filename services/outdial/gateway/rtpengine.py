@@ -1,6 +1,6 @@
 """The gateway's media side: an asyncio client of rtpengine's NG protocol, its DTMF log, and the media recipes.
 
-Three layers, each usable alone:
+Four parts, each usable alone:
 
 - ``bencode`` / ``bdecode``: the NG wire format (BitTorrent's bencode). Our own ~80 lines: strict
   (canonical integers, exact lengths, no trailing bytes), typed, no dependency. Byte strings that are
@@ -39,13 +39,22 @@ phone. The inner side is where the other party's media comes from and goes to:
 
 - at first, and after ``unbridge``, the inner side points at the *placeholder*: a UDP sink socket ``Media``
   owns (one for all calls) that reads and drops what it gets. The party is connected and quiet (agent legs
-  stay nailed up between customers this way).
+  stay nailed up between customers this way). A party's RTCP, if it sends any, goes to the placeholder's
+  port + 1 meanwhile (nobody listens: dropped); pointing it at the sink's own port would make rtpengine
+  offer ``rtcp-mux`` to the carrier (tried), so it is left so.
 - ``bridge(call_id, leg_id)`` re-``offer``s each call's inner side with the SDP of the other call's inner
   port, and ``answer``s again with the far end's stored SDP, flags ``["port-latching"]`` (rtpengine keeps
   its ports). The two inner ports then send to each other: customer <-> agent both ways in about 1 ms
   (four NG round trips, the two calls in parallel). When the two far ends chose different codecs
   (PCMA vs PCMU), ``codec: {transcode: [far end's codec]}`` makes rtpengine transcode; with the same codec
   the payload is relayed byte for byte.
+
+Ports: each rtpengine call holds 4 ports (RTP + RTCP on each side) from ``--port-min``..``--port-max``: size
+the range for 4 x (calls in flight + agent legs), else ``offer`` fails with "Ran out of ports".
+
+Prompts: ``play media`` with the outer tag plays to that far end (NG ``from-tag`` names the party who
+hears it), in the codec it negotiated, first packet a few ms after the command. Not while bridged (the
+party would get the prompt and the other party's audio interleaved): ``Media.play`` refuses then.
 
 Who pressed a key: ``Media.who(source_tag)`` maps the DTMF log's ``source_tag``: ``c-X`` -> ("customer", X),
 ``a-Y`` -> ("agent", Y). While bridged, each digit is reported twice, once where it enters (the outer tag)
@@ -695,7 +704,8 @@ class Media:
     async def _point_inner(self, leg: _Leg, inner_party_sdp: str, transcode: bool) -> None:
         """Re-offer ``leg``'s inner side as ``inner_party_sdp`` and answer again with the far end's SDP;
         rtpengine's ports stay (port-latching), so the far end notices nothing."""
-        assert leg.remote_sdp is not None
+        if leg.remote_sdp is None:
+            raise MediaStateError(f"{leg.kind} {leg.ident} has not answered", error_id="media_not_answered")
         opts: dict[str, BValue] = {**_NG_OPTS, "flags": ["port-latching"]}
         if transcode:
             opts["codec"] = {"transcode": [leg.codec]}
@@ -747,8 +757,14 @@ class Media:
     # -- prompts, recording
 
     async def play(self, call_id: str, file: str | Path) -> int:
-        """Play a file (WAV…) to the customer; its duration in ms."""
+        """Play a file (WAV…) to the customer; its duration in ms. Refused while bridged: rtpengine would
+        send the prompt and the agent's audio side by side (two SSRCs interleaved, measured), not mixed."""
         leg = self._get("customer", call_id)
+        if leg.peer is not None:
+            raise MediaStateError(
+                f"customer {call_id} is bridged to agent leg {leg.peer}: unbridge before playing",
+                error_id="media_bridged",
+            )
         return await self.engine.play_media(leg.rtp_call_id, leg.outer_tag, file)
 
     async def play_agent(self, leg_id: str, file: str | Path) -> int:

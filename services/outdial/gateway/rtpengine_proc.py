@@ -138,6 +138,7 @@ def start_rtpengine(
     exe = binary or find_rtpengine()
     if exe is None:
         raise RuntimeError("no rtpengine binary: apt-get install rtpengine-daemon")
+    recording_dir = recording_dir.resolve()  # rtpengine runs in it: a relative path would nest
     recording_dir.mkdir(parents=True, exist_ok=True)
     if log_path is None:
         fd, name = tempfile.mkstemp(prefix=f"rtpengine-{ng_port}-", suffix=".log")
