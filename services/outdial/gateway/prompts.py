@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import Final
 
 from outdial.core.errors import InvalidArgument, OutdialError
+from outdial.rules.law import JURISDICTIONS
 
 __all__ = [
+    "DEFAULT_VOICE",
     "RENDERER_VERSION",
     "SAMPLE_RATE",
-    "VOICES",
+    "VOICE_OVERRIDES",
     "Prompt",
     "PromptCache",
     "PromptError",
@@ -46,8 +48,9 @@ __all__ = [
 #: Bumped whenever the command lines below change what is produced: old cache entries are then ignored.
 RENDERER_VERSION: Final = "espeak-ng+sox/8k-s16-mono/1"
 SAMPLE_RATE: Final = 8000
-#: The voice for each jurisdiction of ``outdial.rules.law`` (a test keeps the two lists in step).
-VOICES: Final[Mapping[str, str]] = {"US": "en-us", "CA": "en-us", "UK": "en-gb"}
+#: The voice of a jurisdiction of ``outdial.rules.law`` that is not North American English.
+VOICE_OVERRIDES: Final[Mapping[str, str]] = {"UK": "en-gb"}
+DEFAULT_VOICE: Final = "en-us"
 
 MAX_TEXT_CHARS: Final = 2000
 _VOICE_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+\-]{0,39}")
@@ -78,19 +81,19 @@ class Prompt:
 
 
 def voice_for(jurisdiction: str) -> str:
-    """The espeak-ng voice for a jurisdiction of ``outdial.rules.law`` ("US", "CA", "UK")."""
-    try:
-        return VOICES[jurisdiction.upper()]
-    except KeyError:
+    """The espeak-ng voice for a jurisdiction of ``outdial.rules.law``: en-gb for the UK, else en-us."""
+    if jurisdiction not in JURISDICTIONS:
         raise PromptError(
-            f"no voice for jurisdiction {jurisdiction!r}; known: {', '.join(VOICES)}", field="jurisdiction"
-        ) from None
+            f"no voice for jurisdiction {jurisdiction!r}; known: {', '.join(JURISDICTIONS)}",
+            field="jurisdiction",
+        )
+    return VOICE_OVERRIDES.get(jurisdiction, DEFAULT_VOICE)
 
 
 class PromptCache:
     """Renders and caches prompts in ``directory`` (created if missing)."""
 
-    def __init__(self, directory: Path, voice: str = "en-us", rate_wpm: int = 160) -> None:
+    def __init__(self, directory: Path, voice: str = DEFAULT_VOICE, rate_wpm: int = 160) -> None:
         _check_voice(voice)
         _check_rate(rate_wpm)
         self.directory = directory
