@@ -9,14 +9,14 @@ import pytest
 
 from outdial.core.auth import PERMISSIONS, Role, authorize, bearer_from_metadata, issue_token, verify_token
 from outdial.core.errors import PermissionDenied, Unauthenticated
-from outdial.v1 import agent_pb2, campaign_pb2, dnc_pb2, pacing_pb2
+from outdial.v1 import agent_pb2, campaign_pb2, dnc_pb2, gateway_pb2, pacing_pb2
 
 SECRET = "unit-test-secret-0123456789abcdef0123"
 
 
 def _all_rpcs() -> set[str]:
     out = set()
-    for mod in (campaign_pb2, dnc_pb2, agent_pb2, pacing_pb2):
+    for mod in (campaign_pb2, dnc_pb2, agent_pb2, pacing_pb2, gateway_pb2):
         for svc in mod.DESCRIPTOR.services_by_name.values():
             for m in svc.methods:
                 out.add(f"/{svc.full_name}/{m.name}")

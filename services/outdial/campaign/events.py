@@ -250,6 +250,15 @@ class EventConsumer:
             float(dur) if dur not in ("", None) else None,
             at,
         )
+        if ev.get("recording_path") and ev.get("recording_sha256"):
+            await conn.execute(
+                """UPDATE call_records SET recording_path = $2, recording_ms = $3, recording_sha256 = $4
+                    WHERE call_id = $1""",
+                call_id,
+                ev["recording_path"],
+                int(ev.get("recording_ms") or 0),
+                ev["recording_sha256"],
+            )
         if lead_id is None:
             return
         rec = await conn.fetchrow("SELECT disposition FROM call_records WHERE call_id = $1", call_id)
@@ -388,6 +397,9 @@ def _events_from_attempt(r: asyncpg.Record) -> list[dict[str, str]]:
             "end_at": _ms(r["end_at"]),
             "agent_id": str(r["agent_id"] or ""),
             "duration_s": f"{(r['end_at'] - start).total_seconds():.3f}" if start else "0",
+            "recording_path": str(r.get("recording_path") or ""),
+            "recording_ms": str(r.get("recording_ms") or ""),
+            "recording_sha256": str(r.get("recording_sha256") or ""),
         }
     )
     return out

@@ -95,6 +95,9 @@ MODE_DEFAULTS: dict[str, Any] = {
     "message_informational": False,
     "machine_action": "hang_up",
     "agentless_lines": 10,
+    "record_calls": False,
+    "recording_notice": "",
+    "abandon_recording": "",
 }
 
 
@@ -166,6 +169,9 @@ class CampaignRecord:
                 f"MACHINE_ACTION_{mode_setting(s, 'machine_action').upper()}"
             ),
             agentless_lines=int(mode_setting(s, "agentless_lines")),
+            record_calls=bool(mode_setting(s, "record_calls")),
+            recording_notice=str(mode_setting(s, "recording_notice")),
+            abandon_recording=str(mode_setting(s, "abandon_recording")),
         )
         c.preview_timeout.FromSeconds(int(mode_setting(s, "preview_seconds")))
         c.preview_skip_delay.FromSeconds(int(mode_setting(s, "preview_skip_delay_s")))
@@ -226,6 +232,9 @@ SETTABLE = (
     "message_informational",
     "machine_action",
     "agentless_lines",
+    "record_calls",
+    "recording_notice",
+    "abandon_recording",
 )
 
 
@@ -317,7 +326,15 @@ def _merge(
     for f in ("power_ratio", "abandon_cap"):
         if take(f):
             s[f] = float(getattr(msg, f))
-    for f in ("caller_id", "default_region", "seller_name", "opt_out_number", "agentless_message"):
+    for f in (
+        "caller_id",
+        "default_region",
+        "seller_name",
+        "opt_out_number",
+        "agentless_message",
+        "recording_notice",
+        "abandon_recording",
+    ):
         if take(f):
             s[f] = getattr(msg, f).strip()
     for f in ("max_calls_per_number_24h", "max_lines_per_agent", "max_attempts_per_lead", "agentless_lines"):
@@ -335,6 +352,8 @@ def _merge(
 def _merge_modes(msg: campaign_pb2.Campaign, s: dict[str, Any], take: Take) -> None:
     if take("message_informational"):
         s["message_informational"] = bool(msg.message_informational)
+    if take("record_calls"):
+        s["record_calls"] = bool(msg.record_calls)
     if take("preview_timeout_action"):
         action = _enum_name(
             "PREVIEW_TIMEOUT_ACTION_",
@@ -504,6 +523,22 @@ def _validate_modes(s: dict[str, Any]) -> None:
         )
     if len(s["agentless_message"]) > 2000:
         raise InvalidArgument("agentless_message is longer than 2000 characters", field="agentless_message")
+    notice = str(mode_setting(s, "recording_notice"))
+    if len(notice) > 500:
+        raise InvalidArgument("recording_notice is longer than 500 characters", field="recording_notice")
+    if mode_setting(s, "record_calls") and not notice.strip():
+        raise InvalidArgument(
+            "a campaign that records calls needs a recording_notice (played first; all-party-consent "
+            "states forbid recording without it)",
+            field="recording_notice",
+            error_id="recording_notice_required",
+        )
+    rec = str(mode_setting(s, "abandon_recording"))
+    if rec and (not rec.startswith("/") or ".." in rec.split("/") or len(rec) > 500):
+        raise InvalidArgument(
+            "abandon_recording must be an absolute path on the gateway, without '..'",
+            field="abandon_recording",
+        )
 
 
 def _validate_retry(jur: str, s: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from outdial.core.metrics import (
 from outdial.core.server import SERVER_OPTIONS, CoreInterceptor
 from outdial.gateway.engine import Gateway, TrunkConfig, parse_sip_uri
 from outdial.gateway.prompts import PromptCache
+from outdial.gateway.recordings import summarise
 from outdial.gateway.rtpengine import DtmfListener, Media, RtpEngine
 from outdial.gateway.service import GatewayServicer
 from outdial.gateway.settings import GatewaySettings
@@ -157,7 +158,7 @@ async def serve(
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
         log.error("agent %s could not be paused after the phone leg dropped", agent_id)
 
-    gw = Gateway(trunk, media, _Prompts(prompts), pause_agent=pause_agent)
+    gw = Gateway(trunk, media, _Prompts(prompts), pause_agent=pause_agent, summarise=_summarise)
     sip = SipStack(
         s.sip_listen_host,
         s.sip_listen_port,
@@ -264,12 +265,22 @@ class GatewayMedia(Media):
         return freed
 
 
+def _summarise(pcap: Path) -> tuple[str, int, str]:
+    """A finished recording: its path, length and SHA-256, for the call record."""
+    r = summarise(pcap)
+    return str(r.path), r.duration_ms, r.sha256
+
+
 class _Prompts:
     def __init__(self, cache: PromptCache) -> None:
         self.cache = cache
 
     async def render(self, text: str) -> tuple[Path, int]:
         p = await self.cache.render(text)
+        return p.path, p.duration_ms
+
+    async def recording(self, path: Path) -> tuple[Path, int]:
+        p = await self.cache.use_recording(path)
         return p.path, p.duration_ms
 
 

@@ -101,6 +101,7 @@ class MediaPort(Protocol):
 
 class PromptPort(Protocol):
     async def render(self, text: str) -> tuple[Path, int]: ...
+    async def recording(self, path: Path) -> tuple[Path, int]: ...
 
 
 class SipPort(Protocol):
@@ -184,6 +185,7 @@ class Call:
     campaign_id: str
     ring_s: float
     record: bool
+    notice: str = ""
     state: str = "new"  # new → ringing → answered → ended
     invite_at: float = 0.0
     answered_at: float = 0.0
@@ -232,7 +234,9 @@ class Gateway:
         pause_agent: Callable[[str, str], Awaitable[None]] | None = None,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         agent_answer_s: float = 30.0,
+        summarise: Callable[[Path], tuple[str, int, str]] | None = None,
     ) -> None:
+        self.summarise = summarise
         self.trunk = trunk
         self.media = media
         self.prompts = prompts
@@ -294,6 +298,7 @@ class Gateway:
         campaign_id: str = "",
         identity: str = "",
         record: bool = False,
+        recording_notice: str = "",
     ) -> None:
         if not call_id or not owner:
             raise InvalidArgument(error_id="gateway.bad_request", message="call_id and owner are required")
@@ -308,6 +313,12 @@ class Gateway:
             raise InvalidArgument(
                 error_id="gateway.bad_caller_id",
                 message=f"caller_id must be digits (E.164), got {caller_id!r}",
+            )
+        if record and not recording_notice.strip():
+            raise InvalidArgument(
+                error_id="gateway.recording_without_notice",
+                message="a recorded call needs its recording notice (played first to the called party)",
+                field="recording_notice",
             )
         if "\r" in identity or "\n" in identity:
             raise InvalidArgument(error_id="gateway.bad_identity", message="identity header must be one line")
@@ -324,7 +335,7 @@ class Gateway:
                 error_id="gateway.trunk_full", message=f"the trunk's {self.trunk.max_calls} calls are in use"
             )
         ring = max(float(ring_timeout_s or 0), law.MIN_RING_S)
-        call = Call(call_id, owner, number, campaign_id, ring, record)
+        call = Call(call_id, owner, number, campaign_id, ring, record, recording_notice.strip())
         self.calls[call_id] = call
         try:
             sdp = await self.media.customer_offer(call_id)
@@ -397,11 +408,18 @@ class Gateway:
         call = self.calls.get(call_id)
         if call is None or call.state != "answered":
             raise NotFound(error_id="gateway.no_call", message=f"call {call_id} is not answered")
+        path: Path | None = None
+        duration = 0
         if audio_file:
-            path, duration = Path(audio_file), 0
-        elif text.strip():
+            try:
+                path, duration = await self.prompts.recording(Path(audio_file))
+            except Exception as exc:  # never silence where the law wants a message: speak the text
+                if not text.strip():
+                    raise
+                log.error("call %s: recording %s unusable (%s): speaking the text", call_id, audio_file, exc)
+        if path is None and text.strip():
             path, duration = await self.prompts.render(text)
-        else:
+        if path is None:
             raise InvalidArgument(error_id="gateway.no_prompt", message="text or audio_file is required")
         played = await self.media.play(call_id, str(path))
         duration = played or duration
@@ -657,6 +675,8 @@ class Gateway:
                 await self.media.customer_answered(call.call_id, sdp)
             if call.record:
                 await self.media.start_recording(call.call_id)
+                path, _ = await self.prompts.render(call.notice)
+                await self.media.play(call.call_id, str(path))
         except Exception as exc:
             log.error("call %s: media after answer failed (%s): hanging up", call.call_id, exc)
             self._final(call, Kind.FAILED, reason=f"media: {type(exc).__name__}")
@@ -703,12 +723,20 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await self.media.unbridge(call.call_id, leg.leg_id)
         recording = None
+        pcap: object = None
         if call.record and answered:
-            with contextlib.suppress(Exception):
-                await self.media.stop_recording(call.call_id)
+            try:
+                pcap = await self.media.stop_recording(call.call_id)
+            except Exception as exc:
+                log.error("call %s: recording not stopped cleanly: %s", call.call_id, exc)
         if call.media_open:
             with contextlib.suppress(Exception):
                 await self.media.release_customer(call.call_id)
+        if isinstance(pcap, Path) and self.summarise is not None:
+            try:
+                recording = await asyncio.to_thread(self.summarise, pcap)
+            except Exception as exc:
+                log.error("call %s: recording %s unreadable: %s", call.call_id, pcap, exc)
         self._emit(call, Kind.ENDED, reason=by, recording=recording)
         if self.sip is not None:
             self.sip.call("forget", f"c:{call.call_id}")

@@ -60,6 +60,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             campaign_id=request.campaign_id,
             identity=request.identity,
             record=request.record,
+            recording_notice=request.recording_notice,
         )
         return pb.OriginateResponse()
 

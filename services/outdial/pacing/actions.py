@@ -32,7 +32,7 @@ from outdial.pacing.hopper import Hopper
 from outdial.pacing.snapshot import BudgetView
 from outdial.pacing.store import PacingStore, ms
 from outdial.rules import law
-from outdial.telephony.base import Answer, CallEvent, EventKind, TelephonyAdapter
+from outdial.telephony.base import Answer, CallEvent, EventKind, OriginateOptions, TelephonyAdapter
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
 
 log = logging.getLogger("outdial.pacing.dialer")
@@ -117,6 +117,8 @@ class Call:
     flow: Flow = Flow.AGENT
     # Preview: the agent who chose to dial this lead (the call is manual, not autodialled).
     dialled_by: str = ""
+    # A recorded call: (path, length ms, SHA-256), from the network's ``ended``.
+    recording: tuple[str, int, str] | None = None
 
 
 class Run(Protocol):
@@ -197,7 +199,9 @@ class CallActions:
         elif action is Action.RELEASE_AGENT:
             await self._release_held(call, call.reason or call.outcome or "ended")
         elif action is Action.PLAY_MESSAGE and live:
-            await self.adapter.play_message(call.call_id, self._message(call.config))
+            await self.adapter.play_message(
+                call.call_id, self._message(call.config), str(call.config.get("abandon_recording") or "")
+            )
             call.message_played = True
         elif action is Action.RECORD_ABANDON:
             await self._record_abandon(call, run)
@@ -347,6 +351,7 @@ class CallActions:
                     end_at=end_at,
                     agent_id=call.agent_id or None,
                     opt_out=call.opt_out,
+                    recording=call.recording,
                 ),
             )
             if not won:
@@ -413,6 +418,9 @@ class CallActions:
             end_at=ms(end_at),
             agent_id=call.agent_id,
             duration_s=f"{(end_at - start).total_seconds():.3f}" if start else "0",
+            recording_path=call.recording[0] if call.recording else "",
+            recording_ms=call.recording[1] if call.recording else "",
+            recording_sha256=call.recording[2] if call.recording else "",
             # The network's reason of a failed call (e.g. invalid_number: the campaign closes the number).
             reason=call.reason if call.outcome == "failed" else "",
         )
@@ -447,3 +455,16 @@ class CallActions:
             held = await self.redis.get(keys.call_agent(call.call_id))
             call.held_agent = str(held or "")
         await self.apply(call, Event.ORPHAN, self.clock.now(), None)
+
+
+def originate_options(cid: str, config: dict[str, Any], state: str) -> OriginateOptions:
+    """What the network does with a call besides placing it: recording (never, in an all-party-consent
+    state, without the notice), and the campaign's recorded abandonment message."""
+    notice = str(config.get("recording_notice") or "")
+    record = bool(config.get("record_calls")) and law.may_record(state, notice)
+    return OriginateOptions(
+        campaign_id=cid,
+        record=record,
+        recording_notice=notice if record else "",
+        abandon_recording=str(config.get("abandon_recording") or ""),
+    )

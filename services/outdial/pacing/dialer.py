@@ -55,7 +55,7 @@ from outdial.core.metrics import (
     LINES_IN_FLIGHT,
 )
 from outdial.core.redis import Redis
-from outdial.pacing.actions import Call, CallActions, carrier_event, observe
+from outdial.pacing.actions import Call, CallActions, carrier_event, observe, originate_options
 from outdial.pacing.agents import AgentClient
 from outdial.pacing.budget import budget_view
 from outdial.pacing.calls import Event, Flow, State
@@ -576,7 +576,9 @@ class Dialer:
         run.placed += 1
         CALLS_PLACED.labels(cid).inc()
         try:
-            await self.adapter.originate(g.call_id, g.number, str(config["caller_id"]), ring_s)
+            await self.adapter.originate(
+                g.call_id, g.number, str(config["caller_id"]), ring_s, originate_options(cid, config, g.state)
+            )
         except Exception as exc:
             call.reason = f"originate: {type(exc).__name__}"
             call.events.put_nowait(Event.ORIGINATE_ERROR)
@@ -598,6 +600,8 @@ class Dialer:
                     event, at = mapped, from_ms(item.at_ms) or self.clock.now()
                     if item.kind is EventKind.FAILED and item.reason and not call.reason:
                         call.reason = item.reason
+                    if item.recording is not None:
+                        call.recording = item.recording
                     if event is Event.LINE_ENDED and call.end_at is None:
                         call.end_at = at  # the carrier's time of the end, not the time we got to it
                 await self.actions.apply(call, event, at, run)

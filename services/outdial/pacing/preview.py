@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from outdial.core.metrics import CALLS_BLOCKED, CALLS_PLACED
-from outdial.pacing.actions import Call, Run
+from outdial.pacing.actions import Call, Run, originate_options
 from outdial.pacing.calls import Action, Event, State
 from outdial.pacing.gate import GateLead
 from outdial.pacing.hopper import TakenLead
@@ -257,7 +257,13 @@ class PreviewFlow:
         CALLS_PLACED.labels(cid).inc()
         ring_s = law.ring_time(float(config.get("ring_timeout_s") or DEFAULT_RING_S))
         try:
-            await d.adapter.originate(call.call_id, call.number, str(config.get("caller_id", "")), ring_s)
+            await d.adapter.originate(
+                call.call_id,
+                call.number,
+                str(config.get("caller_id", "")),
+                ring_s,
+                originate_options(cid, config, str(call.lead.get("state", ""))),
+            )
         except Exception as exc:  # the adapter refused: the call ends failed, through the table
             call.reason = f"originate: {type(exc).__name__}"
             await d.actions.apply(call, Event.ORIGINATE_ERROR, d.clock.now(), run)

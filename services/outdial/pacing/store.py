@@ -218,6 +218,7 @@ class PacingStore:
         end_at: datetime,
         agent_id: str | None,
         opt_out: bool,
+        recording: tuple[str, int, str] | None = None,
     ) -> bool:
         """Write the call's end, once: the first writer wins (the replica that followed the call, or a lease
         holder closing it after its replica died). True for the writer that won; it alone emits
@@ -225,7 +226,8 @@ class PacingStore:
         row = await self.pool.fetchval(
             """UPDATE dial_attempts SET outcome = $2, answer = COALESCE($3, answer),
                    answer_at = COALESCE($4, answer_at), connect_at = COALESCE($5, connect_at), end_at = $6,
-                   agent_id = COALESCE($7, agent_id), opt_out = opt_out OR $8
+                   agent_id = COALESCE($7, agent_id), opt_out = opt_out OR $8,
+                   recording_path = $9, recording_ms = $10, recording_sha256 = $11
                WHERE call_id = $1 AND end_at IS NULL RETURNING 1""",
             call_id,
             outcome,
@@ -235,6 +237,9 @@ class PacingStore:
             end_at,
             agent_id,
             opt_out,
+            recording[0] if recording else None,
+            recording[1] if recording else None,
+            recording[2] if recording else None,
         )
         return row is not None
 

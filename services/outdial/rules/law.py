@@ -69,6 +69,21 @@ SHORT_WINDOW_CAP = 0.05
 #: 47 CFR 64.1200(a)(7)(i)(A) and 16 CFR 310.4(b)(1)(iv)).
 OPT_OUT_KEY = "9"
 
+#: US states whose wiretap laws require the consent of every party to record a call (the rest need one
+#: party's). Sources: Cal. Penal Code §632; Conn. Gen. Stat. §52-570d; Del. Code tit. 11 §2402; Fla. Stat.
+#: §934.03; 720 ILCS 5/14-2; Md. Cts. & Jud. Proc. §10-402; Mass. Gen. Laws ch. 272 §99; Mich. Comp. Laws
+#: §750.539c; Mont. Code §45-8-213; Nev. Rev. Stat. §200.620 (telephone calls, per Lane v. Allstate);
+#: N.H. Rev. Stat. §570-A:2; 18 Pa. Cons. Stat. §5703; Wash. Rev. Code §9.73.030. A recorded campaign plays
+#: its recording notice first to everyone; a lead in one of these states is never recorded without it.
+ALL_PARTY_CONSENT_STATES: frozenset[str] = frozenset(
+    {"CA", "CT", "DE", "FL", "IL", "MD", "MA", "MI", "MT", "NV", "NH", "PA", "WA"}
+)
+
+
+def may_record(state: str, notice: str) -> bool:
+    """Whether a call to a lead in US ``state`` may be recorded with this notice (played first)."""
+    return bool(notice.strip()) or state.strip().upper() not in ALL_PARTY_CONSENT_STATES
+
 
 @dataclass(frozen=True, slots=True)
 class AbandonPolicy:

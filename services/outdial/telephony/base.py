@@ -47,6 +47,21 @@ class CallEvent:
     # For failed: the network's reason; for ended: who hung up ("remote", "local", "timeout").
     reason: str = ""
     digit: str = ""
+    # ended, on a recorded call: (path, length ms, SHA-256 of the file).
+    recording: tuple[str, int, str] | None = None
+
+
+@dataclass(frozen=True)
+class OriginateOptions:
+    """What a network may do with a call beyond placing it (the simulated carrier ignores it)."""
+
+    campaign_id: str = ""
+    # Record both directions; the notice plays to the called party first. ``record`` is already False for a
+    # lead in an all-party-consent state when there is no notice (:func:`outdial.rules.law.may_record`).
+    record: bool = False
+    recording_notice: str = ""
+    # A recording played instead of the spoken abandonment message.
+    abandon_recording: str = ""
 
 
 #: Never ring for less than this: the legal minimum, :data:`outdial.rules.law.MIN_RING_S`.
@@ -58,7 +73,14 @@ class TelephonyAdapter(abc.ABC):
     loop concurrently for many calls; unknown call ids are ignored (the call may have just ended)."""
 
     @abc.abstractmethod
-    async def originate(self, call_id: str, number: str, caller_id: str, ring_timeout_s: float) -> None:
+    async def originate(
+        self,
+        call_id: str,
+        number: str,
+        caller_id: str,
+        ring_timeout_s: float,
+        options: OriginateOptions | None = None,
+    ) -> None:
         """Start dialing ``number`` presenting ``caller_id``; give up (``no_answer``) after the ring
         timeout, which the adapter raises to :data:`MIN_RING_TIMEOUT_S` if lower."""
 
@@ -67,9 +89,10 @@ class TelephonyAdapter(abc.ABC):
         """Abandon a call that has not been answered yet (it ends with ``ended`` reason ``local``)."""
 
     @abc.abstractmethod
-    async def play_message(self, call_id: str, text: str) -> None:
-        """Play a recorded message on an answered call; ``dtmf`` events carry key presses during it and
-        ``message_done`` follows when it finished."""
+    async def play_message(self, call_id: str, text: str, audio_file: str = "") -> None:
+        """Play a message on an answered call (``text`` spoken, or the recording ``audio_file`` when the
+        network can play one); ``dtmf`` events carry key presses during it and ``message_done`` follows
+        when it finished."""
 
     @abc.abstractmethod
     async def bridge(self, call_id: str, agent_id: str) -> None:

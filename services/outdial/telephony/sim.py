@@ -22,6 +22,7 @@ from outdial.telephony.base import (
     Answer,
     CallEvent,
     EventKind,
+    OriginateOptions,
     TelephonyAdapter,
 )
 
@@ -122,7 +123,14 @@ class SimCarrier(TelephonyAdapter):
 
     # ---------------------------------------------------------------- commands
 
-    async def originate(self, call_id: str, number: str, caller_id: str, ring_timeout_s: float) -> None:
+    async def originate(
+        self,
+        call_id: str,
+        number: str,
+        caller_id: str,
+        ring_timeout_s: float,
+        options: OriginateOptions | None = None,
+    ) -> None:
         if self._closed:
             raise RuntimeError("carrier closed")
         if call_id in self._calls:
@@ -140,7 +148,7 @@ class SimCarrier(TelephonyAdapter):
     async def cancel(self, call_id: str) -> None:
         self._command(call_id, "cancel")
 
-    async def play_message(self, call_id: str, text: str) -> None:
+    async def play_message(self, call_id: str, text: str, audio_file: str = "") -> None:
         self._command(call_id, "play", text)
 
     async def bridge(self, call_id: str, agent_id: str) -> None:

@@ -22,7 +22,14 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from outdial.telephony.base import MIN_RING_TIMEOUT_S, Answer, CallEvent, EventKind, TelephonyAdapter
+from outdial.telephony.base import (
+    MIN_RING_TIMEOUT_S,
+    Answer,
+    CallEvent,
+    EventKind,
+    OriginateOptions,
+    TelephonyAdapter,
+)
 from outdial.v1 import gateway_pb2 as pb
 from outdial.v1 import gateway_pb2_grpc
 
@@ -57,7 +64,12 @@ def to_event(msg: pb.StreamCallEventsResponse) -> CallEvent | None:
     answer = None
     if kind is EventKind.ANSWERED:
         answer = Answer.MACHINE if msg.answer == "machine" else Answer.HUMAN
-    return CallEvent(msg.call_id, kind, msg.at_ms, answer=answer, reason=reason, digit=msg.digit)
+    recording = None
+    if msg.HasField("recording") and msg.recording.path:
+        recording = (msg.recording.path, int(msg.recording.duration_ms), msg.recording.sha256)
+    return CallEvent(
+        msg.call_id, kind, msg.at_ms, answer=answer, reason=reason, digit=msg.digit, recording=recording
+    )
 
 
 class SipTelephonyAdapter(TelephonyAdapter):
@@ -77,6 +89,7 @@ class SipTelephonyAdapter(TelephonyAdapter):
         self.rpc_timeout_s = rpc_timeout_s
         self._events: asyncio.Queue[CallEvent] = asyncio.Queue()
         self._mine: dict[str, float] = {}  # call id -> when originated (monotonic)
+        self._abandon_audio: dict[str, str] = {}  # call id -> the campaign's recorded abandonment message
         self._stream_task: asyncio.Task[None] | None = None
         self._connected = False
         self._unavailable_until = 0.0
@@ -102,6 +115,7 @@ class SipTelephonyAdapter(TelephonyAdapter):
                         continue
                     if ev.kind is EventKind.ENDED:
                         self._mine.pop(ev.call_id, None)
+                        self._abandon_audio.pop(ev.call_id, None)
                     self._events.put_nowait(ev)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.CANCELLED and self._closed:
@@ -132,8 +146,18 @@ class SipTelephonyAdapter(TelephonyAdapter):
         """False while the gateway is unreachable or refused calls a moment ago (back off)."""
         return time.monotonic() >= self._unavailable_until
 
-    async def originate(self, call_id: str, number: str, caller_id: str, ring_timeout_s: float) -> None:
+    async def originate(
+        self,
+        call_id: str,
+        number: str,
+        caller_id: str,
+        ring_timeout_s: float,
+        options: OriginateOptions | None = None,
+    ) -> None:
         self._ensure_stream()
+        opts = options or OriginateOptions()
+        if opts.abandon_recording:
+            self._abandon_audio[call_id] = opts.abandon_recording
         self._mine[call_id] = time.monotonic()
         try:
             await self.stub.Originate(
@@ -144,11 +168,15 @@ class SipTelephonyAdapter(TelephonyAdapter):
                     ring_timeout_s=max(ring_timeout_s, MIN_RING_TIMEOUT_S),
                     owner=self.owner,
                     identity=self.identity,
+                    campaign_id=opts.campaign_id,
+                    record=opts.record,
+                    recording_notice=opts.recording_notice,
                 ),
                 timeout=self.rpc_timeout_s + 5.0,  # the CPS pacer may hold the INVITE a moment
             )
         except grpc.aio.AioRpcError as exc:
             self._mine.pop(call_id, None)
+            self._abandon_audio.pop(call_id, None)
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 self._unavailable_until = time.monotonic() + 1.0
                 raise TelephonyUnavailable(f"{exc.code().name}: {exc.details()}") from exc
@@ -165,8 +193,10 @@ class SipTelephonyAdapter(TelephonyAdapter):
     async def cancel(self, call_id: str) -> None:
         await self._command("CancelCall", pb.CancelCallRequest(call_id=call_id))
 
-    async def play_message(self, call_id: str, text: str) -> None:
-        await self._command("PlayPrompt", pb.PlayPromptRequest(call_id=call_id, text=text))
+    async def play_message(self, call_id: str, text: str, audio_file: str = "") -> None:
+        await self._command(
+            "PlayPrompt", pb.PlayPromptRequest(call_id=call_id, text=text, audio_file=audio_file)
+        )
 
     async def bridge(self, call_id: str, agent_id: str) -> None:
         res = await self._command("BridgeCall", pb.BridgeCallRequest(call_id=call_id, agent_id=agent_id))

@@ -94,6 +94,9 @@ class Campaign(_message.Message):
     MESSAGE_INFORMATIONAL_FIELD_NUMBER: _builtins.int
     MACHINE_ACTION_FIELD_NUMBER: _builtins.int
     AGENTLESS_LINES_FIELD_NUMBER: _builtins.int
+    RECORD_CALLS_FIELD_NUMBER: _builtins.int
+    RECORDING_NOTICE_FIELD_NUMBER: _builtins.int
+    ABANDON_RECORDING_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     description: _builtins.str
@@ -128,6 +131,14 @@ class Campaign(_message.Message):
     machine_action: Global___MachineAction.ValueType
     agentless_lines: _builtins.int
     """Agentless mode: lines in flight at most."""
+    record_calls: _builtins.bool
+    """SIP telephony: record both directions of every answered call (the call record keeps the file's path,
+    length and SHA-256). A campaign that records must set recording_notice: it plays to the called party
+    first, and leads in all-party-consent states are never recorded without it.
+    """
+    recording_notice: _builtins.str
+    abandon_recording: _builtins.str
+    """SIP telephony: a recording (a path on the gateway) played instead of the spoken abandonment message."""
     @_builtins.property
     def calling_window(self) -> _common_pb2.CallingWindow: ...
     @_builtins.property
@@ -192,10 +203,13 @@ class Campaign(_message.Message):
         message_informational: _builtins.bool = ...,
         machine_action: Global___MachineAction.ValueType = ...,
         agentless_lines: _builtins.int = ...,
+        record_calls: _builtins.bool = ...,
+        recording_notice: _builtins.str = ...,
+        abandon_recording: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["abandon_window", b"abandon_window", "calling_window", b"calling_window", "created_at", b"created_at", "preview_skip_delay", b"preview_skip_delay", "preview_timeout", b"preview_timeout", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon_cap", b"abandon_cap", "abandon_window", b"abandon_window", "agentless_lines", b"agentless_lines", "agentless_message", b"agentless_message", "caller_id", b"caller_id", "calling_window", b"calling_window", "created_at", b"created_at", "default_region", b"default_region", "description", b"description", "dial_mode", b"dial_mode", "dispositions", b"dispositions", "id", b"id", "jurisdiction", b"jurisdiction", "machine_action", b"machine_action", "max_attempts_per_lead", b"max_attempts_per_lead", "max_calls_per_number_24h", b"max_calls_per_number_24h", "max_lines_per_agent", b"max_lines_per_agent", "message_informational", b"message_informational", "name", b"name", "opt_out_number", b"opt_out_number", "power_ratio", b"power_ratio", "preview_skip_delay", b"preview_skip_delay", "preview_timeout", b"preview_timeout", "preview_timeout_action", b"preview_timeout_action", "retry_rules", b"retry_rules", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "seller_name", b"seller_name", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon_cap", b"abandon_cap", "abandon_recording", b"abandon_recording", "abandon_window", b"abandon_window", "agentless_lines", b"agentless_lines", "agentless_message", b"agentless_message", "caller_id", b"caller_id", "calling_window", b"calling_window", "created_at", b"created_at", "default_region", b"default_region", "description", b"description", "dial_mode", b"dial_mode", "dispositions", b"dispositions", "id", b"id", "jurisdiction", b"jurisdiction", "machine_action", b"machine_action", "max_attempts_per_lead", b"max_attempts_per_lead", "max_calls_per_number_24h", b"max_calls_per_number_24h", "max_lines_per_agent", b"max_lines_per_agent", "message_informational", b"message_informational", "name", b"name", "opt_out_number", b"opt_out_number", "power_ratio", b"power_ratio", "preview_skip_delay", b"preview_skip_delay", "preview_timeout", b"preview_timeout", "preview_timeout_action", b"preview_timeout_action", "record_calls", b"record_calls", "recording_notice", b"recording_notice", "retry_rules", b"retry_rules", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "seller_name", b"seller_name", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
