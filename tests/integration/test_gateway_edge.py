@@ -28,7 +28,14 @@ from pathlib import Path
 
 import pytest
 
-from outdial.gateway.edge import EdgeConfig, EdgeProcess, Transport, find_kamailio, start_edge
+from outdial.gateway.edge import (
+    EdgeConfig,
+    EdgeProcess,
+    Transport,
+    find_kamailio,
+    render_edge_config,
+    start_edge,
+)
 
 SIPP = shutil.which("sipp")
 KAMAILIO = find_kamailio()
@@ -454,11 +461,13 @@ class Peers:
             time.sleep(0.05)  # waiting for another process to bind: nothing to wait on but time
         raise AssertionError("the SIPp UAS did not start\n" + sipp.logs())
 
-    def uac(self, scenario: str, target: str, trunk: str, calls: int = 1, *extra: str) -> Sipp:
+    def uac(
+        self, scenario: str, port: int, target: str, trunk: str, *extra: str, transport: str = "u1"
+    ) -> Sipp:
+        """The gateway's stand-in: sends to ``target`` (the edge) calls whose R-URI names ``trunk``."""
         return self.sipp(
-            "uac", scenario, self.ports(), "u1", target, "-key", "trunk", trunk, "-s", "15550100",
-            "-m", str(calls), *extra,
-        )  # fmt: skip
+            "uac", scenario, port, transport, target, "-key", "trunk", trunk, "-s", "15550100", *extra
+        )
 
     def edge(self, cfg: EdgeConfig, name: str) -> EdgeProcess:
         edge = start_edge(cfg, self.workdir / name)
@@ -552,10 +561,7 @@ def test_a_udp_gateway_calls_through_the_edge(peers: Peers, transport: Transport
     uac_port = peers.ports()
     chain = build_chain(peers, transport, uac_port=uac_port)
     uas = peers.uas(uas_xml, chain.uas_port, chain.uas_transport)
-    uac = peers.sipp(
-        "uac", uac_xml, uac_port, "u1", chain.edge_udp, "-key", "trunk", chain.trunk, "-s", "15550100",
-        "-m", "1",
-    )  # fmt: skip
+    uac = peers.uac(uac_xml, uac_port, chain.edge_udp, chain.trunk, "-m", "1")
 
     assert (uac.wait(), uas.wait()) == (0, 0), _diagnostics(peers)
 
@@ -579,10 +585,7 @@ def test_an_untrusted_trunk_certificate_fails_the_call_and_nothing_reaches_the_t
     stranger_ca, _ = make_cert(tmp_path, "stranger-ca")
     uac_port = peers.ports()
     chain = build_chain(peers, "tls", ca_file=stranger_ca, uac_port=uac_port)
-    uac = peers.sipp(
-        "uac", UAC_REFUSED, uac_port, "u1", chain.edge_udp, "-key", "trunk", chain.trunk, "-s", "15550100",
-        "-m", "1",
-    )  # fmt: skip
+    uac = peers.uac(UAC_REFUSED, uac_port, chain.edge_udp, chain.trunk, "-m", "1")
 
     assert uac.wait() == 0, _diagnostics(peers)
     assert chain.carrier is not None
@@ -612,6 +615,27 @@ def test_udp_from_anyone_but_the_gateway_is_refused(peers: Peers) -> None:
     assert "INVITE out=" not in chain.edge.log_text()
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        EdgeConfig(
+            listen_udp="127.0.0.1:5062", gateway_udp="127.0.0.1:5060", listen_trunk="0.0.0.0:5061",
+            trunk_host="sip.carrier.example", trunk_port=5061, transport="tls", advertise="203.0.113.5",
+        ),
+        EdgeConfig(
+            listen_udp="[::1]:5062", gateway_udp="[::1]:5060", listen_trunk="[::1]:5070",
+            trunk_host="2001:db8::1", trunk_port=5060, transport="tcp", advertise="[2001:db8::5]:5070",
+        ),
+    ],
+    ids=["tls-dns-trunk-behind-nat", "tcp-ipv6"],
+)  # fmt: skip
+def test_configs_not_run_above_still_pass_kamailios_own_check(cfg: EdgeConfig, tmp_path: Path) -> None:
+    assert KAMAILIO is not None
+    path = render_edge_config(cfg, tmp_path)
+    check = subprocess.run([str(KAMAILIO), "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+
+
 # ---- latency measurement (not a test): python tests/integration/test_gateway_edge.py ----------------
 
 
@@ -636,9 +660,9 @@ def invite_to_200_ms(message_log: str) -> list[float]:
 def _invite_to_200(
     peers: Peers, uac_transport: str, target: str, trunk: str, uac_port: int, calls: int
 ) -> tuple[float, float]:
-    uac = peers.sipp(
-        "uac", UAC_GATEWAY_HANGS_UP, uac_port, uac_transport, target, "-key", "trunk", trunk,
-        "-s", "15550100", "-m", str(calls), "-r", "10", "-l", "5",
+    uac = peers.uac(
+        UAC_GATEWAY_HANGS_UP, uac_port, target, trunk, "-m", str(calls), "-r", "10", "-l", "5",
+        transport=uac_transport,
     )  # fmt: skip
     assert uac.wait(120) == 0, _diagnostics(peers)
     values = invite_to_200_ms((peers.workdir / "uac.msg").read_text())
