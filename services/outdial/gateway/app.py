@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,6 +33,7 @@ from outdial.core.metrics import (
     start_metrics_server,
 )
 from outdial.core.server import SERVER_OPTIONS, CoreInterceptor
+from outdial.gateway.edge import EdgeConfig, EdgeProcess, start_edge
 from outdial.gateway.engine import Gateway, TrunkConfig, parse_sip_uri
 from outdial.gateway.prompts import PromptCache
 from outdial.gateway.recordings import summarise
@@ -61,13 +63,8 @@ def trunk_config(s: GatewaySettings) -> TrunkConfig:
         proxy = (phost, pport or 5060)
     next_hop = proxy or (host, port or 5060)
     if s.trunk_transport != "udp":
-        if not s.trunk_edge:
-            raise ValueError(
-                f"OUTDIAL_TRUNK_TRANSPORT={s.trunk_transport} needs OUTDIAL_TRUNK_EDGE (the local SIP edge "
-                "that speaks TCP/TLS to the trunk; see docs/telephony.md)"
-            )
-        _u, ehost, eport = parse_sip_uri(s.trunk_edge)
-        next_hop = (ehost, eport or 5060)
+        ehost, eport = _host_port(s.trunk_edge, "OUTDIAL_TRUNK_EDGE")
+        next_hop = (ehost, eport)
     password = s.trunk_password.get_secret_value()
     return TrunkConfig(
         host=host,
@@ -78,6 +75,33 @@ def trunk_config(s: GatewaySettings) -> TrunkConfig:
         proxy=proxy if s.trunk_transport == "udp" else None,
         max_calls=s.trunk_max_calls,
         cps=s.trunk_cps,
+    )
+
+
+def _host_port(value: str, setting: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"{setting}: expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def edge_config(s: GatewaySettings) -> EdgeConfig:
+    """The Kamailio edge for a TCP/TLS trunk, from the gateway's settings."""
+    _user, host, port = parse_sip_uri(s.trunk_uri)
+    transport: Literal["tcp", "tls"] = "tls" if s.trunk_transport == "tls" else "tcp"
+    return EdgeConfig(
+        listen_udp=s.trunk_edge,
+        gateway_udp=f"{s.sip_listen_host}:{s.sip_listen_port}",
+        listen_trunk=s.edge_trunk_listen,
+        trunk_host=host,
+        trunk_port=port or (5061 if transport == "tls" else 5060),
+        transport=transport,
+        tls_ca_file=s.trunk_tls_ca_file,
+        tls_verify=s.trunk_tls_verify,
+        tls_cert_file=s.trunk_tls_cert_file,
+        tls_key_file=s.trunk_tls_key_file,
+        tls_client_cert=s.trunk_tls_client_cert,
+        advertise=s.edge_advertise or None,
     )
 
 
@@ -123,6 +147,10 @@ async def serve(
     started: Callable[[int], None] | None = None,
 ) -> None:
     trunk = trunk_config(s)
+    edge: EdgeProcess | None = None
+    if s.trunk_transport != "udp" and not s.trunk_edge_external:
+        edge = await asyncio.to_thread(start_edge, edge_config(s), s.edge_workdir)
+        log.info("SIP edge (Kamailio) up: UDP %s <-> %s trunk", s.trunk_edge, s.trunk_transport.upper())
     ng_host, ng_port = s.rtpengine_ng.rsplit(":", 1)
     engine = RtpEngine(ng_host, int(ng_port), s.rtpengine_timeout_s)
     media = GatewayMedia(engine, s.recordings_dir, sink_host=s.sip_listen_host)
@@ -223,6 +251,8 @@ async def serve(
         await sip.stop()
         media.close()
         await agent_channel.close()
+        if edge is not None:
+            await asyncio.to_thread(edge.stop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)

@@ -265,8 +265,8 @@ class Gateway:
             q = self.queues[owner] = asyncio.Queue()
         return q
 
-    def _emit(self, call: Call, kind: Kind, **kw: object) -> None:
-        ev = GatewayEvent(call.call_id, kind, self.now_ms(), **kw)  # type: ignore[arg-type]
+    def _emit(self, call: Call, kind: Kind, at_ms: int | None = None, **kw: object) -> None:
+        ev = GatewayEvent(call.call_id, kind, at_ms or self.now_ms(), **kw)  # type: ignore[arg-type]
         self.queue(call.owner).put_nowait(ev)
 
     def _spawn(self, coro: Awaitable[None], what: str) -> None:
@@ -665,6 +665,9 @@ class Gateway:
         self._end(call, "remote")
 
     async def _answered(self, call: Call, sdp: str | None) -> None:
+        # The answer's time is the 200 OK's arrival (the 2-second rule runs from there), not when the media
+        # was ready.
+        at_200 = self.now_ms()
         call.state = "answered"
         call.answered_at = time.monotonic()
         if call.ring_timer is not None:
@@ -683,7 +686,8 @@ class Gateway:
             await self.hangup(call.call_id)
             return
         if call.state == "answered":
-            self._emit(call, Kind.ANSWERED, answer="human", sip_status=200)
+            GATEWAY_CALLS.labels("answered").inc()
+            self._emit(call, Kind.ANSWERED, at_ms=at_200, answer="human", sip_status=200)
 
     def on_dtmf(self, tag: str, digit: str) -> None:
         """A key press rtpengine saw; ``tag`` tells whose side: ``c-<call_id>`` or ``a-<leg_id>``."""
@@ -701,7 +705,7 @@ class Gateway:
             return
         call.outcome_sent = True
         GATEWAY_CALLS.labels(kind.value).inc()
-        self._emit(call, kind, **kw)
+        self._emit(call, kind, None, **kw)
 
     def _end(self, call: Call, by: str) -> None:
         if call.state == "ended":

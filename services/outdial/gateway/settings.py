@@ -30,8 +30,21 @@ class GatewaySettings(BaseSettings):
     trunk_cps: float = Field(default=10.0, gt=0)
     # A DNS name or IP the carrier expects in From (empty: the trunk's host).
     trunk_from_domain: str = ""
-    # When TCP or TLS is chosen, requests go through a local SIP edge (Kamailio) that speaks it to the trunk.
-    trunk_edge: str = ""
+    # TCP or TLS trunks: sippy speaks UDP only, so the gateway starts a local SIP edge (Kamailio) that
+    # carries its requests to the trunk over TCP/TLS (see gateway/edge.py). trunk_edge: the edge's UDP address
+    # (the gateway's next hop); edge_trunk_listen: its TCP/TLS socket facing the trunk (the carrier reaches us
+    # there); edge_advertise: host[:port] shown to the trunk behind NAT. With trunk_edge_external the edge is
+    # run by someone else (a sidecar container) and the gateway only sends to trunk_edge.
+    trunk_edge: str = "127.0.0.1:5062"
+    trunk_edge_external: bool = False
+    edge_trunk_listen: str = "0.0.0.0:5061"
+    edge_advertise: str = ""
+    edge_workdir: Path = Path("/tmp/outdial-edge")
+    trunk_tls_ca_file: Path | None = None
+    trunk_tls_verify: bool = True
+    trunk_tls_cert_file: Path | None = None
+    trunk_tls_key_file: Path | None = None
+    trunk_tls_client_cert: bool = False
 
     # rtpengine's NG control socket and the UDP address it sends DTMF events to (we listen there).
     rtpengine_ng: str = "127.0.0.1:22222"

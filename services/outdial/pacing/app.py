@@ -23,7 +23,9 @@ def make_adapter(s: PacingServiceSettings, ctx: ServiceContext) -> TelephonyAdap
     if s.telephony == "sip":
         channel = open_channel(ctx.settings, ctx.settings.gateway_addr, ctx.token)
         ctx.on_close(channel.close)
-        return SipTelephonyAdapter(channel, owner=f"pacing:{ctx.instance_id}", identity=s.sip_identity)
+        return SipTelephonyAdapter(
+            channel, owner=f"pacing:{ctx.instance_id}", identity=s.sip_identity, clock=ctx.clock
+        )
     if s.telephony != "sim":
         raise ValueError(f"OUTDIAL_TELEPHONY: unknown telephony adapter {s.telephony!r} (sim or sip)")
     return SimCarrier(
