@@ -280,6 +280,15 @@ class Gateway:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
+    def accepting(self) -> bool:
+        """Whether a call would be placed now (media up, trunk not backing off, a trunk call free)."""
+        return (
+            self.sip is not None
+            and self.media_up
+            and self.health.allows()
+            and self.in_flight() < self.trunk.max_calls
+        )
+
     def in_flight(self) -> int:
         return sum(1 for c in self.calls.values() if c.state != "ended")
 

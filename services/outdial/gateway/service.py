@@ -130,4 +130,5 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             calls_per_second=gw.trunk.cps,
             registered_phones=len(gw.registrations),
             agent_legs=sum(1 for leg in gw.legs.values() if leg.state == "up"),
+            accepting_calls=gw.accepting(),
         )

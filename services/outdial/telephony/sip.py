@@ -69,7 +69,13 @@ def to_event(msg: pb.StreamCallEventsResponse, offset_ms: int = 0) -> CallEvent 
     if msg.HasField("recording") and msg.recording.path:
         recording = (msg.recording.path, int(msg.recording.duration_ms), msg.recording.sha256)
     return CallEvent(
-        msg.call_id, kind, msg.at_ms + offset_ms, answer=answer, reason=reason, digit=msg.digit, recording=recording
+        msg.call_id,
+        kind,
+        msg.at_ms + offset_ms,
+        answer=answer,
+        reason=reason,
+        digit=msg.digit,
+        recording=recording,
     )
 
 
@@ -79,7 +85,7 @@ class SipTelephonyAdapter(TelephonyAdapter):
         channel: grpc.aio.Channel,
         owner: str,
         *,
-            identity: str = "",
+        identity: str = "",
         rpc_timeout_s: float = 5.0,
         clock: Clock | None = None,
     ) -> None:
@@ -95,6 +101,9 @@ class SipTelephonyAdapter(TelephonyAdapter):
         self._mine: dict[str, float] = {}  # call id -> when originated (monotonic)
         self._abandon_audio: dict[str, str] = {}  # call id -> the campaign's recorded abandonment message
         self._stream_task: asyncio.Task[None] | None = None
+        self._status_task: asyncio.Task[None] | None = None
+        self._accepting = False
+        self.status_interval_s = 0.5
         self._connected = False
         self._unavailable_until = 0.0
         self._closed = False
@@ -103,7 +112,9 @@ class SipTelephonyAdapter(TelephonyAdapter):
 
     def _ensure_stream(self) -> None:
         if self._stream_task is None and not self._closed:
-            self._stream_task = asyncio.get_running_loop().create_task(self._follow(), name="sip-events")
+            loop = asyncio.get_running_loop()
+            self._stream_task = loop.create_task(self._follow(), name="sip-events")
+            self._status_task = loop.create_task(self._watch_status(), name="sip-status")
 
     async def _follow(self) -> None:
         delay = 0.1
@@ -150,8 +161,26 @@ class SipTelephonyAdapter(TelephonyAdapter):
     # --- commands ---------------------------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """False while the gateway is unreachable or refused calls a moment ago (back off)."""
-        return time.monotonic() >= self._unavailable_until
+        """False while the gateway is unreachable, says it places no call now (media down, trunk backing
+        off or full), or refused a call a moment ago: the dialer launches nothing meanwhile."""
+        self._ensure_stream()
+        return self._connected and self._accepting and time.monotonic() >= self._unavailable_until
+
+    async def _watch_status(self) -> None:
+        while not self._closed:
+            try:
+                st = await self.stub.GetGatewayStatus(pb.GetGatewayStatusRequest(), timeout=2.0)
+                if st.accepting_calls != self._accepting:
+                    log.warning(
+                        "gateway %s calls (trunk %s, media %s)",
+                        "accepts" if st.accepting_calls else "REFUSES",
+                        st.trunk_state,
+                        "up" if st.media_reachable else "DOWN",
+                    )
+                self._accepting = st.accepting_calls
+            except grpc.aio.AioRpcError:
+                self._accepting = False
+            await asyncio.sleep(self.status_interval_s)
 
     async def originate(
         self,
@@ -223,7 +252,8 @@ class SipTelephonyAdapter(TelephonyAdapter):
         for call_id in list(self._mine):
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await self.stub.HangupCall(pb.HangupCallRequest(call_id=call_id), timeout=1.0)
-        if self._stream_task is not None:
-            self._stream_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._stream_task
+        for task in (self._stream_task, self._status_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -512,6 +512,7 @@ class GetGatewayStatusResponse(_message.Message):
     CALLS_PER_SECOND_FIELD_NUMBER: _builtins.int
     REGISTERED_PHONES_FIELD_NUMBER: _builtins.int
     AGENT_LEGS_FIELD_NUMBER: _builtins.int
+    ACCEPTING_CALLS_FIELD_NUMBER: _builtins.int
     trunk_state: _builtins.str
     """"up", "degraded" (recent failures, backing off) or "down"."""
     media_reachable: _builtins.bool
@@ -520,6 +521,8 @@ class GetGatewayStatusResponse(_message.Message):
     calls_per_second: _builtins.float
     registered_phones: _builtins.int
     agent_legs: _builtins.int
+    accepting_calls: _builtins.bool
+    """False while no call would be placed now: media down, trunk backing off, or the trunk's calls all in use."""
     def __init__(
         self,
         *,
@@ -530,10 +533,11 @@ class GetGatewayStatusResponse(_message.Message):
         calls_per_second: _builtins.float = ...,
         registered_phones: _builtins.int = ...,
         agent_legs: _builtins.int = ...,
+        accepting_calls: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_legs", b"agent_legs", "calls_in_flight", b"calls_in_flight", "calls_per_second", b"calls_per_second", "max_calls", b"max_calls", "media_reachable", b"media_reachable", "registered_phones", b"registered_phones", "trunk_state", b"trunk_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepting_calls", b"accepting_calls", "agent_legs", b"agent_legs", "calls_in_flight", b"calls_in_flight", "calls_per_second", b"calls_per_second", "max_calls", b"max_calls", "media_reachable", b"media_reachable", "registered_phones", b"registered_phones", "trunk_state", b"trunk_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
