@@ -85,6 +85,20 @@ def _host_port(value: str, setting: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _kill_stale_edge(workdir: Path) -> None:
+    """A gateway killed with SIGKILL leaves its Kamailio edge running (its own process group): stop it."""
+    pidfile = workdir / "edge.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"kamailio" in cmdline:
+        log.warning("stopping the SIP edge (pid %d) a killed gateway left running", pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 def edge_config(s: GatewaySettings) -> EdgeConfig:
     """The Kamailio edge for a TCP/TLS trunk, from the gateway's settings."""
     _user, host, port = parse_sip_uri(s.trunk_uri)
@@ -149,7 +163,9 @@ async def serve(
     trunk = trunk_config(s)
     edge: EdgeProcess | None = None
     if s.trunk_transport != "udp" and not s.trunk_edge_external:
+        _kill_stale_edge(s.edge_workdir)
         edge = await asyncio.to_thread(start_edge, edge_config(s), s.edge_workdir)
+        (s.edge_workdir / "edge.pid").write_text(str(edge.pid))
         log.info("SIP edge (Kamailio) up: UDP %s <-> %s trunk", s.trunk_edge, s.trunk_transport.upper())
     ng_host, ng_port = s.rtpengine_ng.rsplit(":", 1)
     engine = RtpEngine(ng_host, int(ng_port), s.rtpengine_timeout_s)
