@@ -21,7 +21,9 @@ What it does:
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -108,7 +110,11 @@ class SipCore:
             "_sip_logger": _Logger(),
         }
         self.uas: dict[str, Any] = {}
-        self.config["_sip_tm"] = SipTransactionManager(self.config, self._request)
+        # sippy probes IPv6 with a socket it never closes: its ResourceWarning is sippy's, not a leak of ours.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            self.config["_sip_tm"] = SipTransactionManager(self.config, self._request)
+            gc.collect()
 
     # --- calls we place ------------------------------------------------------------------------------------
 

@@ -1,0 +1,274 @@
+"""The SIP/RTP gateway against independent peers on loopback: SIPp as the carrier and as agents' phones,
+baresip as a registering softphone, rtpengine as the media relay. Real processes, assertions on the wire.
+
+Skipped only when a binary is missing and OUTDIAL_REQUIRE_SIP is not set (CI sets it: there, a missing
+binary fails the test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from outdial.gateway.peers.sipp import SippUas
+from outdial.v1 import gateway_pb2 as pb
+from tests.integration.siprig import (
+    LoopbackCapture,
+    Rig,
+    free_port,
+    free_tcp_udp_port,
+    gateway_rig,
+    require_sip,
+)
+
+pytestmark = [pytest.mark.timeout(120)]
+
+require_sip()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    async with gateway_rig(tmp_path) as r:
+        yield r
+
+
+async def _wait_exit(uas: SippUas, timeout: float = 20.0) -> int:
+    return await asyncio.to_thread(uas.wait, timeout)
+
+
+def _uas(rig: Rig, scenario: str, **kw: Any) -> SippUas:
+    uas = SippUas(scenario, port=rig.trunk_port(), media_port=free_port(), trace_dir=rig.tmp / "trace", **kw)
+    uas.start()
+    return uas
+
+
+async def _leftover(rig: Rig) -> list[str]:
+    from outdial.gateway.rtpengine import RtpEngine
+
+    eng = RtpEngine("127.0.0.1", rig.rtp.ng_port, 1.0)
+    try:
+        for _ in range(30):
+            calls = await eng.list_calls()
+            if not calls:
+                return []
+            await asyncio.sleep(0.2)
+        return calls
+    finally:
+        eng.close()
+
+
+async def test_answered_call_carries_caller_id_and_identity_and_ends_cleanly(rig: Rig) -> None:
+    uas = _uas(
+        rig,
+        "caller_id_check.xml",
+        keys={"expect_from": "+12125550123", "expect_pai": "+12125550123", "talk_ms": "-1"},
+        calls=1,
+    )
+    try:
+        await rig.originate("call-a1")
+        ans = await rig.until("call-a1", pb.GATEWAY_EVENT_KIND_ANSWERED)
+        assert ans.answer == "human"
+        await rig.stub.HangupCall(pb.HangupCallRequest(call_id="call-a1"), timeout=5)
+        ended = await rig.until("call-a1", pb.GATEWAY_EVENT_KIND_ENDED)
+        assert ended.reason == "local"
+        assert await _wait_exit(uas) == 0  # SIPp checked From and P-Asserted-Identity, got our BYE
+        invite = next(m for m in uas.messages() if m.direction == "in" and m.first_line.startswith("INVITE"))
+        assert "+12125550123" in (invite.header("From") or "")
+        assert "+12125550123" in (invite.header("P-Asserted-Identity") or "")
+        assert (invite.header("Identity") or "").startswith("eyJhbGciOiJFUzI1NiJ9.test.sig")
+        assert invite.first_line.startswith("INVITE sip:+14155550100@127.0.0.1")
+        assert await _leftover(rig) == []
+    finally:
+        uas.stop()
+
+
+@pytest.mark.parametrize(
+    ("scenario", "kind", "status"),
+    [
+        ("busy.xml", pb.GATEWAY_EVENT_KIND_BUSY, 486),
+        ("invalid.xml", pb.GATEWAY_EVENT_KIND_INVALID_NUMBER, 404),
+        ("unavailable.xml", pb.GATEWAY_EVENT_KIND_FAILED, 503),
+    ],
+)
+async def test_final_responses_map_to_outcomes(rig: Rig, scenario: str, kind: int, status: int) -> None:
+    uas = _uas(rig, scenario, calls=1)
+    try:
+        await rig.originate("call-f1")
+        ev = await rig.until("call-f1", kind)
+        assert ev.sip_status == status
+        await rig.until("call-f1", pb.GATEWAY_EVENT_KIND_ENDED)
+        assert await _wait_exit(uas) == 0
+        assert await _leftover(rig) == []
+    finally:
+        uas.stop()
+
+
+async def test_unanswered_call_is_cancelled_no_earlier_than_the_ring_time(rig: Rig) -> None:
+    uas = _uas(rig, "ring_forever.xml", calls=1)
+    try:
+        await rig.originate("call-r1", ring_s=5.0)  # below the legal minimum: raised to 15 s
+        ev = await rig.until("call-r1", pb.GATEWAY_EVENT_KIND_NO_ANSWER, timeout=40)
+        assert ev.reason == "ring_timeout"
+        await rig.until("call-r1", pb.GATEWAY_EVENT_KIND_ENDED)
+        assert await _wait_exit(uas) == 0  # CANCEL answered 200, INVITE 487, ACK received
+        msgs = uas.messages()
+        invite = next(m for m in msgs if m.direction == "in" and m.first_line.startswith("INVITE"))
+        cancel = next(m for m in msgs if m.direction == "in" and m.first_line.startswith("CANCEL"))
+        assert cancel.timestamp - invite.timestamp >= 15.0
+        assert await _leftover(rig) == []
+    finally:
+        uas.stop()
+
+
+async def _agent_leg(rig: Rig, scenario: str = "agent_phone.xml", **kw: Any) -> SippUas:
+    port = free_tcp_udp_port()
+    phone = SippUas(scenario, port=port, media_port=free_port(), trace_dir=rig.tmp / "phone", **kw)
+    phone.start()
+    await rig.stub.OpenAgentLeg(
+        pb.OpenAgentLegRequest(agent_id="agent7", contact_uri=f"sip:agent7@127.0.0.1:{port}"), timeout=40
+    )
+    return phone
+
+
+def _rtp(packets: list[tuple[float, int, int, bytes]]) -> list[bytes]:
+    """The RTP audio payloads (PCMA/PCMU) among captured datagrams."""
+    return [p[3][12:] for p in packets if len(p[3]) > 12 and p[3][0] >> 6 == 2 and (p[3][1] & 0x7F) in (0, 8)]
+
+
+async def test_bridge_carries_media_both_ways_and_agent_leg_survives_the_call(rig: Rig) -> None:
+    phone = await _agent_leg(rig)
+    uas = _uas(rig, "answer_speech.xml", keys={"talk_ms": "-1"}, calls=1)
+    cap = LoopbackCapture({phone.media_port, uas.media_port})
+    try:
+        await rig.originate("call-b1")
+        await rig.until("call-b1", pb.GATEWAY_EVENT_KIND_ANSWERED)
+        t_bridge = time.time()
+        res = await rig.stub.BridgeCall(pb.BridgeCallRequest(call_id="call-b1", agent_id="agent7"), timeout=5)
+        assert res.bridged
+        await asyncio.sleep(2.0)
+        # On the wire: the customer's speech reached the agent's phone, and the agent's reached the customer.
+        to_phone = _rtp(cap.to(phone.media_port, after=t_bridge))
+        to_customer = _rtp(cap.to(uas.media_port, after=t_bridge))
+        assert len(to_phone) > 20 and len(to_customer) > 20, (len(to_phone), len(to_customer))
+        assert any(set(p) - {0xD5, 0x55, 0xFF, 0x7F} for p in to_phone)  # speech, not silence
+        await rig.stub.HangupCall(pb.HangupCallRequest(call_id="call-b1"), timeout=5)
+        await rig.until("call-b1", pb.GATEWAY_EVENT_KIND_ENDED)
+        status = await rig.stub.GetGatewayStatus(pb.GetGatewayStatusRequest(), timeout=5)
+        assert status.agent_legs == 1  # the phone stays connected for the next call
+        await rig.stub.CloseAgentLeg(pb.CloseAgentLegRequest(agent_id="agent7"), timeout=5)
+        assert await _wait_exit(uas) == 0
+        assert await _leftover(rig) == []
+    finally:
+        cap.close()
+        uas.stop()
+        phone.stop()
+
+
+async def test_prompt_reaches_the_customer_within_two_seconds_and_opt_out_key_is_reported(rig: Rig) -> None:
+    uas = _uas(rig, "opt_out.xml", digit="9", keys={"dtmf_after_ms": "3000"}, calls=1)
+    cap = LoopbackCapture({uas.media_port})
+    try:
+        await rig.originate("call-o1")
+        ans = await rig.until("call-o1", pb.GATEWAY_EVENT_KIND_ANSWERED)
+        await rig.stub.PlayPrompt(
+            pb.PlayPromptRequest(
+                call_id="call-o1",
+                text="This is Acme calling. To not be called again, press 9 or call 2 1 2 5 5 5 0 1 9 9.",
+            ),
+            timeout=10,
+        )
+        dtmf = await rig.until("call-o1", pb.GATEWAY_EVENT_KIND_DTMF, timeout=15)
+        assert dtmf.digit == "9"
+        prompt = _rtp(cap.to(uas.media_port))
+        first = cap.to(uas.media_port)[0][0] if prompt else None
+        assert first is not None and (first * 1000 - ans.at_ms) < 2000, "no prompt at the customer within 2 s"
+        assert any(set(p) - {0xD5, 0x55, 0xFF, 0x7F} for p in prompt)  # speech, not silence
+        await rig.stub.HangupCall(pb.HangupCallRequest(call_id="call-o1"), timeout=5)
+        await rig.until("call-o1", pb.GATEWAY_EVENT_KIND_ENDED)
+        assert await _wait_exit(uas) == 0
+        assert await _leftover(rig) == []
+    finally:
+        cap.close()
+        uas.stop()
+
+
+async def test_agent_star_hangs_up_the_customer_and_keeps_the_agent_leg(rig: Rig) -> None:
+    phone = await _agent_leg(rig, "agent_phone_star.xml", keys={"star_after_ms": "3000"})
+    uas = _uas(rig, "answer_speech.xml", keys={"talk_ms": "60000"}, calls=1)
+    try:
+        await rig.originate("call-s1")
+        await rig.until("call-s1", pb.GATEWAY_EVENT_KIND_ANSWERED)
+        assert (await rig.stub.BridgeCall(pb.BridgeCallRequest(call_id="call-s1", agent_id="agent7"))).bridged
+        ended = await rig.until("call-s1", pb.GATEWAY_EVENT_KIND_ENDED, timeout=20)
+        assert ended.reason == "agent"
+        assert await _wait_exit(uas) == 0  # the customer got our BYE
+        status = await rig.stub.GetGatewayStatus(pb.GetGatewayStatusRequest(), timeout=5)
+        assert status.agent_legs == 1
+        await rig.stub.CloseAgentLeg(pb.CloseAgentLegRequest(agent_id="agent7"), timeout=5)
+    finally:
+        uas.stop()
+        phone.stop()
+
+
+async def test_bad_input_is_answered_or_dropped_and_counted(rig: Rig) -> None:
+    before = rig.metric("outdial_gateway_sip_rejected_total", {"why": "malformed"})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1.0)
+        s.sendto(b"INVITE this is not SIP at all\r\n\r\n" + b"x" * 64, ("127.0.0.1", rig.sip_port))
+        s.sendto(b"SIP/2.0 200 OK\r\nVia: garbage\r\n\r\n" + b"y" * 64, ("127.0.0.1", rig.sip_port))
+        # An INVITE from a stranger: refused with 403.
+        port = s.getsockname()[1]
+        s.sendto(_invite(port, rig.sip_port).encode(), ("127.0.0.1", rig.sip_port))
+        got = b""
+        with contextlib.suppress(TimeoutError):
+            while b"403" not in got:
+                got += s.recv(4096)
+        assert b"SIP/2.0 403" in got
+    await asyncio.sleep(0.5)
+    assert rig.metric("outdial_gateway_sip_rejected_total", {"why": "malformed"}) > before
+    assert rig.metric("outdial_gateway_sip_requests_total", {"method": "INVITE"}) >= 1
+    # Still serving: a wrong originate is refused with a clear error naming what is wrong.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await rig.originate("call-x1", number="555-0100")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "E.164" in (err.value.details() or "")
+    assert rig.proc is not None and rig.proc.poll() is None
+
+
+def _invite(src_port: int, dst_port: int) -> str:
+    body = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
+    return (
+        f"INVITE sip:+18005550100@127.0.0.1:{dst_port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{src_port};branch=z9hG4bK-stranger-1\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:stranger@127.0.0.1:{src_port}>;tag=abc\r\n"
+        f"To: <sip:+18005550100@127.0.0.1:{dst_port}>\r\n"
+        "Call-ID: stranger-1@127.0.0.1\r\nCSeq: 1 INVITE\r\n"
+        f"Contact: <sip:stranger@127.0.0.1:{src_port}>\r\n"
+        f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    )
+
+
+async def test_rtpengine_down_fails_closed(rig: Rig) -> None:
+    rig.rtp.kill()
+    health = health_pb2_grpc.HealthStub(rig.channel)
+    for _ in range(60):
+        r = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+        if r.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+        await asyncio.sleep(0.1)
+    assert r.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await rig.originate("call-d1")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    status = await rig.stub.GetGatewayStatus(pb.GetGatewayStatusRequest(), timeout=5)
+    assert not status.media_reachable
