@@ -1,0 +1,156 @@
+"""The dialer over real SIP: the dnc, agent and pacing services (pacing with ``OUTDIAL_TELEPHONY=sip``) drive
+the gateway, which calls SIPp (the carrier) through rtpengine; agents log in with a SIPp phone. Checked
+from PostgreSQL, the DNC service and the SIP peers themselves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from outdial.core import keys
+from outdial.gateway.peers.sipp import SippUas
+from outdial.v1 import dnc_pb2, dnc_pb2_grpc
+from tests.conftest import Services
+from tests.integration.siprig import Rig, free_port, free_tcp_udp_port, gateway_rig, require_sip
+from tests.integration.test_pacing_dialer import CID, campaign_config, fast_sim_env, seed_hopper, wait_for
+from tests.integration.test_pacing_modes import CLOCK, Running, all_ended, sim_agent
+
+require_sip()
+pytestmark = [pytest.mark.timeout(180)]
+
+
+def sip_env(monkeypatch: pytest.MonkeyPatch, services: Services, rig: Rig) -> None:
+    fast_sim_env(monkeypatch)
+    monkeypatch.setenv("OUTDIAL_TELEPHONY", "sip")
+    services.settings = services.settings.model_copy(update={"gateway_addr": rig.settings.gateway_listen})
+
+
+async def start_sip_pacing(services: Services, redis: aioredis.Redis) -> None:
+    await services.start("pacing", clock=CLOCK, instance_id="p1")
+    await redis.sadd(keys.active_campaigns(), CID)
+
+
+async def _leftover(rig: Rig) -> list[str]:
+    from outdial.gateway.rtpengine import RtpEngine
+
+    eng = RtpEngine("127.0.0.1", rig.rtp.ng_port, 1.0)
+    try:
+        return await eng.list_calls()
+    finally:
+        eng.close()
+
+
+async def test_agentless_message_over_sip_and_the_opt_out_key_lists_the_number(
+    services: Services,
+    redis: aioredis.Redis,
+    pg: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    async with gateway_rig(tmp_path) as rig:
+        sip_env(monkeypatch, services, rig)
+        carrier = SippUas(
+            "opt_out.xml",
+            port=rig.trunk_port(),
+            media_port=free_port(),
+            digit="9",
+            keys={"dtmf_after_ms": "2500"},
+            calls=1,
+            trace_dir=tmp_path / "carrier",
+        )
+        carrier.start()
+        try:
+            cfg = campaign_config(
+                dial_mode="agentless",
+                agentless_message="Your prescription is ready for pickup at the Main Street pharmacy.",
+                message_informational=True,
+                agentless_lines=2,
+            )
+            await redis.hset(keys.campaign_config(CID), "json", json.dumps(cfg))
+            number = "+12122340177"
+            await seed_hopper(redis, [number], state="NY")
+            dnc = await services.start("dnc", clock=CLOCK)
+            await services.start("agent", clock=CLOCK)
+            await start_sip_pacing(services, redis)
+            await wait_for(lambda: all_ended(pg, 1), timeout=90)
+
+            row = await pg.fetchrow("SELECT * FROM dial_attempts WHERE campaign_id = $1", CID)
+            assert row is not None
+            assert row["outcome"] == "delivered" and row["opt_out"], dict(row)
+            check = await dnc_pb2_grpc.DncServiceStub(services.channel(dnc, role="service")).CheckNumbers(
+                dnc_pb2.CheckNumbersRequest(numbers=[number], campaign_id=CID)
+            )
+            assert any(b.code == "dnc.internal" for b in check.decisions[0].reasons)
+            # On the wire: the caller ID we sent, the key pressed, and our BYE right after it.
+            assert carrier.wait(20) == 0
+            msgs = carrier.messages()
+            invite = next(m for m in msgs if m.direction == "in" and m.first_line.startswith("INVITE"))
+            assert "+12125550100" in (invite.header("From") or "")
+            assert "+12125550100" in (invite.header("P-Asserted-Identity") or "")
+            assert any(m.direction == "in" and m.first_line.startswith("BYE") for m in msgs)
+            await wait_for(lambda: _none_left(rig), timeout=10)
+        finally:
+            carrier.stop()
+
+
+async def _none_left(rig: Rig) -> bool:
+    return not [c for c in await _leftover(rig) if c.startswith("c-")]
+
+
+async def test_progressive_call_reaches_the_agents_phone_and_the_agent_hangs_up(
+    services: Services,
+    redis: aioredis.Redis,
+    pg: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    async with gateway_rig(tmp_path) as rig:
+        sip_env(monkeypatch, services, rig)
+        carrier = SippUas(
+            "answer_speech.xml",
+            port=rig.trunk_port(),
+            media_port=free_port(),
+            keys={"talk_ms": "60000"},
+            calls=2,
+            trace_dir=tmp_path / "carrier",
+        )
+        phone_port = free_tcp_udp_port()
+        phone = SippUas(
+            "agent_phone.xml", port=phone_port, media_port=free_port(), trace_dir=tmp_path / "phone"
+        )
+        carrier.start()
+        phone.start()
+        running = Running()
+        try:
+            await redis.hset(
+                keys.campaign_config(CID),
+                "json",
+                json.dumps(campaign_config(dial_mode="progressive", dispositions=["not_interested"])),
+            )
+            await seed_hopper(redis, ["+12122340201", "+12122340202"], state="NY")
+            await services.start("dnc", clock=CLOCK)
+            agent = await services.start("agent", clock=CLOCK)
+            await running.start(
+                sim_agent(services, agent, "agent-sip-1", phone=f"sip:agent-sip-1@127.0.0.1:{phone_port}")
+            )
+            await start_sip_pacing(services, redis)
+            await wait_for(lambda: all_ended(pg, 2), timeout=120)
+            rows = await pg.fetch("SELECT * FROM dial_attempts WHERE campaign_id = $1 ORDER BY dial_at", CID)
+            assert [r["outcome"] for r in rows] == ["connected", "connected"], [dict(r) for r in rows]
+            assert {r["agent_id"] for r in rows} == {"agent-sip-1"}
+            for r in rows:  # the 2-second rule, from the 200 OK the gateway saw
+                assert (r["connect_at"] - r["answer_at"]).total_seconds() < 2.0
+            # The carrier got our BYE for both calls (the agent hung up); the phone stayed up between them.
+            assert carrier.wait(20) == 0
+            byes = [m for m in carrier.messages() if m.direction == "in" and m.first_line.startswith("BYE")]
+            assert len(byes) == 2
+            phone_invites = [m for m in phone.messages() if m.first_line.startswith("INVITE")]
+            assert len(phone_invites) == 1  # one nailed-up call for the whole session
+        finally:
+            await running.close()
+            carrier.stop()
+            phone.stop()
