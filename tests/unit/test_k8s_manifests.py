@@ -8,7 +8,8 @@ the security context the issue asks for; the NetworkPolicies allow exactly the c
 gateway's StatefulSet (issue 11) agrees with ``GatewaySettings`` and with its rtpengine sidecar's command
 line, takes its credentials from Secrets only, and only the carrier's and agents' networks reach its SIP and
 RTP ports. Also exercises the prod probe command (``python -m outdial.core.healthcheck``) against real gRPC
-health servers, plaintext and TLS, and the rtpengine probe against a real rtpengine.
+health servers, plaintext and TLS (the gateway's prod probe too, as the kubelet runs it), and the rtpengine
+probe against a real rtpengine started with the manifest's command line.
 """
 
 from __future__ import annotations
@@ -1025,3 +1026,45 @@ def test_healthcheck_cli_rejects_unknown_services() -> None:
     with pytest.raises(SystemExit) as exc:
         healthcheck.main(["nope"])
     assert exc.value.code == 2
+
+
+async def test_prod_gateway_probe_checks_the_gateway_over_tls(
+    rendered: dict[str, list[Obj]], tmp_path: Path
+) -> None:
+    """The prod gateway probe, run as the kubelet would (its exact command, this test's port and certificate
+    files): SERVING over TLS from a server whose certificate names "gateway" passes; one that names only
+    "agent" (the service the health client is borrowed from) fails."""
+    prod = rendered["overlays/prod"]
+    gateway = gateway_container(prod)
+    command = gateway["livenessProbe"]["exec"]["command"]
+    assert (
+        gateway["startupProbe"]["exec"]["command"] == gateway["readinessProbe"]["exec"]["command"] == command
+    )
+    grpc_port = container_port(gateway, "grpc")
+    assert f"OUTDIAL_LISTEN_PORT={grpc_port}" in command
+    base_env = {k: v for k, v in container_env(prod, gateway).items() if not v.startswith("<")}
+
+    async def probe(san: str) -> int:
+        crt, key, ca = _make_cert(tmp_path / san, san)
+        creds = grpc.ssl_server_credentials([(key.read_bytes(), crt.read_bytes())])
+        server, port = await _health_server(health_pb2.HealthCheckResponse.SERVING, creds)
+        try:
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("OUTDIAL_")},
+                **base_env,
+                "OUTDIAL_TLS_CERT": str(crt),
+                "OUTDIAL_TLS_KEY": str(key),
+                "OUTDIAL_TLS_CA": str(ca),
+            }
+            argv = [
+                sys.executable if a == "python" else a.replace(f"={grpc_port}", f"={port}") for a in command
+            ]
+            done = await asyncio.to_thread(subprocess.run, argv, env=env, capture_output=True, timeout=30)
+            return done.returncode
+        finally:
+            await server.stop(None)
+
+    (tmp_path / "gateway").mkdir()
+    (tmp_path / "agent").mkdir()
+    assert await probe("gateway") == healthcheck.SERVING
+    assert await probe("agent") == healthcheck.UNREACHABLE
