@@ -58,10 +58,6 @@ CALLS: dict[ServiceName, tuple[ServiceName, ...]] = {
 GATEWAY_CALLERS: tuple[ServiceName, ...] = ("pacing", "agent")
 GATEWAY_CALLS: tuple[ServiceName, ...] = ("agent",)
 GATEWAY = "outdial-gateway"
-# Read by the SIP adapter's client code, which lands with the rest of issue 11 and not yet in a Settings class
-# on this branch. test_pending_settings_are_still_pending fails as soon as a Settings class reads one of
-# these: then drop it from here.
-PENDING_SETTINGS = {"OUTDIAL_GATEWAY_ADDR"}
 
 Obj = dict[str, Any]
 
@@ -252,7 +248,7 @@ def pod_containers(obj: Obj) -> list[Obj]:
 
 
 def test_every_outdial_variable_is_a_setting(rendered: dict[str, list[Obj]]) -> None:
-    known = known_variables() | PENDING_SETTINGS
+    known = known_variables()
     for label, objs in rendered.items():
         names: set[str] = set()
         for cm in of_kind(objs, "ConfigMap"):
@@ -265,11 +261,6 @@ def test_every_outdial_variable_is_a_setting(rendered: dict[str, list[Obj]]) -> 
                     names |= {e["name"] for e in c.get("env", [])}
         unknown = sorted(n for n in names if n.startswith("OUTDIAL_") and n not in known)
         assert not unknown, f"{label}: variables no Settings class reads: {unknown}"
-
-
-def test_pending_settings_are_still_pending() -> None:
-    done = PENDING_SETTINGS & known_variables()
-    assert not done, f"a Settings class reads {sorted(done)} now: remove them from PENDING_SETTINGS"
 
 
 def test_secret_holds_the_credentials(rendered: dict[str, list[Obj]]) -> None:
