@@ -8,8 +8,9 @@ the security context the issue asks for; the NetworkPolicies allow exactly the c
 gateway's StatefulSet (issue 11) agrees with ``GatewaySettings`` and with its rtpengine sidecar's command
 line, takes its credentials from Secrets only, and only the carrier's and agents' networks reach its SIP and
 RTP ports. Also exercises the prod probe command (``python -m outdial.core.healthcheck``) against real gRPC
-health servers, plaintext and TLS (the gateway's prod probe too, as the kubelet runs it), and the rtpengine
-probe against a real rtpengine started with the manifest's command line.
+health servers, plaintext and TLS (the gateway's prod probe too, as the kubelet runs it), the rtpengine
+probe against a real rtpengine started with the manifest's command line, and the whole gateway pod (its
+rtpengine and ``python -m outdial.gateway`` with the container's environment) on loopback.
 """
 
 from __future__ import annotations
@@ -877,6 +878,35 @@ def _free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rtpengine_binary() -> str:
+    """rtpengine's path; a skip when it is missing, a failure when OUTDIAL_REQUIRE_SIP=1 (CI)."""
+    binary = shutil.which("rtpengine")
+    if binary is None:
+        message = "rtpengine is not installed (make setup installs it as root on Debian)"
+        if os.environ.get("OUTDIAL_REQUIRE_SIP") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; the process is reaped either way. Its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
 def _probe(code: str) -> int:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=15).returncode
 
@@ -886,12 +916,7 @@ def test_rtpengine_probe_answers_only_while_rtpengine_runs(
 ) -> None:
     """The sidecar's probe, run against a real rtpengine started with the manifest's command line (this
     test's ports and directories): 0 while rtpengine answers NG pings, non-zero once it is gone."""
-    binary = shutil.which("rtpengine")
-    if binary is None:
-        message = "rtpengine is not installed (make setup installs it as root on Debian)"
-        if os.environ.get("OUTDIAL_REQUIRE_SIP") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = _rtpengine_binary()
     rtp = rtpengine_container(rendered["base"])
     flags = rtpengine_flags(rtp)
     code = rtp["livenessProbe"]["exec"]["command"][2]
@@ -1059,3 +1084,117 @@ async def test_prod_gateway_probe_checks_the_gateway_over_tls(
     (tmp_path / "agent").mkdir()
     assert await probe("gateway") == healthcheck.SERVING
     assert await probe("agent") == healthcheck.UNREACHABLE
+
+
+async def test_the_gateway_pod_comes_up_healthy_on_loopback(
+    rendered: dict[str, list[Obj]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base's gateway pod, run on loopback: rtpengine with the sidecar's command line, then
+    ``python -m outdial.gateway`` with the container's environment (ConfigMaps, Secrets, env), every port,
+    address and directory of the manifests mapped consistently to this test's own. The gateway becomes
+    SERVING on its gRPC port (what the probes check), turns NOT_SERVING when rtpengine goes away (no call
+    can be placed), and exits on SIGTERM well within the pod's terminationGracePeriodSeconds."""
+    binary = _rtpengine_binary()
+    objs = rendered["base"]
+    pod = gateway_statefulset(objs)["spec"]["template"]["spec"]
+    gateway, rtp = gateway_container(objs), rtpengine_container(objs)
+    env = container_env(objs, gateway)
+    flags = rtpengine_flags(rtp)
+    gs: GatewaySettings = settings_of(GatewaySettings, env, monkeypatch)
+    # the manifests' ports and directories -> this test's
+    ports = {
+        _port(str(gs.gateway_listen)): _free_tcp_port(),
+        int(gs.sip_listen_port): _free_udp_port(),
+        container_port(gateway, "metrics"): _free_tcp_port(),
+        _port(str(gs.rtpengine_ng)): _free_udp_port(),
+        _port(str(gs.rtpengine_dtmf_listen)): _free_udp_port(),
+    }
+    dirs = {}
+    for mount in gateway["volumeMounts"] + rtp["volumeMounts"]:
+        here = tmp_path / mount["name"]
+        here.mkdir(exist_ok=True)
+        dirs[mount["mountPath"]] = str(here)
+    # the agents file, as the Secret volume would hold it
+    (agents_volume,) = [v for v in pod["volumes"] if v["name"] == "sip-agents"]
+    secret = named(objs, "Secret", agents_volume["secret"]["secretName"])
+    assert secret is not None
+    for item in agents_volume["secret"]["items"]:
+        (tmp_path / "sip-agents" / item["path"]).write_text(secret["stringData"][item["key"]])
+
+    def local(key: str, value: str) -> str:
+        value = value.replace("$(POD_IP)", "127.0.0.1").replace("0.0.0.0", "127.0.0.1")
+        for path, there in sorted(dirs.items(), key=lambda d: -len(d[0])):
+            if value == path or value.startswith(path + "/"):
+                value = there + value[len(path) :]
+                break
+        if key.startswith("OUTDIAL_TRUNK_"):  # the carrier's ports are the carrier's
+            return value
+        if value.isdigit() and int(value) in ports:
+            return str(ports[int(value)])
+        return re.sub(r"(?<=:)(\d+)$", lambda m: str(ports.get(int(m.group(1)), m.group(1))), value)
+
+    rtp_args = [
+        f"--{k}={local('', v)}" if v else f"--{k}"
+        for k, v in flags.items()
+        if k not in ("port-min", "port-max")
+    ]
+    media = _free_udp_port()
+    rtp_args += [f"--port-min={media}", f"--port-max={media + 3}"]
+    gw_env = {k: v for k, v in os.environ.items() if not k.startswith("OUTDIAL_")}
+    gw_env |= {k: local(k, v) for k, v in env.items() if not v.startswith("<")}
+    gw_env["OUTDIAL_LOG_JSON"] = "false"
+    grpc_addr = f"127.0.0.1:{ports[_port(str(gs.gateway_listen))]}"
+    assert gw_env["OUTDIAL_GATEWAY_LISTEN"] == grpc_addr
+
+    rtp_log = (tmp_path / "rtpengine.log").open("wb")
+    gw_log = (tmp_path / "gateway.log").open("wb")
+    rtp_proc = subprocess.Popen(
+        [binary, *rtp_args], stdout=rtp_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+    gw_proc: subprocess.Popen[bytes] | None = None
+    try:
+        code = rtp["startupProbe"]["exec"]["command"][2].replace(
+            str(_port(str(gs.rtpengine_ng))), str(ports[_port(str(gs.rtpengine_ng))])
+        )
+        for _ in range(50):
+            if await asyncio.to_thread(_probe, code) == 0 or rtp_proc.poll() is not None:
+                break
+        if rtp_proc.poll() is not None or await asyncio.to_thread(_probe, code) != 0:
+            pytest.fail("rtpengine never answered: " + (tmp_path / "rtpengine.log").read_text())
+        # the sidecar is started: now the gateway, as the kubelet would start it
+        assert gateway["args"] == ["outdial.gateway"]
+        gw_proc = subprocess.Popen(
+            [sys.executable, "-m", *gateway["args"]],
+            env=gw_env,
+            stdout=gw_log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            await healthcheck.wait_until_serving(grpc_addr, timeout=30)
+        except RuntimeError:
+            pytest.fail("gateway not SERVING: " + (tmp_path / "gateway.log").read_text()[-3000:])
+        # rtpengine gone: the gateway says NOT_SERVING (readiness takes the pod out; no call is placed)
+        _stop(rtp_proc)
+        status = None
+        for _ in range(100):
+            async with grpc.aio.insecure_channel(grpc_addr) as ch:
+                reply = await health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=5
+                )
+            status = reply.status
+            if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.2)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # SIGTERM (after the preStop sleep, in the pod): it exits within the grace period, by itself
+        budget = pod["terminationGracePeriodSeconds"] - PRESTOP_SLEEP_S
+        gw_proc.terminate()
+        code_ = await asyncio.to_thread(gw_proc.wait, budget)
+        assert code_ == 0, (tmp_path / "gateway.log").read_text()[-3000:]
+    finally:
+        if gw_proc is not None:
+            _stop(gw_proc)
+        _stop(rtp_proc)
+        rtp_log.close()
+        gw_log.close()
