@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -675,6 +676,22 @@ def test_gateway_statefulset_agrees_with_its_settings(
         for var in ("OUTDIAL_SIP_LISTEN_HOST", "OUTDIAL_SIP_PUBLIC_HOST"):
             assert env[var] == "$(POD_IP)" and names.index("POD_IP") < names.index(var), f"{where} {var}"
 
+        # the Kamailio edge (TCP/TLS trunks): gateway -> edge on loopback, edge -> trunk on the pod's address,
+        # its generated config in a writable directory, the trunk's TLS files from their (optional) Secret
+        assert gs.trunk_edge.startswith("127.0.0.1:"), where
+        assert env["OUTDIAL_EDGE_TRUNK_LISTEN"] == f"$(POD_IP):{container_port(gateway, 'sip-trunk')}", where
+        assert names.index("POD_IP") < names.index("OUTDIAL_EDGE_TRUNK_LISTEN"), where
+        workdir = _mount_for(gateway, gs.edge_workdir)
+        assert workdir is not None and not workdir.get("readOnly"), where
+        (trunk_tls,) = [
+            v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "outdial-trunk-tls"
+        ]
+        assert trunk_tls["secret"]["optional"] is True, f"{where}: only TLS trunks need it"
+        for path in (gs.trunk_tls_ca_file, gs.trunk_tls_cert_file, gs.trunk_tls_key_file):
+            if path is not None:
+                mount = _mount_for(gateway, path)
+                assert mount is not None and mount["name"] == trunk_tls["name"], f"{where}: {path}"
+
         # rtpengine: a native sidecar (up before the gateway, down after it), userspace, on the pod's loopback
         assert rtp["restartPolicy"] == "Always", where
         assert flags["table"] == "-1" and flags["config-file"] == "none" and "foreground" in flags, where
@@ -792,9 +809,9 @@ def test_prod_dials_through_the_gateway_and_base_keeps_the_simulator(
             assert grpc_sp["port"] == int(port) == container_port(gateway_container(objs), "grpc")
 
 
-def _udp_ok(rule: Obj, port: int) -> bool:
+def _udp_ok(rule: Obj, port: int, protocol: str = "UDP") -> bool:
     return "ports" not in rule or any(
-        p["protocol"] == "UDP" and ("port" not in p or p["port"] <= port <= p.get("endPort", p["port"]))
+        p["protocol"] == protocol and ("port" not in p or p["port"] <= port <= p.get("endPort", p["port"]))
         for p in rule["ports"]
     )
 
@@ -809,14 +826,16 @@ def _ip_in(peer: Obj, ip: str) -> bool:
     )
 
 
-def udp_allowed(policies: list[Obj], pod: dict[str, str], ip: str, port: int, direction: str) -> bool:
-    """May UDP datagrams flow between pod ``pod`` and the outside address ``ip`` on ``port`` (the pod's port
-    for "Ingress", the remote one for "Egress")?"""
+def udp_allowed(
+    policies: list[Obj], pod: dict[str, str], ip: str, port: int, direction: str, protocol: str = "UDP"
+) -> bool:
+    """May UDP datagrams (or TCP connections) flow between pod ``pod`` and the outside address ``ip`` on
+    ``port`` (the pod's port for "Ingress", the remote one for "Egress")?"""
     key, peers = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
     selected = [p for p in policies if direction in p["spec"]["policyTypes"]]
     selected = [p for p in selected if _matches(p["spec"]["podSelector"], pod)]
     return not selected or any(
-        _udp_ok(rule, port) and (peers not in rule or any(_ip_in(peer, ip) for peer in rule[peers]))
+        _udp_ok(rule, port, protocol) and (peers not in rule or any(_ip_in(peer, ip) for peer in rule[peers]))
         for p in selected
         for rule in p["spec"].get(key, [])
     )
@@ -866,6 +885,26 @@ def test_gateway_network_policies(rendered: dict[str, list[Obj]], render_label: 
         for port in (5060, 16384, 40000):
             assert udp_allowed(policies, gw, ip, port, "Egress"), f"gateway -> {ip} udp/{port}"
     assert not udp_allowed(policies, gw, "192.0.2.1", sip, "Ingress"), "SIP from an unknown address"
+    # TCP/TLS trunks: the carrier (and only the carrier) reaches the edge's trunk side, and we reach its
+    edge = container_port(gateway, "sip-trunk")
+    carriers = [
+        peer["ipBlock"]
+        for p in policies
+        if "Ingress" in p["spec"]["policyTypes"] and _matches(p["spec"]["podSelector"], gw)
+        for rule in p["spec"].get("ingress", [])
+        for peer in rule.get("from", [])
+        if "ipBlock" in peer and _udp_ok(rule, edge, "TCP")
+    ]
+    assert carriers and all(c in blocks for c in carriers) and len(carriers) < len(blocks), "carrier only"
+    for block in blocks:
+        ip = str(next(ipaddress.ip_network(block["cidr"]).hosts()))
+        assert udp_allowed(policies, gw, ip, edge, "Ingress", "TCP") == (block in carriers), ip
+        assert not udp_allowed(policies, gw, ip, sip, "Ingress", "TCP"), f"{ip} -> gateway tcp/{sip}"
+    for block in carriers:
+        ip = str(next(ipaddress.ip_network(block["cidr"]).hosts()))
+        for port in (5060, 5061):
+            assert udp_allowed(policies, gw, ip, port, "Egress", "TCP"), f"gateway -> {ip} tcp/{port}"
+    assert not udp_allowed(policies, gw, "192.0.2.1", edge, "Ingress", "TCP")
     assert not udp_allowed(policies, gw, "192.0.2.1", low, "Ingress"), "RTP from an unknown address"
     assert not udp_allowed(policies, gw, "192.0.2.1", 5060, "Egress"), "SIP to an unknown address"
     # pods of the cluster do not reach SIP either (peers are ipBlocks only: _peer_matches says no)
@@ -884,17 +923,6 @@ def _free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _rtpengine_binary() -> str:
-    """rtpengine's path; a skip when it is missing, a failure when OUTDIAL_REQUIRE_SIP=1 (CI)."""
-    binary = shutil.which("rtpengine")
-    if binary is None:
-        message = "rtpengine is not installed (make setup installs it as root on Debian)"
-        if os.environ.get("OUTDIAL_REQUIRE_SIP") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return binary
-
-
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
     """SIGTERM, then SIGKILL after ``timeout``; the process is reaped either way. Its exit code."""
     if proc.poll() is None:
@@ -907,6 +935,22 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
     return int(proc.returncode)
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs of live (not zombie) processes whose command line contains ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
 def _probe(code: str) -> int:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=15).returncode
 
@@ -916,7 +960,7 @@ def test_rtpengine_probe_answers_only_while_rtpengine_runs(
 ) -> None:
     """The sidecar's probe, run against a real rtpengine started with the manifest's command line (this
     test's ports and directories): 0 while rtpengine answers NG pings, non-zero once it is gone."""
-    binary = _rtpengine_binary()
+    binary = _require_tool("rtpengine")
     rtp = rtpengine_container(rendered["base"])
     flags = rtpengine_flags(rtp)
     code = rtp["livenessProbe"]["exec"]["command"][2]
@@ -1086,28 +1130,42 @@ async def test_prod_gateway_probe_checks_the_gateway_over_tls(
     assert await probe("agent") == healthcheck.UNREACHABLE
 
 
-async def test_the_gateway_pod_comes_up_healthy_on_loopback(
-    rendered: dict[str, list[Obj]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The base's gateway pod, run on loopback: rtpengine with the sidecar's command line, then
-    ``python -m outdial.gateway`` with the container's environment (ConfigMaps, Secrets, env), every port,
-    address and directory of the manifests mapped consistently to this test's own. The gateway becomes
-    SERVING on its gRPC port (what the probes check), turns NOT_SERVING when rtpengine goes away (no call
-    can be placed), and exits on SIGTERM well within the pod's terminationGracePeriodSeconds."""
-    binary = _rtpengine_binary()
-    objs = rendered["base"]
+def _require_tool(name: str) -> str:
+    """A tool's path; a skip when it is missing, a failure when OUTDIAL_REQUIRE_SIP=1 (CI)."""
+    binary = shutil.which(name)
+    if binary is None:
+        message = f"{name} is not installed (make setup installs it as root on Debian)"
+        if os.environ.get("OUTDIAL_REQUIRE_SIP") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+@dataclass
+class LoopbackPod:
+    """The base's gateway pod mapped onto loopback: every port, address and directory of the manifests
+    replaced, consistently, by this test's own (so a mismatch between the two containers stays one)."""
+
+    rtpengine_args: list[str]
+    gateway_env: dict[str, str]
+    grpc_addr: str
+    ng_probe: str  # the sidecar's probe code, aimed at this test's NG port
+    grace_s: float  # terminationGracePeriodSeconds minus the preStop sleep
+
+
+def loopback_pod(objs: list[Obj], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LoopbackPod:
     pod = gateway_statefulset(objs)["spec"]["template"]["spec"]
     gateway, rtp = gateway_container(objs), rtpengine_container(objs)
     env = container_env(objs, gateway)
-    flags = rtpengine_flags(rtp)
     gs: GatewaySettings = settings_of(GatewaySettings, env, monkeypatch)
-    # the manifests' ports and directories -> this test's
     ports = {
-        _port(str(gs.gateway_listen)): _free_tcp_port(),
-        int(gs.sip_listen_port): _free_udp_port(),
+        _port(gs.gateway_listen): _free_tcp_port(),
+        gs.sip_listen_port: _free_udp_port(),
         container_port(gateway, "metrics"): _free_tcp_port(),
-        _port(str(gs.rtpengine_ng)): _free_udp_port(),
-        _port(str(gs.rtpengine_dtmf_listen)): _free_udp_port(),
+        _port(gs.rtpengine_ng): _free_udp_port(),
+        _port(gs.rtpengine_dtmf_listen): _free_udp_port(),
+        _port(gs.trunk_edge): _free_udp_port(),
+        container_port(gateway, "sip-trunk"): _free_tcp_port(),
     }
     dirs = {}
     for mount in gateway["volumeMounts"] + rtp["volumeMounts"]:
@@ -1127,71 +1185,94 @@ async def test_the_gateway_pod_comes_up_healthy_on_loopback(
             if value == path or value.startswith(path + "/"):
                 value = there + value[len(path) :]
                 break
-        if key.startswith("OUTDIAL_TRUNK_"):  # the carrier's ports are the carrier's
+        if key in ("OUTDIAL_TRUNK_URI", "OUTDIAL_TRUNK_OUTBOUND_PROXY"):  # the carrier's ports are its own
             return value
         if value.isdigit() and int(value) in ports:
             return str(ports[int(value)])
         return re.sub(r"(?<=:)(\d+)$", lambda m: str(ports.get(int(m.group(1)), m.group(1))), value)
 
-    rtp_args = [
-        f"--{k}={local('', v)}" if v else f"--{k}"
-        for k, v in flags.items()
-        if k not in ("port-min", "port-max")
-    ]
     media = _free_udp_port()
-    rtp_args += [f"--port-min={media}", f"--port-max={media + 3}"]
+    flags = rtpengine_flags(rtp) | {"port-min": str(media), "port-max": str(media + 3)}
     gw_env = {k: v for k, v in os.environ.items() if not k.startswith("OUTDIAL_")}
     gw_env |= {k: local(k, v) for k, v in env.items() if not v.startswith("<")}
     gw_env["OUTDIAL_LOG_JSON"] = "false"
-    grpc_addr = f"127.0.0.1:{ports[_port(str(gs.gateway_listen))]}"
-    assert gw_env["OUTDIAL_GATEWAY_LISTEN"] == grpc_addr
+    ng = _port(gs.rtpengine_ng)
+    return LoopbackPod(
+        rtpengine_args=[
+            f"--{k}={v if k in ('port-min', 'port-max') else local('', v)}" if v else f"--{k}"
+            for k, v in flags.items()
+        ],
+        gateway_env=gw_env,
+        grpc_addr=local("OUTDIAL_GATEWAY_LISTEN", gs.gateway_listen),
+        ng_probe=rtp["startupProbe"]["exec"]["command"][2].replace(str(ng), str(ports[ng])),
+        grace_s=pod["terminationGracePeriodSeconds"] - PRESTOP_SLEEP_S,
+    )
 
-    rtp_log = (tmp_path / "rtpengine.log").open("wb")
-    gw_log = (tmp_path / "gateway.log").open("wb")
+
+async def _health(addr: str) -> int:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        reply = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+    return int(reply.status)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_the_gateway_pod_comes_up_healthy_on_loopback(
+    rendered: dict[str, list[Obj]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: str
+) -> None:
+    """The base's gateway pod, run on loopback: rtpengine with the sidecar's command line, then
+    ``python -m outdial.gateway`` with the container's environment (ConfigMaps, Secrets, env) (see
+    :class:`LoopbackPod`). The gateway becomes SERVING on its gRPC port (what the probes check), turns
+    NOT_SERVING when rtpengine goes away (no call can be placed), and exits on SIGTERM well within the pod's
+    terminationGracePeriodSeconds. With a TCP trunk it also starts its Kamailio edge from the pod's
+    settings, and stops it on the way out."""
+    rtpengine = _require_tool("rtpengine")
+    if transport != "udp":
+        _require_tool("kamailio")
+    objs = rendered["base"]
+    gateway = gateway_container(objs)
+    assert "command" not in gateway and gateway["args"] == ["outdial.gateway"]
+    pod = loopback_pod(objs, tmp_path, monkeypatch)
+    pod.gateway_env["OUTDIAL_TRUNK_TRANSPORT"] = transport
+    rtp_log, gw_log = (tmp_path / "rtpengine.log").open("wb"), (tmp_path / "gateway.log").open("wb")
     rtp_proc = subprocess.Popen(
-        [binary, *rtp_args], stdout=rtp_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        [rtpengine, *pod.rtpengine_args], stdout=rtp_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
     )
     gw_proc: subprocess.Popen[bytes] | None = None
     try:
-        code = rtp["startupProbe"]["exec"]["command"][2].replace(
-            str(_port(str(gs.rtpengine_ng))), str(ports[_port(str(gs.rtpengine_ng))])
-        )
+        # the sidecar's startup probe must pass before the kubelet starts the gateway
         for _ in range(50):
-            if await asyncio.to_thread(_probe, code) == 0 or rtp_proc.poll() is not None:
+            if await asyncio.to_thread(_probe, pod.ng_probe) == 0 or rtp_proc.poll() is not None:
                 break
-        if rtp_proc.poll() is not None or await asyncio.to_thread(_probe, code) != 0:
+        if rtp_proc.poll() is not None or await asyncio.to_thread(_probe, pod.ng_probe) != 0:
             pytest.fail("rtpengine never answered: " + (tmp_path / "rtpengine.log").read_text())
-        # the sidecar is started: now the gateway, as the kubelet would start it
-        assert gateway["args"] == ["outdial.gateway"]
         gw_proc = subprocess.Popen(
             [sys.executable, "-m", *gateway["args"]],
-            env=gw_env,
+            env=pod.gateway_env,
             stdout=gw_log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         try:
-            await healthcheck.wait_until_serving(grpc_addr, timeout=30)
+            await healthcheck.wait_until_serving(pod.grpc_addr, timeout=30)
         except RuntimeError:
             pytest.fail("gateway not SERVING: " + (tmp_path / "gateway.log").read_text()[-3000:])
         # rtpengine gone: the gateway says NOT_SERVING (readiness takes the pod out; no call is placed)
         _stop(rtp_proc)
-        status = None
         for _ in range(100):
-            async with grpc.aio.insecure_channel(grpc_addr) as ch:
-                reply = await health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=5
-                )
-            status = reply.status
-            if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            if await _health(pod.grpc_addr) == health_pb2.HealthCheckResponse.NOT_SERVING:
                 break
             await asyncio.sleep(0.2)
-        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await _health(pod.grpc_addr) == health_pb2.HealthCheckResponse.NOT_SERVING
         # SIGTERM (after the preStop sleep, in the pod): it exits within the grace period, by itself
-        budget = pod["terminationGracePeriodSeconds"] - PRESTOP_SLEEP_S
         gw_proc.terminate()
-        code_ = await asyncio.to_thread(gw_proc.wait, budget)
-        assert code_ == 0, (tmp_path / "gateway.log").read_text()[-3000:]
+        exit_code = await asyncio.to_thread(gw_proc.wait, pod.grace_s)
+        log = (tmp_path / "gateway.log").read_text()
+        assert exit_code == 0, log[-3000:]
+        assert ("SIP edge (Kamailio) up" in log) == (transport != "udp"), log[-3000:]
+        # nothing the pod started is left running (the edge is the gateway's child)
+        assert _processes_mentioning(str(tmp_path)) == [], "a process of the pod outlived it"
     finally:
         if gw_proc is not None:
             _stop(gw_proc)
