@@ -83,6 +83,9 @@ class DemoConfig:
     # Called about twice a second while the campaign runs, with the seconds elapsed and the supervisor
     # (the end-to-end test kills and restarts the pacing service from here).
     on_tick: Callable[[float, Supervisor], Awaitable[None]] | None = None
+    # "sim" (the simulated carrier) or "sip" (real SIP on loopback: the gateway, rtpengine, SIPp as the
+    # carrier and as the agents' phones).
+    telephony: str = "sim"
 
 
 @dataclass
@@ -109,10 +112,18 @@ class DemoResult:
     dnc_numbers_in_leads: int = 0
     leads_by_state: dict[str, int] = field(default_factory=dict)
     database_url: str = ""
+    telephony: str = "sim"
+    # SIP only: rtpengine sessions left when the campaign was over (every dialog ended: 0).
+    sip_leftover_sessions: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.audit_ok and self.abandon_rate <= self.abandon_cap + 1e-12 and self.calls_placed > 0
+        return (
+            self.audit_ok
+            and self.abandon_rate <= self.abandon_cap + 1e-12
+            and self.calls_placed > 0
+            and self.sip_leftover_sessions == 0
+        )
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "database_url"}
@@ -214,8 +225,18 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
     else:
         with tempfile.NamedTemporaryFile(prefix="outdial-demo-", suffix=".log", delete=False) as fh:
             log_path = fh.name
-    sup = Supervisor(settings, extra_env=env, log_path=log_path)
-    result = DemoResult()
+    rig = None
+    services: tuple[str, ...] = SERVICES
+    if cfg.telephony == "sip":
+        from outdial.gateway.rig import SipRig
+
+        rig = SipRig()
+        env.update(rig.start())
+        services = (*SERVICES, "gateway")
+    elif cfg.telephony != "sim":
+        raise ValueError(f"--telephony must be sim or sip, not {cfg.telephony!r}")
+    sup = Supervisor(settings, services=services, extra_env=env, log_path=log_path)
+    result = DemoResult(telephony=cfg.telephony)
     stop_agents = asyncio.Event()
     agents_task: asyncio.Task[Any] | None = None
     try:
@@ -227,6 +248,12 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         result.database_url = infra.database_url
         s = settings.model_copy(update={"database_url": infra.database_url, "redis_url": infra.redis_url})
         await _wait_serving(s)
+        if rig is not None:
+            await wait_until_serving(env["OUTDIAL_GATEWAY_ADDR"], timeout=30.0)
+            out.print(
+                f"SIP: gateway on 127.0.0.1:{rig.ports['sip']}, rtpengine, SIPp carrier on "
+                f"127.0.0.1:{rig.ports['carrier']}, SIPp agent phones on 127.0.0.1:{rig.ports['phones']}"
+            )
         token = issue_token(s.auth_secret, "demo", Role.ADMIN)
         chans = {name: open_channel(s, s.addr(name), lambda: token) for name in SERVICES}
         camp = campaign_pb2_grpc.CampaignServiceStub(chans["campaign"])
@@ -296,6 +323,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
                 seed=cfg.seed,
                 prefix="demo-agent",
                 started=started,
+                phone_of=rig.phone_of if rig is not None else None,
                 dispositions={
                     "sale": 0.2,
                     "not_interested": 0.6,
@@ -355,6 +383,8 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         stop_agents.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(agents_task, 20)
+        if rig is not None:
+            result.sip_leftover_sessions = await _sip_leftover(rig)
         # The agent timeline is stamped with Redis TIME (real time), not the shifted service clock.
         await _fill_report(result, infra.database_url, cid, dnc, since=started_at, until=paused_at)
         final = await camp.GetCampaignStats(campaign_pb2.GetCampaignStatsRequest(campaign_id=cid))
@@ -368,7 +398,27 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
             with contextlib.suppress(BaseException):
                 await agents_task
         await asyncio.to_thread(sup.stop)
+        if rig is not None:
+            rig.stop()
     return result
+
+
+async def _sip_leftover(rig: Any) -> int:
+    """Customer calls rtpengine still holds once the campaign is over and the agents logged out (each one a
+    dialog that did not end); the agents' legs close with their logout."""
+    from outdial.gateway.rtpengine import RtpEngine
+
+    eng = RtpEngine("127.0.0.1", rig.ports["ng"], 1.0)
+    try:
+        left: list[str] = []
+        for _ in range(20):
+            left = [c for c in await eng.list_calls() if c.startswith("c-")]
+            if not left:
+                break
+            await asyncio.sleep(0.5)
+        return len(left)
+    finally:
+        eng.close()
 
 
 async def _fill_report(
@@ -484,7 +534,12 @@ def print_report(r: DemoResult) -> None:
 
 async def demo(args: argparse.Namespace, settings: Settings) -> int:
     cfg = DemoConfig(
-        seconds=args.seconds, agents=args.agents, leads=args.leads, seed=args.seed, to_stderr=args.json
+        seconds=args.seconds,
+        agents=args.agents,
+        leads=args.leads,
+        seed=args.seed,
+        to_stderr=args.json,
+        telephony=args.telephony,
     )
     result = await run_demo(settings, cfg)
     if args.json:
@@ -500,3 +555,9 @@ def register(sub: Any) -> None:
     p.add_argument("--agents", type=int, default=20)
     p.add_argument("--leads", type=int, default=3000)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--telephony",
+        choices=("sim", "sip"),
+        default="sim",
+        help="sim: the simulated carrier; sip: real SIP and RTP on loopback (gateway, rtpengine, SIPp)",
+    )

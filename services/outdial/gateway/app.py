@@ -232,7 +232,12 @@ async def serve(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((FULL_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(s.gateway_listen)
+    if core.tls_enabled:  # as the services: the dialer and the agent service connect with TLS in production
+        assert core.tls_cert is not None and core.tls_key is not None
+        creds = grpc.ssl_server_credentials([(core.tls_key.read_bytes(), core.tls_cert.read_bytes())])
+        port = server.add_secure_port(s.gateway_listen, creds)
+    else:
+        port = server.add_insecure_port(s.gateway_listen)
     if port == 0:
         raise RuntimeError(f"cannot listen on {s.gateway_listen}")
     await server.start()

@@ -68,9 +68,10 @@ class SipRig:
         for name in ("ng", "dtmf", "sip", "carrier", "carrier_media", "phones", "phones_media", "grpc"):
             p[name] = free_port()
         lo, hi = self.rtp_ports
-        if not lo:
-            lo = 30000 + (p["ng"] % 100) * 200
-            hi = lo + 199
+        if not lo:  # rtpengine takes 4 ports a call: room for every trunk call and 100 agents' legs
+            size = 4 * (self.max_calls + 100)
+            lo = 20000 + (p["ng"] % 8) * size
+            hi = lo + size - 1
         self.rtp = start_rtpengine(
             ng_port=p["ng"], dtmf_port=p["dtmf"], port_min=lo, port_max=hi, recording_dir=wd / "recordings"
         )
