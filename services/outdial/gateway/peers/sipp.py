@@ -475,7 +475,8 @@ class SippUas(_Sipp):
 class SippUac(_Sipp):
     """SIPp placing calls to ``target`` (``"127.0.0.1:5060"``) with a scenario (default ``caller``):
     ``rate`` calls per second (``-r``), at most ``limit`` at once (``-l``), ``calls`` in total (``-m``).
-    ``service`` is the Request-URI user (the number called); ``auth_user``/``auth_password`` answer a 401."""
+    ``service`` is the Request-URI user (the number called); ``auth_user``/``auth_password`` answer a 401.
+    The offer's m= port is SIPp's ``media_port`` unless ``keys["sdp_port"]`` names another listener."""
 
     role = "uac"
 
@@ -498,8 +499,11 @@ class SippUac(_Sipp):
         binary: str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
+        merged = dict(keys or {})
+        if "sdp_port" in scenario_keys(scenario):
+            merged.setdefault("sdp_port", str(media_port))
         super().__init__(
-            scenario, port, media_port, keys, calls, trace_dir, ip=ip, binary=binary, extra_args=extra_args
+            scenario, port, media_port, merged, calls, trace_dir, ip=ip, binary=binary, extra_args=extra_args
         )
         self.target = target
         self.rate = rate
