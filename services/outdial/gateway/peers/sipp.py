@@ -238,8 +238,10 @@ class _Sipp:
         ip: str = "127.0.0.1",
         binary: str | None = None,
         extra_args: Sequence[str] = (),
+        trace_messages: bool = True,
     ) -> None:
         self.scenario = scenario_path(scenario)
+        self.trace_messages = trace_messages
         self.port = port
         self.media_port = media_port
         self.ip = ip
@@ -284,9 +286,6 @@ class _Sipp:
             str(self.media_port),
             "-nostdin",
             "-aa",
-            "-trace_msg",
-            "-message_file",
-            str(self.message_file),
             "-trace_stat",
             "-stf",
             str(self.stat_file),
@@ -302,6 +301,8 @@ class _Sipp:
             "-screen_file",
             str(self.screen_file),
         ]
+        if self.trace_messages:  # every message in full: turn off for long benchmarks
+            cmd += ["-trace_msg", "-message_file", str(self.message_file)]
         for name, value in self.keys.items():
             cmd += ["-key", name, value]
         if self.calls is not None:
@@ -459,12 +460,22 @@ class SippUas(_Sipp):
         ip: str = "127.0.0.1",
         binary: str | None = None,
         extra_args: Sequence[str] = (),
+        trace_messages: bool = True,
     ) -> None:
         merged = dict(keys or {})
         if digit is not None:
             merged.setdefault("dtmf_pcap", dtmf_pcap(digit))
         super().__init__(
-            scenario, port, media_port, merged, calls, trace_dir, ip=ip, binary=binary, extra_args=extra_args
+            scenario,
+            port,
+            media_port,
+            merged,
+            calls,
+            trace_dir,
+            ip=ip,
+            binary=binary,
+            extra_args=extra_args,
+            trace_messages=trace_messages,
         )
 
     @property
@@ -498,12 +509,22 @@ class SippUac(_Sipp):
         ip: str = "127.0.0.1",
         binary: str | None = None,
         extra_args: Sequence[str] = (),
+        trace_messages: bool = True,
     ) -> None:
         merged = dict(keys or {})
         if "sdp_port" in scenario_keys(scenario):
             merged.setdefault("sdp_port", str(media_port))
         super().__init__(
-            scenario, port, media_port, merged, calls, trace_dir, ip=ip, binary=binary, extra_args=extra_args
+            scenario,
+            port,
+            media_port,
+            merged,
+            calls,
+            trace_dir,
+            ip=ip,
+            binary=binary,
+            extra_args=extra_args,
+            trace_messages=trace_messages,
         )
         self.target = target
         self.rate = rate
