@@ -10,6 +10,7 @@ import socket
 import struct
 import threading
 import time
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,6 +376,29 @@ def test_carrier_mix_over_200_calls(peers: Peers, tmp_path: Path, ports: Ports) 
 
 
 @needs_sipp
+@pytest.mark.parametrize(
+    "draw",
+    [
+        {"p_live": "1", "answer_mean_ms": "20000"},  # CANCEL while a person is about to answer
+        {"p_live": "0", "p_machine": "1", "answer_mean_ms": "20000"},
+        {"p_live": "0", "p_busy": "1", "busy_after_ms": "20000"},  # before the 486
+        {"p_live": "0", "p_failed": "1", "failed_after_ms": "20000"},  # before the 503
+        {"p_live": "0", "ring_max_ms": "20000"},  # plain ringing
+    ],
+)
+def test_carrier_answers_a_cancel_wherever_it_arrives(
+    peers: Peers, tmp_path: Path, ports: Ports, draw: dict[str, str]
+) -> None:
+    carrier = uas(peers, tmp_path, "carrier", ports, keys=draw)
+    caller = uac(peers, tmp_path, carrier, ports, keys={"ring_ms": "400"})
+    assert caller.wait(20) == 0, caller.failure_text()
+    assert final_status(caller.messages()) == 487
+    assert carrier.stop() == 0
+    stats = carrier.stats()
+    assert stats is not None and (stats.successful, stats.failed, stats.current) == (1, 0, 0)
+
+
+@needs_sipp
 def test_agent_phone_answers_concurrent_calls_on_one_port_and_streams_past_the_pcap_length(
     peers: Peers, tmp_path: Path, ports: Ports
 ) -> None:
@@ -421,8 +445,15 @@ def test_baresip_registers_with_a_registrar_and_auto_answers(
     peers: Peers, tmp_path: Path, ports: Ports
 ) -> None:
     registrar = uas(peers, tmp_path, "register_ok", ports)
+    heard = tmp_path / "heard.wav"
     phone = Baresip(
-        "agent1", "pw", registrar.uri_host, ports.sip(), tmp_path / "baresip", rtp_ports=(42990, 42999)
+        "agent1",
+        "pw",
+        registrar.uri_host,
+        ports.sip(),
+        tmp_path / "baresip",
+        capture_wav=heard,
+        rtp_ports=(42990, 42999),
     )
     peers.append(phone)
     config = (phone.write_config() / "config").read_text()
@@ -446,7 +477,9 @@ def test_baresip_registers_with_a_registrar_and_auto_answers(
     assert final_status(caller.messages()) == 200
     assert len(rtp.of_type(8)) > 20  # its 8 kHz tone, as PCMA
     phone.stop()
-    assert phone.captures()  # what it heard was dumped
+    with wave.open(str(heard), "rb") as w:  # what it heard: the caller's speech pcap, decoded
+        samples = struct.unpack(f"<{w.getnframes()}h", w.readframes(w.getnframes()))
+    assert len(samples) > 8000 and max(abs(x) for x in samples) > 1000
 
 
 @needs_baresip
