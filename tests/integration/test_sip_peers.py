@@ -11,7 +11,7 @@ import struct
 import threading
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -396,6 +396,98 @@ def test_carrier_answers_a_cancel_wherever_it_arrives(
     assert carrier.stop() == 0
     stats = carrier.stats()
     assert stats is not None and (stats.successful, stats.failed, stats.current) == (1, 0, 0)
+
+
+class RawCaller:
+    """A hand-driven caller on a UDP socket, to produce the races SIPp's UAC cannot: a CANCEL crossing the
+    200 OK, a BYE crossing the callee's BYE."""
+
+    def __init__(self, port: int, target: SippUas, call_id: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.settimeout(5)
+        self.port, self.dest, self.call_id = port, ("127.0.0.1", target.port), call_id
+        self.uri = f"sip:15550002@127.0.0.1:{target.port}"
+        self.to = f"<{self.uri}>"
+
+    def send(self, method: str, cseq: int, branch: str, body: str = "") -> None:
+        lines = [
+            f"{method} {self.uri} SIP/2.0",
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{branch}",
+            f"From: <sip:15550001@127.0.0.1:{self.port}>;tag=raw1",
+            f"To: {self.to}",
+            f"Call-ID: {self.call_id}",
+            f"CSeq: {cseq} {method}",
+            f"Contact: <sip:15550001@127.0.0.1:{self.port}>",
+            "Max-Forwards: 70",
+        ]
+        if body:
+            lines.append("Content-Type: application/sdp")
+        lines += [f"Content-Length: {len(body)}", "", body]
+        self.sock.sendto("\r\n".join(lines).encode(), self.dest)
+
+    def recv(self) -> SipMessage:
+        data = self.sock.recv(4096).decode()
+        stamp = "2026-01-01 00:00:00.000000"
+        return parse_messages(f"{'-' * 47} {stamp}\nUDP message received [1] bytes :\n\n{data}")[0]
+
+    def recv_until(self, pred: Callable[[SipMessage], bool]) -> SipMessage:
+        while True:
+            msg = self.recv()
+            if pred(msg):
+                return msg
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+OFFER = (
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 8\r\n"
+)
+
+
+@needs_sipp
+def test_carrier_survives_a_cancel_crossing_its_200_and_a_bye_crossing_its_bye(
+    peers: Peers, tmp_path: Path, ports: Ports
+) -> None:
+    rtp = sink(peers, ports)
+    carrier = uas(
+        peers, tmp_path, "carrier", ports, keys={"p_live": "1", "answer_mean_ms": "1", "talk_mean_ms": "1"}
+    )
+    # 1) CANCEL sent after the 200 OK left the carrier: only 200 (CANCEL); the dialog goes on; our BYE ends it.
+    a = RawCaller(ports.sip(), carrier, "cross-cancel@test")
+    try:
+        a.send("INVITE", 1, "inv1", OFFER.format(port=rtp.port))
+        ok = a.recv_until(lambda m: m.status == 200 and m.method == "INVITE")
+        a.send("CANCEL", 1, "inv1")
+        a.to = ok.header("To") or ""
+        a.send("ACK", 1, "ack1")  # right behind the CANCEL, as a caller ACKs a 200 at once
+        assert a.recv_until(lambda m: m.status is not None and m.method == "CANCEL").status == 200
+        a.send("BYE", 2, "bye1")
+        bye_ok = a.recv_until(lambda m: m.method == "BYE")  # the carrier's own BYE may cross ours
+        assert bye_ok.status in (200, None)
+    finally:
+        a.close()
+    # 2) The carrier hangs up at once (talk ~ 1 ms): our BYE crosses its BYE; both dialogs close.
+    b = RawCaller(ports.sip(), carrier, "cross-bye@test")
+    try:
+        b.send("INVITE", 1, "inv2", OFFER.format(port=rtp.port))
+        ok = b.recv_until(lambda m: m.status == 200 and m.method == "INVITE")
+        b.to = ok.header("To") or ""
+        b.send("ACK", 1, "ack2")
+        their_bye = b.recv_until(lambda m: m.first_line.startswith("BYE"))
+        b.send("BYE", 2, "bye2")  # crossing: sent before answering theirs
+        assert b.recv_until(lambda m: m.method == "BYE" and m.status is not None).status == 200
+        assert their_bye.call_id == "cross-bye@test"
+    finally:
+        b.close()
+    deadline = time.monotonic() + 10
+    while (st := carrier.stats()) is None or st.successful + st.failed < 2:
+        assert time.monotonic() < deadline, carrier.failure_text()
+        time.sleep(0.2)
+    assert carrier.stop() == 0, carrier.failure_text()
+    stats = carrier.stats()
+    assert stats is not None and (stats.successful, stats.failed, stats.current) == (2, 0, 0)
 
 
 @needs_sipp
