@@ -21,6 +21,7 @@ import pytest
 from outdial.gateway.peers import (
     Baresip,
     SipMessage,
+    SippError,
     SippUac,
     SippUas,
     baresip_binary,
@@ -184,6 +185,17 @@ def test_every_scenario_documents_its_keys() -> None:
         used = {k for k in scenario_keys(name) if f"[{k}]" in text}
         assert used == set(scenario_keys(name)), name  # every documented key is used, with a default
     assert scenario_keys("carrier")["p_live"] == "0.25"
+
+
+@needs_sipp
+def test_start_reports_a_taken_media_port(tmp_path: Path, ports: Ports) -> None:
+    taken = ports.media()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", taken))
+        peer = SippUas("busy", ports.sip(), taken, trace_dir=tmp_path)
+        with pytest.raises(SippError, match="Unable to bind audio RTP socket"):
+            peer.start()
+    assert not peer.running
 
 
 # -- SIPp UAC -> SIPp UAS -------------------------------------------------------------------------------

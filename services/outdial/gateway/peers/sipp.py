@@ -319,7 +319,8 @@ class _Sipp:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, ready_timeout: float = 10.0) -> Self:
-        """Starts SIPp and returns once it listens on its SIP port (raises SippError if it exits first)."""
+        """Starts SIPp and returns once it listens on its SIP and media ports (raises SippError if it exits
+        first)."""
         if self._proc is not None:
             raise SippError("already started")
         cmd = self.command()
@@ -333,12 +334,15 @@ class _Sipp:
                 start_new_session=True,
             )
         deadline = time.monotonic() + ready_timeout
-        while not _udp_bound(self.port):
+        # SIPp binds its SIP port, then its media ports (a taken media port makes it exit after that).
+        while not (_udp_bound(self.port) and _udp_bound(self.media_port)):
             if self._proc.poll() is not None:
                 raise SippError(f"sipp exited with {self._proc.returncode}: {self.failure_text()}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise SippError(f"sipp did not bind UDP {self.ip}:{self.port}: {self.failure_text()}")
+                raise SippError(
+                    f"sipp did not bind UDP {self.ip}:{self.port} and :{self.media_port}: {self.failure_text()}"
+                )
             time.sleep(0.02)
         return self
 
