@@ -238,8 +238,10 @@ class _Sipp:
         ip: str = "127.0.0.1",
         binary: str | None = None,
         extra_args: Sequence[str] = (),
+        trace_messages: bool = True,
     ) -> None:
         self.scenario = scenario_path(scenario)
+        self.trace_messages = trace_messages
         self.port = port
         self.media_port = media_port
         self.ip = ip
@@ -284,9 +286,6 @@ class _Sipp:
             str(self.media_port),
             "-nostdin",
             "-aa",
-            "-trace_msg",
-            "-message_file",
-            str(self.message_file),
             "-trace_stat",
             "-stf",
             str(self.stat_file),
@@ -302,6 +301,8 @@ class _Sipp:
             "-screen_file",
             str(self.screen_file),
         ]
+        if self.trace_messages:  # every message in full: turn off for long benchmarks
+            cmd += ["-trace_msg", "-message_file", str(self.message_file)]
         for name, value in self.keys.items():
             cmd += ["-key", name, value]
         if self.calls is not None:
@@ -318,7 +319,8 @@ class _Sipp:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, ready_timeout: float = 10.0) -> Self:
-        """Starts SIPp and returns once it listens on its SIP port (raises SippError if it exits first)."""
+        """Starts SIPp and returns once it listens on its SIP and media ports (raises SippError if it exits
+        first)."""
         if self._proc is not None:
             raise SippError("already started")
         cmd = self.command()
@@ -332,12 +334,15 @@ class _Sipp:
                 start_new_session=True,
             )
         deadline = time.monotonic() + ready_timeout
-        while not _udp_bound(self.port):
+        # SIPp binds its SIP port, then its media ports (a taken media port makes it exit after that).
+        while not (_udp_bound(self.port) and _udp_bound(self.media_port)):
             if self._proc.poll() is not None:
                 raise SippError(f"sipp exited with {self._proc.returncode}: {self.failure_text()}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise SippError(f"sipp did not bind UDP {self.ip}:{self.port}: {self.failure_text()}")
+                raise SippError(
+                    f"sipp did not bind UDP {self.ip}:{self.port} and :{self.media_port}: {self.failure_text()}"
+                )
             time.sleep(0.02)
         return self
 
@@ -459,12 +464,22 @@ class SippUas(_Sipp):
         ip: str = "127.0.0.1",
         binary: str | None = None,
         extra_args: Sequence[str] = (),
+        trace_messages: bool = True,
     ) -> None:
         merged = dict(keys or {})
         if digit is not None:
             merged.setdefault("dtmf_pcap", dtmf_pcap(digit))
         super().__init__(
-            scenario, port, media_port, merged, calls, trace_dir, ip=ip, binary=binary, extra_args=extra_args
+            scenario,
+            port,
+            media_port,
+            merged,
+            calls,
+            trace_dir,
+            ip=ip,
+            binary=binary,
+            extra_args=extra_args,
+            trace_messages=trace_messages,
         )
 
     @property
@@ -475,7 +490,8 @@ class SippUas(_Sipp):
 class SippUac(_Sipp):
     """SIPp placing calls to ``target`` (``"127.0.0.1:5060"``) with a scenario (default ``caller``):
     ``rate`` calls per second (``-r``), at most ``limit`` at once (``-l``), ``calls`` in total (``-m``).
-    ``service`` is the Request-URI user (the number called); ``auth_user``/``auth_password`` answer a 401."""
+    ``service`` is the Request-URI user (the number called); ``auth_user``/``auth_password`` answer a 401.
+    The offer's m= port is SIPp's ``media_port`` unless ``keys["sdp_port"]`` names another listener."""
 
     role = "uac"
 
@@ -497,9 +513,22 @@ class SippUac(_Sipp):
         ip: str = "127.0.0.1",
         binary: str | None = None,
         extra_args: Sequence[str] = (),
+        trace_messages: bool = True,
     ) -> None:
+        merged = dict(keys or {})
+        if "sdp_port" in scenario_keys(scenario):
+            merged.setdefault("sdp_port", str(media_port))
         super().__init__(
-            scenario, port, media_port, keys, calls, trace_dir, ip=ip, binary=binary, extra_args=extra_args
+            scenario,
+            port,
+            media_port,
+            merged,
+            calls,
+            trace_dir,
+            ip=ip,
+            binary=binary,
+            extra_args=extra_args,
+            trace_messages=trace_messages,
         )
         self.target = target
         self.rate = rate
