@@ -416,6 +416,8 @@ async def _sip_leftover(rig: Any) -> int:
             if not left:
                 break
             await asyncio.sleep(0.5)
+        if left:
+            err_console.print(f"[red]SIP sessions left in rtpengine: {left}[/red]")
         return len(left)
     finally:
         eng.close()
@@ -526,6 +528,14 @@ def print_report(r: DemoResult) -> None:
             f"{'verified' if r.audit_ok else 'BROKEN: ' + r.audit_problem} ({r.audit_records} records)",
         ),
     ]
+    if r.telephony == "sip":
+        rows.append(
+            (
+                "SIP: dialogs not ended (rtpengine sessions left)",
+                f"{r.sip_leftover_sessions}"
+                + (" (every dialog ended)" if not r.sip_leftover_sessions else ""),
+            )
+        )
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)

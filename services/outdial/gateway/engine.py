@@ -196,6 +196,10 @@ class Call:
     ended_by: str = ""
     outcome_sent: bool = False
     media_open: bool = False
+    # Media commands of one call run one at a time, and none after its release (an answer that reached
+    # rtpengine after the delete would bring the session back, and leak its ports).
+    media_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    released: bool = False
 
 
 @dataclass
@@ -350,11 +354,12 @@ class Gateway:
             sdp = await self.media.customer_offer(call_id)
             call.media_open = True
             await self.pacer.slot()
-        except Exception:
+        except (
+            BaseException
+        ):  # refused, failed or cancelled (the caller gave up): the offer may be in rtpengine
             self.calls.pop(call_id, None)
-            if call.media_open:
-                with contextlib.suppress(Exception):
-                    await self.media.release_customer(call_id)
+            call.state, call.media_open = "ended", True
+            self._spawn(self._release_media(call), "release media of a call not placed")
             raise
         if call.state == "ended":  # cancelled while waiting for its slot
             return
@@ -657,7 +662,7 @@ class Gateway:
             self._emit(call, Kind.RINGING, sip_status=code)
             self.health.ok()
             if isinstance(sdp, str):  # early media (183): the network's tones and announcements
-                self._spawn(self.media.customer_answered(call.call_id, sdp), "early media")
+                self._spawn(self._remote_sdp(call, sdp), "early media")
 
     def _on_fail(self, call: Call, code: int, reason: str) -> None:
         if call.state == "ended":
@@ -684,7 +689,7 @@ class Gateway:
         self.health.ok()
         try:
             if sdp is not None:
-                await self.media.customer_answered(call.call_id, sdp)
+                await self._remote_sdp(call, sdp)
             if call.record:
                 await self.media.start_recording(call.call_id)
                 path, _ = await self.prompts.render(call.notice)
@@ -697,6 +702,23 @@ class Gateway:
         if call.state == "answered":
             GATEWAY_CALLS.labels("answered").inc()
             self._emit(call, Kind.ANSWERED, at_ms=at_200, answer="human", sip_status=200)
+
+    async def _remote_sdp(self, call: Call, sdp: str) -> None:
+        async with call.media_lock:
+            if call.released:
+                return
+            await self.media.customer_answered(call.call_id, sdp)
+
+    async def _release_media(self, call: Call) -> None:
+        async with call.media_lock:
+            if call.released or not call.media_open:
+                call.released = True
+                return
+            call.released = True
+            try:
+                await self.media.release_customer(call.call_id)
+            except Exception as exc:
+                log.error("call %s: rtpengine session not released: %s", call.call_id, exc)
 
     def on_dtmf(self, tag: str, digit: str) -> None:
         """A key press rtpengine saw; ``tag`` tells whose side: ``c-<call_id>`` or ``a-<leg_id>``."""
@@ -742,9 +764,7 @@ class Gateway:
                 pcap = await self.media.stop_recording(call.call_id)
             except Exception as exc:
                 log.error("call %s: recording not stopped cleanly: %s", call.call_id, exc)
-        if call.media_open:
-            with contextlib.suppress(Exception):
-                await self.media.release_customer(call.call_id)
+        await self._release_media(call)
         if isinstance(pcap, Path) and self.summarise is not None:
             try:
                 recording = await asyncio.to_thread(self.summarise, pcap)

@@ -216,11 +216,15 @@ class CallActions:
             await self.store.mark_outcome(call.call_id, call.outcome)
             await self._emit(call, f"call.{call.outcome}", at, **extra)
         elif action is Action.HANGUP and live:
-            with contextlib.suppress(Exception):
+            try:
                 await self.adapter.hangup(call.call_id)
+            except Exception as exc:  # the line may be gone already; its end event still comes
+                log.warning("call %s: hang-up not carried out: %r", call.call_id, exc)
         elif action is Action.CANCEL and live:
-            with contextlib.suppress(Exception):
+            try:
                 await self.adapter.cancel(call.call_id)
+            except Exception as exc:
+                log.warning("call %s: cancel not carried out: %r", call.call_id, exc)
         elif action is Action.END_AGENT_CALL and call.agent_id:
             await self.agents.end_call(call.agent_id, call.call_id)
         elif action is Action.FINISH:

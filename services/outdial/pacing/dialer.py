@@ -160,7 +160,9 @@ class Dialer:
             clock=clock,
             offer_deadline_s=self.offer_deadline_s,
         )
-        self.hangups = HangupReader(redis, leases.replica, lambda: list(self.campaigns), self._on_hangup)
+        # Hang-ups are read for the campaigns leased and for those whose calls this replica still follows: a
+        # paused campaign's connected calls end when their agents hang up, not when the customers do.
+        self.hangups = HangupReader(redis, leases.replica, self._hangup_campaigns, self._on_hangup)
         # Preview mode's side of the dialer; the call table's preview actions are carried out there.
         self.preview = PreviewFlow(self)
         self.actions.extension = self.preview
@@ -299,6 +301,9 @@ class Dialer:
                 call.events.put_nowait(ev)
 
     # ================================================================ agent hang-ups
+
+    def _hangup_campaigns(self) -> list[str]:
+        return sorted(set(self.campaigns) | {c.campaign_id for c in self.calls.values()})
 
     async def _on_hangup(self, fields: dict[str, str]) -> None:
         call = self.calls.get(str(fields.get("call_id", "")))
