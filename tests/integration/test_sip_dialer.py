@@ -5,16 +5,18 @@ from PostgreSQL, the DNC service and the SIP peers themselves."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from outdial.agent.simulated import Distribution, SimulatedAgent
 from outdial.core import keys
 from outdial.gateway.peers.sipp import SippUas
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
-from tests.conftest import Services
+from tests.conftest import Services, make_token
 from tests.integration.siprig import Rig, free_port, free_tcp_udp_port, gateway_rig, require_sip
 from tests.integration.test_pacing_dialer import CID, campaign_config, fast_sim_env, seed_hopper, wait_for
 from tests.integration.test_pacing_modes import CLOCK, Running, all_ended, sim_agent
@@ -154,3 +156,109 @@ async def test_progressive_call_reaches_the_agents_phone_and_the_agent_hangs_up(
             await running.close()
             carrier.stop()
             phone.stop()
+
+
+async def test_gateway_killed_mid_call_leaves_no_call_open_and_no_lead_lost(
+    services: Services,
+    redis: aioredis.Redis,
+    pg: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    async with gateway_rig(tmp_path) as rig:
+        sip_env(monkeypatch, services, rig)
+        # The called party talks until hung up on: the call is up when the gateway dies.
+        carrier = SippUas(
+            "answer_speech.xml",
+            port=rig.trunk_port(),
+            media_port=free_port(),
+            keys={"talk_ms": "-1"},
+            trace_dir=tmp_path / "carrier",
+        )
+        phone_port = free_tcp_udp_port()
+        phone = SippUas(
+            "agent_phone.xml", port=phone_port, media_port=free_port(), trace_dir=tmp_path / "phone"
+        )
+        carrier.start()
+        phone.start()
+        running = Running()
+        numbers = ["+12122340301", "+12122340302", "+12122340303"]
+        try:
+            await redis.hset(
+                keys.campaign_config(CID),
+                "json",
+                json.dumps(campaign_config(dial_mode="progressive", dispositions=["not_interested"])),
+            )
+            await seed_hopper(redis, numbers, state="NY")
+            await services.start("dnc", clock=CLOCK)
+            agent = await services.start("agent", clock=CLOCK)
+            await running.start(
+                SimulatedAgent(
+                    lambda: services.channel(agent, role="agent", sub="agent-sip-2"),
+                    make_token("agent", "agent-sip-2"),
+                    "agent-sip-2",
+                    [(CID, 1)],
+                    talk=Distribution(600, "fixed"),  # never hangs up by itself
+                    wrap=Distribution(0.1, "fixed"),
+                    rng=random.Random(7),
+                    dispositions={"not_interested": 1.0},
+                    phone=f"sip:agent-sip-2@127.0.0.1:{phone_port}",
+                )
+            )
+            await start_sip_pacing(services, redis)
+
+            async def connected() -> bool:
+                n = await pg.fetchval(
+                    "SELECT count(*) FROM dial_attempts WHERE campaign_id = $1 AND connect_at IS NOT NULL",
+                    CID,
+                )
+                return bool(n)
+
+            await wait_for(connected, timeout=60)
+            killed = await pg.fetchval(
+                "SELECT call_id FROM dial_attempts WHERE campaign_id = $1 AND connect_at IS NOT NULL", CID
+            )
+            rig.kill_gateway()  # SIGKILL, mid-call
+            await rig.start_gateway()
+
+            # The dialer learns from the restarted gateway that its call is gone, and ends it.
+            async def ended() -> bool:
+                return bool(
+                    await pg.fetchval(
+                        "SELECT end_at IS NOT NULL FROM dial_attempts WHERE call_id = $1", killed
+                    )
+                )
+
+            await wait_for(ended, timeout=60)
+            row = await pg.fetchrow("SELECT * FROM dial_attempts WHERE call_id = $1", killed)
+            assert row["outcome"] == "connected" and row["agent_id"] == "agent-sip-2"
+            rows = await pg.fetch(
+                "SELECT * FROM dial_attempts WHERE campaign_id = $1 AND dial_at IS NOT NULL", CID
+            )
+            # No lead lost: every lead was dialled and closed, or is still to be dialled (in the hopper).
+            dialled = {r["lead_id"] for r in rows}
+            waiting = set(await redis.zrange(keys.hopper(CID), 0, -1))
+            assert {f"lead-{i}" for i in range(len(numbers))} <= dialled | waiting
+            assert await _claims_are_live(redis, pg)
+
+            # The restarted gateway freed what the dead one left in rtpengine (the killed call's ports).
+            async def freed() -> bool:
+                return f"c-{killed}" not in await _leftover(rig)
+
+            await wait_for(freed, timeout=20)
+        finally:
+            await running.close()
+            carrier.stop()
+            phone.stop()
+
+
+async def _claims_are_live(redis: aioredis.Redis, pg: asyncpg.Pool) -> bool:
+    """Claims left are those of calls still in flight (a lead being dialled now), none of an ended call."""
+    open_leads = {
+        r["lead_id"]
+        for r in await pg.fetch(
+            "SELECT lead_id FROM dial_attempts WHERE campaign_id = $1 AND end_at IS NULL AND allowed", CID
+        )
+    }
+    claims = [k async for k in redis.scan_iter(match=keys.lead_claim(CID, "*"))]
+    return all(str(k).rsplit(":", 1)[-1] in open_leads for k in claims)
