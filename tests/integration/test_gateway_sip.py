@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -272,3 +273,212 @@ async def test_rtpengine_down_fails_closed(rig: Rig) -> None:
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     status = await rig.stub.GetGatewayStatus(pb.GetGatewayStatusRequest(), timeout=5)
     assert not status.media_reachable
+
+
+async def test_softphone_registers_with_digest_and_gets_the_nailed_up_call(rig: Rig) -> None:
+    from outdial.gateway.peers.baresip import Baresip
+
+    registrar = f"127.0.0.1:{rig.sip_port}"
+    wrong = Baresip("agent7", "not-the-password", registrar, free_tcp_udp_port(), rig.tmp / "wrong")
+    wrong.start()
+    try:
+        for _ in range(100):
+            if wrong.registration_failed():
+                break
+            await asyncio.sleep(0.1)
+        assert wrong.registration_failed() and not wrong.registered()
+    finally:
+        wrong.stop()
+    assert rig.metric("outdial_gateway_sip_rejected_total", {"why": "digest"}) >= 1
+    status = await rig.stub.GetGatewayStatus(pb.GetGatewayStatusRequest(), timeout=5)
+    assert status.registered_phones == 0
+
+    phone = Baresip("agent7", "s3cret-pass", registrar, free_tcp_udp_port(), rig.tmp / "phone")
+    phone.start()
+    try:
+        await asyncio.to_thread(phone.wait_registered, 15)
+        assert (
+            await rig.stub.GetGatewayStatus(pb.GetGatewayStatusRequest(), timeout=5)
+        ).registered_phones == 1
+        # Login with phone="registered": the gateway calls the registered contact, baresip auto-answers.
+        leg = await rig.stub.OpenAgentLeg(pb.OpenAgentLegRequest(agent_id="agent7"), timeout=40)
+        assert leg.leg_id
+        assert (await rig.stub.GetGatewayStatus(pb.GetGatewayStatusRequest(), timeout=5)).agent_legs == 1
+        # An agent with no registered phone and no contact is refused with a reason.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await rig.stub.OpenAgentLeg(pb.OpenAgentLegRequest(agent_id="agent8"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "registered" in (err.value.details() or "")
+        await rig.stub.CloseAgentLeg(pb.CloseAgentLegRequest(agent_id="agent7"), timeout=5)
+    finally:
+        phone.stop()
+    assert await _leftover(rig) == []
+
+
+async def test_trunk_digest_authentication(tmp_path: Path) -> None:
+    async with gateway_rig(tmp_path, trunk_username="outdial", trunk_password="trunk-secret-1") as rig:
+        uas = _uas(
+            rig,
+            "digest_401.xml",
+            keys={"auth_user": "outdial", "auth_pass": "trunk-secret-1", "talk_ms": "-1"},
+            calls=1,
+        )
+        try:
+            await rig.originate("call-d1")
+            await rig.until("call-d1", pb.GATEWAY_EVENT_KIND_ANSWERED)
+            await rig.stub.HangupCall(pb.HangupCallRequest(call_id="call-d1"), timeout=5)
+            await rig.until("call-d1", pb.GATEWAY_EVENT_KIND_ENDED)
+            assert await _wait_exit(uas) == 0  # SIPp's verifyauth accepted our digest
+            invites = [m for m in uas.messages() if m.direction == "in" and m.first_line.startswith("INVITE")]
+            assert len(invites) == 2 and invites[1].header("Authorization")
+        finally:
+            uas.stop()
+
+
+async def test_tcp_trunk_through_the_sip_edge(tmp_path: Path) -> None:
+    from outdial.gateway.edge import find_kamailio
+
+    if find_kamailio() is None:
+        if os.environ.get("OUTDIAL_REQUIRE_SIP") == "1":
+            raise RuntimeError("kamailio missing (make setup as root)")
+        pytest.skip("kamailio missing")
+    trunk = free_tcp_udp_port()
+    async with gateway_rig(
+        tmp_path,
+        trunk_uri=f"sip:127.0.0.1:{trunk}",
+        trunk_transport="tcp",
+        trunk_edge=f"127.0.0.1:{free_tcp_udp_port()}",
+        edge_trunk_listen=f"127.0.0.1:{free_tcp_udp_port()}",
+    ) as rig:
+        uas = SippUas(
+            "answer_speech.xml",
+            port=trunk,
+            media_port=free_port(),
+            keys={"talk_ms": "-1"},
+            calls=1,
+            trace_dir=tmp_path / "tcp",
+            extra_args=["-t", "t1"],
+        )
+        uas.start()
+        try:
+            await rig.originate("call-t1")
+            await rig.until("call-t1", pb.GATEWAY_EVENT_KIND_ANSWERED)
+            await rig.stub.HangupCall(pb.HangupCallRequest(call_id="call-t1"), timeout=5)
+            await rig.until("call-t1", pb.GATEWAY_EVENT_KIND_ENDED)
+            assert await _wait_exit(uas) == 0  # INVITE, ACK and our BYE all arrived over TCP
+            invite = next(
+                m for m in uas.messages() if m.direction == "in" and m.first_line.startswith("INVITE")
+            )
+            assert "TCP" in (invite.header("Via") or "").upper()
+            assert "+12125550123" in (invite.header("P-Asserted-Identity") or "")
+        finally:
+            uas.stop()
+
+
+async def test_calls_per_second_and_calls_in_flight_are_never_exceeded(tmp_path: Path) -> None:
+    async with gateway_rig(tmp_path, trunk_cps=4.0, trunk_max_calls=6) as rig:
+        uas = _uas(rig, "ring_forever.xml")
+        try:
+            # Eight dial requests at once: six are placed, spaced by the carrier's rate; two are refused.
+            results = await asyncio.gather(
+                *(rig.originate(f"call-c{i}") for i in range(8)), return_exceptions=True
+            )
+            refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert len(refused) == 2
+            assert all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused)
+            status = await rig.stub.GetGatewayStatus(pb.GetGatewayStatusRequest(), timeout=5)
+            assert status.calls_in_flight == 6 and not status.accepting_calls
+            for i in range(8):
+                await rig.stub.CancelCall(pb.CancelCallRequest(call_id=f"call-c{i}"), timeout=5)
+            await asyncio.sleep(1.0)
+            invites = sorted(
+                m.timestamp
+                for m in uas.messages()
+                if m.direction == "in" and m.first_line.startswith("INVITE")
+            )
+            assert len(invites) == 6
+            # At most 4 INVITEs in any one second, as the carrier counts them (the wire's timestamps).
+            assert all(b - a >= 1.0 for a, b in zip(invites, invites[4:], strict=False)), invites
+        finally:
+            uas.stop()
+        assert await _leftover(rig) == []
+
+
+async def test_a_failing_trunk_is_degraded_and_backed_off(tmp_path: Path) -> None:
+    async with gateway_rig(tmp_path) as rig:
+        uas = _uas(rig, "unavailable.xml")
+        try:
+            for i in range(5):
+                await rig.originate(f"call-u{i}")
+                ev = await rig.until(f"call-u{i}", pb.GATEWAY_EVENT_KIND_FAILED)
+                assert ev.sip_status == 503
+            status = await rig.stub.GetGatewayStatus(pb.GetGatewayStatusRequest(), timeout=5)
+            assert status.trunk_state == "degraded" and not status.accepting_calls
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await rig.originate("call-u9")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            for _ in range(40):  # the gauge follows within a second
+                if rig.metric("outdial_gateway_trunk_up", {}) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert rig.metric("outdial_gateway_trunk_up", {}) == 0
+        finally:
+            uas.stop()
+
+
+async def test_early_media_then_answer(rig: Rig) -> None:
+    uas = _uas(rig, "early_media.xml", keys={"early_ms": "1500", "talk_ms": "-1"}, calls=1)
+    try:
+        await rig.originate("call-e1")
+        ringing = await rig.until("call-e1", pb.GATEWAY_EVENT_KIND_RINGING)
+        assert ringing.sip_status == 183
+        ans = await rig.until("call-e1", pb.GATEWAY_EVENT_KIND_ANSWERED)
+        assert ans.at_ms >= ringing.at_ms
+        await rig.stub.HangupCall(pb.HangupCallRequest(call_id="call-e1"), timeout=5)
+        await rig.until("call-e1", pb.GATEWAY_EVENT_KIND_ENDED)
+        assert await _wait_exit(uas) == 0
+        assert await _leftover(rig) == []
+    finally:
+        uas.stop()
+
+
+async def test_recorded_call_plays_the_notice_and_reports_the_file(rig: Rig) -> None:
+    import hashlib
+
+    uas = _uas(rig, "answer_speech.xml", keys={"talk_ms": "-1"}, calls=1)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # recording without the notice is refused
+            await rig.stub.Originate(
+                pb.OriginateRequest(
+                    call_id="call-n0",
+                    number="+14155550100",
+                    caller_id="+12125550123",
+                    owner=rig.owner,
+                    record=True,
+                ),
+                timeout=5,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        await rig.stub.Originate(
+            pb.OriginateRequest(
+                call_id="call-n1",
+                number="+14155550100",
+                caller_id="+12125550123",
+                ring_timeout_s=20,
+                owner=rig.owner,
+                record=True,
+                recording_notice="This call is recorded.",
+            ),
+            timeout=15,
+        )
+        await rig.until("call-n1", pb.GATEWAY_EVENT_KIND_ANSWERED)
+        await asyncio.sleep(2.0)
+        await rig.stub.HangupCall(pb.HangupCallRequest(call_id="call-n1"), timeout=5)
+        ended = await rig.until("call-n1", pb.GATEWAY_EVENT_KIND_ENDED)
+        rec = ended.recording
+        assert rec.path and Path(rec.path).exists()
+        assert "call-n1" in Path(rec.path).name  # named by call id
+        assert rec.sha256 == hashlib.sha256(Path(rec.path).read_bytes()).hexdigest()
+        assert rec.duration_ms > 1000  # the customer's speech was recorded
+    finally:
+        uas.stop()

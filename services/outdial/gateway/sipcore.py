@@ -45,6 +45,7 @@ from sippy.SipConf import SipConf
 from sippy.SipHeader import SipHeader
 from sippy.SipTransactionManager import SipTransactionManager
 from sippy.SipWWWAuthenticate import SipWWWAuthenticate
+from sippy.Time.Timeout import Timeout
 from sippy.UA import UA
 
 Post = Callable[..., None]
@@ -79,6 +80,35 @@ class _Try(CCEventTry):  # type: ignore[misc]
         uac.rUri.getUrl().port = self._ruri[1]
         lurl = uac.lUri.getUrl()
         lurl.host = self._from_host
+
+
+class _UA(UA):  # type: ignore[misc]
+    """sippy's UA, answering a 401/407 after its ACK has left (sippy sends the new INVITE from inside the
+    response callback, before the transaction layer ACKs the challenge; strict peers reject that order)."""
+
+    def processChallenge(
+        self, resp: Any, cseq: Any, ch_hfname: str, auth_hfname: str, extra_headers: Any
+    ) -> bool:
+        if self.username is None or self.password is None or self.reqs[cseq].countHFs(auth_hfname) != 0:
+            return False
+        for challenge in resp.getHFBodys(ch_hfname):
+            if self.auth_enalgs is not None and challenge.algorithm not in self.auth_enalgs:
+                continue
+            supported, qop = challenge.supportedAlgorithm()
+            if supported:
+                break
+        else:
+            return False
+
+        def send() -> None:
+            if self.state is None or self.state.dead:
+                return
+            req = self.genRequest("INVITE", self.lSDP, (challenge, qop), extra_headers=extra_headers)
+            self.newUacTransaction(req, req_extra_headers=extra_headers)
+            self.reqs.pop(cseq, None)
+
+        Timeout(send, 0.001)
+        return True
 
 
 class SipCore:
@@ -133,7 +163,7 @@ class SipCore:
         auth: tuple[str, str] | None = None,
         proxy: tuple[str, int] | None = None,
     ) -> None:
-        ua = UA(
+        ua = _UA(
             self.config,
             event_cb=lambda ev, ua: self._event(key, ev),
             username=auth[0] if auth else None,

@@ -209,10 +209,10 @@ def parse_stats(text: str) -> SippStats | None:
     )
 
 
-def _udp_bound(port: int) -> bool:
-    """Whether some socket is bound to this UDP port (from /proc/net/udp, without touching it)."""
+def _udp_bound(port: int, proto: str = "udp") -> bool:
+    """Whether some socket is bound to this UDP (or TCP) port (from /proc/net, without touching it)."""
     needle = f":{port:04X} "
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
+    for table in (f"/proc/net/{proto}", f"/proc/net/{proto}6"):
         with contextlib.suppress(OSError), open(table, encoding="ascii") as f:
             for line in f.readlines()[1:]:
                 parts = line.split()
@@ -335,7 +335,9 @@ class _Sipp:
             )
         deadline = time.monotonic() + ready_timeout
         # SIPp binds its SIP port, then its media ports (a taken media port makes it exit after that).
-        while not (_udp_bound(self.port) and _udp_bound(self.media_port)):
+        # SIP over TCP (``-t t1`` in extra_args): the SIP port is a TCP listener.
+        sip_proto = "tcp" if any(a.startswith("t") for a in self._transport_args()) else "udp"
+        while not (_udp_bound(self.port, sip_proto) and _udp_bound(self.media_port)):
             if self._proc.poll() is not None:
                 raise SippError(f"sipp exited with {self._proc.returncode}: {self.failure_text()}")
             if time.monotonic() > deadline:
@@ -345,6 +347,10 @@ class _Sipp:
                 )
             time.sleep(0.02)
         return self
+
+    def _transport_args(self) -> list[str]:
+        args = self.extra_args
+        return [args[i + 1] for i, a in enumerate(args[:-1]) if a == "-t"]
 
     def wait(self, timeout: float | None = None) -> int:
         """Waits for SIPp to exit and returns its exit code (0: every call passed; 1: some failed;
