@@ -4,6 +4,7 @@ from PostgreSQL, the DNC service and the SIP peers themselves."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from pathlib import Path
@@ -16,6 +17,7 @@ from outdial.agent.simulated import Distribution, SimulatedAgent
 from outdial.core import keys
 from outdial.gateway.peers.sipp import SippUas
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
+from outdial.v1 import gateway_pb2 as pb
 from tests.conftest import Services, make_token
 from tests.integration.siprig import Rig, free_port, free_tcp_udp_port, gateway_rig, require_sip
 from tests.integration.test_pacing_dialer import CID, campaign_config, fast_sim_env, seed_hopper, wait_for
@@ -262,3 +264,53 @@ async def _claims_are_live(redis: aioredis.Redis, pg: asyncpg.Pool) -> bool:
     }
     claims = [k async for k in redis.scan_iter(match=keys.lead_claim(CID, "*"))]
     return all(str(k).rsplit(":", 1)[-1] in open_leads for k in claims)
+
+
+async def test_a_softphone_that_hangs_up_its_nailed_up_call_pauses_the_agent(
+    services: Services,
+    redis: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from outdial.gateway.peers.baresip import Baresip
+    from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+
+    fast_sim_env(monkeypatch)
+    await redis.hset(keys.campaign_config(CID), "json", json.dumps(campaign_config(dial_mode="progressive")))
+    # The agent service calls the gateway (phone logins) and the gateway the agent service (pauses).
+    gateway_addr = f"127.0.0.1:{free_tcp_udp_port()}"
+    services.settings = services.settings.model_copy(update={"gateway_addr": gateway_addr})
+    agent = await services.start("agent", clock=CLOCK)
+    async with gateway_rig(tmp_path, agent_addr=agent.addr, gateway_listen=gateway_addr) as rig:
+        phone = Baresip(
+            "agent7", "s3cret-pass", f"127.0.0.1:{rig.sip_port}", free_tcp_udp_port(), tmp_path / "bs"
+        )
+        phone.start()
+        try:
+            assert await asyncio.to_thread(phone.wait_registered, 15)
+            stub = agent_pb2_grpc.AgentServiceStub(services.channel(agent, role="agent", sub="agent7"))
+            await stub.Login(
+                agent_pb2.LoginRequest(
+                    agent_id="agent7",
+                    campaigns=[agent_pb2.CampaignMembership(campaign_id=CID, priority=1)],
+                    phone="registered",
+                ),
+                timeout=45,
+            )
+            assert (await rig.stub.GetGatewayStatus(pb.GetGatewayStatusRequest(), timeout=5)).agent_legs == 1
+            phone.stop()  # the softphone quits: it hangs up the nailed-up call
+
+            supervisor = agent_pb2_grpc.AgentServiceStub(services.channel(agent, role="manager"))
+
+            async def paused() -> bool:
+                res = await supervisor.ListAgents(agent_pb2.ListAgentsRequest(campaign_id=CID), timeout=5)
+                return any(
+                    a.agent_id == "agent7"
+                    and a.state == common_pb2.AGENT_STATE_PAUSED
+                    and a.pause_reason == "phone_disconnected"
+                    for a in res.agents
+                )
+
+            await wait_for(paused, timeout=20)
+        finally:
+            phone.stop()
