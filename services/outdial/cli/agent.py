@@ -186,7 +186,9 @@ async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  #
     campaigns = [agent_pb2.CampaignMembership(campaign_id=c, priority=args.priority) for c in args.campaign]
     session = AgentSession(
         lambda: channel(argparse.Namespace(token=token), settings, "agent"),
-        agent_pb2.LoginRequest(agent_id=agent_id, campaigns=campaigns, skills=args.skill or []),
+        agent_pb2.LoginRequest(
+            agent_id=agent_id, campaigns=campaigns, skills=args.skill or [], phone=args.phone or ""
+        ),
         md,
     )
     ui = ConsoleState(args.dispositions.split(","))
@@ -423,6 +425,11 @@ def register(sub: Any) -> None:
     p.add_argument("--agent-id", help="agent id (default: the token's subject)")
     p.add_argument("--pause-reason", default="break")
     p.add_argument("--callback-minutes", type=int, default=60)
+    p.add_argument(
+        "--phone",
+        help="SIP telephony: 'registered' (your softphone registered to the gateway) or a sip: URI to call; "
+        "the gateway keeps one call up to it for the session",
+    )
     p.add_argument(
         "--connect-timeout", type=float, default=30.0, help="seconds to keep trying to log in at start"
     )
