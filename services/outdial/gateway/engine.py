@@ -575,6 +575,8 @@ class Gateway:
             method = str(args[0])
             self.counters.requests[method] = self.counters.requests.get(method, 0) + 1
             SIP_REQUESTS.labels(method if method.isalpha() and len(method) < 12 else "other").inc()
+            if method == "INVITE":  # the gateway takes no calls: a stranger's INVITE gets 403
+                SIP_REJECTED.labels("inbound_invite").inc()
             return
         if kind == "malformed":
             self.counters.malformed += 1
