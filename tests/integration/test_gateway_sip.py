@@ -482,3 +482,17 @@ async def test_recorded_call_plays_the_notice_and_reports_the_file(rig: Rig) -> 
         assert rec.duration_ms > 1000  # the customer's speech was recorded
     finally:
         uas.stop()
+
+
+async def test_opt_out_key_sent_as_sip_info_is_reported(rig: Rig) -> None:
+    uas = _uas(rig, "opt_out_info.xml", keys={"digit": "9", "dtmf_after_ms": "1000"}, calls=1)
+    try:
+        await rig.originate("call-i1")
+        await rig.until("call-i1", pb.GATEWAY_EVENT_KIND_ANSWERED)
+        dtmf = await rig.until("call-i1", pb.GATEWAY_EVENT_KIND_DTMF, timeout=15)
+        assert dtmf.digit == "9"
+        await rig.stub.HangupCall(pb.HangupCallRequest(call_id="call-i1"), timeout=5)
+        await rig.until("call-i1", pb.GATEWAY_EVENT_KIND_ENDED)
+        assert await _wait_exit(uas) == 0  # our 200 to the INFO, then our BYE
+    finally:
+        uas.stop()

@@ -42,6 +42,7 @@ from sippy.Core.EventDispatcher import ED2
 from sippy.MsgBody import MsgBody
 from sippy.SipCallId import SipCallId
 from sippy.SipConf import SipConf
+from sippy.SipContact import SipContact
 from sippy.SipHeader import SipHeader
 from sippy.SipTransactionManager import SipTransactionManager
 from sippy.SipWWWAuthenticate import SipWWWAuthenticate
@@ -172,6 +173,11 @@ class SipCore:
         )
         if proxy is not None:
             ua.outbound_proxy = proxy
+        # A Contact without sippy's default display name ("Anonymous"): peers that build the Request-URI of
+        # their in-dialog requests from the Contact's text (SIPp's [next_url]) got "Anonymous <sip:...>".
+        contact = SipContact()
+        contact.address.name = None
+        ua.lContact = contact
         self.uas[key] = ua
         extra = tuple(SipHeader(s) for s in headers) or None
         ev = _Try(
