@@ -185,3 +185,11 @@ def test_mode_settings_are_validated_and_agentless_starts_only_when_the_law_allo
     assert err.value.error_id == "consent_required"
     rec.settings["message_informational"] = True
     assert model.transition(rec, "start") == "active"
+
+
+def test_the_dialer_stops_seeking_an_agent_in_time_to_start_the_message_within_two_seconds() -> None:
+    from outdial.pacing.settings import PacingServiceSettings
+
+    assert law.OFFER_DEADLINE_S + law.MESSAGE_START_MARGIN_S == law.CONNECT_LIMIT_S
+    assert law.MESSAGE_START_MARGIN_S > 0
+    assert PacingServiceSettings().pacing_offer_deadline_ms == law.OFFER_DEADLINE_MS < law.CONNECT_LIMIT_MS

@@ -126,7 +126,7 @@ class Dialer:
         agent_health: Any = None,
         tick_s: float = 0.2,
         renew_s: float = 1.0,
-        offer_deadline_s: float = law.CONNECT_LIMIT_S,
+        offer_deadline_s: float = law.OFFER_DEADLINE_S,
         drain_s: float = 5.0,
         claim_ttl_s: int = 3600,
     ) -> None:

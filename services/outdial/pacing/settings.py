@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from outdial.rules.law import CONNECT_LIMIT_MS
+from outdial.rules.law import CONNECT_LIMIT_MS, OFFER_DEADLINE_MS
 
 
 class PacingServiceSettings(BaseSettings):
@@ -16,8 +16,9 @@ class PacingServiceSettings(BaseSettings):
     pacing_renew_ms: int | None = None
     # Dialer tick (also woken by call events).
     pacing_tick_ms: int = Field(default=200, ge=20)
-    # How long the agent service has to take a live-answered call (at most the legal 2 s).
-    pacing_offer_deadline_ms: int = Field(default=CONNECT_LIMIT_MS, ge=100, le=CONNECT_LIMIT_MS)
+    # How long the agent service has to take a live-answered call: by default the legal 2 s less the time
+    # to start the abandonment message within them (rules.law.OFFER_DEADLINE_MS); never above the 2 s.
+    pacing_offer_deadline_ms: int = Field(default=OFFER_DEADLINE_MS, ge=100, le=CONNECT_LIMIT_MS)
     # On SIGTERM: how long calls in flight may finish before they are handed back.
     pacing_drain_s: float = Field(default=5.0, ge=0)
     # Lead claim TTL: a safety net only (claims are deleted when the call ends).

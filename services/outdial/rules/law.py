@@ -52,6 +52,14 @@ REGION_JURISDICTION: dict[str, str] = {r: j for j, r in JURISDICTION_REGION.item
 CONNECT_LIMIT_S = 2.0
 CONNECT_LIMIT_MS = round(CONNECT_LIMIT_S * 1000)
 
+#: The abandonment message must start within those same 2 s (47 CFR 64.1200(a)(7)(i)(A): "within two
+#: seconds after the completed greeting"). The dialer therefore stops looking for an agent this much
+#: earlier, leaving time to start the message on a real network (prompt lookup, the play command, the
+#: first RTP packet: tens of ms measured over SIP; this is the margin, not the cost).
+MESSAGE_START_MARGIN_S = 0.5
+OFFER_DEADLINE_S = CONNECT_LIMIT_S - MESSAGE_START_MARGIN_S
+OFFER_DEADLINE_MS = round(OFFER_DEADLINE_S * 1000)
+
 #: An unanswered call rings at least 15 s (or four rings) before the dialer gives up
 #: (47 CFR 64.1200(a)(6); Ofcom A1.56 "no less than 15 seconds").
 MIN_RING_S = 15.0
