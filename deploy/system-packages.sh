@@ -7,6 +7,7 @@
 #   sip-tester              SIPp: the carrier and agent phones in tests, demo and bench
 #   baresip                 a real softphone for the agent-phone tests
 #   espeak-ng, sox          prompts (the abandon message, the recording notice)
+#   libsox-fmt-mp3          sox reads uploaded MP3 recordings (abandon_recording)
 #   kamailio(-tls-modules)  the SIP edge for TCP/TLS trunks (sippy speaks UDP only)
 #
 # Packages come from apt with --no-install-recommends; `apt-get update` runs only when the install fails
@@ -17,7 +18,7 @@
 # Environment (for tests of this script): SYSTEM_PACKAGES (the list), SETUP_UID (default: id -u).
 set -euo pipefail
 
-read -r -a packages <<<"${SYSTEM_PACKAGES:-rtpengine-daemon sip-tester baresip espeak-ng sox kamailio kamailio-tls-modules}"
+read -r -a packages <<<"${SYSTEM_PACKAGES:-rtpengine-daemon sip-tester baresip espeak-ng sox libsox-fmt-mp3 kamailio kamailio-tls-modules}"
 uid="${SETUP_UID:-$(id -u)}"
 # The services the packages above ship (they must not run: tests start their own processes).
 services=(kamailio rtpengine-daemon rtpengine)
