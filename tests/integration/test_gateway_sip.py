@@ -496,3 +496,36 @@ async def test_opt_out_key_sent_as_sip_info_is_reported(rig: Rig) -> None:
         assert await _wait_exit(uas) == 0  # our 200 to the INFO, then our BYE
     finally:
         uas.stop()
+
+
+async def test_calls_go_through_the_outbound_proxy_with_the_trunk_in_the_request_uri(tmp_path: Path) -> None:
+    proxy = free_tcp_udp_port()
+    async with gateway_rig(
+        tmp_path, trunk_uri="sip:trunk.carrier.invalid:5060", trunk_outbound_proxy=f"sip:127.0.0.1:{proxy}"
+    ) as rig:
+        uas = SippUas("busy.xml", port=proxy, media_port=free_port(), calls=1, trace_dir=tmp_path / "proxy")
+        uas.start()
+        try:
+            await rig.originate("call-p1")
+            ev = await rig.until("call-p1", pb.GATEWAY_EVENT_KIND_BUSY)
+            assert ev.sip_status == 486
+            assert await _wait_exit(uas) == 0
+            invite = next(m for m in uas.messages() if m.direction == "in" and m.first_line.startswith("INVITE"))
+            assert invite.first_line.startswith("INVITE sip:+14155550100@trunk.carrier.invalid")
+        finally:
+            uas.stop()
+
+
+async def test_a_request_for_an_unknown_dialog_gets_481(rig: Rig) -> None:
+    bye = (
+        f"BYE sip:x@127.0.0.1:{rig.sip_port} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK-unknown-1\r\nMax-Forwards: 70\r\n"
+        "From: <sip:a@127.0.0.1>;tag=aa\r\nTo: <sip:b@127.0.0.1>;tag=bb\r\n"
+        "Call-ID: no-such-dialog@127.0.0.1\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3.0)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.sendto(bye.replace("127.0.0.1:9", f"127.0.0.1:{port}").encode(), ("127.0.0.1", rig.sip_port))
+        assert s.recv(4096).startswith(b"SIP/2.0 481")
