@@ -510,7 +510,9 @@ async def test_calls_go_through_the_outbound_proxy_with_the_trunk_in_the_request
             ev = await rig.until("call-p1", pb.GATEWAY_EVENT_KIND_BUSY)
             assert ev.sip_status == 486
             assert await _wait_exit(uas) == 0
-            invite = next(m for m in uas.messages() if m.direction == "in" and m.first_line.startswith("INVITE"))
+            invite = next(
+                m for m in uas.messages() if m.direction == "in" and m.first_line.startswith("INVITE")
+            )
             assert invite.first_line.startswith("INVITE sip:+14155550100@trunk.carrier.invalid")
         finally:
             uas.stop()
