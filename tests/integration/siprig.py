@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from outdial.core.auth import Role, issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import Settings
+from outdial.gateway.rig import free_port as rig_free_port
 from outdial.gateway.rig import missing_binaries
 from outdial.gateway.rtpengine_proc import RtpengineProcess, start_rtpengine
 from outdial.gateway.settings import GatewaySettings
@@ -42,19 +43,15 @@ def require_sip() -> None:
         pytest.skip(f"missing {lacking}", allow_module_level=True)
 
 
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
+def free_port() -> int:
+    """A free UDP port on loopback (media ports)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def free_tcp_udp_port() -> int:
-    for _ in range(50):
-        p = free_port()
-        with contextlib.suppress(OSError), socket.socket() as t:
-            t.bind(("127.0.0.1", p))
-            return p
-    raise RuntimeError("no free port")
+#: A port free for both UDP and TCP (SIP, gRPC).
+free_tcp_udp_port = rig_free_port
 
 
 @dataclass
