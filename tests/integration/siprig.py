@@ -203,6 +203,7 @@ async def gateway_rig(tmp_path: Path, **overrides: object) -> AsyncIterator[Rig]
         agent_addr="127.0.0.1:1",
         sip_agents_file=creds,
         edge_workdir=tmp_path / "edge",
+        state_dir=tmp_path / "state",
     )
     gs = gs.model_copy(update=overrides)
     rig = Rig(

@@ -217,8 +217,9 @@ async def test_gateway_killed_mid_call_leaves_no_call_open_and_no_lead_lost(
                 return bool(n)
 
             await wait_for(connected, timeout=60)
-            killed = await pg.fetchval(
-                "SELECT call_id FROM dial_attempts WHERE campaign_id = $1 AND connect_at IS NOT NULL", CID
+            killed, killed_number = await pg.fetchrow(
+                "SELECT call_id, number FROM dial_attempts WHERE campaign_id = $1 AND connect_at IS NOT NULL",
+                CID,
             )
             rig.kill_gateway()  # SIGKILL, mid-call
             await rig.start_gateway()
@@ -243,7 +244,22 @@ async def test_gateway_killed_mid_call_leaves_no_call_open_and_no_lead_lost(
             assert {f"lead-{i}" for i in range(len(numbers))} <= dialled | waiting
             assert await _claims_are_live(redis, pg)
 
-            # The restarted gateway freed what the dead one left in rtpengine (the killed call's ports).
+            # The restarted gateway hung the killed call up at the carrier (its journalled BYE) ...
+            sip_call_id = next(
+                m.call_id
+                for m in carrier.messages()
+                if m.direction == "in" and m.first_line.startswith("INVITE") and killed_number in m.first_line
+            )
+
+            async def carrier_got_bye() -> bool:
+                return any(
+                    m.direction == "in" and m.first_line.startswith("BYE") and m.call_id == sip_call_id
+                    for m in carrier.messages()
+                )
+
+            await wait_for(carrier_got_bye, timeout=20)
+
+            # ... and freed what the dead one left in rtpengine (the killed call's ports).
             async def freed() -> bool:
                 return f"c-{killed}" not in await _leftover(rig)
 

@@ -85,6 +85,15 @@ def _host_port(value: str, setting: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _listen(server: grpc.aio.Server, addr: str, core: Settings) -> int:
+    """The gRPC listener, with TLS when the services use it (the dialer and the agent service dial it so)."""
+    if core.tls_enabled:
+        assert core.tls_cert is not None and core.tls_key is not None
+        creds = grpc.ssl_server_credentials([(core.tls_key.read_bytes(), core.tls_cert.read_bytes())])
+        return int(server.add_secure_port(addr, creds))
+    return int(server.add_insecure_port(addr))
+
+
 def _kill_stale_edge(workdir: Path) -> None:
     """A gateway killed with SIGKILL leaves its Kamailio edge running (its own process group): stop it."""
     pidfile = workdir / "edge.pid"
@@ -202,7 +211,14 @@ async def serve(
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
         log.error("agent %s could not be paused after the phone leg dropped", agent_id)
 
-    gw = Gateway(trunk, media, _Prompts(prompts), pause_agent=pause_agent, summarise=_summarise)
+    gw = Gateway(
+        trunk,
+        media,
+        _Prompts(prompts),
+        pause_agent=pause_agent,
+        summarise=_summarise,
+        journal_dir=s.state_dir / "dialogs",
+    )
     sip = SipStack(
         s.sip_listen_host,
         s.sip_listen_port,
@@ -213,6 +229,9 @@ async def serve(
     )
     await sip.start()
     gw.sip = sip
+    replayed = gw.replay_journal()
+    if replayed:
+        log.warning("hung up %d dialogs a killed gateway left up (journalled BYEs)", replayed)
     dtmf_host, dtmf_port = s.rtpengine_dtmf_listen.rsplit(":", 1)
     dtmf = DtmfListener(dtmf_host, int(dtmf_port), lambda call_id, tag, digit: gw.on_dtmf(tag, digit))
     await dtmf.start()
@@ -232,12 +251,7 @@ async def serve(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((FULL_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if core.tls_enabled:  # as the services: the dialer and the agent service connect with TLS in production
-        assert core.tls_cert is not None and core.tls_key is not None
-        creds = grpc.ssl_server_credentials([(core.tls_key.read_bytes(), core.tls_cert.read_bytes())])
-        port = server.add_secure_port(s.gateway_listen, creds)
-    else:
-        port = server.add_insecure_port(s.gateway_listen)
+    port = _listen(server, s.gateway_listen, core)
     if port == 0:
         raise RuntimeError(f"cannot listen on {s.gateway_listen}")
     await server.start()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
@@ -242,7 +243,9 @@ class Gateway:
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         agent_answer_s: float = 30.0,
         summarise: Callable[[Path], tuple[str, int, str]] | None = None,
+        journal_dir: Path | None = None,
     ) -> None:
+        self.journal_dir = journal_dir
         self.summarise = summarise
         self.trunk = trunk
         self.media = media
@@ -543,6 +546,7 @@ class Gateway:
             return
         leg.closing = True
         self.leg_by_id.pop(leg.leg_id, None)
+        self._journal_drop(f"a:{leg.leg_id}")
         if self.sip is not None:
             self.sip.call("disconnect", f"a:{leg.leg_id}")
         leg.state = "down"
@@ -559,6 +563,7 @@ class Gateway:
         if self.legs.get(leg.agent_id) is leg:
             del self.legs[leg.agent_id]
         self.leg_by_id.pop(leg.leg_id, None)
+        self._journal_drop(f"a:{leg.leg_id}")
         self._spawn(self.media.release_agent(leg.leg_id), "release agent leg")
         if leg.call_id:
             call = self.calls.get(leg.call_id)
@@ -585,6 +590,10 @@ class Gateway:
         if kind == "auth_failed":
             self.counters.auth_failed += 1
             SIP_REJECTED.labels("digest").inc()
+            return
+        if kind == "dialog":
+            key, raw, host, port, transport = args
+            self._journal_write(str(key), {"bye": raw, "host": host, "port": port, "transport": transport})
             return
         if kind == "register":
             user, contact, expires, source = args
@@ -775,11 +784,60 @@ class Gateway:
                 recording = await asyncio.to_thread(self.summarise, pcap)
             except Exception as exc:
                 log.error("call %s: recording %s unreadable: %s", call.call_id, pcap, exc)
+        self._journal_drop(f"c:{call.call_id}")
         self._emit(call, Kind.ENDED, reason=by, recording=recording)
         if self.sip is not None:
             self.sip.call("forget", f"c:{call.call_id}")
         # Keep the record a little for retried commands, then forget it.
         asyncio.get_running_loop().call_later(60, self.calls.pop, call.call_id, None)
+
+    # --- the dialog journal (a BYE for every answered dialog, for a gateway restarted after a SIGKILL) ---------
+
+    def _journal_path(self, key: str) -> Path | None:
+        if self.journal_dir is None:
+            return None
+        return self.journal_dir / (key.replace(":", "_").replace("/", "_") + ".json")
+
+    def _journal_write(self, key: str, entry: dict[str, object]) -> None:
+        path = self._journal_path(key)
+        if path is None:
+            return
+        # The dialog may have ended already (a BYE crossing the 200 OK): only journal what is up.
+        kind, _, ident = key.partition(":")
+        alive = (kind == "c" and ident in self.calls and self.calls[ident].state != "ended") or (
+            kind == "a" and ident in self.leg_by_id
+        )
+        if not alive:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(entry))
+            tmp.replace(path)
+        except OSError as exc:
+            log.error("dialog journal %s not written: %s", path, exc)
+
+    def _journal_drop(self, key: str) -> None:
+        path = self._journal_path(key)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def replay_journal(self) -> int:
+        """At start: hang up the dialogs a killed gateway left up (their journalled BYEs), then forget them."""
+        if self.journal_dir is None or not self.journal_dir.is_dir() or self.sip is None:
+            return 0
+        sent = 0
+        for path in sorted(self.journal_dir.glob("*.json")):
+            try:
+                e = json.loads(path.read_text())
+                self.sip.call("send_bye", str(e["bye"]), str(e["host"]), int(e["port"]), str(e["transport"]))
+                sent += 1
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("dialog journal %s unreadable: %s", path, exc)
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return sent
 
     # --- health ------------------------------------------------------------------------------------------------
 

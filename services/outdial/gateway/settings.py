@@ -58,6 +58,9 @@ class GatewaySettings(BaseSettings):
     # Prompts rendered from text (espeak-ng) are cached here; recordings are written here by rtpengine.
     prompts_dir: Path = Path("/tmp/outdial-prompts")
     recordings_dir: Path = Path("/tmp/outdial-recordings")
+    # The dialog journal: one BYE per answered dialog, so that a gateway restarted after a crash hangs up the
+    # calls and phone legs its predecessor left up. Keep it on a volume that outlives the process.
+    state_dir: Path = Path("/tmp/outdial-gateway-state")
 
     # The gateway's own gRPC address (call-control API, health, reflection).
     gateway_listen: str = "127.0.0.1:50055"

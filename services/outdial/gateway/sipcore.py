@@ -44,6 +44,7 @@ from sippy.SipCallId import SipCallId
 from sippy.SipConf import SipConf
 from sippy.SipContact import SipContact
 from sippy.SipHeader import SipHeader
+from sippy.SipRequest import SipRequest
 from sippy.SipTransactionManager import SipTransactionManager
 from sippy.SipWWWAuthenticate import SipWWWAuthenticate
 from sippy.Time.Timeout import Timeout
@@ -189,6 +190,30 @@ class SipCore:
         ev.extra_headers = extra
         ua.recvEvent(ev)
 
+    def _journal(self, key: str, ua: Any) -> None:
+        """The BYE that ends this dialog, built now (From/To tags, route set, remote target, a CSeq above any
+        the dialog will use): kept on disk by the gateway, so that one restarted after a SIGKILL can still
+        hang the call up at the carrier or the phone (:meth:`send_bye`)."""
+        try:
+            cseq = ua.lCSeq
+            ua.lCSeq = cseq + 100_000  # above any CSeq the live dialog will use before it ends
+            bye = ua.genRequest("BYE")
+            ua.lCSeq = cseq
+            (host, port), transport = bye.getTarget()
+        except Exception as exc:  # a dialog we cannot describe is not journalled; it ends normally
+            self.post("malformed", f"journal: {exc}")
+            return
+        self.post("dialog", key, str(bye), str(host), int(port), str(transport))
+
+    def send_bye(self, raw: str, host: str, port: int, transport: str) -> None:
+        """Send a journalled BYE (a new transaction; its answer is not waited for beyond retransmissions)."""
+        try:
+            req = SipRequest(raw)
+            req.setTarget(((host, port), transport))
+            self.config["_sip_tm"].newTransaction(req)
+        except Exception as exc:
+            self.post("malformed", f"journalled BYE: {exc}")
+
     def disconnect(self, key: str) -> None:
         ua = self.uas.get(key)
         if ua is None:
@@ -216,8 +241,11 @@ class SipCore:
             self.post("ring", key, int(code), str(body) if body is not None else None)
         elif isinstance(ev, (CCEventConnect, CCEventPreConnect)):
             code, _reason, body = data
-            _lower_transport(self.uas.get(key))
+            ua = self.uas.get(key)
+            _lower_transport(ua)
             self.post("connect", key, int(code), str(body) if body is not None else None)
+            if ua is not None and isinstance(ev, CCEventConnect):
+                self._journal(key, ua)
         elif isinstance(ev, CCEventFail):
             code, reason = data[0], data[1]
             self.post("fail", key, int(code), str(reason))
