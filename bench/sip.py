@@ -25,8 +25,10 @@ Figures, with the load average (the machine is shared):
   - the same carrier-side SIP figure as the baseline (200 OK sent -> ACK received, from the carrier's trace)
   - lost or stuck dialogs, after the driver stopped originating, hung up everything and waited
     ``--grace`` seconds: calls originated that never got ENDED, the gateway's calls_in_flight, rtpengine
-    sessions left (``c-`` call ids), the SIPp carrier's failed calls and calls still open (and the agent
-    phones' once the legs are closed).
+    sessions left (``c-`` call ids), the SIPp carrier's failed calls, calls still open, 200 OKs never
+    ACKed and BYEs of its own never answered (a hang-up the gateway did not take: it kept the call up), and
+    the agent phones' once the legs are closed. Beside them, not counted: messages SIPp got for calls it had
+    already ended, and the SIP input the gateway rejected (its metrics).
   - CPU per call in flight: utime + stime (/proc/PID/stat) of the gateway and of rtpengine over the
     originating window, divided by (mean calls in flight x window seconds): "% of a core per call in
     flight", and ms of CPU per call placed; the baseline's SIPp processes the same way.
@@ -461,7 +463,7 @@ class Driver:
         """Stop: every call still up is cancelled or hung up; wait for their ENDED (at most ``grace`` s)."""
         self.stopping = True
         t0 = time.monotonic()
-        pending = [t for t in self.tasks if not t.done() and t is not None]
+        pending = [t for t in self.tasks if not t.done()]
         for st in list(self.active.values()):
             if st.timer is not None:
                 st.timer.cancel()
