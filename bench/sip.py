@@ -210,7 +210,6 @@ def run_baseline(args: argparse.Namespace, workdir: Path, carrier_keys: dict[str
         pids = {"sipp_uac": uac.pid, "sipp_uas": uas.pid}
         cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
         t0 = time.monotonic()
-        created0 = 0
         while (elapsed := time.monotonic() - t0) < seconds:
             time.sleep(min(1.0, seconds - elapsed))
             load.sample()
@@ -222,7 +221,7 @@ def run_baseline(args: argparse.Namespace, workdir: Path, carrier_keys: dict[str
         window = time.monotonic() - t0
         cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
         st = uac.stats()
-        placed = (st.created if st else 0) - created0
+        placed = st.created if st else 0
         # No new calls; the ones in progress end by their own rules (CANCEL at the ring time, BYE after the
         # hold), within the grace.
         uac.soft_stop()
@@ -389,6 +388,7 @@ class Driver:
             st.answered_at_ms = ev.at_ms
             self.event_ms.append(received - ev.at_ms)
             if self.stopping:
+                self.outcomes["answered after the stop: hung up"] += 1
                 self.spawn(self._hangup(st))
             elif self.free:
                 st.agent = self.free.popleft()  # taken now: an ENDED handled later frees it
