@@ -25,8 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from outdial.core.auth import Role, issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import Settings
+from outdial.gateway.rig import free_media_port, missing_binaries
 from outdial.gateway.rig import free_port as rig_free_port
-from outdial.gateway.rig import missing_binaries
 from outdial.gateway.rtpengine_proc import RtpengineProcess, start_rtpengine
 from outdial.gateway.settings import GatewaySettings
 from outdial.v1 import gateway_pb2 as pb
@@ -43,11 +43,8 @@ def require_sip() -> None:
         pytest.skip(f"missing {lacking}", allow_module_level=True)
 
 
-def free_port() -> int:
-    """A free UDP port on loopback (media ports)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: A media port for SIPp (it binds the port and the one two above).
+free_port = free_media_port
 
 
 #: A port free for both UDP and TCP (SIP, gRPC).

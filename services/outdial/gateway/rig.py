@@ -39,6 +39,30 @@ def free_port() -> int:
     raise RuntimeError("no free port on loopback")
 
 
+def free_media_port() -> int:
+    """A UDP port for SIPp's media: SIPp binds it and the port two above (its video RTP), so four in a row
+    must be free (checked by binding them)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            base = int(u.getsockname()[1])
+        if base > 65530:
+            continue
+        socks: list[socket.socket] = []
+        try:
+            for p in range(base, base + 4):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no four free UDP ports in a row on loopback")
+
+
 @dataclass
 class SipRig:
     carrier_keys: dict[str, str] = field(default_factory=dict)
@@ -65,8 +89,10 @@ class SipRig:
             self.workdir = Path(self._tmp.name)
         wd = self.workdir
         p = self.ports
-        for name in ("ng", "dtmf", "sip", "carrier", "carrier_media", "phones", "phones_media", "grpc"):
+        for name in ("ng", "dtmf", "sip", "carrier", "phones", "grpc"):
             p[name] = free_port()
+        for name in ("carrier_media", "phones_media"):
+            p[name] = free_media_port()
         lo, hi = self.rtp_ports
         if not lo:  # rtpengine takes 4 ports a call: room for every trunk call and 100 agents' legs
             size = 4 * (self.max_calls + 100)
