@@ -531,3 +531,17 @@ async def test_a_request_for_an_unknown_dialog_gets_481(rig: Rig) -> None:
         port = s.getsockname()[1]
         s.sendto(bye.replace("127.0.0.1:9", f"127.0.0.1:{port}").encode(), ("127.0.0.1", rig.sip_port))
         assert s.recv(4096).startswith(b"SIP/2.0 481")
+
+
+async def test_the_called_party_hanging_up_ends_the_call(rig: Rig) -> None:
+    uas = _uas(rig, "answer_speech.xml", keys={"talk_ms": "1500"}, calls=1)
+    try:
+        await rig.originate("call-h1")
+        await rig.until("call-h1", pb.GATEWAY_EVENT_KIND_ANSWERED)
+        ended = await rig.until("call-h1", pb.GATEWAY_EVENT_KIND_ENDED, timeout=15)
+        assert ended.reason == "remote"
+        assert await _wait_exit(uas) == 0  # its BYE was answered 200
+        assert rig.metric("outdial_gateway_sip_rejected_total", {"why": "malformed"}) == 0
+        assert await _leftover(rig) == []
+    finally:
+        uas.stop()
