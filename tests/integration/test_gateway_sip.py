@@ -545,3 +545,67 @@ async def test_the_called_party_hanging_up_ends_the_call(rig: Rig) -> None:
         assert await _leftover(rig) == []
     finally:
         uas.stop()
+
+
+async def test_tls_trunk_through_the_sip_edge(tmp_path: Path) -> None:
+    """The gateway -> its Kamailio edge -(TLS, certificate checked against the carrier's CA)-> a TLS carrier
+    (a second Kamailio, as SIPp has no TLS here) -> SIPp answering over UDP."""
+    import shutil
+
+    from outdial.gateway.edge import EdgeConfig, find_kamailio, start_edge
+    from tests.integration.test_gateway_edge import make_cert
+
+    if find_kamailio() is None or shutil.which("openssl") is None:
+        if os.environ.get("OUTDIAL_REQUIRE_SIP") == "1":
+            raise RuntimeError("kamailio or openssl missing (make setup as root)")
+        pytest.skip("kamailio or openssl missing")
+    uas_port, carrier_tls, carrier_udp = free_tcp_udp_port(), free_tcp_udp_port(), free_tcp_udp_port()
+    edge_trunk = free_tcp_udp_port()
+    cert, key = make_cert(tmp_path, "carrier")
+    carrier = await asyncio.to_thread(
+        start_edge,
+        EdgeConfig(
+            listen_udp=f"127.0.0.1:{carrier_udp}",
+            gateway_udp=f"127.0.0.1:{uas_port}",
+            listen_trunk=f"127.0.0.1:{carrier_tls}",
+            trunk_host="127.0.0.1",
+            trunk_port=edge_trunk,
+            transport="tls",
+            tls_cert_file=cert,
+            tls_key_file=key,
+            tls_verify=False,
+        ),
+        tmp_path / "carrier-edge",
+    )
+    try:
+        async with gateway_rig(
+            tmp_path,
+            trunk_uri=f"sip:127.0.0.1:{carrier_tls}",
+            trunk_transport="tls",
+            trunk_tls_ca_file=cert,
+            trunk_edge=f"127.0.0.1:{free_tcp_udp_port()}",
+            edge_trunk_listen=f"127.0.0.1:{edge_trunk}",
+        ) as rig:
+            uas = SippUas(
+                "answer_speech.xml",
+                port=uas_port,
+                media_port=free_port(),
+                keys={"talk_ms": "-1"},
+                calls=1,
+                trace_dir=tmp_path / "tls",
+            )
+            uas.start()
+            try:
+                await rig.originate("call-s1")
+                await rig.until("call-s1", pb.GATEWAY_EVENT_KIND_ANSWERED)
+                await rig.stub.HangupCall(pb.HangupCallRequest(call_id="call-s1"), timeout=5)
+                await rig.until("call-s1", pb.GATEWAY_EVENT_KIND_ENDED)
+                assert await _wait_exit(uas) == 0
+                # The carrier's side saw the INVITE, ACK and BYE arrive over TLS.
+                log = carrier.log_text()
+                for method in ("INVITE", "ACK", "BYE"):
+                    assert f"edge: {method} in=tls:" in log, log[-2000:]
+            finally:
+                uas.stop()
+    finally:
+        await asyncio.to_thread(carrier.stop)
