@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from outdial.core.auth import Role, issue_token
@@ -32,15 +31,14 @@ from outdial.gateway.settings import GatewaySettings
 from outdial.v1 import gateway_pb2 as pb
 from outdial.v1 import gateway_pb2_grpc
 from tests.conftest import TEST_SECRET
+from tests.tools import unavailable
 
 
 def require_sip() -> None:
     """Skip the calling module when this machine cannot run SIP tests (fail instead under CI)."""
     lacking = missing_binaries()
     if lacking:
-        if os.environ.get("OUTDIAL_REQUIRE_SIP") == "1":
-            raise RuntimeError(f"SIP tests are required here but {lacking} are missing (make setup as root)")
-        pytest.skip(f"missing {lacking}", allow_module_level=True)
+        unavailable(lacking, module=True)
 
 
 #: A media port for SIPp (it binds the port and the one two above).

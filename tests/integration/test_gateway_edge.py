@@ -36,14 +36,13 @@ from outdial.gateway.edge import (
     render_edge_config,
     start_edge,
 )
+from tests.tools import needs
 
 SIPP = shutil.which("sipp")
 KAMAILIO = find_kamailio()
 OPENSSL = shutil.which("openssl")
 
-pytestmark = pytest.mark.skipif(
-    SIPP is None or KAMAILIO is None or OPENSSL is None, reason="needs sipp, kamailio and openssl"
-)
+pytestmark = needs("sipp", "kamailio", "openssl")
 
 HOST = "127.0.0.1"
 PORT_RANGE = range(44000, 45000)  # this suite's share of the machine's ports

@@ -29,9 +29,10 @@ from outdial.gateway.rtpengine import (
     RtpEngineUnavailable,
     sdp_audio_port,
 )
-from outdial.gateway.rtpengine_proc import RtpengineProcess, find_rtpengine, start_rtpengine
+from outdial.gateway.rtpengine_proc import RtpengineProcess, start_rtpengine
+from tests.tools import needs
 
-pytestmark = pytest.mark.skipif(find_rtpengine() is None, reason="rtpengine is not installed")
+pytestmark = needs("rtpengine")
 
 HOST = "127.0.0.1"
 NG_PORT, DTMF_PORT = 41900, 41901

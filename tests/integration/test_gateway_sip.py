@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ from tests.integration.siprig import (
     gateway_rig,
     require_sip,
 )
+from tests.tools import require
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -336,12 +336,8 @@ async def test_trunk_digest_authentication(tmp_path: Path) -> None:
 
 
 async def test_tcp_trunk_through_the_sip_edge(tmp_path: Path) -> None:
-    from outdial.gateway.edge import find_kamailio
 
-    if find_kamailio() is None:
-        if os.environ.get("OUTDIAL_REQUIRE_SIP") == "1":
-            raise RuntimeError("kamailio missing (make setup as root)")
-        pytest.skip("kamailio missing")
+    require("kamailio")
     trunk = free_tcp_udp_port()
     async with gateway_rig(
         tmp_path,
@@ -550,15 +546,11 @@ async def test_the_called_party_hanging_up_ends_the_call(rig: Rig) -> None:
 async def test_tls_trunk_through_the_sip_edge(tmp_path: Path) -> None:
     """The gateway -> its Kamailio edge -(TLS, certificate checked against the carrier's CA)-> a TLS carrier
     (a second Kamailio, as SIPp has no TLS here) -> SIPp answering over UDP."""
-    import shutil
 
-    from outdial.gateway.edge import EdgeConfig, find_kamailio, start_edge
+    from outdial.gateway.edge import EdgeConfig, start_edge
     from tests.integration.test_gateway_edge import make_cert
 
-    if find_kamailio() is None or shutil.which("openssl") is None:
-        if os.environ.get("OUTDIAL_REQUIRE_SIP") == "1":
-            raise RuntimeError("kamailio or openssl missing (make setup as root)")
-        pytest.skip("kamailio or openssl missing")
+    require("kamailio", "openssl")
     uas_port, carrier_tls, carrier_udp = free_tcp_udp_port(), free_tcp_udp_port(), free_tcp_udp_port()
     edge_trunk = free_tcp_udp_port()
     cert, key = make_cert(tmp_path, "carrier")

@@ -24,15 +24,14 @@ from outdial.gateway.peers import (
     SippError,
     SippUac,
     SippUas,
-    baresip_binary,
     parse_messages,
     scenario_keys,
-    sipp_binary,
 )
 from outdial.gateway.peers.sipp import SCENARIO_DIR
+from tests.tools import needs, unavailable
 
-needs_sipp = pytest.mark.skipif(sipp_binary() is None, reason="sipp (Debian sip-tester) is not installed")
-needs_baresip = pytest.mark.skipif(baresip_binary() is None, reason="baresip is not installed")
+needs_sipp = needs("sipp")
+needs_baresip = needs("baresip")
 
 # SIP ports 42000-42499, media 42500-42999 (SIPp binds -mp and -mp+2: keep 4 apart).
 _sip_ports = itertools.count(42100, 2)
@@ -604,7 +603,7 @@ def test_dtmf_payload_event_of_the_shipped_pcaps() -> None:
     """The DTMF pcaps carry RFC 4733 events with payload type 101 (what our SDP answers announce)."""
     data = Path("/usr/share/sip-tester/dtmf_2833_star.pcap")
     if not data.exists():
-        pytest.skip("sip-tester's pcaps are not installed")
+        unavailable("the pcaps of Debian's sip-tester")
     raw = data.read_bytes()
     first = raw[24 + 16 :]  # global header, first record header
     rtp = first[14 + 20 + 8 :]  # ethernet, IPv4, UDP

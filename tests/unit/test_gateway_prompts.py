@@ -15,10 +15,9 @@ import pytest
 
 from outdial.gateway.prompts import SAMPLE_RATE, Prompt, PromptCache, PromptError, voice_for
 from outdial.rules.law import JURISDICTIONS
+from tests.tools import needs, unavailable
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None or shutil.which("sox") is None, reason="espeak-ng or sox not installed"
-)
+pytestmark = needs("espeak-ng", "sox")
 
 ABANDON = (
     "Hello, this is Example Company calling. We are sorry we could not connect you to an agent. "
@@ -210,7 +209,7 @@ async def test_an_uploaded_wav_is_converted_to_8k_mono_and_keyed_by_content(tmp_
 async def test_an_uploaded_mp3_is_converted(tmp_path: Path) -> None:
     formats = subprocess.run(["sox", "-h"], capture_output=True, text=True).stdout
     if " mp3 " not in formats:
-        pytest.skip("this sox has no MP3 support (Debian: libsox-fmt-mp3)")
+        unavailable("sox's MP3 support (Debian libsox-fmt-mp3)")
     mp3 = tmp_path / "greeting.mp3"
     subprocess.run(["sox", "-n", "-r", "44100", "-c", "2", str(mp3), "synth", "3", "sine", "440"], check=True)
     prompt = await PromptCache(tmp_path / "prompts").use_recording(mp3)

@@ -40,13 +40,14 @@ from outdial.gateway.recordings import (
     summarise,
     to_wav,
 )
+from tests.tools import needs
 
 FIXTURE = Path(__file__).parent.parent / "data" / "rtpengine_call.pcap"
 CALLER_SSRC, CALLEE_SSRC = 0xA1A1A1A1, 0xB2B2B2B2
 NG_PORT = 43900
 RTP_PORT_MIN, RTP_PORT_MAX = 43000, 43099
-needs_sox = pytest.mark.skipif(shutil.which("sox") is None, reason="sox not installed")
-needs_rtpengine = pytest.mark.skipif(shutil.which("rtpengine") is None, reason="rtpengine not installed")
+needs_sox = needs("sox")
+needs_rtpengine = needs("rtpengine")
 
 
 # --- what a listener would notice in a decoded recording ------------------------------------------------

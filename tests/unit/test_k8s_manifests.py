@@ -42,6 +42,7 @@ from outdial.core import healthcheck
 from outdial.core.config import SERVICES, ServiceName, Settings
 from outdial.gateway.settings import GatewaySettings
 from outdial.pacing.settings import PacingServiceSettings
+from tests.tools import require
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
@@ -1132,12 +1133,9 @@ async def test_prod_gateway_probe_checks_the_gateway_over_tls(
 
 def _require_tool(name: str) -> str:
     """A tool's path; a skip when it is missing, a failure when OUTDIAL_REQUIRE_SIP=1 (CI)."""
+    require(name)
     binary = shutil.which(name)
-    if binary is None:
-        message = f"{name} is not installed (make setup installs it as root on Debian)"
-        if os.environ.get("OUTDIAL_REQUIRE_SIP") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    assert binary is not None
     return binary
 
 

@@ -26,7 +26,6 @@ import json
 import logging
 import re
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -191,13 +190,10 @@ class Call:
     record: bool
     notice: str = ""
     state: str = "new"  # new → ringing → answered → ended
-    invite_at: float = 0.0
-    answered_at: float = 0.0
     ring_timer: asyncio.TimerHandle | None = None
     message_timer: asyncio.TimerHandle | None = None
     cancelled: bool = False
     leg_agent: str = ""
-    ended_by: str = ""
     outcome_sent: bool = False
     media_open: bool = False
     # Media commands of one call run one at a time, and none after its release (an answer that reached
@@ -222,14 +218,6 @@ class Registration:
     contact: str
     expires_at: float
     source: str
-
-
-@dataclass
-class Counters:
-    requests: dict[str, int] = field(default_factory=dict)
-    malformed: int = 0
-    auth_failed: int = 0
-    unknown_source: int = 0
 
 
 class Gateway:
@@ -262,10 +250,8 @@ class Gateway:
         self.pacer = Pacer(trunk.cps)
         self.health = TrunkHealth()
         self.media_up = False
-        self.counters = Counters()
         self._tasks: set[asyncio.Task[None]] = set()
         self._leg_seq = 0
-        self.bridge_ms: deque[float] = deque(maxlen=10000)
 
     # --- the feed ------------------------------------------------------------------------------------------
 
@@ -376,7 +362,6 @@ class Gateway:
         if identity:
             headers.append(f"Identity: {identity}")
         call.state = "ringing"
-        call.invite_at = time.monotonic()
         self.sip.call(
             "place",
             f"c:{call_id}",
@@ -470,9 +455,7 @@ class Gateway:
                 )
         t0 = time.perf_counter()
         await self.media.bridge(call_id, leg.leg_id)
-        took = time.perf_counter() - t0
-        self.bridge_ms.append(took * 1000)
-        BRIDGE_SECONDS.observe(took)
+        BRIDGE_SECONDS.observe(time.perf_counter() - t0)
         leg.call_id, call.leg_agent = call_id, agent_id
         return True
 
@@ -578,17 +561,14 @@ class Gateway:
     def on_sip(self, kind: str, *args: object) -> None:
         if kind == "request":
             method = str(args[0])
-            self.counters.requests[method] = self.counters.requests.get(method, 0) + 1
             SIP_REQUESTS.labels(method if method.isalpha() and len(method) < 12 else "other").inc()
             if method == "INVITE":  # the gateway takes no calls: a stranger's INVITE gets 403
                 SIP_REJECTED.labels("inbound_invite").inc()
             return
         if kind == "malformed":
-            self.counters.malformed += 1
             SIP_REJECTED.labels("malformed").inc()
             return
         if kind == "auth_failed":
-            self.counters.auth_failed += 1
             SIP_REJECTED.labels("digest").inc()
             return
         if kind == "dialog":
@@ -697,7 +677,6 @@ class Gateway:
         # was ready.
         at_200 = self.now_ms()
         call.state = "answered"
-        call.answered_at = time.monotonic()
         if call.ring_timer is not None:
             call.ring_timer.cancel()
         self.health.ok()
@@ -757,7 +736,6 @@ class Gateway:
             return
         answered = call.state == "answered"
         call.state = "ended"
-        call.ended_by = by
         for timer in (call.ring_timer, call.message_timer):
             if timer is not None:
                 timer.cancel()
