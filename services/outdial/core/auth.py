@@ -32,6 +32,15 @@ class Principal:
     role: Role
     token_id: str = ""
 
+    @property
+    def service(self) -> str | None:
+        """The calling service's name ("pacing", "agent", …) when a service calls, else None.
+
+        A service's subject is ``svc:<name>`` or ``svc:<name>:<instance>``."""
+        if self.role is not Role.SERVICE or not self.subject.startswith("svc:"):
+            return None
+        return self.subject.split(":", 2)[1] or None
+
 
 def issue_token(secret: str, subject: str, role: Role | str, ttl_seconds: int = 12 * 3600) -> str:
     now = int(time.time())

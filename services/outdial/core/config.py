@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     tls_ca: Path | None = None
     tls_server_name: str | None = None
 
+    # Development mode (OUTDIAL_DEV=1: `make run`, `make demo`, the tests): development keys are accepted and
+    # services migrate the database at start. Never set in production.
+    dev: bool = False
+
     # Auth: HS256 secret shared by the services and `outdial token issue`.
     auth_secret: str = DEV_AUTH_SECRET
     token_ttl_seconds: int = 12 * 3600
