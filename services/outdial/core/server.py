@@ -36,7 +36,7 @@ from outdial.core.config import ServiceName, Settings
 from outdial.core.errors import OutdialError, status_for
 from outdial.core.metrics import DEPENDENCY_UP, RPC_SECONDS, RPC_TOTAL, SERVING, start_metrics_server
 from outdial.core.redis import Redis, RedisTLS, create_redis
-from outdial.core.tls import server_credentials
+from outdial.core.tls import server_credentials, transport_warnings
 
 log = logging.getLogger("outdial.server")
 
@@ -438,6 +438,9 @@ async def serve(
         "required" if settings.mtls_required else "not required",
         settings.reflection,
     )
+    if not settings.dev:
+        for warning in transport_warnings(settings, database_url, redis_url):
+            log.warning("insecure for production: %s", warning)
     if started is not None:
         started(port)
 

@@ -10,6 +10,7 @@ certificate carries both the server-auth and client-auth usages).
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 
@@ -59,3 +60,32 @@ def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
         private_key=key if cert is not None else None,
         certificate_chain=cert if key is not None else None,
     )
+
+
+def transport_warnings(settings: Settings, database_url: str, redis_url: str) -> list[str]:
+    """What a production process should not run with, one sentence each (logged at start unless
+    OUTDIAL_DEV=1): plaintext or unverified links to PostgreSQL and Redis, gRPC without mutual TLS, and
+    reflection open to anyone. Loopback and Unix-socket addresses are exempt."""
+    out: list[str] = []
+    db = urlsplit(database_url)
+    db_host = db.hostname or ""
+    sslmode = (parse_qs(db.query).get("sslmode") or [""])[-1]
+    if db_host and not _local(db_host) and sslmode != "verify-full":
+        out.append(
+            f"OUTDIAL_DATABASE_URL has sslmode={sslmode or '(unset)'}: use sslmode=verify-full (with "
+            "sslrootcert=...) so the server's certificate and host name are checked"
+        )
+    rd = urlsplit(redis_url)
+    if rd.scheme in ("redis", "redis+sentinel") and not _local(rd.hostname or "localhost"):
+        out.append("OUTDIAL_REDIS_URL is not rediss://: Redis traffic (DNC index, offers) is plaintext")
+    if not settings.tls_enabled:
+        out.append("gRPC listens without TLS (OUTDIAL_TLS_CERT/OUTDIAL_TLS_KEY unset)")
+    elif not settings.mtls_required:
+        out.append("gRPC accepts clients without a certificate (set OUTDIAL_TLS_CA for mutual TLS)")
+    if settings.reflection == "public":
+        out.append("server reflection is public (OUTDIAL_REFLECTION=off or authenticated in production)")
+    return out
+
+
+def _local(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("/")
