@@ -18,14 +18,17 @@ actor: contextvars.ContextVar[str | None] = contextvars.ContextVar("actor", defa
 # A phone-number candidate: groups of digits with one space or dash between two (a group may open with a
 # parenthesized one: "(415) 555"), an optional leading +; or the dotted North American form (415.555.0100).
 # It starts right after a tel:/sip:/sips: scheme; or at a "+" that no word character precedes (a Redis key
-# "dnc:num:+14155550100" too); or where neither a word character nor a word-plus-joiner comes before it (the
-# "-" of a UUID, the "." of an address or a float, the ":" of a port or a time, the "/" of a path). It must
-# not run on into a word or a dotted/colon number. A date (2026-11-23, 23-11-2026) never starts a group.
+# "dnc:num:+14155550100" too); or at a run of 7+ digits after a word and ":", "/" or "-" (a key, a path, an id
+# "lead-4155550100": never a port, a time or a date part, all shorter); or where neither a word character
+# nor a word-plus-joiner comes before it (the "-" of a UUID, the "." of an address or a float, the ":" of a
+# port or a time, the "/" of a path). It must not run on into a word or a dotted/colon number. A date
+# (2026-11-23, 23-11-2026) never starts a group. The digit count then decides (_looks_like_phone).
 _DATE = r"(?:\d{4}-\d{2}-\d{2}|\d{2}-\d{2}-\d{4})(?!\d)"
 _GROUP = r"(?:\(\d{1,4}\)[ -]?\d+|\d+)"  # 555, or (415) 555
 _PHONE = re.compile(
     rf"""(?ix)
-    (?:(?P<uri>(?<=tel:)|(?<=sip:)|(?<=sips:)) | (?<![\w+])(?=\+) | (?<![\w+])(?<!\w[.:/-]))
+    (?:(?P<uri>(?<=tel:)|(?<=sip:)|(?<=sips:)) | (?<![\w+])(?=\+) | (?<=\w[:/-])(?=\d{{7}})
+       | (?<![\w+])(?<!\w[.:/-]))
     (?!{_DATE})
     (?P<num>
         \+?(?:1[.])?\(?[2-9]\d{{2}}\)?\.\d{{3}}\.\d{{4}}
