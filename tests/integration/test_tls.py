@@ -13,9 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from outdial.core import healthcheck, tls
 from outdial.core.clients import open_channel
 from outdial.core.config import Settings
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
@@ -148,3 +149,28 @@ async def test_reflection_is_public_authenticated_or_off(services: Services) -> 
     for rs in (public, authenticated, off):
         async with grpc.aio.insecure_channel(rs.addr) as ch:
             await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+
+
+async def test_health_probe_presents_the_service_certificate(tmp_path: Path) -> None:
+    """The prod overlay's exec probe (``python -m outdial.core.healthcheck``) runs with the service's own
+    settings: under mutual TLS it must present the service's certificate, or no pod would ever be ready."""
+    ca = TestCA(tmp_path, "outdial-ca")
+    leaf = ca.issue("dnc", dns=("dnc",), server=True)
+    service = Settings(tls_cert=leaf.cert, tls_key=leaf.key, tls_ca=ca.ca_file)
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    creds = tls.server_credentials(service)
+    assert creds is not None
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    await server.start()
+    try:
+        probe = service.model_copy(update={"dnc_addr": f"dnc:{port}"})
+        assert await asyncio.to_thread(healthcheck.check, probe, "dnc", timeout=5) == healthcheck.SERVING
+        no_cert = _client(probe, ca.ca_file, None)
+        assert (
+            await asyncio.to_thread(healthcheck.check, no_cert, "dnc", timeout=5) == healthcheck.UNREACHABLE
+        )
+    finally:
+        await server.stop(None)
