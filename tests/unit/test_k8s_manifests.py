@@ -474,6 +474,8 @@ def test_prod_images_are_pinned_by_digest(rendered: dict[str, list[Obj]]) -> Non
 
 def test_dockerfile_base_image_is_pinned_and_dependencies_locked() -> None:
     text = DOCKERFILE.read_text()
+    syntax = re.fullmatch(r"# syntax=docker/dockerfile:[\d.]+@(\S+)", text.splitlines()[0])
+    assert syntax and DIGEST.fullmatch(syntax.group(1)), "pin the BuildKit frontend by digest"
     (default,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
     repo, tag, digest = split_image(default)
     assert (repo, tag) == ("python", "3.11-slim-bookworm") and digest and DIGEST.fullmatch(digest), default
