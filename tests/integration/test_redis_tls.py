@@ -16,17 +16,18 @@ import pytest
 import redis.exceptions
 
 from outdial.core import keys
-from outdial.core.config import Settings
+from outdial.core.config import SERVICES, Settings
 from outdial.core.infra import _wait_port, find_binary, free_port
 from outdial.core.redis import RedisTLS, create_redis
+from outdial.core.redis_acl import acl_rules
+from outdial.v1 import dnc_pb2, dnc_pb2_grpc
 from tests.certs import Issued, TestCA
+from tests.conftest import Services
+from tests.integration.test_dnc_gate import NO_REGISTRY, wait_index
 from tests.tools import unavailable
 
-USERS = {
-    # what docs/security-supply.md suggests: dnc owns od:dnc:* and only reads the dialer's attempt counters
-    "outdial-dnc": "resetkeys ~od:dnc:* %R~od:num:* &* +@all -@dangerous",
-    "outdial-campaign": "resetkeys ~od:{c:* ~od:campaigns:* ~od:events:* &* +@all -@dangerous",
-}
+# The users of deploy/redis/users.acl (core/redis_acl.py), with a password each.
+USERS = {f"outdial-{svc}": acl_rules(svc) for svc in SERVICES}
 
 
 @dataclass
@@ -84,9 +85,10 @@ async def test_rediss_verifies_the_server_and_acl_users_keep_to_their_keys(tls_r
         assert await dnc.ping()
         assert await dnc.acl_whoami() == "outdial-dnc"
         await dnc.set(keys.dnc_index_current(), "7")
-        assert await dnc.get(keys.number_attempts("+14155550100") + "x") is None  # reads the dialer's keys
         with pytest.raises(redis.exceptions.NoPermissionError):
-            await dnc.set(keys.number_abandoned("+14155550100"), "1")  # ... but does not write them
+            await dnc.set(keys.number_abandoned("+14155550100"), "1")  # the dialer's key, not dnc's
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await dnc.publish(keys.agent_offers("a1"), "forged offer")
         # another service's user cannot change what the DNC gate answers, nor read it
         assert await campaign.sadd(keys.active_campaigns(), "c1") == 1
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -138,3 +140,27 @@ async def test_rediss_client_certificate(tls_redis: TlsRedis) -> None:
     # plain redis:// ignores the TLS settings (no ValueError: development keeps working with them set)
     plain = create_redis("redis://127.0.0.1:1/0", tls=RedisTLS(cert=leaf.cert))
     await plain.aclose()
+
+
+async def test_the_dnc_service_runs_as_its_own_acl_user_over_rediss(
+    services: Services, tls_redis: TlsRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DNC service with the prod overlay's Redis settings (rediss://, its ACL user, the CA): it builds
+    its index, answers, adds and rebuilds; everything it needs is within deploy/redis/users.acl."""
+    for k, v in NO_REGISTRY.items():
+        monkeypatch.setenv(k, v)
+    rs = await services.start(
+        "dnc", redis_url=_url("outdial-dnc", tls_redis.port), redis_tls_ca=tls_redis.ca.ca_file
+    )
+    stub = dnc_pb2_grpc.DncServiceStub(services.channel(rs, role="compliance"))
+    await wait_index(stub)
+    await stub.AddNumbers(dnc_pb2.AddNumbersRequest(numbers=["+12025550181"], reason="asked"), timeout=10)
+    resp = await stub.CheckNumbers(dnc_pb2.CheckNumbersRequest(numbers=["+12025550181"]), timeout=10)
+    assert not resp.decisions[0].allowed
+    rebuilt = await stub.RebuildIndex(dnc_pb2.RebuildIndexRequest(), timeout=30)
+    assert rebuilt.numbers >= 1
+    admin = create_redis(_url("outdial-dnc", tls_redis.port), tls=RedisTLS(ca=tls_redis.ca.ca_file))
+    try:
+        assert await admin.get(keys.dnc_index_current()) == str(rebuilt.index_version)
+    finally:
+        await admin.aclose()
