@@ -496,13 +496,13 @@ def test_prod_mutual_tls_reflection_and_datastore_tls(
     certificates; reflection is off; each service reads its own credentials Secret (its PostgreSQL login and
     Redis ACL user) last; the Redis CA file is on a mounted volume."""
     prod = rendered["overlays/prod"]
+    cert_manager = k8s_validate.render(k8s_validate.K8S_DIR / "cert-manager")
     certs = {
         c["spec"]["secretName"]: c
-        for c in k8s_validate.render(k8s_validate.K8S_DIR / "cert-manager")
+        for c in cert_manager
         if c["kind"] == "Certificate" and not c["spec"].get("isCA")
     }
-    issuers = {i["metadata"]["name"] for i in k8s_validate.render(k8s_validate.K8S_DIR / "cert-manager")
-               if i["kind"] == "Issuer"}  # fmt: skip
+    issuers = {i["metadata"]["name"] for i in cert_manager if i["kind"] == "Issuer"}
     workloads: list[tuple[str, Obj, Obj]] = [
         (svc, d, d["spec"]["template"]["spec"]["containers"][0])
         for svc in SERVICES
