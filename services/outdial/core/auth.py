@@ -168,19 +168,23 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     for rpc, roles in table.items()
 }
 
-# Reachable with no token at all.
-PUBLIC_PREFIXES = (
-    "/grpc.health.v1.Health/",
+# Reachable with no token at all: health always; server reflection only with OUTDIAL_REFLECTION=public.
+HEALTH_PREFIXES = ("/grpc.health.v1.Health/",)
+REFLECTION_PREFIXES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
+PUBLIC_PREFIXES = HEALTH_PREFIXES + REFLECTION_PREFIXES
 
 
-def is_public(method: str) -> bool:
-    return method.startswith(PUBLIC_PREFIXES)
+def is_public(method: str, *, reflection: bool = True) -> bool:
+    """No token needed: health, and reflection when ``reflection`` (OUTDIAL_REFLECTION=public)."""
+    return method.startswith(PUBLIC_PREFIXES if reflection else HEALTH_PREFIXES)
 
 
 def authorize(principal: Principal, method: str) -> None:
+    if method.startswith(REFLECTION_PREFIXES):  # OUTDIAL_REFLECTION=authenticated: any valid token
+        return
     allowed = PERMISSIONS.get(method)
     if allowed is None or principal.role not in allowed:
         raise PermissionDenied(

@@ -1,4 +1,5 @@
-"""gRPC client channels: TLS when configured, a bearer token on every call (client interceptors)."""
+"""gRPC client channels: TLS when configured (mutual: a client certificate too, core/tls.py), a bearer token on
+every call (client interceptors)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import grpc
 
 from outdial.core.auth import Role, issue_token
 from outdial.core.config import ServiceName, Settings
+from outdial.core.tls import channel_credentials
 
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", 32 * 1024 * 1024),
@@ -63,9 +65,8 @@ def open_channel(settings: Settings, target: str, token: Callable[[], str | None
     interceptors = [
         cls(token) for cls in (_UnaryUnaryAuth, _UnaryStreamAuth, _StreamUnaryAuth, _StreamStreamAuth)
     ]
-    if settings.tls_ca or settings.tls_enabled:
-        root = settings.tls_ca.read_bytes() if settings.tls_ca else None
-        creds = grpc.ssl_channel_credentials(root_certificates=root)
+    creds = channel_credentials(settings)
+    if creds is not None:
         options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
         if settings.tls_server_name:
             options.append(("grpc.ssl_target_name_override", settings.tls_server_name))

@@ -46,11 +46,28 @@ class Settings(BaseSettings):
     metrics_base_port: int = 9100
     metrics_port: int | None = None
 
-    # TLS: when cert and key are set the servers speak TLS; clients trust tls_ca.
+    # TLS: when cert and key are set the servers speak TLS; clients trust tls_ca. Mutual TLS: a server with
+    # TLS on and tls_ca set requires every client to present a certificate signed by that CA (unless
+    # tls_client_auth is false), and clients present tls_client_cert/tls_client_key (default: tls_cert/tls_key,
+    # a certificate whose usages include client auth).
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
     tls_server_name: str | None = None
+    tls_client_auth: bool = True
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+
+    # gRPC server reflection (grpcurl, grpcui): "public" answers anyone (development), "authenticated" only a
+    # caller with a valid token, "off" does not serve it at all. The prod overlay sets "off".
+    reflection: Literal["off", "public", "authenticated"] = "public"
+
+    # Redis over TLS (rediss:// URLs): the CA bundle to verify the server with (default: the system's), and a
+    # client certificate when the server asks for one. The user and password go in the URL (an ACL user per
+    # service in production: rediss://outdial-dnc:PASSWORD@redis.example:6380/0).
+    redis_tls_ca: Path | None = None
+    redis_tls_cert: Path | None = None
+    redis_tls_key: Path | None = None
 
     # Development mode (OUTDIAL_DEV=1: `make run`, `make demo`, the tests): development keys are accepted and
     # services migrate the database at start. Never set in production.
@@ -87,3 +104,8 @@ class Settings(BaseSettings):
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def mtls_required(self) -> bool:
+        """Servers demand a client certificate signed by tls_ca."""
+        return self.tls_enabled and self.tls_ca is not None and self.tls_client_auth

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from outdial.core.config import SERVICES, ServiceName, Settings
+from outdial.core.tls import channel_credentials
 
 SERVING = 0
 NOT_SERVING = 1
@@ -40,9 +41,8 @@ def server_name_for(settings: Settings, service: ServiceName) -> str:
 def check(settings: Settings, service: ServiceName, *, timeout: float = 3.0, host: str = "127.0.0.1") -> int:
     """One health check; returns the exit code (see the module docstring)."""
     target = target_for(settings, service, host)
-    if settings.tls_enabled or settings.tls_ca is not None:
-        root = settings.tls_ca.read_bytes() if settings.tls_ca is not None else None
-        creds = grpc.ssl_channel_credentials(root_certificates=root)
+    creds = channel_credentials(settings)  # the service's own certificate doubles as the client's (mTLS)
+    if creds is not None:
         options = [("grpc.ssl_target_name_override", server_name_for(settings, service))]
         channel = grpc.secure_channel(target, creds, options=options)
     else:

@@ -15,8 +15,40 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 campaign_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("campaign_id", default=None)
 actor: contextvars.ContextVar[str | None] = contextvars.ContextVar("actor", default=None)
 
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_PHONE = re.compile(r"(?<![\w.:/])\+?\d[\d\- ()]{5,}\d(?![\w.:])")
+# A phone-number candidate: groups of digits with one space or dash between two (a group may open with a
+# parenthesized one: "(415) 555"), an optional leading +; or the dotted North American form (415.555.0100).
+# It starts right after a tel:/sip:/sips: scheme; or at a "+" that no word character precedes (a Redis key
+# "dnc:num:+14155550100" too); or at a run of 7+ digits after a word and ":", "/" or "-" (a key, a path, an id
+# "lead-4155550100": never a port, a time or a date part, all shorter); or where neither a word character
+# nor a word-plus-joiner comes before it (the "-" of a UUID, the "." of an address or a float, the ":" of a
+# port or a time, the "/" of a path). It must not run on into a word or a dotted/colon number. A date
+# (2026-11-23, 23-11-2026) never starts a group. The digit count then decides (_looks_like_phone).
+_DATE = r"(?:\d{4}-\d{2}-\d{2}|\d{2}-\d{2}-\d{4})(?!\d)"
+_GROUP = r"(?:\(\d{1,4}\)[ -]?\d+|\d+)"  # 555, or (415) 555
+_PHONE = re.compile(
+    rf"""(?ix)
+    (?:(?P<uri>(?<=tel:)|(?<=sip:)|(?<=sips:)) | (?<![\w+])(?=\+) | (?<=\w[:/-])(?=\d{{7}})
+       | (?<![\w+])(?<!\w[.:/-]))
+    (?!{_DATE})
+    (?P<num>
+        \+?(?:1[.])?\(?[2-9]\d{{2}}\)?\.\d{{3}}\.\d{{4}}
+      | \+?{_GROUP}(?:[ -](?!{_DATE}){_GROUP})*
+    )
+    (?!\w|[.:/]?\d)
+    """
+)
+
+
+def _looks_like_phone(raw: str, uri: bool) -> bool:
+    digits = sum(c.isdigit() for c in raw)
+    if uri:  # tel:/sip: user part: anything beyond a short extension
+        return digits > 4
+    if raw.startswith("+") or not raw.isdigit():  # "+..." or written with separators
+        return digits >= 7
+    # A bare run of digits: a 10/11-digit national number (a North American number with or without its
+    # leading 1, a European national number with its trunk 0). Not a 10-digit run starting with 1 (Unix time
+    # in seconds), nor shorter or longer runs (counts, ids, milliseconds since the epoch).
+    return digits == 11 or (digits == 10 and raw[0] != "1")
 
 
 def mask_number(number: str | None) -> str:
@@ -38,15 +70,24 @@ def mask_number(number: str | None) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Mask every phone-number-like run in free text."""
+    """Mask every phone number in free text (messages, tracebacks, reprs, tel:/sip: URIs), keeping its last
+    4 digits. Leaves dates, times, addresses, ports, floats, UUIDs and plain ids alone. When a number runs on
+    into a neighbouring digit group ("+14155550100 3"), both are masked together: at most 4 digits of the
+    number ever show."""
+    if sum(c.isdigit() for c in text) < 5:
+        return text
 
     def _mask(m: re.Match[str]) -> str:
-        raw = m.group(0)
-        if sum(c.isdigit() for c in raw) < 7 or _DATE.fullmatch(raw.strip()):
-            return raw
-        return mask_number(raw)
+        raw = m.group("num")
+        return mask_number(raw) if _looks_like_phone(raw, m.group("uri") is not None) else raw
 
     return _PHONE.sub(_mask, text)
+
+
+def _mask_value(key: str, value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_number(value) if key in ("number", "phone") else mask_text(value)
+    return value
 
 
 class JsonFormatter(logging.Formatter):
@@ -74,10 +115,30 @@ class JsonFormatter(logging.Formatter):
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             for k, v in extra.items():
-                doc[k] = mask_number(v) if k in ("number", "phone") and isinstance(v, str) else v
+                doc[k] = _mask_value(k, v)
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+            doc["exc"] = mask_text(self.formatException(record.exc_info))
+        elif record.exc_text:
+            doc["exc"] = mask_text(record.exc_text)
+        if record.stack_info:
+            doc["stack"] = mask_text(self.formatStack(record.stack_info))
+        return json.dumps(doc, default=lambda o: mask_text(str(o)))
+
+
+class TextFormatter(logging.Formatter):
+    """The plain-text format (``OUTDIAL_LOG_JSON=false``), masked like the JSON one: the whole rendered
+    record, traceback and stack included, goes through :func:`mask_text`."""
+
+    def __init__(self, fmt: str = "%(asctime)s %(levelname)s %(name)s: %(message)s") -> None:
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_text(super().format(record))
+
+    def formatException(self, ei: Any) -> str:
+        # logging caches this text on the record (record.exc_text), where another handler's formatter reads
+        # it: cache the masked text, never the raw one.
+        return mask_text(super().formatException(ei))
 
 
 def configure(service: str, level: str = "INFO", as_json: bool = True) -> None:
@@ -91,7 +152,7 @@ def configure(service: str, level: str = "INFO", as_json: bool = True) -> None:
     if as_json:
         handler.setFormatter(JsonFormatter(service))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in ("apscheduler", "asyncio"):

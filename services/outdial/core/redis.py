@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -12,7 +14,9 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-__all__ = ["Redis", "create_redis", "load_lua"]
+from outdial.core.config import Settings
+
+__all__ = ["Redis", "RedisTLS", "create_redis", "load_lua"]
 
 
 class _SentinelPrimary(Redis):
@@ -48,13 +52,52 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str |
     return hosts, path[0], db, password or None
 
 
+@dataclass(frozen=True)
+class RedisTLS:
+    """How a ``rediss://`` client verifies the server (CA bundle; None: the system's roots) and, when the
+    server asks for one, which certificate it presents. The host name is always checked against the
+    server's certificate, and a server certificate is always required."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisTLS:
+        return cls(settings.redis_tls_ca, settings.redis_tls_cert, settings.redis_tls_key)
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError(
+                "OUTDIAL_REDIS_TLS_CERT and OUTDIAL_REDIS_TLS_KEY go together: set both or neither"
+            )
+        for name, path in (("ca", self.ca), ("cert", self.cert), ("key", self.key)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"OUTDIAL_REDIS_TLS_{name.upper()}: no such file {path}")
+        kwargs: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        if self.ca is not None:
+            kwargs["ssl_ca_certs"] = str(self.ca)
+        if self.cert is not None and self.key is not None:
+            kwargs["ssl_certfile"], kwargs["ssl_keyfile"] = str(self.cert), str(self.key)
+        return kwargs
+
+
 def create_redis(
-    url: str, *, decode: bool = True, max_connections: int = 64, pool_wait_s: float = 5.0
+    url: str,
+    *,
+    decode: bool = True,
+    max_connections: int = 64,
+    pool_wait_s: float = 5.0,
+    tls: RedisTLS | None = None,
 ) -> Redis:
     """A pooled client. It connects lazily and reconnects by itself when Redis comes back.
 
     ``redis://`` / ``rediss://`` / ``unix://`` URLs name one server; ``redis+sentinel://h1:26379,h2:26379/
-    MASTER[/DB]`` asks Sentinel for the current primary (and follows fail-overs)."""
+    MASTER[/DB]`` asks Sentinel for the current primary (and follows fail-overs). A ``rediss://`` URL speaks
+    TLS, verifying the server's certificate and host name against ``tls.ca`` (default: the system's roots);
+    ``tls`` is ignored for the other schemes. The ACL user and password go in the URL
+    (``rediss://USER:PASSWORD@host:6380/0``)."""
+    tls_kwargs = (tls or RedisTLS()).connection_kwargs() if urlsplit(url).scheme == "rediss" else {}
     if url.startswith("redis+sentinel://"):
         hosts, master, db, password = parse_sentinel_url(url)
         sentinel = Sentinel(hosts, socket_connect_timeout=2.0, password=password)  # type: ignore[no-untyped-call]
@@ -89,6 +132,7 @@ def create_redis(
         health_check_interval=10,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
         retry_on_timeout=False,
+        **tls_kwargs,
     )
     client: Redis = aioredis.Redis.from_pool(pool)
     return client

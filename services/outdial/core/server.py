@@ -35,7 +35,8 @@ from outdial.core.clock import Clock, OffsetClock, SystemClock
 from outdial.core.config import ServiceName, Settings
 from outdial.core.errors import OutdialError, status_for
 from outdial.core.metrics import DEPENDENCY_UP, RPC_SECONDS, RPC_TOTAL, SERVING, start_metrics_server
-from outdial.core.redis import Redis, create_redis
+from outdial.core.redis import Redis, RedisTLS, create_redis
+from outdial.core.tls import server_credentials, transport_warnings
 
 log = logging.getLogger("outdial.server")
 
@@ -108,7 +109,7 @@ class ServiceContext:
         """A second client that returns bytes (for binary values and bulk lookups)."""
         if self._redis_bytes is None:
             url = self.settings.redis_url or DEFAULT_REDIS_URL
-            self._redis_bytes = create_redis(url, decode=False)
+            self._redis_bytes = create_redis(url, decode=False, tls=RedisTLS.from_settings(self.settings))
         return self._redis_bytes
 
     async def close(self) -> None:
@@ -154,9 +155,12 @@ def _metadata_value(metadata: Any, key: str) -> str | None:
 class CoreInterceptor(grpc.aio.ServerInterceptor):
     """Auth, logging context, metrics and error mapping around every RPC but health and reflection."""
 
-    def __init__(self, service: str, secret: str) -> None:
+    def __init__(self, service: str, secret: str, *, reflection: str = "public") -> None:
         self.service = service
         self.secret = secret
+        # OUTDIAL_REFLECTION: "public" lets reflection through without a token; otherwise it is authenticated
+        # like any RPC ("off" never registers it, so no handler is found).
+        self.reflection_public = reflection == "public"
 
     async def intercept_service(  # noqa: C901 - one wrapper per RPC kind, kept side by side on purpose
         self,
@@ -165,7 +169,7 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method: str = details.method
-        if handler is None or is_public(method):
+        if handler is None or is_public(method, reflection=self.reflection_public):
             return handler
         metadata = details.invocation_metadata
         principal = None
@@ -362,6 +366,17 @@ async def _migrate_until_done(ctx: ServiceContext, login_url: str | None = None)
             delay = min(delay * 2, 5.0)
 
 
+# ------------------------------------------------------------------------------------------- reflection
+
+
+def enable_reflection(server: grpc.aio.Server, full_names: tuple[str, ...], settings: Settings) -> None:
+    """Serve gRPC reflection unless OUTDIAL_REFLECTION=off (then grpcurl gets UNIMPLEMENTED: it needs the
+    .proto files). Whether a token is needed is the interceptor's decision (``CoreInterceptor``)."""
+    if settings.reflection == "off":
+        return
+    reflection.enable_server_reflection((*full_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+
 # ------------------------------------------------------------------------------------------- run
 
 
@@ -393,36 +408,39 @@ async def serve(
         name=spec.name,
         settings=settings,
         pool=pool,
-        redis=create_redis(redis_url),
+        redis=create_redis(redis_url, tls=RedisTLS.from_settings(settings)),
         clock=clock or _clock_from(settings),
         instance_id=_instance_id(settings),
     )
     server = grpc.aio.server(
-        interceptors=[CoreInterceptor(spec.name, settings.auth_secret)], options=SERVER_OPTIONS
+        interceptors=[CoreInterceptor(spec.name, settings.auth_secret, reflection=settings.reflection)],
+        options=SERVER_OPTIONS,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*spec.full_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection(server, spec.full_names, settings)
     for n in ("", *spec.full_names):
         await health_servicer.set(n, health_pb2.HealthCheckResponse.NOT_SERVING)
     await spec.setup(server, ctx)
 
     listen = settings.listen_addr(spec.name)
-    if settings.tls_enabled:
-        assert settings.tls_cert is not None and settings.tls_key is not None
-        creds = grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())])
-        port = server.add_secure_port(listen, creds)
-    else:
-        port = server.add_insecure_port(listen)
+    creds = server_credentials(settings)  # mutual TLS when OUTDIAL_TLS_CA is set too (core/tls.py)
+    port = server.add_secure_port(listen, creds) if creds is not None else server.add_insecure_port(listen)
     if port == 0:
         raise RuntimeError(f"cannot listen on {listen}")
     await server.start()
     start_metrics_server(settings.metrics_host, settings.metrics_port_for(spec.name))
     log.info(
-        "%s listening on %s (tls=%s)", spec.name, listen.rsplit(":", 1)[0] + f":{port}", settings.tls_enabled
+        "%s listening on %s (tls=%s, client certificates %s, reflection %s)",
+        spec.name,
+        listen.rsplit(":", 1)[0] + f":{port}",
+        settings.tls_enabled,
+        "required" if settings.mtls_required else "not required",
+        settings.reflection,
     )
+    if not settings.dev:
+        for warning in transport_warnings(settings, database_url, redis_url):
+            log.warning("insecure for production: %s", warning)
     if started is not None:
         started(port)
 

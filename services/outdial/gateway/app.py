@@ -19,9 +19,9 @@ from typing import Literal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from outdial.core import logging as odlog
+from outdial.core import tls
 from outdial.core.clients import ServiceToken, open_channel
 from outdial.core.config import Settings
 from outdial.core.metrics import (
@@ -32,7 +32,7 @@ from outdial.core.metrics import (
     SERVING,
     start_metrics_server,
 )
-from outdial.core.server import SERVER_OPTIONS, CoreInterceptor
+from outdial.core.server import SERVER_OPTIONS, CoreInterceptor, enable_reflection
 from outdial.gateway.edge import EdgeConfig, EdgeProcess, start_edge
 from outdial.gateway.engine import Gateway, TrunkConfig, parse_sip_uri
 from outdial.gateway.prompts import PromptCache
@@ -87,9 +87,8 @@ def _host_port(value: str, setting: str) -> tuple[str, int]:
 
 def _listen(server: grpc.aio.Server, addr: str, core: Settings) -> int:
     """The gRPC listener, with TLS when the services use it (the dialer and the agent service dial it so)."""
-    if core.tls_enabled:
-        assert core.tls_cert is not None and core.tls_key is not None
-        creds = grpc.ssl_server_credentials([(core.tls_key.read_bytes(), core.tls_cert.read_bytes())])
+    creds = tls.server_credentials(core)  # mutual TLS when OUTDIAL_TLS_CA is set, like the services
+    if creds is not None:
         return int(server.add_secure_port(addr, creds))
     return int(server.add_insecure_port(addr))
 
@@ -242,7 +241,8 @@ async def serve(
             log.warning("released %d rtpengine sessions left by an earlier gateway", freed)
 
     server = grpc.aio.server(
-        interceptors=[CoreInterceptor("gateway", core.auth_secret)], options=SERVER_OPTIONS
+        interceptors=[CoreInterceptor("gateway", core.auth_secret, reflection=core.reflection)],
+        options=SERVER_OPTIONS,
     )
     gateway_servicer = GatewayServicer(gw)
     from outdial.v1 import gateway_pb2_grpc
@@ -250,7 +250,7 @@ async def serve(
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway_servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((FULL_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_reflection(server, (FULL_NAME,), core)
     port = _listen(server, s.gateway_listen, core)
     if port == 0:
         raise RuntimeError(f"cannot listen on {s.gateway_listen}")
