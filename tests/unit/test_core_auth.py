@@ -51,7 +51,9 @@ def _raw(key: object, kid: str, **claims: object) -> str:
         "jti": uuid.uuid4().hex,
     }
     base.update(claims)
-    return jwt.encode({k: v for k, v in base.items() if v is not None}, key, algorithm="EdDSA", headers={"kid": kid})  # type: ignore[arg-type]
+    return jwt.encode(
+        {k: v for k, v in base.items() if v is not None}, key, algorithm="EdDSA", headers={"kid": kid}
+    )  # type: ignore[arg-type]
 
 
 def test_every_rpc_has_a_permission_entry() -> None:

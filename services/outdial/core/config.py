@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     # The retired HS256 shared secret: refused outside development mode (a leftover in a Secret must not go
     # unnoticed); ignored with a warning in development mode.
     auth_secret: str | None = None
+    # How often a running service re-reads OUTDIAL_JWKS (a rotation publishes a new file; no restart needed).
+    jwks_reload_seconds: float = Field(default=5.0, gt=0)
     # Lifetime of people's tokens from `outdial token issue` (capped at 24 h).
     token_ttl_seconds: int = Field(default=12 * 3600, gt=0, le=24 * 3600)
     # Revocation list: the in-process copy is refreshed from Redis this often (and at once on pub/sub), and

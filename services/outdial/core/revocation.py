@@ -236,7 +236,7 @@ async def revoke(
             raise ValueError("--before must not be in the future (it revokes tokens already issued)")
         row = await pool.fetchrow(
             "INSERT INTO token_revocations (kind, value, before, expires_at, revoked_by, reason) "
-            "VALUES ('subject', $1, $2, $2 + make_interval(secs => $3), $4, $5) RETURNING *",
+            "VALUES ('subject', $1, $2::timestamptz, $2::timestamptz + make_interval(secs => $3), $4, $5) RETURNING *",
             subject,
             at,
             float(REVOCATION_LIFETIME_SECONDS),

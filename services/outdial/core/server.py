@@ -420,7 +420,7 @@ async def serve(
         pg_seconds=settings.revocation_pg_seconds,
     )
     ctx.spawn(refresher.run(), "revocations")
-    ctx.spawn(verifier.watch_jwks(), "jwks")
+    ctx.spawn(verifier.watch_jwks(settings.jwks_reload_seconds), "jwks")
     server = grpc.aio.server(interceptors=[CoreInterceptor(spec.name, verifier)], options=SERVER_OPTIONS)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -31,13 +31,16 @@ class Verifier:
         self._dev = dev
         self._mtime = self._stat()
 
-    def _stat(self) -> float | None:
+    def _stat(self) -> tuple[int, int, int] | None:
+        """The file's identity: a rewrite (`outdial keys rotate` replaces it; a Secret volume swaps a symlink)
+        changes the inode or the modification time."""
         if self._path is None:
             return None
         try:
-            return self._path.stat().st_mtime
+            st = self._path.stat()
         except OSError:
             return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def verify(self, token: str) -> Principal:
         principal = verify_token(self.jwks, token)

@@ -268,7 +268,7 @@ async def serve(
     tasks = [
         asyncio.create_task(gw.watch_media(), name="gateway:media"),
         asyncio.create_task(_health_loop(gw, creds, health_servicer), name="gateway:health"),
-        asyncio.create_task(verifier.watch_jwks(), name="gateway:jwks"),
+        asyncio.create_task(verifier.watch_jwks(core.jwks_reload_seconds), name="gateway:jwks"),
     ]
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
