@@ -274,6 +274,7 @@ SERVICE_CALLS: dict[str, frozenset[str]] = {
             "AgentService/PreviewLead",
             "AgentService/DecidePreview",  # a preview the agent never answered
             "AgentService/EndCall",  # the customer hung up first
+            "AgentService/GetAgentCounts",  # read-only; the dialer API of agent.proto (today read from Redis)
             "GatewayService/Originate",
             "GatewayService/CancelCall",
             "GatewayService/HangupCall",
