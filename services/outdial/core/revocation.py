@@ -160,17 +160,13 @@ def _row(r: Any) -> Revocation:
     return Revocation(r["kind"], r["value"], before, r["expires_at"].timestamp())
 
 
-async def load_from_pg(pool: asyncpg.Pool, after_id: int = 0) -> tuple[list[Revocation], int]:
-    """Unexpired rows with an id above ``after_id``, and the highest id seen."""
+async def load_from_pg(pool: asyncpg.Pool) -> list[Revocation]:
+    """Every unexpired row: at most a day of revocations, so reading them all is cheap, and it cannot miss
+    a row that committed late (ids of concurrent inserts commit out of order)."""
     rows = await pool.fetch(
-        "SELECT id, kind, value, before, expires_at FROM token_revocations "
-        "WHERE id > $1 AND expires_at > now() ORDER BY id",
-        after_id,
+        "SELECT kind, value, before, expires_at FROM token_revocations WHERE expires_at > now()"
     )
-    top = max((r["id"] for r in rows), default=after_id)
-    if not rows and after_id == 0:
-        top = int(await pool.fetchval("SELECT coalesce(max(id), 0) FROM token_revocations"))
-    return [_row(r) for r in rows], top
+    return [_row(r) for r in rows]
 
 
 async def mirror_to_redis(redis: Redis, revocations: Iterable[Revocation], *, publish: bool = True) -> None:
@@ -273,7 +269,6 @@ class RevocationRefresher:
         self.refresh_seconds = refresh_seconds
         self.pg_seconds = pg_seconds
         self._version: str | None = None
-        self._pg_id = 0
         self._pg_at = -float("inf")
         self._wake = asyncio.Event()
 
@@ -289,16 +284,19 @@ class RevocationRefresher:
             if version is not None:
                 v = version.decode() if isinstance(version, bytes) else str(version)
                 if v != self._version:
-                    self.revocations.merge(await load_from_redis(self.redis))
+                    revs = await load_from_redis(self.redis)
+                    self.revocations.merge(revs)
                     self._version = v
+                    expired = [r.redis_field for r in revs if r.expires_at <= time.time()]
+                    if expired:  # the mirror drops what can no longer revoke a valid token
+                        await self.redis.hdel(keys.revoked_tokens(), *expired)
                 fresh = True
         except _REDIS_ERRORS as exc:
             log.debug("revocation refresh from Redis failed: %s", type(exc).__name__)
         loop = asyncio.get_running_loop()
         if self.pool is not None and (not fresh or loop.time() - self._pg_at >= self.pg_seconds):
             try:
-                revs, self._pg_id = await load_from_pg(self.pool, self._pg_id)
-                self.revocations.merge(revs)
+                self.revocations.merge(await load_from_pg(self.pool))
                 self._pg_at = loop.time()
                 fresh = True
             except _PG_ERRORS as exc:
@@ -312,12 +310,11 @@ class RevocationRefresher:
         if self.pool is None:
             return False
         try:
-            revs, top = await load_from_pg(self.pool, 0)
+            revs = await load_from_pg(self.pool)
         except _PG_ERRORS as exc:
             log.debug("cannot rebuild the revocation mirror: %s", type(exc).__name__)
             return False
         self.revocations.merge(revs)
-        self._pg_id = max(self._pg_id, top)
         await mirror_to_redis(self.redis, revs, publish=False)
         log.info("rebuilt the Redis revocation mirror from PostgreSQL (%d entries)", len(revs))
         return True
