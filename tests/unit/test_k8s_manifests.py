@@ -282,7 +282,9 @@ def test_secret_holds_the_credentials(rendered: dict[str, list[Obj]]) -> None:
             assert not required & set(cm.get("data", {})), f"{label}: credentials in a ConfigMap"
         # the retired HS256 secret is gone everywhere (services refuse to start with it outside dev)
         for secret in of_kind(objs, "Secret"):
-            assert "OUTDIAL_AUTH_SECRET" not in {**secret.get("stringData", {}), **secret.get("data", {})}, label
+            assert "OUTDIAL_AUTH_SECRET" not in {**secret.get("stringData", {}), **secret.get("data", {})}, (
+                label
+            )
 
 
 SERVICE_KEY_OWNERS = ("campaign", "pacing", "dnc", "agent", "gateway")
@@ -312,7 +314,9 @@ def test_every_service_mounts_the_jwks_and_only_its_own_key(
                 (settings.jwks, "outdial-jwks", "jwks.json"),
                 (settings.service_key, f"outdial-key-{service}", "service.key"),
             ):
-                mount = next(m for m in container["volumeMounts"] if str(path).startswith(m["mountPath"] + "/"))
+                mount = next(
+                    m for m in container["volumeMounts"] if str(path).startswith(m["mountPath"] + "/")
+                )
                 assert mount.get("readOnly") is True, f"{label} {service} {path}"
                 vol = volumes[mount["name"]]["secret"]
                 assert vol["secretName"].startswith(secret_prefix), f"{label} {service}: {vol['secretName']}"
@@ -328,7 +332,9 @@ def test_every_service_mounts_the_jwks_and_only_its_own_key(
     # the committed dev keyset is the built-in one (refused without OUTDIAL_DEV=1), and holds no issuer key
     keys_dir = ROOT / "deploy" / "k8s" / "overlays" / "dev" / "keys"
     assert not (keys_dir / "issuer.key").exists()
-    assert set(load_jwks(keys_dir / "jwks.json", dev=True).keys) >= {dev_key(n).kid for n in SERVICE_KEY_OWNERS}
+    assert set(load_jwks(keys_dir / "jwks.json", dev=True).keys) >= {
+        dev_key(n).kid for n in SERVICE_KEY_OWNERS
+    }
 
 
 def test_ports_probes_and_addresses_match_the_settings(
