@@ -137,7 +137,15 @@ async def test_revoked_tokens_are_refused_also_after_redis_loses_its_data(
     )
     assert await _code(rs.addr, later) is grpc.StatusCode.OK
 
-    # Redis loses everything; a fresh process loads the list from PostgreSQL and rebuilds the mirror
+    # Redis loses everything: the running service rebuilds the mirror from PostgreSQL, the record ...
+    await redis.flushdb()
+    for _ in range(50):
+        if await redis.hexists(keys.revoked_tokens(), f"jti:{_jti(t1)}"):
+            break
+        await asyncio.sleep(0.1)
+    assert await redis.hexists(keys.revoked_tokens(), "subject:ops-2")
+    assert await _code(rs.addr, t1) is grpc.StatusCode.UNAUTHENTICATED
+    # ... and a fresh process, with an empty copy and an empty Redis, loads the list from PostgreSQL
     await redis.flushdb()
     await rs.stop()
     rs2 = await services.start("dnc")

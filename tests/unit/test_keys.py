@@ -185,3 +185,22 @@ def test_keys_rotate_keeps_the_old_key_until_it_is_removed(
 def test_the_dev_keyset_files_match_the_built_in_one(dev_keys: Path) -> None:
     for name in ("issuer", "pacing", "gateway"):
         assert load_private_key(dev_keys / f"{name}.key", name, "x", dev=True).kid == dev_key(name).kid
+
+
+def test_token_revoke_checks_its_arguments_before_touching_the_database(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OUTDIAL_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    assert cli(["token", "revoke", "--jti", "j1", "--before", "2026-01-01T00:00:00Z"]) == 2
+    assert "--before goes with --subject" in _err(capsys)
+    assert cli(["token", "revoke", "--subject", "ops", "--before", "yesterday"]) == 2
+    assert "not an ISO 8601 time" in _err(capsys)
+    assert cli(["token", "revoke", "--subject", "ops", "--before", "2999-01-01T00:00:00Z"]) == 2
+    assert "must not be in the future" in _err(capsys)
+    assert cli(["token", "revoke", "--subject", "ops", "--before", "2026-01-01T00:00:00"]) == 2
+    assert "time zone" in _err(capsys)
+    with pytest.raises(SystemExit):  # exactly one of --jti / --subject
+        cli(["token", "revoke", "--jti", "j1", "--subject", "ops"])
+    capsys.readouterr()
+    assert cli(["token", "revoke", "--jti", "j1"]) == 1
+    assert "cannot reach PostgreSQL (127.0.0.1:1/none; OUTDIAL_DATABASE_URL)" in _err(capsys)

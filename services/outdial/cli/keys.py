@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import socket
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,16 @@ async def token_revoke(args: argparse.Namespace, settings: Settings) -> int:
         before = _parse_before(args.before)
     except ValueError as exc:
         return fail(str(exc), 2)
-    pool = await asyncpg.create_pool(settings.database_url or DEFAULT_DATABASE_URL, min_size=1, max_size=1)
+    if before is not None and (before.tzinfo is None or before > datetime.now(UTC)):
+        return fail("--before needs a time zone and must not be in the future (e.g. 2026-01-02T03:04:05Z)", 2)
+    dsn = settings.database_url or DEFAULT_DATABASE_URL
+    try:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        where = dsn.rsplit("@", 1)[-1]
+        return fail(
+            f"cannot reach PostgreSQL ({where}; OUTDIAL_DATABASE_URL), the record of revocations: {exc}"
+        )
     redis = create_redis(settings.redis_url or DEFAULT_REDIS_URL)
     try:
         rev, mirrored = await revoke(
