@@ -62,14 +62,16 @@ setup: setup-system $(STAMP)
 setup-system:
 	@SYSTEM_PACKAGES="$(SYSTEM_PACKAGES)" bash deploy/system-packages.sh
 
+# Development mode (OUTDIAL_DEV=1): the public development keyset signs and verifies tokens (the services warn
+# loudly); without it they refuse to start on it (docs/security-keys.md).
 run: $(STAMP)
-	$(BIN)/outdial run
+	OUTDIAL_DEV=1 $(BIN)/outdial run
 
 demo: $(STAMP)
-	$(BIN)/outdial demo
+	OUTDIAL_DEV=1 $(BIN)/outdial demo
 
 demo-sip: $(STAMP)
-	$(BIN)/outdial demo --telephony sip
+	OUTDIAL_DEV=1 $(BIN)/outdial demo --telephony sip
 
 test: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -41,12 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import summary, table
 
 from outdial.core.auth import Role, issue_token
-from outdial.core.config import Settings
 from outdial.core.healthcheck import wait_until_serving
 from outdial.core.infra import ensure_infra, find_binary, free_port, start_private_redis
+from outdial.core.signing import dev_key
 from outdial.v1 import agent_pb2, agent_pb2_grpc
 
-SECRET = "outdial-bench-secret-0123456789abcdef"
 TARGET_P99_MS = 50.0
 
 
@@ -86,7 +85,7 @@ class BenchAgent:
     ) -> None:
         self.agent_id = agent_id
         self.stub = stub
-        self.md = (("authorization", f"Bearer {issue_token(SECRET, agent_id, Role.AGENT)}"),)
+        self.md = (("authorization", f"Bearer {issue_token(dev_key('issuer'), agent_id, Role.AGENT)}"),)
         self.run_ = run
         self.rng = rng
         self.talk_mean, self.wrap_mean = talk_mean, wrap_mean
@@ -178,7 +177,7 @@ async def _start_replicas(
             "OUTDIAL_DATABASE_URL": database_url,
             "OUTDIAL_REDIS_URL": redis_url,
             "OUTDIAL_AGENT_ADDR": addr,
-            "OUTDIAL_AUTH_SECRET": SECRET,
+            "OUTDIAL_DEV": "1",
             "OUTDIAL_METRICS_PORT": "0",
             "OUTDIAL_LOG_LEVEL": "WARNING",
         }
@@ -196,13 +195,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     agents: list[BenchAgent] = []
     try:
         addrs = await _start_replicas(args.replicas, infra.database_url, infra.redis_url, procs)
-        settings = Settings(auth_secret=SECRET)
         opts = [("grpc.use_local_subchannel_pool", 1)]
         for i in range(args.channels * len(addrs)):
             channels.append(grpc.aio.insecure_channel(addrs[i % len(addrs)], options=opts))
         stubs = [agent_pb2_grpc.AgentServiceStub(ch) for ch in channels]
         svc_md = (
-            ("authorization", f"Bearer {issue_token(settings.auth_secret, 'svc:bench', Role.SERVICE)}"),
+            (
+                "authorization",
+                f"Bearer {issue_token(dev_key('pacing'), 'svc:pacing:bench', Role.SERVICE, 3600)}",
+            ),
         )
         dialer_channels = [grpc.aio.insecure_channel(a) for a in addrs]
         channels.extend(dialer_channels)

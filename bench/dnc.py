@@ -31,13 +31,13 @@ from outdial.core.auth import issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import Settings
 from outdial.core.infra import PrivateServer, port_open, start_private_postgres, start_private_redis
+from outdial.core.signing import dev_key
 from outdial.dnc.index import DncIndex
 from outdial.v1 import common_pb2, dnc_pb2, dnc_pb2_grpc
 
 US_REGISTRY = 250_000_000
 US_AREA_CODES = 330
 PER_NPA = US_REGISTRY // US_AREA_CODES
-SECRET = "bench-secret-0123456789abcdef-0123456789"
 
 
 def generate(n: int, seed: int = 7) -> list[int]:
@@ -155,7 +155,7 @@ async def bench_service(
     port_box: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(SPEC, settings, stop=stop, started=port_box.set_result))
     port = await port_box
-    token = issue_token(SECRET, "bench", "compliance")
+    token = issue_token(dev_key("issuer"), "bench", "compliance")
     ch = open_channel(settings, f"127.0.0.1:{port}", lambda: token)
     stub = dnc_pb2_grpc.DncServiceStub(ch)
     md = [("authorization", f"Bearer {token}")]
@@ -268,7 +268,7 @@ async def main() -> None:
         settings = Settings(
             database_url=db_url,
             redis_url=rd.url,
-            auth_secret=SECRET,
+            dev=True,
             listen_port=0,
             metrics_port=0,
             log_level="WARNING",

@@ -36,10 +36,10 @@ from outdial.core.clients import open_channel
 from outdial.core.config import Settings
 from outdial.core.healthcheck import wait_until_serving
 from outdial.core.infra import PrivateServer, port_open, start_private_postgres, start_private_redis
+from outdial.core.signing import dev_key
 from outdial.rules.numbers import parse_number_fast
 from outdial.v1 import campaign_pb2, campaign_pb2_grpc
 
-SECRET = "bench-secret-0123456789abcdef-0123456789"
 NPAS = [
     "212",
     "646",
@@ -101,7 +101,7 @@ async def upload_through_service(db_url: str, redis_url: str, path: str) -> dict
         "OUTDIAL_REDIS_URL": redis_url,
         "OUTDIAL_CAMPAIGN_ADDR": f"127.0.0.1:{port}",
         "OUTDIAL_METRICS_PORT": "0",
-        "OUTDIAL_AUTH_SECRET": SECRET,
+        "OUTDIAL_DEV": "1",
         "OUTDIAL_LOG_LEVEL": "WARNING",
         "OUTDIAL_CAMPAIGN_UPLOAD_MAX_BYTES": str(8 << 30),
     }
@@ -109,8 +109,8 @@ async def upload_through_service(db_url: str, redis_url: str, path: str) -> dict
     try:
         addr = f"127.0.0.1:{port}"
         await wait_until_serving(addr)
-        settings = Settings(auth_secret=SECRET)
-        token = issue_token(SECRET, "bench", "manager")
+        settings = Settings(dev=True)
+        token = issue_token(dev_key("issuer"), "bench", "manager")
         async with open_channel(settings, addr, lambda: token) as ch:
             stub = campaign_pb2_grpc.CampaignServiceStub(ch)
             c = campaign_pb2.Campaign(name=f"bench-{uuid.uuid4().hex[:6]}", caller_id="+12125550100")

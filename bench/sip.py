@@ -73,13 +73,13 @@ from outdial.core.auth import Role, issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import Settings
 from outdial.core.healthcheck import wait_until_serving
+from outdial.core.signing import dev_key
 from outdial.gateway.peers.sipp import SipMessage, SippUac, SippUas
 from outdial.gateway.rig import SipRig, free_port, missing_binaries
 from outdial.gateway.rtpengine import RtpEngine
 from outdial.v1 import gateway_pb2 as pb
 from outdial.v1 import gateway_pb2_grpc
 
-SECRET = "outdial-bench-secret-0123456789abcdef"
 TARGET_P99_MS = 300.0
 OWNER = f"bench-sip-{os.getpid()}"
 # Fixed ports (this bench's range): rtpengine's media ports, and the baseline SIPp processes' media ports.
@@ -536,7 +536,7 @@ async def _start_gateway(rig: SipRig, workdir: Path, log: Path) -> tuple[subproc
     env = {
         **os.environ,
         **rig.start(),
-        "OUTDIAL_AUTH_SECRET": SECRET,
+        "OUTDIAL_DEV": "1",
         "OUTDIAL_METRICS_PORT": str(metrics_port),
         "OUTDIAL_LOG_LEVEL": "WARNING",
         "OUTDIAL_AGENT_ADDR": "127.0.0.1:1",  # no agent service: nothing to pause in this bench
@@ -631,8 +631,10 @@ async def run_gateway(
     try:
         proc, addr, metrics_port = await _start_gateway(rig, workdir, gw_log)
         assert rig.rtp is not None and rig.carrier is not None and rig.phones is not None
-        token = issue_token(SECRET, "svc:bench", Role.SERVICE)
-        channel = open_channel(Settings(auth_secret=SECRET), addr, lambda: token)
+        token = issue_token(
+            dev_key("issuer"), "bench", Role.ADMIN
+        )  # drives the gateway as pacing and agent do
+        channel = open_channel(Settings(dev=True), addr, lambda: token)
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         agents = [f"agent{i:03d}" for i in range(args.agents)]
         driver = Driver(stub, args, random.Random(args.seed), agents)

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from outdial.core import db
-from outdial.core.auth import Role, issue_token
+from outdial.core.auth import Role, issue_token, max_ttl_seconds
 from outdial.core.clients import open_channel
 from outdial.core.clock import Clock
 from outdial.core.config import ServiceName, Settings
@@ -37,8 +37,11 @@ from outdial.core.infra import (
     start_private_postgres,
     start_private_redis,
 )
+from outdial.core.signing import SERVICE_IDENTITIES, dev_key
 
-TEST_SECRET = "outdial-test-secret-0123456789abcdef"
+# Tests run in development mode (OUTDIAL_DEV=1): services accept the development keyset, and tokens are
+# signed with it (make_token). Subprocesses a test starts get DEV_ENV in their environment.
+DEV_ENV = {"OUTDIAL_DEV": "1"}
 
 
 @dataclass
@@ -159,7 +162,7 @@ def settings(database_url: str, redis_url: str) -> Settings:
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
-        auth_secret=TEST_SECRET,
+        dev=True,
         listen_port=0,
         metrics_port=0,
         grace_seconds=2.0,
@@ -172,8 +175,20 @@ def settings(database_url: str, redis_url: str) -> Settings:
     )
 
 
-def make_token(role: Role | str, sub: str = "tester") -> str:
-    return issue_token(TEST_SECRET, sub, Role(role))
+def make_token(role: Role | str, sub: str = "tester", ttl_seconds: int | None = None) -> str:
+    """A token signed with the development keys, as the real signer would: a service's token (sub
+    ``svc:<name>`` or ``svc:<name>:<instance>``) with that service's own key, anyone else's with the issuer's."""
+    role = Role(role)
+    if role is Role.SERVICE:
+        parts = sub.split(":")
+        if parts[0] != "svc" or len(parts) < 2 or parts[1] not in SERVICE_IDENTITIES:
+            raise ValueError(
+                f"a service token's sub is svc:<{'|'.join(SERVICE_IDENTITIES)}>[:…], not {sub!r}"
+            )
+        key = dev_key(parts[1])
+    else:
+        key = dev_key("issuer")
+    return issue_token(key, sub, role, ttl_seconds or min(12 * 3600, max_ttl_seconds(role)))
 
 
 @dataclass

@@ -33,7 +33,7 @@ async def test_campaign_and_leads_commands(services: Services, tmp_path: Path) -
         **os.environ,
         "OUTDIAL_CAMPAIGN_ADDR": rs.addr,
         "OUTDIAL_TOKEN": make_token("manager", "cli"),
-        "OUTDIAL_AUTH_SECRET": services.settings.auth_secret,
+        "OUTDIAL_DEV": "1",
     }
     _, out, _ = await cli(env, "campaign", "create", "--name", "Spring", "--caller-id", "+12125550100",
                           "--mode", "predictive", "--json")  # fmt: skip

@@ -13,7 +13,6 @@ import pytest
 
 from outdial.cli.demo import DemoConfig, run_demo
 from outdial.core.config import Settings
-from tests.conftest import TEST_SECRET
 from tests.e2e.checks import assert_no_dnc_dial_and_every_dial_audited, overlaps
 from tests.integration.siprig import require_sip
 
@@ -25,7 +24,7 @@ async def test_demo_over_sip(database_url: str, redis_url: str) -> None:
     settings = Settings(
         database_url=database_url,
         redis_url=redis_url,
-        auth_secret=TEST_SECRET,
+        dev=True,
         grace_seconds=5,
         health_interval_seconds=0.5,
     )

@@ -21,7 +21,6 @@ from outdial.cli.demo import DemoConfig, DemoResult, run_demo
 from outdial.core import keys
 from outdial.core.config import Settings
 from outdial.rules.windows import WindowSpec, check_window, legal_window
-from tests.conftest import TEST_SECRET
 from tests.e2e.checks import assert_no_dnc_dial_and_every_dial_audited, overlaps
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -38,7 +37,7 @@ def _settings(database_url: str, redis_url: str) -> Settings:
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
-        auth_secret=TEST_SECRET,
+        dev=True,
         grace_seconds=3,
         health_interval_seconds=0.5,
     )

@@ -25,7 +25,7 @@ from outdial.cli.core_commands import Supervisor
 from outdial.cli.demo import DemoConfig, run_demo
 from outdial.cli.demo_data import generate_leads
 from outdial.core import keys
-from outdial.core.auth import Role, issue_token
+from outdial.core.auth import Role
 from outdial.core.clients import open_channel
 from outdial.core.config import Settings
 from outdial.core.infra import (
@@ -36,7 +36,7 @@ from outdial.core.infra import (
     start_private_redis,
 )
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
-from tests.conftest import TEST_SECRET
+from tests.conftest import make_token
 from tests.e2e.checks import assert_no_dnc_dial_and_every_dial_audited, overlaps
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -83,7 +83,7 @@ class Faults:
         return act
 
     async def add_dnc(self, sup: Supervisor) -> None:
-        token = issue_token(TEST_SECRET, "compliance-1", Role.ADMIN)
+        token = make_token(Role.ADMIN, "compliance-1")
         ch = open_channel(self.settings, self.settings.addr("dnc"), lambda: token)
         try:
             await dnc_pb2_grpc.DncServiceStub(ch).AddNumbers(
@@ -126,7 +126,7 @@ async def test_a_day_of_faults(tmp_path: Path) -> None:
         settings = Settings(
             database_url=database_url,
             redis_url=rd.url,
-            auth_secret=TEST_SECRET,
+            dev=True,
             grace_seconds=3,
             health_interval_seconds=0.5,
             **addrs,

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from outdial.core.auth import Role, issue_token
+from outdial.core.auth import Role
 from outdial.core.clients import open_channel
 from outdial.core.config import Settings
 from outdial.gateway.rig import free_media_port, missing_binaries
@@ -30,7 +30,7 @@ from outdial.gateway.rtpengine_proc import RtpengineProcess, start_rtpengine
 from outdial.gateway.settings import GatewaySettings
 from outdial.v1 import gateway_pb2 as pb
 from outdial.v1 import gateway_pb2_grpc
-from tests.conftest import TEST_SECRET
+from tests.conftest import make_token
 from tests.tools import unavailable
 
 
@@ -154,7 +154,7 @@ def gateway_env(gs: GatewaySettings, metrics_port: int) -> dict[str, str]:
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         env[f"OUTDIAL_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-    env["OUTDIAL_AUTH_SECRET"] = TEST_SECRET
+    env["OUTDIAL_DEV"] = "1"
     env["OUTDIAL_METRICS_PORT"] = str(metrics_port)
     env["OUTDIAL_LOG_LEVEL"] = "INFO"
     return env
@@ -211,8 +211,9 @@ async def gateway_rig(tmp_path: Path, **overrides: object) -> AsyncIterator[Rig]
         events=asyncio.Queue(),
         metrics_port=free_tcp_udp_port(),
     )
-    token = issue_token(TEST_SECRET, "svc:test", Role.SERVICE)
-    rig.channel = open_channel(Settings(auth_secret=TEST_SECRET), gs.gateway_listen, lambda: token)
+    # The rig drives the gateway as both pacing and the agent service do: an admin token may call both sets.
+    token = make_token(Role.ADMIN, "gateway-rig")
+    rig.channel = open_channel(Settings(dev=True), gs.gateway_listen, lambda: token)
     rig.stub = gateway_pb2_grpc.GatewayServiceStub(rig.channel)
     try:
         await rig.start_gateway()

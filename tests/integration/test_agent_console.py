@@ -22,7 +22,7 @@ async def test_console_takes_a_call_with_keys(services: Services, redis: aioredi
     env = {
         **os.environ,
         "OUTDIAL_AGENT_ADDR": rs.addr,
-        "OUTDIAL_AUTH_SECRET": services.settings.auth_secret,
+        "OUTDIAL_DEV": "1",
         "OUTDIAL_TOKEN": "",
         "TERM": "xterm-256color",
         "COLUMNS": "120",

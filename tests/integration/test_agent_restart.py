@@ -81,7 +81,7 @@ async def agent_process(services: Services) -> AsyncIterator[AgentProcess]:
         **os.environ,
         "OUTDIAL_DATABASE_URL": str(s.database_url),
         "OUTDIAL_REDIS_URL": str(s.redis_url),
-        "OUTDIAL_AUTH_SECRET": s.auth_secret,
+        "OUTDIAL_DEV": "1",
         "OUTDIAL_LISTEN_PORT": str(port),
         "OUTDIAL_METRICS_PORT": "0",
         "OUTDIAL_INSTANCE_ID": "agent-under-test",

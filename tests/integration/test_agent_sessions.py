@@ -350,7 +350,7 @@ async def test_a_sim_agents_process_killed_on_a_call_and_started_again_takes_the
 ) -> None:
     monkeypatch.setenv("OUTDIAL_AGENT_HEARTBEAT_TIMEOUT_S", "15")
     rs = await services.start("agent")
-    env = {**os.environ, "OUTDIAL_AGENT_ADDR": rs.addr, "OUTDIAL_AUTH_SECRET": services.settings.auth_secret}
+    env = {**os.environ, "OUTDIAL_AGENT_ADDR": rs.addr, "OUTDIAL_DEV": "1"}
     argv = ["sim", "agents", "--campaign", CID, "--count", "1", "--prefix", "crash", "--quiet"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "import sys; from outdial.cli.main import main; sys.exit(main(sys.argv[1:]))",

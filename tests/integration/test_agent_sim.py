@@ -47,7 +47,7 @@ async def test_simulated_agents_take_calls_and_disposition_them(
     await wait_for(all_assigned, what="12 calls taken by simulated agents")
 
     monkeypatch.setenv("OUTDIAL_AGENT_ADDR", rs.addr)
-    monkeypatch.setenv("OUTDIAL_AUTH_SECRET", services.settings.auth_secret)
+    monkeypatch.setenv("OUTDIAL_DEV", "1")
     code = await asyncio.to_thread(
         main, ["agent", "list", "--campaign", "c1", "--json", "--token", make_token("manager")]
     )

@@ -55,8 +55,10 @@ async def test_rpc_with_forged_token_is_unauthenticated(services: Services) -> N
     try:
         stub = dnc_pb2_grpc.DncServiceStub(ch)
         from outdial.core.auth import issue_token
+        from outdial.core.signing import generate_key
 
-        forged = issue_token("another-secret-of-enough-length-000000", "mallory", "admin")
+        # A well-formed token signed by a key the services do not know.
+        forged = issue_token(generate_key("issuer"), "mallory", "admin")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.ListLists(
                 dnc_pb2.ListListsRequest(), metadata=(("authorization", f"Bearer {forged}"),)
@@ -94,13 +96,12 @@ async def test_health_follows_postgres() -> None:
     private = await asyncio.to_thread(start_private_postgres)
     try:
         from outdial.core.config import Settings
-        from tests.conftest import TEST_SECRET
 
         svcs = Services(
             Settings(
                 database_url=private.url,
                 redis_url=None,
-                auth_secret=TEST_SECRET,
+                dev=True,
                 listen_port=0,
                 metrics_port=0,
                 health_interval_seconds=0.2,

@@ -360,9 +360,9 @@ async def test_agentless_plays_the_message_with_no_agent_and_the_opt_out_key_lis
     # Every person who pressed the opt-out key is on the internal list now, and only they are.
     opted = {r["number"] for r in rows if r["opt_out"]}
     assert opted and all(r["outcome"] == "delivered" for r in rows if r["opt_out"])
-    check = await dnc_pb2_grpc.DncServiceStub(services.channel(dnc, role="service")).CheckNumbers(
-        dnc_pb2.CheckNumbersRequest(numbers=numbers, campaign_id=CID)
-    )
+    check = await dnc_pb2_grpc.DncServiceStub(
+        services.channel(dnc, role="service", sub="svc:pacing")
+    ).CheckNumbers(dnc_pb2.CheckNumbersRequest(numbers=numbers, campaign_id=CID))
     listed = {d.number for d in check.decisions if any(b.code == "dnc.internal" for b in d.reasons)}
     assert listed == opted
 

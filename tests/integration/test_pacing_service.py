@@ -90,7 +90,7 @@ async def test_settings_state_watch_and_safety(
         **os.environ,
         "OUTDIAL_PACING_ADDR": rs.addr,
         "OUTDIAL_TOKEN": make_token("manager", "cli"),
-        "OUTDIAL_AUTH_SECRET": services.settings.auth_secret,
+        "OUTDIAL_DEV": "1",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "outdial.cli.main", "pacing", "set", "--campaign", CID, "--resume", "--json",

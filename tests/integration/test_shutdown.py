@@ -61,7 +61,7 @@ def test_sigterm_exits_zero_within_grace(settings: Settings) -> None:
             "OUTDIAL_AGENT_ADDR": f"127.0.0.1:{port}",
             "OUTDIAL_METRICS_PORT": "0",
             "OUTDIAL_GRACE_SECONDS": "3",
-            "OUTDIAL_AUTH_SECRET": settings.auth_secret,
+            "OUTDIAL_DEV": "1",
         }
     )
     proc = subprocess.Popen([sys.executable, "-m", "outdial.agent"], env=env, stdout=subprocess.DEVNULL)

@@ -85,9 +85,9 @@ async def test_agentless_message_over_sip_and_the_opt_out_key_lists_the_number(
             row = await pg.fetchrow("SELECT * FROM dial_attempts WHERE campaign_id = $1", CID)
             assert row is not None
             assert row["outcome"] == "delivered" and row["opt_out"], dict(row)
-            check = await dnc_pb2_grpc.DncServiceStub(services.channel(dnc, role="service")).CheckNumbers(
-                dnc_pb2.CheckNumbersRequest(numbers=[number], campaign_id=CID)
-            )
+            check = await dnc_pb2_grpc.DncServiceStub(
+                services.channel(dnc, role="service", sub="svc:pacing")
+            ).CheckNumbers(dnc_pb2.CheckNumbersRequest(numbers=[number], campaign_id=CID))
             assert any(b.code == "dnc.internal" for b in check.decisions[0].reasons)
             # On the wire: the caller ID we sent, the key pressed, and our BYE right after it.
             assert carrier.wait(20) == 0

@@ -19,6 +19,7 @@ import asyncio
 import importlib
 import importlib.util
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -268,7 +269,7 @@ def test_every_outdial_variable_is_a_setting(rendered: dict[str, list[Obj]]) -> 
 
 
 def test_secret_holds_the_credentials(rendered: dict[str, list[Obj]]) -> None:
-    required = {"OUTDIAL_DATABASE_URL", "OUTDIAL_REDIS_URL", "OUTDIAL_AUTH_SECRET"}
+    required = {"OUTDIAL_DATABASE_URL", "OUTDIAL_REDIS_URL"}
     base_secret = named(rendered["base"], "Secret", "outdial-secrets")
     assert base_secret is not None and required <= set(base_secret["stringData"])
     dev_secret = named(rendered["overlays/dev"], "Secret", "outdial-secrets")
@@ -280,6 +281,61 @@ def test_secret_holds_the_credentials(rendered: dict[str, list[Obj]]) -> None:
     for label, objs in rendered.items():
         for cm in of_kind(objs, "ConfigMap"):
             assert not required & set(cm.get("data", {})), f"{label}: credentials in a ConfigMap"
+        # the retired HS256 secret is gone everywhere (services refuse to start with it outside dev)
+        for secret in of_kind(objs, "Secret"):
+            assert "OUTDIAL_AUTH_SECRET" not in {**secret.get("stringData", {}), **secret.get("data", {})}, (
+                label
+            )
+
+
+SERVICE_KEY_OWNERS = ("campaign", "pacing", "dnc", "agent", "gateway")
+# Settings that name a key file (mounted from a Secret), not a key.
+PATHS_TO_KEYS = {"OUTDIAL_TLS_KEY", "OUTDIAL_SERVICE_KEY"}
+
+
+def test_every_service_mounts_the_jwks_and_only_its_own_key(
+    rendered: dict[str, list[Obj]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each service pod reads OUTDIAL_JWKS and OUTDIAL_SERVICE_KEY from required Secret volumes (a missing
+    Secret or key stops the pod, naming it); its key Secret is its own; prod never runs in development mode
+    and holds no key material of its own (the operator's Secrets), dev holds the development keyset."""
+    from outdial.core.signing import dev_key, load_jwks
+
+    for label, objs in rendered.items():
+        workloads = [*of_kind(objs, "Deployment"), *of_kind(objs, "StatefulSet")]
+        for service in SERVICE_KEY_OWNERS:
+            obj = next(o for o in workloads if o["metadata"]["name"] == f"outdial-{service}")
+            pod = obj["spec"]["template"]["spec"]
+            container = pod["containers"][0]
+            env = container_env(objs, container)
+            settings = settings_from(env, monkeypatch)
+            assert settings.jwks is not None and settings.service_key is not None, f"{label} {service}"
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            for path, secret_prefix, key in (
+                (settings.jwks, "outdial-jwks", "jwks.json"),
+                (settings.service_key, f"outdial-key-{service}", "service.key"),
+            ):
+                mount = next(
+                    m for m in container["volumeMounts"] if str(path).startswith(m["mountPath"] + "/")
+                )
+                assert mount.get("readOnly") is True, f"{label} {service} {path}"
+                vol = volumes[mount["name"]]["secret"]
+                assert vol["secretName"].startswith(secret_prefix), f"{label} {service}: {vol['secretName']}"
+                assert not vol.get("optional"), f"{label} {service}: {secret_prefix} must be required"
+                assert vol["defaultMode"] & 0o007 == 0, f"{label} {service}: keys readable by others"
+                assert [i["key"] for i in vol["items"]] == [key] and path.name == vol["items"][0]["path"]
+            if label == "overlays/dev":
+                assert settings.dev, "the dev overlay runs in development mode (its keys are the dev keyset)"
+            else:
+                assert not settings.dev, f"{label}: OUTDIAL_DEV must never be set outside the dev overlay"
+    prod_secrets = {s["metadata"]["name"] for s in of_kind(rendered["overlays/prod"], "Secret")}
+    assert not {n for n in prod_secrets if n.startswith(("outdial-jwks", "outdial-key-"))}
+    # the committed dev keyset is the built-in one (refused without OUTDIAL_DEV=1), and holds no issuer key
+    keys_dir = ROOT / "deploy" / "k8s" / "overlays" / "dev" / "keys"
+    assert not (keys_dir / "issuer.key").exists()
+    assert set(load_jwks(keys_dir / "jwks.json", dev=True).keys) >= {
+        dev_key(n).kid for n in SERVICE_KEY_OWNERS
+    }
 
 
 def test_ports_probes_and_addresses_match_the_settings(
@@ -856,7 +912,7 @@ def test_gateway_credentials_come_from_secrets_only(
         for cm in of_kind(objs, "ConfigMap"):
             keys = set(cm.get("data", {}))
             assert not trunk_keys & keys, f"{label}: trunk credentials in ConfigMap {cm['metadata']['name']}"
-            assert not [k for k in keys if re.search("PASSWORD|SECRET|_KEY$", k) and k != "OUTDIAL_TLS_KEY"]
+            assert not [k for k in keys if re.search("PASSWORD|SECRET|_KEY$", k) and k not in PATHS_TO_KEYS]
         for kind in ("Deployment", "Job", "StatefulSet"):
             for obj in of_kind(objs, kind):
                 for c in pod_containers(obj):
@@ -1277,6 +1333,19 @@ def loopback_pod(objs: list[Obj], tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert secret is not None
     for item in agents_volume["secret"]["items"]:
         (tmp_path / "sip-agents" / item["path"]).write_text(secret["stringData"][item["key"]])
+    # the token keys, as the operator's Secrets hold them (`outdial keys init`): real keys, no development mode
+    from outdial.core.signing import generate_key, jwks_of
+
+    key = generate_key("gateway")
+    volumes = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    for volume, content in (
+        ("jwks", json.dumps(jwks_of([generate_key("issuer"), key]).to_json()).encode()),
+        ("service-key", key.pem()),
+    ):
+        (item,) = volumes[volume]["items"]
+        target = tmp_path / volume / item["path"]
+        target.write_bytes(content)
+        target.chmod(volumes[volume]["defaultMode"])
 
     def local(key: str, value: str) -> str:
         value = value.replace("$(POD_IP)", "127.0.0.1").replace("0.0.0.0", "127.0.0.1")

@@ -23,6 +23,7 @@ from outdial.agent.client import AgentSession, Backoff, SessionEnded
 from outdial.core.auth import Role, issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import Settings
+from outdial.core.signing import SigningKey, issuer_key
 from outdial.v1 import agent_pb2, common_pb2
 
 DEFAULT_DISPOSITIONS: dict[str, float] = {
@@ -276,9 +277,11 @@ class SimulatedAgent:
             self.stats.errors += 1
 
 
-def agent_token(settings: Settings, agent_id: str) -> str:
-    """An agent token minted with the settings' secret (simulators, demos and tests only)."""
-    return issue_token(settings.auth_secret, agent_id, Role.AGENT, ttl_seconds=settings.token_ttl_seconds)
+def agent_token(settings: Settings, agent_id: str, key: SigningKey | None = None) -> str:
+    """An agent token signed with the issuer's key (OUTDIAL_ISSUER_KEY, or the development key with
+    OUTDIAL_DEV=1): simulators, demos and tests only."""
+    key = key or issuer_key(settings)
+    return issue_token(key, agent_id, Role.AGENT, ttl_seconds=settings.token_ttl_seconds)
 
 
 async def run_simulated_agents(
@@ -302,9 +305,10 @@ async def run_simulated_agents(
     """Run ``count`` simulated agents against ``settings.agent_addr`` until ``stop`` is set."""
     master = random.Random(seed)
     agents: list[SimulatedAgent] = []
+    key = issuer_key(settings) if count else None
     for i in range(count):
         agent_id = f"{prefix}-{i + 1:04d}"
-        token = agent_token(settings, agent_id)
+        token = agent_token(settings, agent_id, key)
 
         def opener(t: str = token) -> grpc.aio.Channel:
             return open_channel(settings, settings.agent_addr, lambda: t)

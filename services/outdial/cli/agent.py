@@ -175,7 +175,7 @@ async def agent_console(args: argparse.Namespace, settings: Settings) -> int:  #
     if not token:
         if not args.agent_id:
             return fail(
-                "give --token (an agent token) or --agent-id (dev: a token is minted with the secret)"
+                "give --token (an agent token) or --agent-id (a token is signed with OUTDIAL_ISSUER_KEY, or the dev key with OUTDIAL_DEV=1)"
             )
         token = agent_token(settings, args.agent_id)
     if args.agent_id:

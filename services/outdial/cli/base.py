@@ -18,6 +18,7 @@ from rich.table import Table
 
 from outdial.core.clients import service_channel
 from outdial.core.config import ServiceName, Settings
+from outdial.core.signing import KeyConfigError
 
 # Handlers: async def handler(args, settings) -> int (exit code).
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
@@ -90,5 +91,7 @@ def run(handler: Handler, args: argparse.Namespace, settings: Settings) -> int:
             return await handler(args, settings)
         except grpc.aio.AioRpcError as exc:
             return rpc_error(exc)
+        except KeyConfigError as exc:
+            return fail(str(exc), 2)
 
     return asyncio.run(_go())

@@ -16,22 +16,10 @@ from typing import Any
 from outdial.cli.base import fail, print_json
 from outdial.core import db
 from outdial.core import logging as odlog
-from outdial.core.auth import Role, issue_token
 from outdial.core.config import SERVICES, Settings
 from outdial.core.infra import Infra, ensure_infra
 
 log = logging.getLogger("outdial.run")
-
-
-async def token_issue(args: argparse.Namespace, settings: Settings) -> int:
-    token = issue_token(
-        settings.auth_secret, args.sub, Role(args.role), args.ttl or settings.token_ttl_seconds
-    )
-    if args.json:
-        print_json({"token": token, "role": args.role, "sub": args.sub})
-    else:
-        print(token)
-    return 0
 
 
 async def db_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -133,7 +121,9 @@ class Supervisor:
 
 async def run_all(args: argparse.Namespace, settings: Settings) -> int:
     odlog.configure("run", settings.log_level, settings.log_json)
-    sup = Supervisor(settings)
+    # `outdial run` is the development all-in-one (private PostgreSQL/Redis when none answers): its services
+    # run in development mode, which accepts the public development keyset (they warn loudly when used).
+    sup = Supervisor(settings, extra_env={"OUTDIAL_DEV": "1"})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -160,12 +150,6 @@ async def run_all(args: argparse.Namespace, settings: Settings) -> int:
 
 def register(sub: Any) -> None:
     from outdial.cli.base import command
-
-    tok = sub.add_parser("token", help="issue bearer tokens").add_subparsers(dest="token_cmd", required=True)
-    p = command(tok, "issue", token_issue, "print a signed token for local use")
-    p.add_argument("--role", required=True, choices=[r.value for r in Role])
-    p.add_argument("--sub", required=True, help="subject (user or agent id)")
-    p.add_argument("--ttl", type=int, help="lifetime in seconds")
 
     dbp = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True)
     command(dbp, "migrate", db_migrate, "apply pending SQL migrations (idempotent)")

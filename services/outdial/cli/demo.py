@@ -38,6 +38,7 @@ from outdial.core.auth import Role, issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import SERVICES, Settings
 from outdial.core.healthcheck import wait_until_serving
+from outdial.core.signing import issuer_key
 from outdial.rules.law import abandon_policy
 from outdial.v1 import (
     campaign_pb2,
@@ -203,6 +204,8 @@ def _live_table(
 
 async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
     out = err_console if cfg.to_stderr else console
+    # A demo is development: the services and this process accept the development keyset (OUTDIAL_DEV=1).
+    settings = settings.model_copy(update={"dev": True})
     now = datetime.now(UTC)
     offset = cfg.clock_offset_s if cfg.clock_offset_s is not None else virtual_offset(now)
     virtual_now = now + timedelta(seconds=offset)
@@ -215,7 +218,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         "OUTDIAL_CAMPAIGN_FEEDER_INTERVAL_S": "1",
         "OUTDIAL_LOG_LEVEL": "WARNING",
         "OUTDIAL_METRICS_PORT": "0",
-        "OUTDIAL_AUTH_SECRET": settings.auth_secret,
+        "OUTDIAL_DEV": "1",
         **cfg.extra_env,
     }
     if cfg.window_margin_s is not None:
@@ -254,7 +257,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
                 f"SIP: gateway on 127.0.0.1:{rig.ports['sip']}, rtpengine, SIPp carrier on "
                 f"127.0.0.1:{rig.ports['carrier']}, SIPp agent phones on 127.0.0.1:{rig.ports['phones']}"
             )
-        token = issue_token(s.auth_secret, "demo", Role.ADMIN)
+        token = issue_token(issuer_key(s), "demo", Role.ADMIN)
         chans = {name: open_channel(s, s.addr(name), lambda: token) for name in SERVICES}
         camp = campaign_pb2_grpc.CampaignServiceStub(chans["campaign"])
         dnc = dnc_pb2_grpc.DncServiceStub(chans["dnc"])

@@ -9,8 +9,9 @@ from typing import Any
 
 import grpc
 
-from outdial.core.auth import Role, issue_token
+from outdial.core.auth import SERVICE_MAX_TTL_SECONDS, Role, issue_token
 from outdial.core.config import ServiceName, Settings
+from outdial.core.signing import SigningKey
 from outdial.core.tls import channel_credentials
 
 CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
@@ -81,10 +82,11 @@ def service_channel(
 
 
 class ServiceToken:
-    """A service's own token (role ``service``), re-issued well before it expires."""
+    """A service's own token (role ``service``, subject ``svc:<name>[:<instance>]``), signed with the service's
+    own key (the only identity that key may sign) and re-minted at half its life."""
 
-    def __init__(self, settings: Settings, subject: str, ttl_seconds: int = 3600) -> None:
-        self._settings = settings
+    def __init__(self, key: SigningKey, subject: str, ttl_seconds: int = SERVICE_MAX_TTL_SECONDS) -> None:
+        self._key = key
         self._subject = subject
         self._ttl = ttl_seconds
         self._token = ""
@@ -93,6 +95,6 @@ class ServiceToken:
     def __call__(self) -> str:
         now = time.monotonic()
         if now >= self._renew_at:
-            self._token = issue_token(self._settings.auth_secret, self._subject, Role.SERVICE, self._ttl)
+            self._token = issue_token(self._key, self._subject, Role.SERVICE, self._ttl)
             self._renew_at = now + self._ttl / 2
         return self._token

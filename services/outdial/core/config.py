@@ -14,8 +14,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ServiceName = Literal["campaign", "pacing", "dnc", "agent"]
 SERVICES: tuple[ServiceName, ...] = ("campaign", "pacing", "dnc", "agent")
 
-DEV_AUTH_SECRET = "outdial-dev-secret-change-me-before-production"
-
 
 class Settings(BaseSettings):
     """Every setting of every service and of the CLI."""
@@ -73,9 +71,26 @@ class Settings(BaseSettings):
     # services migrate the database at start. Never set in production.
     dev: bool = False
 
-    # Auth: HS256 secret shared by the services and `outdial token issue`.
-    auth_secret: str = DEV_AUTH_SECRET
-    token_ttl_seconds: int = 12 * 3600
+    # Auth (docs/security-keys.md): tokens are Ed25519-signed JWTs. Every service verifies them against the
+    # JWKS file (public keys, selected by kid); each service signs its own identity with its own private key;
+    # only the token-issuing path (`outdial token issue`) holds the issuer's private key. Paths to files
+    # (Secret volumes in Kubernetes). Unset in development mode: the public development keyset.
+    jwks: Path | None = None
+    service_key: Path | None = None
+    issuer_key: Path | None = None
+    # The retired HS256 shared secret: refused outside development mode (a leftover in a Secret must not go
+    # unnoticed); ignored with a warning in development mode.
+    auth_secret: str | None = None
+    # How often a running service re-reads OUTDIAL_JWKS (a rotation publishes a new file; no restart needed).
+    jwks_reload_seconds: float = Field(default=5.0, gt=0)
+    # Lifetime of people's tokens from `outdial token issue` (capped at 24 h).
+    token_ttl_seconds: int = Field(default=12 * 3600, gt=0, le=24 * 3600)
+    # Revocation list: the in-process copy is refreshed from Redis this often (and at once on pub/sub), and
+    # from PostgreSQL, the record, every `revocation_pg_seconds`. When no refresh has succeeded for
+    # `revocation_max_stale_seconds`, tokens are refused (fail closed) until one does.
+    revocation_refresh_seconds: float = Field(default=1.0, gt=0)
+    revocation_pg_seconds: float = Field(default=10.0, gt=0)
+    revocation_max_stale_seconds: float = Field(default=60.0, gt=0)
     # The CLI's bearer token.
     token: str | None = None
 

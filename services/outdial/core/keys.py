@@ -295,6 +295,30 @@ def dnc_lock(name: str) -> str:
     return f"{PREFIX}dnc:lock:{name}"
 
 
+# ---------------------------------------------------------------- auth
+
+
+def revoked_tokens() -> str:
+    """Hash of the token revocation list, mirrored from PostgreSQL (token_revocations, the record): field
+    ``jti:<jti>`` or ``sub:<subject>``, value ``<before>|<expires_at>`` (epoch seconds; ``before`` is 0 for a
+    jti). Writers: ``outdial token revoke``, and any service that finds :func:`revoked_tokens_version` gone
+    (Redis lost its data) rebuilds it from PostgreSQL. Readers: every service (an in-process copy refreshed
+    every second). No TTL (entries past expires_at are ignored, and skipped at the next rebuild)."""
+    return f"{PREFIX}auth:revoked"
+
+
+def revoked_tokens_version() -> str:
+    """Counter bumped at every change of :func:`revoked_tokens`; services reload the hash when it changes,
+    and rebuild it from PostgreSQL when the counter is missing. Same writers and readers, no TTL."""
+    return f"{PREFIX}auth:revoked:version"
+
+
+def revocations_channel() -> str:
+    """Pub/sub channel: ``outdial token revoke`` publishes after each change, so services refresh at once
+    instead of within the second."""
+    return f"{PREFIX}auth:revoked:changed"
+
+
 # ---------------------------------------------------------------- infrastructure
 
 

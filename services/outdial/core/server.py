@@ -29,14 +29,17 @@ from grpc_reflection.v1alpha import reflection
 
 from outdial.core import db
 from outdial.core import logging as odlog
-from outdial.core.auth import authorize, bearer_from_metadata, is_public, set_principal, verify_token
+from outdial.core.auth import authorize, bearer_from_metadata, is_public, set_principal
 from outdial.core.clients import ServiceToken, service_channel
 from outdial.core.clock import Clock, OffsetClock, SystemClock
 from outdial.core.config import ServiceName, Settings
 from outdial.core.errors import OutdialError, status_for
 from outdial.core.metrics import DEPENDENCY_UP, RPC_SECONDS, RPC_TOTAL, SERVING, start_metrics_server
 from outdial.core.redis import Redis, RedisTLS, create_redis
+from outdial.core.revocation import RevocationList, RevocationRefresher
+from outdial.core.signing import KeyConfigError, SigningKey, service_keys
 from outdial.core.tls import server_credentials, transport_warnings
+from outdial.core.verifier import Verifier
 
 log = logging.getLogger("outdial.server")
 
@@ -70,6 +73,10 @@ class ServiceContext:
     redis: Redis
     clock: Clock
     instance_id: str
+    # This service's own signing key: it signs this service's identity (svc:<name>:<instance>) only.
+    signer: SigningKey
+    # Tokens checked against it on every RPC; refreshed by a background task.
+    revocations: RevocationList = field(default_factory=RevocationList)
     # Set once migrations are applied: background tasks that touch PostgreSQL wait for it.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -96,7 +103,7 @@ class ServiceContext:
 
     def token(self) -> str:
         if self._token is None:
-            self._token = ServiceToken(self.settings, f"svc:{self.name}:{self.instance_id}")
+            self._token = ServiceToken(self.signer, f"svc:{self.name}:{self.instance_id}")
         return self._token()
 
     def channel(self, service: ServiceName) -> grpc.aio.Channel:
@@ -155,9 +162,9 @@ def _metadata_value(metadata: Any, key: str) -> str | None:
 class CoreInterceptor(grpc.aio.ServerInterceptor):
     """Auth, logging context, metrics and error mapping around every RPC but health and reflection."""
 
-    def __init__(self, service: str, secret: str, *, reflection: str = "public") -> None:
+    def __init__(self, service: str, verifier: Verifier, *, reflection: str = "public") -> None:
         self.service = service
-        self.secret = secret
+        self.verifier = verifier
         # OUTDIAL_REFLECTION: "public" lets reflection through without a token; otherwise it is authenticated
         # like any RPC ("off" never registers it, so no handler is found).
         self.reflection_public = reflection == "public"
@@ -175,7 +182,7 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
         principal = None
         auth_error: OutdialError | None = None
         try:
-            principal = verify_token(self.secret, bearer_from_metadata(metadata))
+            principal = self.verifier.verify(bearer_from_metadata(metadata))
             authorize(principal, method)
         except OutdialError as exc:
             auth_error = exc
@@ -320,7 +327,8 @@ async def _health_loop(
         deps = await _check_dependencies(ctx, timeout=max(0.5, interval))
         for dep, up in deps.items():
             DEPENDENCY_UP.labels(ctx.name, dep).set(1 if up else 0)
-        serving = ctx.ready.is_set() and all(deps.values())
+        # The revocation list must be loaded: until then every token is refused (fail closed).
+        serving = ctx.ready.is_set() and all(deps.values()) and ctx.revocations.loaded
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
@@ -398,7 +406,11 @@ async def serve(
     stop: asyncio.Event | None = None,
     started: Callable[[int], None] | None = None,
 ) -> None:
-    """Run one service until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully."""
+    """Run one service until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully.
+
+    Raises :class:`KeyConfigError` before starting anything when the keys are missing, weak, or development
+    keys outside development mode."""
+    keys = service_keys(settings, spec.name)
     database_url = settings.database_url or DEFAULT_DATABASE_URL
     redis_url = settings.redis_url or DEFAULT_REDIS_URL
     pool = await db.create_pool(
@@ -411,10 +423,21 @@ async def serve(
         redis=create_redis(redis_url, tls=RedisTLS.from_settings(settings)),
         clock=clock or _clock_from(settings),
         instance_id=_instance_id(settings),
+        signer=keys.signer,
+        revocations=RevocationList(settings.revocation_max_stale_seconds),
     )
+    verifier = Verifier(keys.jwks, ctx.revocations, jwks_path=settings.jwks, dev=settings.dev)
+    refresher = RevocationRefresher(
+        ctx.revocations,
+        ctx.redis,
+        pool,
+        refresh_seconds=settings.revocation_refresh_seconds,
+        pg_seconds=settings.revocation_pg_seconds,
+    )
+    ctx.spawn(refresher.run(), "revocations")
+    ctx.spawn(verifier.watch_jwks(settings.jwks_reload_seconds), "jwks")
     server = grpc.aio.server(
-        interceptors=[CoreInterceptor(spec.name, settings.auth_secret, reflection=settings.reflection)],
-        options=SERVER_OPTIONS,
+        interceptors=[CoreInterceptor(spec.name, verifier, reflection=settings.reflection)], options=SERVER_OPTIONS
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -478,4 +501,8 @@ def main(spec: ServiceSpec) -> None:
     """Entry point of ``python -m outdial.<service>``."""
     settings = Settings()
     odlog.configure(spec.name, settings.log_level, settings.log_json)
-    asyncio.run(serve(spec, settings))
+    try:
+        asyncio.run(serve(spec, settings))
+    except KeyConfigError as exc:
+        log.critical("%s refuses to start: %s", spec.name, exc)
+        raise SystemExit(2) from None

@@ -33,6 +33,8 @@ from outdial.core.metrics import (
     start_metrics_server,
 )
 from outdial.core.server import SERVER_OPTIONS, CoreInterceptor, enable_reflection
+from outdial.core.signing import KeyConfigError, service_keys
+from outdial.core.verifier import Verifier
 from outdial.gateway.edge import EdgeConfig, EdgeProcess, start_edge
 from outdial.gateway.engine import Gateway, TrunkConfig, parse_sip_uri
 from outdial.gateway.prompts import PromptCache
@@ -168,6 +170,8 @@ async def serve(
     stop: asyncio.Event | None = None,
     started: Callable[[int], None] | None = None,
 ) -> None:
+    # Before anything starts: refuse missing, weak or development keys outside development mode.
+    keys = service_keys(core, "gateway")
     trunk = trunk_config(s)
     edge: EdgeProcess | None = None
     if s.trunk_transport != "udp" and not s.trunk_edge_external:
@@ -183,7 +187,7 @@ async def serve(
     creds = AgentCredentials(s.sip_agents_file)
     creds.reload()
 
-    token = ServiceToken(core, f"svc:gateway:{os.getpid()}")
+    token = ServiceToken(keys.signer, f"svc:gateway:{os.getpid()}")
     agent_channel = open_channel(core, s.agent_addr, token)
     agent_stub = agent_pb2_grpc.AgentServiceStub(agent_channel)
 
@@ -240,10 +244,10 @@ async def serve(
         if freed:
             log.warning("released %d rtpengine sessions left by an earlier gateway", freed)
 
-    server = grpc.aio.server(
-        interceptors=[CoreInterceptor("gateway", core.auth_secret, reflection=core.reflection)],
-        options=SERVER_OPTIONS,
-    )
+    # No revocation list here: the gateway has no store. It accepts service tokens (an hour at most, each
+    # service's key removable from the JWKS, which is re-read when it changes) and managers' status reads.
+    verifier = Verifier(keys.jwks, None, jwks_path=core.jwks, dev=core.dev)
+    server = grpc.aio.server(interceptors=[CoreInterceptor("gateway", verifier, reflection=core.reflection)], options=SERVER_OPTIONS)
     gateway_servicer = GatewayServicer(gw)
     from outdial.v1 import gateway_pb2_grpc
 
@@ -263,6 +267,7 @@ async def serve(
     tasks = [
         asyncio.create_task(gw.watch_media(), name="gateway:media"),
         asyncio.create_task(_health_loop(gw, creds, health_servicer), name="gateway:health"),
+        asyncio.create_task(verifier.watch_jwks(core.jwks_reload_seconds), name="gateway:jwks"),
     ]
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -352,4 +357,8 @@ class _Prompts:
 def main() -> None:
     core = Settings()
     odlog.configure("gateway", core.log_level, core.log_json)
-    asyncio.run(serve(GatewaySettings(), core))
+    try:
+        asyncio.run(serve(GatewaySettings(), core))
+    except KeyConfigError as exc:
+        log.critical("gateway refuses to start: %s", exc)
+        raise SystemExit(2) from None
