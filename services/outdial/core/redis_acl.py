@@ -28,6 +28,15 @@ _AGENT_TEMPLATES: tuple[KeyBuilder, ...] = (
     keys.agent_hangups,
 )
 
+# Keys every service touches through core (core/revocation.py): the token revocation list's mirror, which any
+# service rebuilds from PostgreSQL when Redis lost it, and its change channel. A service that rewrote the
+# mirror would be corrected at its next PostgreSQL reload (every revocation_pg_seconds).
+CORE_ACCESS: tuple[KeyBuilder, ...] = (
+    keys.revoked_tokens,
+    keys.revoked_tokens_version,
+    keys.revocations_channel,
+)
+
 ACCESS: dict[ServiceName, tuple[KeyBuilder, ...]] = {
     "campaign": (
         keys.active_campaigns,
@@ -96,7 +105,7 @@ COMMANDS = "+@all -@dangerous"
 def patterns(service: ServiceName) -> list[str]:
     """Redis glob patterns of the keys (and channels) ``service`` may touch, sorted, without duplicates."""
     out: set[str] = set()
-    for builder in ACCESS[service]:
+    for builder in (*ACCESS[service], *CORE_ACCESS):
         builders = _AGENT_TEMPLATES if builder is keys.agent_key_template else (builder,)
         for b in builders:
             arity = b.__code__.co_argcount
