@@ -235,6 +235,16 @@ class Services:
         self.channels.append(ch)
         return ch
 
+    async def assign(
+        self, campaign_id: str, *agent_ids: str, target: RunningService | str | None = None
+    ) -> None:
+        """Assign agents to a campaign as an admin (AgentService.AssignAgents): an agent logs in only to the
+        campaigns they are assigned to. ``target``: the agent service (default: the last one started)."""
+        from outdial.v1 import agent_pb2, agent_pb2_grpc
+
+        stub = agent_pb2_grpc.AgentServiceStub(self.channel(target or self.settings.agent_addr, "admin"))
+        await stub.AssignAgents(agent_pb2.AssignAgentsRequest(campaign_id=campaign_id, agent_ids=agent_ids))
+
     async def close(self) -> None:
         for ch in self.channels:
             await ch.close()

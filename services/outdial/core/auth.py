@@ -127,7 +127,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
             "VerifyAudit": {_C},
             "ExplainDecision": {_C, _M},
             "RecordOptOut": {_S, _G, _M, _C},
-            "SetConsent": {_C, _M, _S},
+            # Consent overrides the national and wireless lists: compliance only (with evidence, dnc/service.py).
+            "SetConsent": {_C},
             "RebuildIndex": {_C},
         },
         "AgentService": {
@@ -145,6 +146,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
             "ReleaseAgent": {_S},
             "PreviewLead": {_S},
             "DecidePreview": {_G, _S},
+            # Which agent may log in to which campaign (agent/service.py); an agent lists only their own.
+            "AssignAgents": {_M},
+            "UnassignAgents": {_M},
+            "ListAssignments": {_M, _C, _G},
         },
         "PacingService": {
             "GetPacingState": {_M, _C, _S},
