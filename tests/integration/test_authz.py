@@ -239,7 +239,7 @@ async def stack(infra: conftest.TestInfra, module_db: str) -> AsyncIterator[Stac
     )
     services = Services(settings)
     addrs: dict[str, str] = {}
-    for name in ("dnc", "agent", "campaign", "pacing"):
+    for name in ("dnc", "campaign", "agent", "pacing"):  # each start points the next ones at it
         addrs[name] = (await services.start(name)).addr  # type: ignore[arg-type]
     # The gateway's own process needs SIP and rtpengine; its calls are authorized by the same interceptor,
     # in front of the generated servicer (every handler UNIMPLEMENTED): what is checked here is the table.
@@ -584,3 +584,88 @@ async def test_schedule_callback_ownership(stack: Stack) -> None:
     # a completed campaign takes no callbacks
     await mgr.CompleteCampaign(campaign_pb2.CompleteCampaignRequest(campaign_id=other))
     await _denied(mgr.ScheduleCallback(req(o1, campaign=other)), grpc.StatusCode.FAILED_PRECONDITION)
+
+
+async def test_a_callback_disposition_on_a_closed_lead_is_refused_for_good(stack: Stack) -> None:
+    """The agent's "call me back" on a lead closed meanwhile (here: do not call): the agent service's
+    follow-up gets lead_not_callable and marks it failed with the reason, instead of retrying for ever."""
+    cid, (lead,) = await _campaign_with_leads(stack, "cb-followup", 1)
+    await stack.pool.execute("UPDATE leads SET status = 'final', final_reason = 'dnc' WHERE id = $1", lead)
+    admin = stack.stub(agent_pb2_grpc.AgentServiceStub, "agent", Role.ADMIN, "root")
+    await admin.AssignAgents(agent_pb2.AssignAgentsRequest(campaign_id=cid, agent_ids=["dee"]))
+    dee = stack.stub(agent_pb2_grpc.AgentServiceStub, "agent", Role.AGENT, "dee")
+    await dee.Login(agent_pb2.LoginRequest(campaigns=[agent_pb2.CampaignMembership(campaign_id=cid)]))
+    stream = dee.Connect(
+        agent_pb2.ConnectRequest(), metadata=(("authorization", f"Bearer {make_token(Role.AGENT, 'dee')}"),)
+    )
+    try:
+        await stream.read()  # the status: the console is there
+        pacing = stack.stub(agent_pb2_grpc.AgentServiceStub, "agent", Role.SERVICE, "svc:pacing")
+        offer = pacing.OfferCall(
+            agent_pb2.OfferCallRequest(
+                campaign_id=cid, call_id="f-1", lead_id=str(lead), number="+12125550100"
+            )
+        )
+        while not (await stream.read()).HasField("offer"):
+            pass
+        assert (await offer).assigned
+        await dee.EndCall(agent_pb2.EndCallRequest(call_id="f-1"))
+        await dee.SetDisposition(
+            agent_pb2.SetDispositionRequest(
+                call_id="f-1", disposition="callback", callback_at=_ts(datetime.now(UTC) + timedelta(hours=1))
+            )
+        )
+    finally:
+        stream.cancel()
+    row = await stack.pool.fetchrow(
+        "SELECT callback_status, last_error, event_id FROM agent_dispositions WHERE call_id = 'f-1' AND agent_id = 'dee'"
+    )
+    assert row["callback_status"] == "failed" and "lead_not_callable" in row["last_error"]
+    # nor does the disposition's event reopen it when the campaign's consumer applies it
+    for _ in range(200):
+        q = "SELECT 1 FROM campaign_events_applied WHERE event_id = $1"
+        if await stack.pool.fetchval(q, row["event_id"]):
+            break
+        await asyncio.sleep(0.05)
+    assert await stack.pool.fetchval(q, row["event_id"]), "the disposition event was not applied"
+    assert await stack.pool.fetchrow("SELECT status, final_reason FROM leads WHERE id = $1", lead) == (
+        "final",
+        "dnc",
+    )
+    assert await stack.pool.fetchval("SELECT count(*) FROM callbacks WHERE lead_id = $1", lead) == 0
+    await dee.Logout(agent_pb2.LogoutRequest())
+
+
+async def test_cli_assign_unassign_and_list(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from outdial.cli.main import main
+
+    for k, v in {
+        "OUTDIAL_AGENT_ADDR": stack.addrs["agent"],
+        "OUTDIAL_CAMPAIGN_ADDR": stack.addrs["campaign"],
+        "OUTDIAL_AUTH_SECRET": TEST_SECRET,
+        "OUTDIAL_TOKEN": make_token(Role.MANAGER, "mgr-cli"),
+    }.items():
+        monkeypatch.setenv(k, v)
+    cid, _ = await _campaign_with_leads(stack, "cli", 1)
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["agent", "assign", cid, "zed", "yan"]) == 0
+    assert "2 agent(s) assigned" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["agent", "assign", "no-such-campaign", "zed"]) == 2
+    assert "no campaign 'no-such-campaign'" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, ["agent", "unassign", cid, "yan"]) == 0
+    capsys.readouterr()
+    assert (
+        await asyncio.to_thread(main, ["agent", "assignments", "--campaign", cid, "--history", "--json"]) == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert [(a["agent_id"], a["assigned_by"]) for a in out["assignments"]] == [("zed", "manager:mgr-cli")]
+    assert sorted((h["action"], h["agent_id"]) for h in out["history"]) == [
+        ("assign", "yan"),
+        ("assign", "zed"),
+        ("unassign", "yan"),
+    ]
+    monkeypatch.setenv("OUTDIAL_TOKEN", make_token(Role.AGENT, "zed"))  # an agent may not assign
+    assert await asyncio.to_thread(main, ["agent", "assign", "--no-check", cid, "zed"]) == 1
+    assert "PERMISSION_DENIED" in capsys.readouterr().err

@@ -138,6 +138,7 @@ async def test_progressive_call_reaches_the_agents_phone_and_the_agent_hangs_up(
             await seed_hopper(redis, ["+12122340201", "+12122340202"], state="NY")
             await services.start("dnc", clock=CLOCK)
             agent = await services.start("agent", clock=CLOCK)
+            await services.assign(CID, "agent-sip-1", target=agent)
             await running.start(
                 sim_agent(services, agent, "agent-sip-1", phone=f"sip:agent-sip-1@127.0.0.1:{phone_port}")
             )

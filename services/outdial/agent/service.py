@@ -266,6 +266,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             "login", agent_id, json.dumps(campaigns), json.dumps(skills), uuid.uuid4().hex
         )
         session_id = tr.extra
+        await self.store.touch_presence(agent_id, session_id, self.cfg.heartbeat_timeout_s)
+        if tr.status == "resumed":
+            # Logged in already (their console crashed or was started again): the same session goes on,
+            # in the same state and call. Not a new login.
+            log.info("agent %s took their session back (%s)", agent_id, tr.prev_state)
+        else:
+            self.timeline.record(tr, "login", session_id)
         # An assignment removed between the check and the login (its UnassignAgents found no session to
         # change): taken out of the session now, as UnassignAgents would have.
         gone = sorted(set(seen) - await self.assignments.assigned(agent_id, list(seen)))
@@ -275,13 +282,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise PermissionDenied(
                 f"agent {agent_id} is not assigned to campaign {gone[0]}", error_id="not_assigned"
             )
-        await self.store.touch_presence(agent_id, session_id, self.cfg.heartbeat_timeout_s)
-        if tr.status == "resumed":
-            # Logged in already (their console crashed or was started again): the same session goes on,
-            # in the same state and call. Not a new login.
-            log.info("agent %s took their session back (%s)", agent_id, tr.prev_state)
-        else:
-            self.timeline.record(tr, "login", session_id)
         resp = agent_pb2.LoginResponse(session_id=session_id, status=await self._status(agent_id))
         resp.heartbeat_interval.FromMilliseconds(int(self.cfg.heartbeat_interval_s * 1000))
         return resp

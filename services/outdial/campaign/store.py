@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from outdial.campaign.model import CampaignRecord
+from outdial.campaign.retries import CALLBACK_REOPENS
 from outdial.core import keys
 from outdial.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from outdial.core.redis import Redis
@@ -167,12 +168,6 @@ async def lists_of(pool: asyncpg.Pool, cid: str) -> list[asyncpg.Record]:
 # ----------------------------------------------------------------------------------- callbacks, stats
 
 
-#: The only closed lead a callback may reopen: a call that connected and whose disposition (the agent's
-#: "call me back") is still to come. Any other final lead (DNC, wrong number, invalid, exhausted, a final
-#: disposition) stays closed.
-CALLBACK_REOPENS = frozenset({"connected"})
-
-
 async def last_call_of(pool: asyncpg.Pool, agent_id: str) -> tuple[str, int | None] | None:
     """(campaign id, lead id) of the call the agent was last connected to, from the call detail records."""
     row = await pool.fetchrow(
@@ -195,7 +190,7 @@ async def schedule_callback(
         )
         if lead is None:
             raise NotFound(f"no lead {lead_id} in campaign {cid}", error_id="lead_not_found")
-        if lead["status"] == "final" and lead["final_reason"] not in CALLBACK_REOPENS:
+        if lead["status"] == "final" and lead["final_reason"] not in CALLBACK_REOPENS:  # retries.py
             # One answer for every closed lead (DNC, wrong number, exhausted, dispositioned, …): the caller
             # learns nothing of the lead's DNC status from it.
             raise FailedPrecondition(f"lead {lead_id} is not callable", error_id="lead_not_callable")
