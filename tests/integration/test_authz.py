@@ -669,3 +669,33 @@ async def test_cli_assign_unassign_and_list(
     monkeypatch.setenv("OUTDIAL_TOKEN", make_token(Role.AGENT, "zed"))  # an agent may not assign
     assert await asyncio.to_thread(main, ["agent", "assign", "--no-check", cid, "zed"]) == 1
     assert "PERMISSION_DENIED" in capsys.readouterr().err
+
+
+async def test_cli_consent_names_the_missing_evidence(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from outdial.cli.main import main
+
+    monkeypatch.setenv("OUTDIAL_DNC_ADDR", stack.addrs["dnc"])
+    monkeypatch.setenv("OUTDIAL_AUTH_SECRET", TEST_SECRET)
+    monkeypatch.setenv("OUTDIAL_TOKEN", make_token(Role.COMPLIANCE, "cco-cli"))
+    base = ["dnc", "consent", "+14155550199", "--kind", "express_written", "--evidence", "recording 88"]
+    assert await asyncio.to_thread(main, [*base, "--obtained-at", "2026-01-02T10:00:00Z"]) == 2
+    assert "[obtained_via]" in capsys.readouterr().err
+    assert (
+        await asyncio.to_thread(
+            main, [*base, "--obtained-at", "2026-01-02T10:00:00Z", "--via", "recorded_call"]
+        )
+        == 0
+    )
+    assert "granted: audit record #" in capsys.readouterr().out
+    row = await stack.pool.fetchrow(
+        "SELECT obtained_at, obtained_via FROM dnc_consent WHERE number = '+14155550199'"
+    )
+    assert (row["obtained_at"], row["obtained_via"]) == (
+        datetime(2026, 1, 2, 10, tzinfo=UTC),
+        "recorded_call",
+    )
+    monkeypatch.setenv("OUTDIAL_TOKEN", make_token(Role.MANAGER, "mgr-cli"))
+    assert await asyncio.to_thread(main, ["dnc", "consent", "+14155550199", "--revoke"]) == 1
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
