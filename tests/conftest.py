@@ -156,6 +156,11 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 def settings(database_url: str, redis_url: str) -> Settings:
+    return service_settings(database_url, redis_url)
+
+
+def service_settings(database_url: str, redis_url: str) -> Settings:
+    """The services' settings in tests (the ``settings`` fixture; module-scoped stacks use it too)."""
     return Settings(
         database_url=database_url,
         redis_url=redis_url,

@@ -39,7 +39,7 @@ from outdial.v1 import (
     pacing_pb2,
 )
 from tests import conftest
-from tests.conftest import TEST_SECRET, Services, make_token
+from tests.conftest import Services, make_token, service_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -218,32 +218,19 @@ class Stack:
 async def stack(infra: conftest.TestInfra, module_db: str) -> AsyncIterator[Stack]:
     import redis.asyncio as aioredis
 
-    from outdial.core.config import Settings
-
     r = aioredis.from_url(infra.redis_url)
     await r.flushdb()
     await r.aclose()
-    settings = Settings(
-        database_url=module_db,
-        redis_url=infra.redis_url,
-        auth_secret=TEST_SECRET,
-        listen_port=0,
-        metrics_port=0,
-        grace_seconds=1.0,
-        health_interval_seconds=0.2,
-        campaign_addr="127.0.0.1:1",
-        pacing_addr="127.0.0.1:1",
-        dnc_addr="127.0.0.1:1",
-        agent_addr="127.0.0.1:1",
-        log_json=True,
-    )
+    settings = service_settings(module_db, infra.redis_url)
     services = Services(settings)
     addrs: dict[str, str] = {}
     for name in ("dnc", "campaign", "agent", "pacing"):  # each start points the next ones at it
         addrs[name] = (await services.start(name)).addr  # type: ignore[arg-type]
     # The gateway's own process needs SIP and rtpengine; its calls are authorized by the same interceptor,
     # in front of the generated servicer (every handler UNIMPLEMENTED): what is checked here is the table.
-    gateway = grpc.aio.server(interceptors=[CoreInterceptor("gateway", TEST_SECRET)], options=SERVER_OPTIONS)
+    gateway = grpc.aio.server(
+        interceptors=[CoreInterceptor("gateway", settings.auth_secret)], options=SERVER_OPTIONS
+    )
     gateway_pb2_grpc.add_GatewayServiceServicer_to_server(gateway_pb2_grpc.GatewayServiceServicer(), gateway)
     addrs["gateway"] = f"127.0.0.1:{gateway.add_insecure_port('127.0.0.1:0')}"
     await gateway.start()
@@ -644,7 +631,6 @@ async def test_cli_assign_unassign_and_list(
     for k, v in {
         "OUTDIAL_AGENT_ADDR": stack.addrs["agent"],
         "OUTDIAL_CAMPAIGN_ADDR": stack.addrs["campaign"],
-        "OUTDIAL_AUTH_SECRET": TEST_SECRET,
         "OUTDIAL_TOKEN": make_token(Role.MANAGER, "mgr-cli"),
     }.items():
         monkeypatch.setenv(k, v)
@@ -677,7 +663,6 @@ async def test_cli_consent_names_the_missing_evidence(
     from outdial.cli.main import main
 
     monkeypatch.setenv("OUTDIAL_DNC_ADDR", stack.addrs["dnc"])
-    monkeypatch.setenv("OUTDIAL_AUTH_SECRET", TEST_SECRET)
     monkeypatch.setenv("OUTDIAL_TOKEN", make_token(Role.COMPLIANCE, "cco-cli"))
     base = ["dnc", "consent", "+14155550199", "--kind", "express_written", "--evidence", "recording 88"]
     assert await asyncio.to_thread(main, [*base, "--obtained-at", "2026-01-02T10:00:00Z"]) == 2
