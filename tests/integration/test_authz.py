@@ -684,3 +684,57 @@ async def test_cli_consent_names_the_missing_evidence(
     monkeypatch.setenv("OUTDIAL_TOKEN", make_token(Role.MANAGER, "mgr-cli"))
     assert await asyncio.to_thread(main, ["dnc", "consent", "+14155550199", "--revoke"]) == 1
     assert "PERMISSION_DENIED" in capsys.readouterr().err
+
+
+async def test_an_unassignment_racing_a_login_does_not_leave_the_campaign_in_the_session(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UnassignAgents commits just after Login checked the assignments, and finds no session to change yet
+    (it is not logged in): Login's second look after its own session change takes the campaign out."""
+    from outdial.agent.store import Assignments
+
+    admin = stack.stub(agent_pb2_grpc.AgentServiceStub, "agent", Role.ADMIN, "root")
+    pacing = stack.stub(agent_pb2_grpc.AgentServiceStub, "agent", Role.SERVICE, "svc:pacing")
+    for cid in ("camp-r1", "camp-r2"):
+        await admin.AssignAgents(agent_pb2.AssignAgentsRequest(campaign_id=cid, agent_ids=["rae", "roy"]))
+    original = Assignments.assigned
+    removed: dict[str, list[str]] = {"rae": ["camp-r2"], "roy": ["camp-r1", "camp-r2"]}
+    looked: set[str] = set()
+
+    async def racing(self: Assignments, agent_id: str, campaign_ids: list[str]) -> set[str]:
+        got = await original(self, agent_id, campaign_ids)
+        if agent_id in removed and agent_id not in looked:  # right after Login's first look
+            looked.add(agent_id)
+            await stack.pool.execute(
+                "DELETE FROM agent_assignments WHERE agent_id = $1 AND campaign_id = ANY($2::text[])",
+                agent_id,
+                removed[agent_id],
+            )
+        return got
+
+    monkeypatch.setattr(Assignments, "assigned", racing)
+    both = [agent_pb2.CampaignMembership(campaign_id=c) for c in ("camp-r1", "camp-r2")]
+    rae = stack.stub(agent_pb2_grpc.AgentServiceStub, "agent", Role.AGENT, "rae")
+    resp = await rae.Login(agent_pb2.LoginRequest(campaigns=both))
+    assert [c.campaign_id for c in resp.status.campaigns] == ["camp-r1"]
+    counts = await pacing.GetAgentCounts(agent_pb2.GetAgentCountsRequest(campaign_id="camp-r2"))
+    assert counts.counts.logged_in == 0
+    roy = stack.stub(agent_pb2_grpc.AgentServiceStub, "agent", Role.AGENT, "roy")
+    assert "not_assigned" in await _denied(roy.Login(agent_pb2.LoginRequest(campaigns=both)))
+    await _denied(roy.Heartbeat(agent_pb2.HeartbeatRequest()), grpc.StatusCode.FAILED_PRECONDITION)
+    await rae.Logout(agent_pb2.LogoutRequest())
+
+
+async def test_assignment_batches_are_bounded(stack: Stack) -> None:
+    mgr = stack.stub(agent_pb2_grpc.AgentServiceStub, "agent", Role.MANAGER, "mgr-1")
+    many = [f"a{i}" for i in range(1001)]
+    for rpc in (mgr.AssignAgents, mgr.UnassignAgents):
+        req_cls = (
+            agent_pb2.AssignAgentsRequest if rpc is mgr.AssignAgents else agent_pb2.UnassignAgentsRequest
+        )
+        details = await _denied(
+            rpc(req_cls(campaign_id="camp-b", agent_ids=many)), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert "[agent_ids]" in details and "1000" in details
+    ok = await mgr.AssignAgents(agent_pb2.AssignAgentsRequest(campaign_id="camp-b", agent_ids=many[:1000]))
+    assert ok.assigned == 1000
