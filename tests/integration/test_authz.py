@@ -32,6 +32,7 @@ from outdial.v1 import (
     agent_pb2_grpc,
     campaign_pb2,
     campaign_pb2_grpc,
+    common_pb2,
     dnc_pb2,
     dnc_pb2_grpc,
     gateway_pb2,
@@ -738,3 +739,43 @@ async def test_assignment_batches_are_bounded(stack: Stack) -> None:
         assert "[agent_ids]" in details and "1000" in details
     ok = await mgr.AssignAgents(agent_pb2.AssignAgentsRequest(campaign_id="camp-b", agent_ids=many[:1000]))
     assert ok.assigned == 1000
+
+
+async def test_an_agent_unassigned_on_a_call_finishes_it_and_gets_nothing_new(stack: Stack) -> None:
+    admin = stack.stub(agent_pb2_grpc.AgentServiceStub, "agent", Role.ADMIN, "root")
+    pacing = stack.stub(agent_pb2_grpc.AgentServiceStub, "agent", Role.SERVICE, "svc:pacing")
+    await admin.AssignAgents(agent_pb2.AssignAgentsRequest(campaign_id="camp-busy", agent_ids=["bea"]))
+    bea = stack.stub(agent_pb2_grpc.AgentServiceStub, "agent", Role.AGENT, "bea")
+    await bea.Login(agent_pb2.LoginRequest(campaigns=[agent_pb2.CampaignMembership(campaign_id="camp-busy")]))
+    stream = bea.Connect(
+        agent_pb2.ConnectRequest(), metadata=(("authorization", f"Bearer {make_token(Role.AGENT, 'bea')}"),)
+    )
+    try:
+        await stream.read()
+        offer = pacing.OfferCall(
+            agent_pb2.OfferCallRequest(
+                campaign_id="camp-busy", call_id="b-1", lead_id="999991", number="+12125550100"
+            )
+        )
+        while not (await stream.read()).HasField("offer"):
+            pass
+        assert (await offer).assigned
+        out = await admin.UnassignAgents(
+            agent_pb2.UnassignAgentsRequest(campaign_id="camp-busy", agent_ids=["bea"])
+        )
+        assert list(out.sessions_changed) == ["bea"]
+        st = (await bea.Heartbeat(agent_pb2.HeartbeatRequest())).status
+        assert (st.state, st.call_id, list(st.campaigns)) == (common_pb2.AGENT_STATE_ON_CALL, "b-1", [])
+        # the person on the line is not dropped: the call ends and is dispositioned as usual
+        await bea.EndCall(agent_pb2.EndCallRequest(call_id="b-1"))
+        await bea.SetDisposition(agent_pb2.SetDispositionRequest(call_id="b-1", disposition="sale"))
+        st = (await bea.Heartbeat(agent_pb2.HeartbeatRequest())).status
+        assert st.state == common_pb2.AGENT_STATE_READY
+        req = agent_pb2.OfferCallRequest(
+            campaign_id="camp-busy", call_id="b-2", lead_id="999992", number="+12125550101"
+        )
+        req.deadline.FromMilliseconds(200)
+        assert not (await pacing.OfferCall(req)).assigned
+    finally:
+        stream.cancel()
+    await bea.Logout(agent_pb2.LogoutRequest())
