@@ -159,6 +159,11 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 def settings(database_url: str, redis_url: str) -> Settings:
+    return service_settings(database_url, redis_url)
+
+
+def service_settings(database_url: str, redis_url: str) -> Settings:
+    """The services' settings in tests (the ``settings`` fixture; module-scoped stacks use it too)."""
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
@@ -249,6 +254,16 @@ class Services:
         ch = open_channel(self.settings, addr, lambda: token)
         self.channels.append(ch)
         return ch
+
+    async def assign(
+        self, campaign_id: str, *agent_ids: str, target: RunningService | str | None = None
+    ) -> None:
+        """Assign agents to a campaign as an admin (AgentService.AssignAgents): an agent logs in only to the
+        campaigns they are assigned to. ``target``: the agent service (default: the last one started)."""
+        from outdial.v1 import agent_pb2, agent_pb2_grpc
+
+        stub = agent_pb2_grpc.AgentServiceStub(self.channel(target or self.settings.agent_addr, "admin"))
+        await stub.AssignAgents(agent_pb2.AssignAgentsRequest(campaign_id=campaign_id, agent_ids=agent_ids))
 
     async def close(self) -> None:
         for ch in self.channels:

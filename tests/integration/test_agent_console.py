@@ -18,6 +18,7 @@ from tests.integration.test_agent_service import dialer, offer_req, wait_for
 
 async def test_console_takes_a_call_with_keys(services: Services, redis: aioredis.Redis) -> None:
     rs = await services.start("agent")
+    await services.assign("c1", "zoe")
     master, slave = pty.openpty()
     env = {
         **os.environ,

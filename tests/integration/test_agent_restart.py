@@ -160,6 +160,7 @@ async def test_agents_come_back_to_the_same_sessions_and_calls_after_a_sigkill(
             prefix="rs",
             on_offer=on_offer,
             started=started,
+            assign_token=make_token("admin"),
         )
     )
     dialer = Dialer(settings)

@@ -45,6 +45,8 @@ class Console:
     """A test agent console: logs in and holds the Connect stream, collecting what it receives."""
 
     def __init__(self, services: Services, rs: RunningService, agent_id: str) -> None:
+        self.services = services
+        self.rs = rs
         self.agent_id = agent_id
         self.stub = agent_pb2_grpc.AgentServiceStub(services.channel(rs, role="agent", sub=agent_id))
         self.offers: asyncio.Queue[agent_pb2.CallOffer] = asyncio.Queue()
@@ -55,8 +57,11 @@ class Console:
         self.connected = asyncio.Event()
 
     async def login(
-        self, *campaigns: tuple[str, int], skills: tuple[str, ...] = ()
+        self, *campaigns: tuple[str, int], skills: tuple[str, ...] = (), assign: bool = True
     ) -> agent_pb2.LoginResponse:
+        if assign:  # an agent logs in only to campaigns they are assigned to
+            for c, _ in campaigns:
+                await self.services.assign(c, self.agent_id, target=self.rs)
         resp: agent_pb2.LoginResponse = await self.stub.Login(
             agent_pb2.LoginRequest(
                 campaigns=[agent_pb2.CampaignMembership(campaign_id=c, priority=p) for c, p in campaigns],

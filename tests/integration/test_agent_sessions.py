@@ -125,6 +125,7 @@ async def test_an_agent_gone_beyond_the_grace_is_logged_out_and_gets_their_call_
 
 async def test_a_newer_console_takes_over_and_the_older_one_stops(services: Services) -> None:
     rs = await services.start("agent")
+    await services.assign(CID, "ned")
     token = make_token("agent", "ned")
     md = (("authorization", f"Bearer {token}"),)
 
@@ -179,6 +180,7 @@ async def test_the_client_rides_out_a_service_restart(services: Services, redis:
     """In-process restart (graceful, like a rolling update): the session's stream comes back by itself."""
     rs = await services.start("agent")
     port = rs.port
+    await services.assign(CID, "ola")
     token = make_token("agent", "ola")
     s = AgentSession(
         lambda: open_channel(services.settings, f"127.0.0.1:{port}", lambda: token),
@@ -259,6 +261,7 @@ async def test_a_console_back_while_previewing_is_shown_the_lead_again_and_still
     rs = await services.start("agent")
     pia = agent_pb2_grpc.AgentServiceStub(services.channel(rs, role="agent", sub="pia"))
     md = (("authorization", f"Bearer {make_token('agent', 'pia')}"),)
+    await services.assign(CID, "pia")
     login = await pia.Login(agent_pb2.LoginRequest(campaigns=[agent_pb2.CampaignMembership(campaign_id=CID)]))
     first = pia.Connect(agent_pb2.ConnectRequest(session_id=login.session_id), metadata=md)
     await _next_with(first, "status")
@@ -350,7 +353,12 @@ async def test_a_sim_agents_process_killed_on_a_call_and_started_again_takes_the
 ) -> None:
     monkeypatch.setenv("OUTDIAL_AGENT_HEARTBEAT_TIMEOUT_S", "15")
     rs = await services.start("agent")
-    env = {**os.environ, "OUTDIAL_AGENT_ADDR": rs.addr, "OUTDIAL_DEV": "1"}
+    env = {
+        **os.environ,
+        "OUTDIAL_AGENT_ADDR": rs.addr,
+        "OUTDIAL_DEV": "1",
+        "OUTDIAL_TOKEN": make_token("manager", "sim-operator"),  # it assigns its agents first
+    }
     argv = ["sim", "agents", "--campaign", CID, "--count", "1", "--prefix", "crash", "--quiet"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "import sys; from outdial.cli.main import main; sys.exit(main(sys.argv[1:]))",
@@ -422,6 +430,7 @@ async def test_consoles_log_in_again_at_once_when_redis_lost_the_sessions(
     again by itself and is back in the campaign's pacing view, ready."""
     monkeypatch.setenv("OUTDIAL_AGENT_HEARTBEAT_TIMEOUT_S", "60" if how == "reconnect" else "3")
     rs = await services.start("agent")
+    await services.assign(CID, "pia")
     token = make_token("agent", "pia")
     s = AgentSession(
         lambda: open_channel(services.settings, rs.addr, lambda: token),

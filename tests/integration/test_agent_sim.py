@@ -31,6 +31,7 @@ async def test_simulated_agents_take_calls_and_disposition_them(
             seed=3,
             dispositions={"sale": 1.0},
             started=started,
+            assign_token=make_token("manager"),  # assigned to c1 first: they log in only where assigned
         )
     )
     await asyncio.wait_for(started.wait(), 20)

@@ -12,14 +12,14 @@ import pytest
 
 from outdial.v1 import dnc_pb2
 from tests.conftest import make_token
-from tests.integration.test_dnc_gate import start
+from tests.integration.test_dnc_gate import pacing, start
 
 
-async def _some_records(stub: Any) -> None:
+async def _some_records(stub: Any, services: Any) -> None:
     await stub.AddNumbers(
         dnc_pb2.AddNumbersRequest(numbers=[f"+1312555{i:04d}" for i in range(6)], reason="asked")
     )
-    await stub.CheckNumbers(
+    await pacing(services).CheckNumbers(
         dnc_pb2.CheckNumbersRequest(
             numbers=["+13125550001", "+13125559999"], dial_time=True, campaign_id="c1"
         )
@@ -30,7 +30,7 @@ async def test_service_role_cannot_update_or_delete(
     services: Any, monkeypatch: pytest.MonkeyPatch, pg: asyncpg.Pool
 ) -> None:
     stub = await start(services, monkeypatch)
-    await _some_records(stub)
+    await _some_records(stub, services)
     async with pg.acquire() as conn:
         for sql in (
             "UPDATE dnc_audit SET result = 'allowed' WHERE seq = 2",
@@ -88,7 +88,7 @@ async def test_superuser_tamper_is_found(
     words: str,
 ) -> None:
     stub = await start(services, monkeypatch)
-    await _some_records(stub)
+    await _some_records(stub, services)
     if bad_seq == 0:  # the last record
         bad_seq = await pg.fetchval("SELECT max(seq) FROM dnc_audit")
     await _tamper(pg, *sql)

@@ -52,6 +52,11 @@ async def wait_index(stub: Any, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.1)
 
 
+def pacing(services: Any) -> Any:
+    """The DNC service as the dialer reaches it: only the pacing identity makes dial-time checks."""
+    return dnc_pb2_grpc.DncServiceStub(services.channel(services.settings.dnc_addr, "service", "svc:pacing"))
+
+
 async def check(stub: Any, *numbers: str, **kw: Any) -> list[Any]:
     resp = await stub.CheckNumbers(dnc_pb2.CheckNumbersRequest(numbers=list(numbers), **kw), timeout=10)
     return list(resp.decisions)
@@ -130,7 +135,11 @@ async def test_wireless_needs_consent_and_opt_out_revokes_it(
     assert codes(d) == ["wireless.no_consent"]
     await stub.SetConsent(
         dnc_pb2.SetConsentRequest(
-            number="+14155550177", kind=dnc_pb2.CONSENT_KIND_EXPRESS_WRITTEN, evidence="form"
+            number="+14155550177",
+            kind=dnc_pb2.CONSENT_KIND_EXPRESS_WRITTEN,
+            evidence="form",
+            obtained_at=stamp(datetime.now(UTC) - timedelta(days=2)),
+            obtained_via="web_form",
         )
     )
     (d,) = await check(stub, "+14155550177")
@@ -149,7 +158,12 @@ async def test_dial_time_decisions_are_audited_and_explained(
     stub = await start(services, monkeypatch)
     await stub.AddNumbers(dnc_pb2.AddNumbersRequest(numbers=["+12125550142"], reason="asked"))
     ds = await check(
-        stub, "+12125550142", "+12125550143", campaign_id="c9", dial_time=True, call_ids=["call-a", "call-b"]
+        pacing(services),
+        "+12125550142",
+        "+12125550143",
+        campaign_id="c9",
+        dial_time=True,
+        call_ids=["call-a", "call-b"],
     )
     assert [d.allowed for d in ds] == [False, True]
     assert all(d.audit_seq > 0 for d in ds)
@@ -337,7 +351,7 @@ async def test_redis_down_blocks(services: Any, monkeypatch: pytest.MonkeyPatch)
         (d,) = await check(stub, "+12025550123")
         assert d.allowed
         await asyncio.to_thread(private.pause)
-        ds = await check(stub, "+12025550123", "+12025550124", dial_time=True)
+        ds = await check(pacing(services), "+12025550123", "+12025550124", dial_time=True)
         assert [d.allowed for d in ds] == [False, False]
         assert all(codes(d) == ["compliance.unavailable"] for d in ds)
         assert "Redis" in ds[0].reasons[0].detail
@@ -366,7 +380,7 @@ async def test_postgres_down_blocks(
         # PostgreSQL stops answering this service: no new connections, existing ones cut
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
-        ds = await check(stub, "+12025550123", "+12025550124", dial_time=True)
+        ds = await check(pacing(services), "+12025550123", "+12025550124", dial_time=True)
         assert [d.allowed for d in ds] == [False, False]
         assert all(codes(d) == ["compliance.unavailable"] for d in ds)
     finally:

@@ -16,7 +16,7 @@ import pytest
 from outdial.core import db
 from outdial.dnc import app
 from outdial.v1 import dnc_pb2
-from tests.integration.test_dnc_gate import NO_REGISTRY, check, codes, import_file, start
+from tests.integration.test_dnc_gate import NO_REGISTRY, check, codes, import_file, pacing, stamp, start
 
 MIGRATION = Path(db.__file__).parent.parent / "migrations" / "0201_dnc_role.sql"
 
@@ -63,12 +63,18 @@ async def test_every_operation_works_as_the_role_and_only_as_it(
     removed = await stub.RemoveNumbers(dnc_pb2.RemoveNumbersRequest(numbers=["+12025550150"], reason="error"))
     assert removed.removed == 1
     await stub.SetConsent(
-        dnc_pb2.SetConsentRequest(number="+12025550160", kind=dnc_pb2.CONSENT_KIND_EXPRESS, evidence="form 7")
+        dnc_pb2.SetConsentRequest(
+            number="+12025550160",
+            kind=dnc_pb2.CONSENT_KIND_EXPRESS,
+            evidence="form 7",
+            obtained_at=stamp(datetime.now(UTC) - timedelta(days=1)),
+            obtained_via="signed_paper",
+        )
     )
     await stub.SetConsent(
         dnc_pb2.SetConsentRequest(number="+12025550160", kind=dnc_pb2.CONSENT_KIND_EXPRESS, revoke=True)
     )
-    d1, d2 = await check(stub, "+12025550101", "+12025550199", dial_time=True, campaign_id="c1")
+    d1, d2 = await check(pacing(services), "+12025550101", "+12025550199", dial_time=True, campaign_id="c1")
     assert codes(d1) == ["dnc.national"] and d2.allowed
     await stub.RebuildIndex(dnc_pb2.RebuildIndexRequest())
     ok = await stub.VerifyAudit(dnc_pb2.VerifyAuditRequest())
@@ -103,7 +109,7 @@ async def test_the_services_pool_cannot_change_the_audit_log_but_a_superuser_tam
 ) -> None:
     stub = await start(services, monkeypatch)
     await stub.AddNumbers(dnc_pb2.AddNumbersRequest(numbers=["+13125550001", "+13125550002"], reason="x"))
-    await check(stub, "+13125550001", "+13125559999", dial_time=True, campaign_id="c1")
+    await check(pacing(services), "+13125550001", "+13125559999", dial_time=True, campaign_id="c1")
     role = app.SPEC.db_role
     assert role == "outdial_app"
     # a pool made exactly as the service makes its own (same URL, same role)

@@ -37,6 +37,8 @@ class SimAgent:
     """A simulated agent console: logs in, goes ready, takes offers, and after each call sets a disposition."""
 
     def __init__(self, services: Services, rs: RunningService, agent_id: str) -> None:
+        self.services = services
+        self.rs = rs
         self.agent_id = agent_id
         self.stub = agent_pb2_grpc.AgentServiceStub(services.channel(rs, role="agent", sub=agent_id))
         self.offers: list[str] = []
@@ -44,6 +46,7 @@ class SimAgent:
         self.call: Any = None
 
     async def start(self) -> None:
+        await self.services.assign(CID, self.agent_id, target=self.rs)
         await self.stub.Login(
             agent_pb2.LoginRequest(campaigns=[agent_pb2.CampaignMembership(campaign_id=CID, priority=1)])
         )

@@ -89,6 +89,7 @@ async def start_preview(
     await seed_hopper(redis, numbers, state="NY")
     dnc = await services.start("dnc", clock=CLOCK)
     agent = await services.start("agent", clock=CLOCK)
+    await services.assign(CID, *(f"pv-{i}" for i in range(1, 7)), target=agent)
     return dnc, agent
 
 

@@ -45,6 +45,8 @@ class HangingUpAgent:
     and ends the call itself, then sets a disposition."""
 
     def __init__(self, services: Services, rs: RunningService, agent_id: str, clock: OffsetClock) -> None:
+        self.services = services
+        self.rs = rs
         self.agent_id = agent_id
         self.clock = clock
         self.stub = agent_pb2_grpc.AgentServiceStub(services.channel(rs, role="agent", sub=agent_id))
@@ -56,6 +58,7 @@ class HangingUpAgent:
         self._bg: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        await self.services.assign(CID, self.agent_id, target=self.rs)
         await self.stub.Login(
             agent_pb2.LoginRequest(campaigns=[agent_pb2.CampaignMembership(campaign_id=CID, priority=1)])
         )

@@ -138,6 +138,7 @@ async def test_progressive_call_reaches_the_agents_phone_and_the_agent_hangs_up(
             await seed_hopper(redis, ["+12122340201", "+12122340202"], state="NY")
             await services.start("dnc", clock=CLOCK)
             agent = await services.start("agent", clock=CLOCK)
+            await services.assign(CID, "agent-sip-1", target=agent)
             await running.start(
                 sim_agent(services, agent, "agent-sip-1", phone=f"sip:agent-sip-1@127.0.0.1:{phone_port}")
             )
@@ -194,6 +195,7 @@ async def test_gateway_killed_mid_call_leaves_no_call_open_and_no_lead_lost(
             await seed_hopper(redis, numbers, state="NY")
             await services.start("dnc", clock=CLOCK)
             agent = await services.start("agent", clock=CLOCK)
+            await services.assign(CID, "agent-sip-2", target=agent)
             await running.start(
                 SimulatedAgent(
                     lambda: services.channel(agent, role="agent", sub="agent-sip-2"),
@@ -305,6 +307,7 @@ async def test_a_softphone_that_hangs_up_its_nailed_up_call_pauses_the_agent(
         try:
             assert await asyncio.to_thread(phone.wait_registered, 15)
             stub = agent_pb2_grpc.AgentServiceStub(services.channel(agent, role="agent", sub="agent7"))
+            await services.assign(CID, "agent7", target=agent)
             await stub.Login(
                 agent_pb2.LoginRequest(
                     agent_id="agent7",

@@ -10,7 +10,7 @@ from outdial.agent.hub import Hub
 from outdial.agent.presence import Sweeper
 from outdial.agent.service import AgentService
 from outdial.agent.settings import AgentSettings
-from outdial.agent.store import AgentRedis, Dispositions, Timeline
+from outdial.agent.store import AgentRedis, Assignments, Dispositions, Timeline
 from outdial.core.clients import open_channel
 from outdial.core.server import ServiceContext, ServiceSpec
 from outdial.v1 import agent_pb2_grpc, gateway_pb2_grpc
@@ -43,6 +43,7 @@ async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
         timeline=timeline,
         dispositions=dispositions,
         followups=followups,
+        assignments=Assignments(ctx.pool),
         replica_id=replica_id,
         clock=ctx.clock,
         gateway=gateway,

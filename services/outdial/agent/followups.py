@@ -23,6 +23,25 @@ log = logging.getLogger("outdial.agent.followups")
 DO_NOT_CALL = "do_not_call"
 CALLBACK = "callback"
 RPC_TIMEOUT_S = 2.0
+#: Answers that a retry cannot change (the lead is not callable, the request is invalid): the row is marked
+#: 'failed' with the reason. Anything else (down, overloaded, a permission an operator can still fix) is
+#: retried.
+FINAL_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+
+
+def _refused(exc: grpc.aio.AioRpcError) -> tuple[str, str]:
+    """(status, last_error) for a follow-up the other service did not take."""
+    if exc.code() in FINAL_CODES:
+        return "failed", f"{exc.code().name}: {exc.details() or ''}"[:500]
+    return "pending", exc.code().name
 
 
 class Followups:
@@ -48,8 +67,11 @@ class Followups:
                 timeout=RPC_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as exc:
-            log.warning("DNC opt-out not delivered (%s); will retry", exc.code().name)
-            await self.dispositions.mark(row_id, "dnc_status", "pending", exc.code().name)
+            status, why = _refused(exc)
+            log.warning(
+                "DNC opt-out not delivered (%s); %s", why, "will retry" if status == "pending" else "refused"
+            )
+            await self.dispositions.mark(row_id, "dnc_status", status, why)
             return False
         await self.dispositions.mark(row_id, "dnc_status", "done")
         return True
@@ -65,8 +87,11 @@ class Followups:
         try:
             await stub.ScheduleCallback(req, timeout=RPC_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
-            log.warning("callback not delivered (%s); will retry", exc.code().name)
-            await self.dispositions.mark(row_id, "callback_status", "pending", exc.code().name)
+            status, why = _refused(exc)
+            log.warning(
+                "callback not delivered (%s); %s", why, "will retry" if status == "pending" else "refused"
+            )
+            await self.dispositions.mark(row_id, "callback_status", status, why)
             return False
         await self.dispositions.mark(row_id, "callback_status", "done")
         return True

@@ -16,9 +16,17 @@ import grpc
 from outdial.agent.followups import CALLBACK, DO_NOT_CALL, Followups
 from outdial.agent.hub import Hub
 from outdial.agent.settings import AgentSettings
-from outdial.agent.store import AgentRedis, Dispositions, Timeline, Transition, call_event, ms_to_dt
+from outdial.agent.store import (
+    AgentRedis,
+    Assignments,
+    Dispositions,
+    Timeline,
+    Transition,
+    call_event,
+    ms_to_dt,
+)
 from outdial.core import keys
-from outdial.core.auth import Role, agent_may_act_for, current_principal
+from outdial.core.auth import Role, agent_may_act_for, current_actor, current_principal
 from outdial.core.clock import Clock
 from outdial.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from outdial.core.metrics import OFFER_SECONDS, OFFERS
@@ -50,6 +58,12 @@ DECISION_TO_PB: dict[str, agent_pb2.PreviewDecision.ValueType] = {
     "skip": agent_pb2.PREVIEW_DECISION_SKIP,
 }
 PB_TO_DECISION = {v: k for k, v in DECISION_TO_PB.items()}
+#: Most agents one AssignAgents / UnassignAgents names; most rows ListAssignments returns.
+MAX_ASSIGN_BATCH = 1000
+MAX_ASSIGNMENT_ROWS = 10_000
+MAX_HISTORY_ROWS = 1000
+#: Campaign and agent ids: printable, no spaces, bounded (they become Redis key parts and SQL values).
+MAX_ID_LEN = 200
 
 
 def _agent_id(requested: str) -> str:
@@ -61,6 +75,26 @@ def _agent_id(requested: str) -> str:
     if not agent_may_act_for(principal, agent_id):
         raise PermissionDenied(f"an agent may act only for themselves, not {agent_id!r}", error_id="not_self")
     return agent_id
+
+
+def _id(value: str, field: str) -> str:
+    v = value.strip()
+    if not v:
+        raise InvalidArgument(f"{field} is required", field=field)
+    if len(v) > MAX_ID_LEN or not v.isprintable() or any(c.isspace() for c in v):
+        raise InvalidArgument(
+            f"{field} must be at most {MAX_ID_LEN} printable characters without spaces", field=field
+        )
+    return v
+
+
+def _agent_ids(values: Any) -> list[str]:
+    ids = sorted({_id(a, "agent_ids") for a in values})
+    if not ids:
+        raise InvalidArgument("name at least one agent", field="agent_ids")
+    if len(ids) > MAX_ASSIGN_BATCH:
+        raise InvalidArgument(f"at most {MAX_ASSIGN_BATCH} agents per call", field="agent_ids")
+    return ids
 
 
 def status_pb(agent_id: str, h: dict[str, str]) -> agent_pb2.AgentStatus:
@@ -155,11 +189,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         timeline: Timeline,
         dispositions: Dispositions,
         followups: Followups,
+        assignments: Assignments,
         replica_id: str,
         clock: Clock,
         gateway: Callable[[], gateway_pb2_grpc.GatewayServiceStub] | None = None,
     ) -> None:
         self.gateway = gateway
+        self.assignments = assignments
         self.cfg = cfg
         self.clock = clock
         self.store = store
@@ -221,6 +257,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             seen[cid] = max(min(int(m.priority), 99), 0)
         if not seen:
             raise InvalidArgument("log in to at least one campaign", field="campaigns")
+        await self._check_assigned(agent_id, list(seen))
         campaigns = [{"id": cid, "priority": p} for cid, p in seen.items()]
         skills = sorted({s.strip() for s in request.skills if s.strip()})
         if request.phone.strip():
@@ -236,8 +273,90 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             log.info("agent %s took their session back (%s)", agent_id, tr.prev_state)
         else:
             self.timeline.record(tr, "login", session_id)
+        # An assignment removed between the check and the login (its UnassignAgents found no session to
+        # change): taken out of the session now, as UnassignAgents would have.
+        gone = sorted(set(seen) - await self.assignments.assigned(agent_id, list(seen)))
+        for cid in gone:
+            await self._drop_campaign(agent_id, cid)
+        if gone and len(gone) == len(seen):
+            raise PermissionDenied(
+                f"agent {agent_id} is not assigned to campaign {gone[0]}", error_id="not_assigned"
+            )
         resp = agent_pb2.LoginResponse(session_id=session_id, status=await self._status(agent_id))
         resp.heartbeat_interval.FromMilliseconds(int(self.cfg.heartbeat_interval_s * 1000))
+        return resp
+
+    async def _check_assigned(self, agent_id: str, campaign_ids: list[str]) -> None:
+        """Login only to campaigns a manager assigned the agent to (AssignAgents)."""
+        missing = sorted(set(campaign_ids) - await self.assignments.assigned(agent_id, campaign_ids))
+        if missing:
+            which = "campaign " + missing[0] if len(missing) == 1 else "campaigns " + ", ".join(missing)
+            raise PermissionDenied(
+                f"agent {agent_id} is not assigned to {which}: a manager assigns agents "
+                f"(outdial agent assign CAMPAIGN AGENT)",
+                error_id="not_assigned",
+            )
+
+    async def _drop_campaign(self, agent_id: str, campaign_id: str) -> bool:
+        """Take an unassigned campaign out of the agent's running session; True when it had it."""
+        tr = await self.store.run("unassign", agent_id, campaign_id)
+        if tr.changed:  # their last campaign, and idle: logged out
+            self.timeline.record(tr, "unassigned")
+            await self.store.redis.delete(keys.agent_presence(agent_id))
+            await self._close_phone(agent_id)
+            await self._released(tr)
+        return tr.status in ("ok", "updated")
+
+    # ------------------------------------------------------------------ assignments
+
+    async def AssignAgents(
+        self, request: agent_pb2.AssignAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.AssignAgentsResponse:  # type: ignore[override]
+        cid = _id(request.campaign_id, "campaign_id")
+        ids = _agent_ids(request.agent_ids)
+        added = await self.assignments.assign(cid, ids, current_actor(), self.clock.now())
+        log.info(
+            "agents assigned to campaign %s by %s: %s", cid, current_actor(), ", ".join(added) or "none new"
+        )
+        return agent_pb2.AssignAgentsResponse(assigned=len(added), already_assigned=len(ids) - len(added))
+
+    async def UnassignAgents(
+        self, request: agent_pb2.UnassignAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.UnassignAgentsResponse:  # type: ignore[override]
+        cid = _id(request.campaign_id, "campaign_id")
+        ids = _agent_ids(request.agent_ids)
+        removed = await self.assignments.unassign(cid, ids, current_actor(), self.clock.now())
+        # After the commit: a Login racing with this either sees the row gone, or logged in before the
+        # session change below (Login checks again after its own session change).
+        changed = [a for a in ids if await self._drop_campaign(a, cid)]
+        log.info(
+            "agents unassigned from campaign %s by %s: %s", cid, current_actor(), ", ".join(removed) or "none"
+        )
+        return agent_pb2.UnassignAgentsResponse(
+            unassigned=len(removed), not_assigned=len(ids) - len(removed), sessions_changed=changed
+        )
+
+    async def ListAssignments(
+        self, request: agent_pb2.ListAssignmentsRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ListAssignmentsResponse:  # type: ignore[override]
+        principal = current_principal()
+        agent_id = request.agent_id.strip()
+        if principal.role is Role.AGENT:
+            # An agent sees only their own assignments.
+            agent_id = _agent_id(agent_id)
+        cid = request.campaign_id.strip()
+        resp = agent_pb2.ListAssignmentsResponse()
+        for row in await self.assignments.current(cid, agent_id, MAX_ASSIGNMENT_ROWS):
+            a = resp.assignments.add(
+                campaign_id=row.campaign_id, agent_id=row.agent_id, assigned_by=row.assigned_by
+            )
+            a.assigned_at.FromDatetime(row.assigned_at)
+        if request.history:
+            for ch in await self.assignments.history(cid, agent_id, MAX_HISTORY_ROWS):
+                h = resp.history.add(
+                    campaign_id=ch.campaign_id, agent_id=ch.agent_id, action=ch.action, actor=ch.actor
+                )
+                h.at.FromDatetime(ch.at)
         return resp
 
     async def Logout(

@@ -24,7 +24,7 @@ from outdial.core.auth import Role, issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import Settings
 from outdial.core.signing import SigningKey, issuer_key
-from outdial.v1 import agent_pb2, common_pb2
+from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 DEFAULT_DISPOSITIONS: dict[str, float] = {
     "sale": 0.15,
@@ -284,6 +284,23 @@ def agent_token(settings: Settings, agent_id: str, key: SigningKey | None = None
     return issue_token(key, agent_id, Role.AGENT, ttl_seconds=settings.token_ttl_seconds)
 
 
+async def assign_agents(
+    settings: Settings, token: str, campaign_ids: Sequence[str], agent_ids: Sequence[str]
+) -> None:
+    """Assign the agents to each campaign (AgentService.AssignAgents, with a manager's or admin's token)."""
+    channel = open_channel(settings, settings.agent_addr, lambda: token)
+    try:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        for cid in campaign_ids:
+            for i in range(0, len(agent_ids), 1000):
+                await stub.AssignAgents(
+                    agent_pb2.AssignAgentsRequest(campaign_id=cid, agent_ids=list(agent_ids[i : i + 1000])),
+                    timeout=30,
+                )
+    finally:
+        await channel.close()
+
+
 async def run_simulated_agents(
     settings: Settings,
     campaigns: Sequence[tuple[str, int]],
@@ -301,13 +318,18 @@ async def run_simulated_agents(
     think: Distribution | None = None,
     p_skip: float = 0.1,
     phone_of: Callable[[str], str] | None = None,
+    assign_token: str | None = None,
 ) -> list[SimulatedAgent]:
-    """Run ``count`` simulated agents against ``settings.agent_addr`` until ``stop`` is set."""
+    """Run ``count`` simulated agents against ``settings.agent_addr`` until ``stop`` is set. With
+    ``assign_token`` (a manager's or an admin's), the agents are first assigned to the campaigns: an agent
+    logs in only to a campaign they are assigned to."""
     master = random.Random(seed)
     agents: list[SimulatedAgent] = []
+    ids = [f"{prefix}-{i + 1:04d}" for i in range(count)]
+    if assign_token is not None:
+        await assign_agents(settings, assign_token, [c for c, _ in campaigns], ids)
     key = issuer_key(settings) if count else None
-    for i in range(count):
-        agent_id = f"{prefix}-{i + 1:04d}"
+    for agent_id in ids:
         token = agent_token(settings, agent_id, key)
 
         def opener(t: str = token) -> grpc.aio.Channel:

@@ -249,3 +249,105 @@ async def load_timeline(pool: asyncpg.Pool, agent_id: str) -> list[StateEvent]:
         agent_id,
     )
     return [StateEvent(r["state"], r["at"], r["call_id"], r["reason"], r["seq"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class AssignmentRow:
+    campaign_id: str
+    agent_id: str
+    assigned_by: str
+    assigned_at: datetime
+
+
+@dataclass(frozen=True)
+class AssignmentChange:
+    campaign_id: str
+    agent_id: str
+    action: str
+    actor: str
+    at: datetime
+
+
+class Assignments:
+    """Which agent may log in to which campaign (``agent_assignments``), and who changed it when
+    (``agent_assignment_log``, appended in the same transaction as the change)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def assign(self, campaign_id: str, agent_ids: list[str], actor: str, at: datetime) -> list[str]:
+        """Assign; returns the agents newly assigned (the others were already)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """INSERT INTO agent_assignments (campaign_id, agent_id, assigned_by, assigned_at)
+                   SELECT $1, a, $3, $4 FROM unnest($2::text[]) AS a
+                   ON CONFLICT (campaign_id, agent_id) DO NOTHING
+                   RETURNING agent_id""",
+                campaign_id,
+                agent_ids,
+                actor,
+                at,
+            )
+            added = sorted(str(r["agent_id"]) for r in rows)
+            await self._log(conn, campaign_id, added, "assign", actor, at)
+        return added
+
+    async def unassign(self, campaign_id: str, agent_ids: list[str], actor: str, at: datetime) -> list[str]:
+        """Remove; returns the agents that were assigned."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """DELETE FROM agent_assignments WHERE campaign_id = $1 AND agent_id = ANY($2::text[])
+                   RETURNING agent_id""",
+                campaign_id,
+                agent_ids,
+            )
+            removed = sorted(str(r["agent_id"]) for r in rows)
+            await self._log(conn, campaign_id, removed, "unassign", actor, at)
+        return removed
+
+    @staticmethod
+    async def _log(
+        conn: asyncpg.Connection,
+        campaign_id: str,
+        agent_ids: list[str],
+        action: str,
+        actor: str,
+        at: datetime,
+    ) -> None:
+        if agent_ids:
+            await conn.executemany(
+                """INSERT INTO agent_assignment_log (campaign_id, agent_id, action, actor, at)
+                   VALUES ($1, $2, $3, $4, $5)""",
+                [(campaign_id, a, action, actor, at) for a in agent_ids],
+            )
+
+    async def assigned(self, agent_id: str, campaign_ids: list[str]) -> set[str]:
+        """Those of ``campaign_ids`` the agent is assigned to."""
+        rows = await self.pool.fetch(
+            "SELECT campaign_id FROM agent_assignments WHERE agent_id = $1 AND campaign_id = ANY($2::text[])",
+            agent_id,
+            campaign_ids,
+        )
+        return {str(r["campaign_id"]) for r in rows}
+
+    async def current(self, campaign_id: str, agent_id: str, limit: int) -> list[AssignmentRow]:
+        rows = await self.pool.fetch(
+            """SELECT campaign_id, agent_id, assigned_by, assigned_at FROM agent_assignments
+               WHERE ($1 = '' OR campaign_id = $1) AND ($2 = '' OR agent_id = $2)
+               ORDER BY campaign_id, agent_id LIMIT $3""",
+            campaign_id,
+            agent_id,
+            limit,
+        )
+        return [AssignmentRow(**dict(r)) for r in rows]
+
+    async def history(self, campaign_id: str, agent_id: str, limit: int) -> list[AssignmentChange]:
+        rows = await self.pool.fetch(
+            """SELECT campaign_id, agent_id, action, actor, at FROM agent_assignment_log
+               WHERE ($1 = '' OR campaign_id = $1) AND ($2 = '' OR agent_id = $2)
+               ORDER BY id DESC LIMIT $3""",
+            campaign_id,
+            agent_id,
+            limit,
+        )
+        return [AssignmentChange(**dict(r)) for r in rows]

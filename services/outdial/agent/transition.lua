@@ -403,6 +403,29 @@ end
 
 if prev == 'logged_out' and op ~= 'disposition' then return result('not_found', aid, prev, prev, 0, craw, call_id) end
 
+if op == 'unassign' then
+  -- A manager removed the agent's assignment to campaign ARGV[8]: the campaign leaves the running session
+  -- at once (out of its ready set and pacing view: no new offer or preview of it reaches the agent). A call
+  -- already offered or up stays theirs to finish: the person is on the line. When it was their last
+  -- campaign, an idle agent (ready or paused) is logged out ("unassigned"); a busy one finishes the call
+  -- with no campaign left, and no new offer can reach them. Status "updated" when the campaign was
+  -- removed with no change of state, "noop" when the session did not have it.
+  local cid = ARGV[8]
+  local kept, found = {}, false
+  for _, c in ipairs(campaigns) do
+    if c.id == cid then found = true else kept[#kept + 1] = c end
+  end
+  if not found then return result('noop', aid, prev, prev, 0, craw, call_id) end
+  redis.call('ZREM', string.format(ready_tpl, cid), aid)
+  redis.call('HDEL', string.format(view_tpl, cid), aid)
+  local kraw = '[]'
+  if #kept > 0 then kraw = cjson.encode(kept) end
+  redis.call('HSET', akey, 'campaigns', kraw)
+  campaigns, craw = kept, kraw
+  if #kept == 0 and (prev == 'ready' or prev == 'paused') then return log_out('unassigned') end
+  return result('updated', aid, prev, prev, 0, craw, call_id)
+end
+
 if op == 'attach' then
   -- Connect: ARGV[8] id of this console connection, [9] session id the console holds ('' = the current
   -- one). The newest connection of an agent wins: the notice ends the older streams. Returns in extra

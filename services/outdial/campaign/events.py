@@ -311,14 +311,22 @@ class EventConsumer:
         if lead_id is None:
             return
         upd = retries.after_disposition(disp, _ts(ev.get("callback_at")), at)
-        await conn.execute(
+        # A callback reopens no closed lead but one closed by its connected call (retries.CALLBACK_REOPENS);
+        # no disposition turns a do-not-call or wrong-number closure into another final reason.
+        res = await conn.execute(
             """UPDATE leads SET status = $2, final_reason = $3, next_attempt_at = $4, recheck_at = NULL,
-                      updated_at = now() WHERE id = $1""",
+                      updated_at = now()
+                WHERE id = $1 AND NOT (status = 'final' AND CASE WHEN $2 = 'callback'
+                      THEN final_reason <> ALL($5::text[]) ELSE final_reason IN ('dnc', 'wrong_number') END)""",
             lead_id,
             upd.status,
             upd.final_reason,
             upd.next_attempt_at,
+            sorted(retries.CALLBACK_REOPENS),
         )
+        if res.split()[-1] == "0":
+            log.info("lead %s is closed: disposition %r of call %s leaves it so", lead_id, disp, call_id)
+            return
         if upd.status == "callback" and upd.next_attempt_at is not None:
             await conn.execute(
                 """INSERT INTO callbacks (id, campaign_id, lead_id, at, agent_id, note, created_by)

@@ -20,6 +20,11 @@ INVALID_NUMBER = "invalid_number"
 
 FINAL_DISPOSITIONS = {"do_not_call": "dnc", "dnc": "dnc", "wrong_number": "wrong_number"}
 
+#: The only closed lead a callback (ScheduleCallback, or an agent's "callback" disposition) may reopen: a
+#: call that connected, whose disposition decides what follows. Any other final lead (DNC, wrong number,
+#: invalid, exhausted, a final disposition) stays closed.
+CALLBACK_REOPENS = frozenset({"connected"})
+
 
 def after_outcome(
     outcome: str,

@@ -19,8 +19,8 @@ from outdial.campaign.scheduler import CampaignScheduler
 from outdial.campaign.settings import CampaignSettings
 from outdial.campaign.upload import LeadUpload, UploadSummary
 from outdial.core import keys
-from outdial.core.auth import current_actor
-from outdial.core.errors import FailedPrecondition, InvalidArgument
+from outdial.core.auth import Role, current_actor, current_principal
+from outdial.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from outdial.core.metrics import LEAD_ROWS
 from outdial.core.server import ServiceContext
 from outdial.v1 import campaign_pb2, campaign_pb2_grpc
@@ -290,16 +290,34 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     async def ScheduleCallback(
         self, request: campaign_pb2.ScheduleCallbackRequest, context: grpc.aio.ServicerContext
     ) -> campaign_pb2.ScheduleCallbackResponse:
-        await store.get_campaign(self.ctx.pool, request.campaign_id)
+        """A callback for a lead of the campaign in the request (managers: any of its leads). An agent may
+        ask only for the lead of the call they were last connected to, and the callback is theirs. A closed
+        lead is never reopened (store.CALLBACK_REOPENS)."""
+        rec = await store.get_campaign(self.ctx.pool, request.campaign_id)
         try:
             lead_id = int(request.lead_id)
         except ValueError:
             raise InvalidArgument(f"lead_id {request.lead_id!r} is not a lead id", field="lead_id") from None
         if not request.HasField("at"):
             raise InvalidArgument("at (when to call back) is required", field="at")
+        if rec.state in ("completed", "archived"):
+            raise FailedPrecondition(f"a {rec.state} campaign takes no callbacks", error_id="campaign_closed")
         at = request.at.ToDatetime(tzinfo=UTC)
+        agent_id = request.agent_id.strip()
+        principal = current_principal()
+        if principal.role is Role.AGENT:
+            if agent_id and agent_id != principal.subject:
+                raise PermissionDenied(
+                    f"an agent routes a callback only to themselves, not {agent_id!r}", error_id="not_self"
+                )
+            agent_id = principal.subject
+            if await store.last_call_of(self.ctx.pool, agent_id) != (rec.id, lead_id):
+                raise PermissionDenied(
+                    "an agent may schedule a callback only for the lead of their own last call",
+                    error_id="not_own_call",
+                )
         cb = await store.schedule_callback(
-            self.ctx.pool, request.campaign_id, lead_id, at, request.agent_id, request.note, current_actor()
+            self.ctx.pool, rec.id, lead_id, at, agent_id, request.note, current_actor()
         )
         resp = campaign_pb2.ScheduleCallbackResponse(callback_id=cb)
         resp.at.FromDatetime(at)

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from outdial.campaign.model import CampaignRecord
+from outdial.campaign.retries import CALLBACK_REOPENS
 from outdial.core import keys
 from outdial.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from outdial.core.redis import Redis
@@ -167,6 +168,16 @@ async def lists_of(pool: asyncpg.Pool, cid: str) -> list[asyncpg.Record]:
 # ----------------------------------------------------------------------------------- callbacks, stats
 
 
+async def last_call_of(pool: asyncpg.Pool, agent_id: str) -> tuple[str, int | None] | None:
+    """(campaign id, lead id) of the call the agent was last connected to, from the call detail records."""
+    row = await pool.fetchrow(
+        """SELECT campaign_id, lead_id FROM call_records WHERE agent_id = $1 AND connect_at IS NOT NULL
+           ORDER BY connect_at DESC LIMIT 1""",
+        agent_id,
+    )
+    return None if row is None else (str(row["campaign_id"]), row["lead_id"])
+
+
 async def schedule_callback(
     pool: asyncpg.Pool, cid: str, lead_id: int, at: datetime, agent_id: str, note: str, actor: str
 ) -> str:
@@ -179,10 +190,10 @@ async def schedule_callback(
         )
         if lead is None:
             raise NotFound(f"no lead {lead_id} in campaign {cid}", error_id="lead_not_found")
-        if lead["status"] == "final" and lead["final_reason"] in ("dnc", "wrong_number"):
-            raise FailedPrecondition(
-                f"lead {lead_id} is closed ({lead['final_reason']}): no callback", error_id="lead_closed"
-            )
+        if lead["status"] == "final" and lead["final_reason"] not in CALLBACK_REOPENS:  # retries.py
+            # One answer for every closed lead (DNC, wrong number, exhausted, dispositioned, …): the caller
+            # learns nothing of the lead's DNC status from it.
+            raise FailedPrecondition(f"lead {lead_id} is not callable", error_id="lead_not_callable")
         await conn.execute(
             """INSERT INTO callbacks (id, campaign_id, lead_id, at, agent_id, note, created_by)
                VALUES ($1, $2, $3, $4, $5, $6, $7)""",

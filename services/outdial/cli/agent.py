@@ -1,4 +1,4 @@
-"""``outdial agent console|list|counts`` and ``outdial sim agents``."""
+"""``outdial agent console|assign|unassign|assignments|list|counts`` and ``outdial sim agents``."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from outdial.agent.client import AgentSession, SessionEnded
 from outdial.agent.simulated import Distribution, agent_token, run_simulated_agents
 from outdial.cli.base import channel, command, console, fail, group, print_json, print_table, to_dict
 from outdial.core.config import Settings
-from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from outdial.v1 import agent_pb2, agent_pb2_grpc, campaign_pb2, campaign_pb2_grpc, common_pb2
 
 STATE_NAMES = {v: k.removeprefix("AGENT_STATE_").lower() for k, v in common_pb2.AgentState.items()}
 
@@ -77,6 +77,83 @@ async def agent_counts(args: argparse.Namespace, settings: Settings) -> int:
         ["logged in", "ready", "reserved", "on call", "wrap-up", "paused"],
         [(c.logged_in, c.ready, c.reserved, c.on_call, c.wrap_up, c.paused)],
     )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- assignments
+
+
+async def _campaign_exists(args: argparse.Namespace, settings: Settings, campaign_id: str) -> str | None:
+    """None when the campaign exists, else why not (the agent service stores assignments by id only)."""
+    stub = campaign_pb2_grpc.CampaignServiceStub(channel(args, settings, "campaign"))
+    try:
+        await stub.GetCampaign(campaign_pb2.GetCampaignRequest(campaign_id=campaign_id))
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() is grpc.StatusCode.NOT_FOUND:
+            return f"no campaign {campaign_id!r} (outdial campaign list shows them)"
+        raise
+    return None
+
+
+async def agent_assign(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.no_check and (why := await _campaign_exists(args, settings, args.campaign)):
+        return fail(why, 2)
+    stub = agent_pb2_grpc.AgentServiceStub(channel(args, settings, "agent"))
+    resp = await stub.AssignAgents(
+        agent_pb2.AssignAgentsRequest(campaign_id=args.campaign, agent_ids=args.agents)
+    )
+    if args.json:
+        print_json(to_dict(resp))
+    else:
+        console.print(
+            f"campaign {args.campaign}: {resp.assigned} agent(s) assigned, {resp.already_assigned} already were"
+        )
+    return 0
+
+
+async def agent_unassign(args: argparse.Namespace, settings: Settings) -> int:
+    stub = agent_pb2_grpc.AgentServiceStub(channel(args, settings, "agent"))
+    resp = await stub.UnassignAgents(
+        agent_pb2.UnassignAgentsRequest(campaign_id=args.campaign, agent_ids=args.agents)
+    )
+    if args.json:
+        print_json(to_dict(resp))
+    else:
+        console.print(
+            f"campaign {args.campaign}: {resp.unassigned} agent(s) unassigned, {resp.not_assigned} were not"
+        )
+        if resp.sessions_changed:
+            console.print(f"taken out of their running session: {', '.join(resp.sessions_changed)}")
+    return 0
+
+
+async def agent_assignments(args: argparse.Namespace, settings: Settings) -> int:
+    stub = agent_pb2_grpc.AgentServiceStub(channel(args, settings, "agent"))
+    resp = await stub.ListAssignments(
+        agent_pb2.ListAssignmentsRequest(
+            campaign_id=args.campaign or "", agent_id=args.agent or "", history=args.history
+        )
+    )
+    if args.json:
+        print_json(to_dict(resp))
+        return 0
+    print_table(
+        "assignments",
+        ["campaign", "agent", "assigned by", "at"],
+        [
+            (a.campaign_id, a.agent_id, a.assigned_by, a.assigned_at.ToDatetime(tzinfo=UTC).isoformat())
+            for a in resp.assignments
+        ],
+    )
+    if args.history:
+        print_table(
+            "changes (newest first)",
+            ["at", "action", "campaign", "agent", "by"],
+            [
+                (h.at.ToDatetime(tzinfo=UTC).isoformat(), h.action, h.campaign_id, h.agent_id, h.actor)
+                for h in resp.history
+            ],
+        )
     return 0
 
 
@@ -353,6 +430,13 @@ def _why(exc: BaseException) -> str:
 
 
 async def sim_agents(args: argparse.Namespace, settings: Settings) -> int:
+    assign_token = None if args.no_assign else (args.token or settings.token)
+    if not args.no_assign and not assign_token:
+        return fail(
+            "the simulated agents are assigned to the campaigns first: set OUTDIAL_TOKEN (or --token) to a "
+            "manager's or an admin's token, or pass --no-assign when they are assigned already",
+            2,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     if args.duration:
@@ -388,6 +472,7 @@ async def sim_agents(args: argparse.Namespace, settings: Settings) -> int:
             started=started,
             think=Distribution(args.preview_think, "lognormal"),
             p_skip=args.preview_skip,
+            assign_token=assign_token,
         )
     except KeyboardInterrupt:
         return 130
@@ -415,7 +500,7 @@ async def sim_agents(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: Any) -> None:
-    agent = sub.add_parser("agent", help="agents: console, list, counts").add_subparsers(
+    agent = sub.add_parser("agent", help="agents: console, assignments, list, counts").add_subparsers(
         dest="agent_cmd", required=True
     )
     p = command(agent, "console", agent_console, "terminal agent console: log in, take calls, disposition")
@@ -441,6 +526,22 @@ def register(sub: Any) -> None:
         default="sale,not_interested,callback,wrong_number,do_not_call,other",
         help="comma-separated dispositions offered on keys 1-9",
     )
+    p = command(agent, "assign", agent_assign, "let agents log in to a campaign (manager, admin; audited)")
+    p.add_argument("campaign", help="campaign id")
+    p.add_argument("agents", nargs="+", metavar="AGENT", help="agent ids (their tokens' subjects)")
+    p.add_argument("--no-check", action="store_true", help="do not check that the campaign exists first")
+    p = command(
+        agent,
+        "unassign",
+        agent_unassign,
+        "take agents off a campaign (a logged-in agent loses it at once; see docs/security-authz.md)",
+    )
+    p.add_argument("campaign", help="campaign id")
+    p.add_argument("agents", nargs="+", metavar="AGENT", help="agent ids")
+    p = command(agent, "assignments", agent_assignments, "who may log in to which campaign")
+    p.add_argument("--campaign", help="only this campaign")
+    p.add_argument("--agent", help="only this agent")
+    p.add_argument("--history", action="store_true", help="also the audited changes (who, whom, when)")
     p = command(agent, "list", agent_list, "list logged-in agents (of a campaign)")
     p.add_argument("--campaign", help="campaign id")
     p = command(agent, "counts", agent_counts, "agents of a campaign by state (what pacing sees)")
@@ -460,6 +561,12 @@ def register(sub: Any) -> None:
     p.add_argument("--prefix", default="sim", help="agent ids are PREFIX-0001 …")
     p.add_argument("--dispositions", help='JSON weights, e.g. {"sale": 0.2, "not_interested": 0.8}')
     p.add_argument("--quiet", action="store_true", help="do not print every offer")
+    p.add_argument(
+        "--no-assign",
+        action="store_true",
+        help="do not assign the agents to the campaigns first (your token must then be a manager's or an "
+        "admin's; with --no-assign they must be assigned already)",
+    )
     p.add_argument(
         "--preview-think", type=float, default=2.0, help="preview mode: mean seconds before deciding"
     )

@@ -327,6 +327,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
                 prefix="demo-agent",
                 started=started,
                 phone_of=rig.phone_of if rig is not None else None,
+                assign_token=token,  # the demo's admin assigns its agents to the campaign
                 dispositions={
                     "sale": 0.2,
                     "not_interested": 0.6,

@@ -1,4 +1,4 @@
-"""``outdial dnc add|remove|check|import|lists|audit|verify|why``: the compliance officer's commands."""
+"""``outdial dnc add|remove|check|import|lists|audit|verify|consent|why``: the compliance officer's commands."""
 
 from __future__ import annotations
 
@@ -301,6 +301,36 @@ async def _why(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+CONSENT_KINDS = {
+    "express": dnc_pb2.CONSENT_KIND_EXPRESS,
+    "express_written": dnc_pb2.CONSENT_KIND_EXPRESS_WRITTEN,
+    "ebr": dnc_pb2.CONSENT_KIND_EXISTING_BUSINESS_RELATIONSHIP,
+}
+
+
+async def _consent(args: argparse.Namespace, settings: Settings) -> int:
+    """Record (or revoke) a person's consent: compliance only; a grant names its evidence."""
+    req = dnc_pb2.SetConsentRequest(
+        number=args.number,
+        revoke=args.revoke,
+        campaign_id=args.campaign or "",
+        evidence=args.evidence or "",
+        obtained_via=args.via or "",
+    )
+    if args.kind:
+        req.kind = CONSENT_KINDS[args.kind]
+    if args.obtained_at:
+        req.obtained_at.CopyFrom(_time(args.obtained_at))
+    if args.expires:
+        req.expires_at.CopyFrom(_time(args.expires))
+    resp = await _stub(args, settings).SetConsent(req)
+    if args.json:
+        print_json(to_dict(resp))
+    else:
+        print(f"{'revoked' if args.revoke else 'granted'}: audit record #{resp.audit_seq}")
+    return 0
+
+
 def register(sub: Any) -> None:
     g = group(sub, "dnc", "do-not-call lists, the gate and the audit log")
     p = command(g, "add", _add, "put numbers on a DNC list (internal by default)")
@@ -328,6 +358,19 @@ def register(sub: Any) -> None:
         g, "verify", _verify, "recompute the audit hash chain (exit non-zero naming the first bad record)"
     )
     p.add_argument("--from-seq", type=int, default=0)
+    p = command(
+        g, "consent", _consent, "record a person's consent with its evidence, or revoke it (compliance only)"
+    )
+    p.add_argument("number")
+    p.add_argument("--kind", choices=sorted(CONSENT_KINDS), help="required for a grant")
+    p.add_argument(
+        "--evidence", help="what proves it: the signed form's reference, the recording, the message"
+    )
+    p.add_argument("--obtained-at", help="when the person gave it (ISO 8601)")
+    p.add_argument("--via", help="how it was obtained: web_form, signed_paper, recorded_call, sms, …")
+    p.add_argument("--campaign", help="only for this campaign (default: every campaign)")
+    p.add_argument("--expires", help="when it lapses (ISO 8601)")
+    p.add_argument("--revoke", action="store_true", help="revoke instead (no evidence needed)")
     p = command(g, "why", _why, "why a number was or was not dialled at a time")
     p.add_argument("number")
     p.add_argument("--at", required=True, help="time (ISO 8601, or 'now')")

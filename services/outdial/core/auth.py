@@ -213,7 +213,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
             "VerifyAudit": {_C},
             "ExplainDecision": {_C, _M},
             "RecordOptOut": {_G, _M, _C},
-            "SetConsent": {_C, _M},
+            # Consent overrides the national and wireless lists: compliance only (with evidence, dnc/service.py).
+            "SetConsent": {_C},
             "RebuildIndex": {_C},
         },
         "AgentService": {
@@ -231,6 +232,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
             "ReleaseAgent": set(),
             "PreviewLead": set(),
             "DecidePreview": {_G},
+            # Which agent may log in to which campaign (agent/service.py); an agent lists only their own.
+            "AssignAgents": {_M},
+            "UnassignAgents": {_M},
+            "ListAssignments": {_M, _C, _G},
         },
         "PacingService": {
             "GetPacingState": {_M, _C},

@@ -40,17 +40,20 @@ async def apply_event(engine: DncEngine, redis: Redis, fields: dict[str, str]) -
     number, source = got
     ok, _bad = engine.normalise_many([number])
     if ok:
-        actor = f"event:{fields.get('agent_id') or source}"
+        # The actor is what wrote the record (the event consumer, by kind of opt-out); the agent named in the
+        # event is a reported detail, never the actor.
+        reported = fields.get("agent_id", "")
         await engine.add(
             ListInfo("internal", "internal"),
             ok,
-            actor=actor,
+            actor=f"event:{source}",
             reason="opt-out",
             source=source,
             expires_at=None,
             action="opt_out",
             call_id=fields.get("call_id", ""),
             campaign_id=fields.get("campaign_id", ""),
+            extra_details={"reported_agent_id": reported} if reported else None,
         )
     else:
         log.warning("opt-out event %s with an unreadable number", event_id)

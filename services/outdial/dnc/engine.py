@@ -38,6 +38,15 @@ REBUILD_LOCK = 0x646E63_02  # one rebuild at a time
 IMPORT_BATCH = 50_000
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What proves a consent, when the person gave it, and how it was obtained."""
+
+    what: str
+    obtained_at: datetime | None
+    obtained_via: str
+
+
 @dataclass
 class ImportResult:
     list_id: str
@@ -271,6 +280,7 @@ class DncEngine:
         action: str = "add",
         call_id: str = "",
         campaign_id: str = "",
+        extra_details: dict[str, str] | None = None,
     ) -> tuple[list[str], list[AuditRecord]]:
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
@@ -300,6 +310,7 @@ class DncEngine:
                                 "list_id": li.id,
                                 "source": source,
                                 "expires_at": expires_at.isoformat() if expires_at else None,
+                                **(extra_details or {}),
                             }
                         ),
                     )
@@ -376,7 +387,7 @@ class DncEngine:
         kind: str,
         revoke: bool,
         campaign_id: str,
-        evidence: str,
+        evidence: Evidence,
         actor: str,
         expires_at: datetime | None,
     ) -> AuditRecord:
@@ -386,7 +397,18 @@ class DncEngine:
                 n = await store.revoke_consent(conn, number, campaign_id or None, actor, now)
                 result = "revoked" if n else "none_active"
             else:
-                await store.grant_consent(conn, number, kind, campaign_id, evidence, actor, now, expires_at)
+                await store.grant_consent(
+                    conn,
+                    number,
+                    kind,
+                    campaign_id,
+                    evidence.what,
+                    actor,
+                    now,
+                    expires_at,
+                    obtained_at=evidence.obtained_at,
+                    obtained_via=evidence.obtained_via,
+                )
                 result = "granted"
             (rec,) = await store.append_audit(
                 conn,
@@ -402,7 +424,11 @@ class DncEngine:
                         kind,
                         details_json(
                             {
-                                "evidence": evidence,
+                                "evidence": evidence.what,
+                                "obtained_at": evidence.obtained_at.isoformat()
+                                if evidence.obtained_at
+                                else None,
+                                "obtained_via": evidence.obtained_via,
                                 "revoke": revoke,
                                 "expires_at": expires_at.isoformat() if expires_at else None,
                             }

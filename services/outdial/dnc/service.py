@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from outdial.core.auth import current_actor
-from outdial.core.errors import FailedPrecondition, InvalidArgument
+from outdial.core.auth import Role, current_actor, current_principal
+from outdial.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from outdial.core.jurisdictions import jurisdiction_from_pb, jurisdiction_to_pb
 from outdial.core.metrics import DNC_DECISIONS
 from outdial.dnc import gate, store
 from outdial.dnc.audit import AuditRecord
-from outdial.dnc.engine import DncEngine
+from outdial.dnc.engine import DncEngine, Evidence
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
 
 KIND_TO_PB = {
@@ -27,6 +27,10 @@ KIND_TO_PB = {
     "wireless": dnc_pb2.LIST_KIND_WIRELESS,
 }
 PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}
+#: How far in the future a consent's obtained_at may be (clock skew between the caller and us).
+CONSENT_CLOCK_SKEW = timedelta(minutes=5)
+#: The one identity whose checks are dial-time evidence in the audit log.
+DIAL_TIME_SERVICE = "pacing"
 CONSENT = {
     dnc_pb2.CONSENT_KIND_EXPRESS: "express",
     dnc_pb2.CONSENT_KIND_EXPRESS_WRITTEN: "express_written",
@@ -112,6 +116,12 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
     async def CheckNumbers(
         self, request: dnc_pb2.CheckNumbersRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dnc_pb2.CheckNumbersResponse:
+        if request.dial_time and current_principal().service != DIAL_TIME_SERVICE:
+            # A dial-time check is audited as the evidence of a dial: only the dialer writes that evidence.
+            raise PermissionDenied(
+                "dial_time checks are for the pacing service only (they are audited as dials)",
+                error_id="dial_time_not_pacing",
+            )
         decisions, seqs = await self.engine.check(
             list(request.numbers),
             request.campaign_id,
@@ -292,19 +302,26 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
         ok, bad = self.engine.normalise_many([request.number])
         if bad or not ok:
             raise InvalidArgument("not a phone number", field="number")
-        actor = current_actor()
-        if request.agent_id:
-            actor = f"{actor} (agent {request.agent_id})"
+        # The audit actor is the token's, never a name from the request. The agent a service reports (the
+        # agent service, which authenticated that agent) goes in the details, marked as reported.
+        principal = current_principal()
+        reported = request.agent_id.strip()
+        if principal.role is Role.AGENT and reported and reported != principal.subject:
+            raise PermissionDenied(
+                f"an agent records opt-outs only as themselves, not {reported!r}", error_id="not_self"
+            )
+        extra = {"reported_agent_id": reported} if reported and principal.role is Role.SERVICE else None
         _, records = await self.engine.add(
             gate.ListInfo("internal", "internal"),
             ok,
-            actor=actor,
+            actor=current_actor(),
             reason="opt-out",
             source=request.source or "api",
             expires_at=None,
             action="opt_out",
             call_id=request.call_id,
             campaign_id=request.campaign_id,
+            extra_details=extra,
         )
         return dnc_pb2.RecordOptOutResponse(list_id="internal", audit_seq=records[-1].seq if records else 0)
 
@@ -314,14 +331,36 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
         ok, bad = self.engine.normalise_many([request.number])
         if bad or not ok:
             raise InvalidArgument("not a phone number", field="number")
-        if not request.revoke and request.kind not in CONSENT:
-            raise InvalidArgument("consent kind is required", field="kind")
+        obtained_at = from_ts(request.obtained_at, request.HasField("obtained_at"))
+        evidence, via = request.evidence.strip(), request.obtained_via.strip()
+        if not request.revoke:
+            # A grant overrides the national and wireless lists: it needs its evidence. A revocation needs
+            # none (consent may be revoked by any reasonable means, and it only blocks more).
+            if request.kind not in CONSENT:
+                raise InvalidArgument("consent kind is required", field="kind")
+            if not evidence:
+                raise InvalidArgument(
+                    "evidence is required: what proves the consent (form, recording, message reference)",
+                    field="evidence",
+                )
+            if obtained_at is None:
+                raise InvalidArgument(
+                    "obtained_at is required: when the consent was given", field="obtained_at"
+                )
+            if obtained_at > self.engine.clock.now() + CONSENT_CLOCK_SKEW:
+                raise InvalidArgument("obtained_at is in the future", field="obtained_at")
+            if not via:
+                raise InvalidArgument(
+                    "obtained_via is required: how the consent was obtained (web_form, signed_paper, "
+                    "recorded_call, …)",
+                    field="obtained_via",
+                )
         rec = await self.engine.set_consent(
             ok[0],
             CONSENT.get(request.kind, ""),
             request.revoke,
             request.campaign_id,
-            request.evidence,
+            Evidence(evidence, obtained_at, via),
             current_actor(),
             from_ts(request.expires_at, request.HasField("expires_at")),
         )

@@ -200,10 +200,14 @@ async def grant_consent(
     actor: str,
     at: datetime,
     expires_at: datetime | None,
+    *,
+    obtained_at: datetime | None,
+    obtained_via: str,
 ) -> None:
     await conn.execute(
-        """INSERT INTO dnc_consent (number, kind, campaign_id, evidence, actor, granted_at, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+        """INSERT INTO dnc_consent (number, kind, campaign_id, evidence, actor, granted_at, expires_at,
+                                    obtained_at, obtained_via)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
         number,
         kind,
         campaign_id,
@@ -211,6 +215,8 @@ async def grant_consent(
         actor,
         at,
         expires_at,
+        obtained_at,
+        obtained_via,
     )
 
 

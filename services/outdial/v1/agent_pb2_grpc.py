@@ -105,6 +105,21 @@ class AgentServiceStub:
                 request_serializer=outdial_dot_v1_dot_agent__pb2.DecidePreviewRequest.SerializeToString,
                 response_deserializer=outdial_dot_v1_dot_agent__pb2.DecidePreviewResponse.FromString,
                 _registered_method=True)
+        self.AssignAgents = channel.unary_unary(
+                '/outdial.v1.AgentService/AssignAgents',
+                request_serializer=outdial_dot_v1_dot_agent__pb2.AssignAgentsRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_agent__pb2.AssignAgentsResponse.FromString,
+                _registered_method=True)
+        self.UnassignAgents = channel.unary_unary(
+                '/outdial.v1.AgentService/UnassignAgents',
+                request_serializer=outdial_dot_v1_dot_agent__pb2.UnassignAgentsRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_agent__pb2.UnassignAgentsResponse.FromString,
+                _registered_method=True)
+        self.ListAssignments = channel.unary_unary(
+                '/outdial.v1.AgentService/ListAssignments',
+                request_serializer=outdial_dot_v1_dot_agent__pb2.ListAssignmentsRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_agent__pb2.ListAssignmentsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -206,6 +221,28 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AssignAgents(self, request, context):
+        """Who may log in to which campaign (managers and admins; audited). Login refuses a campaign the agent is
+        not assigned to. Removing an assignment takes the campaign out of a running session at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnassignAgents(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAssignments(self, request, context):
+        """Current assignments (filtered by campaign and/or agent), and on request the audited changes. An agent
+        sees only their own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -278,6 +315,21 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.DecidePreview,
                     request_deserializer=outdial_dot_v1_dot_agent__pb2.DecidePreviewRequest.FromString,
                     response_serializer=outdial_dot_v1_dot_agent__pb2.DecidePreviewResponse.SerializeToString,
+            ),
+            'AssignAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignAgents,
+                    request_deserializer=outdial_dot_v1_dot_agent__pb2.AssignAgentsRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_agent__pb2.AssignAgentsResponse.SerializeToString,
+            ),
+            'UnassignAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnassignAgents,
+                    request_deserializer=outdial_dot_v1_dot_agent__pb2.UnassignAgentsRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_agent__pb2.UnassignAgentsResponse.SerializeToString,
+            ),
+            'ListAssignments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAssignments,
+                    request_deserializer=outdial_dot_v1_dot_agent__pb2.ListAssignmentsRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_agent__pb2.ListAssignmentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -659,6 +711,87 @@ class AgentService:
             '/outdial.v1.AgentService/DecidePreview',
             outdial_dot_v1_dot_agent__pb2.DecidePreviewRequest.SerializeToString,
             outdial_dot_v1_dot_agent__pb2.DecidePreviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outdial.v1.AgentService/AssignAgents',
+            outdial_dot_v1_dot_agent__pb2.AssignAgentsRequest.SerializeToString,
+            outdial_dot_v1_dot_agent__pb2.AssignAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnassignAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outdial.v1.AgentService/UnassignAgents',
+            outdial_dot_v1_dot_agent__pb2.UnassignAgentsRequest.SerializeToString,
+            outdial_dot_v1_dot_agent__pb2.UnassignAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAssignments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outdial.v1.AgentService/ListAssignments',
+            outdial_dot_v1_dot_agent__pb2.ListAssignmentsRequest.SerializeToString,
+            outdial_dot_v1_dot_agent__pb2.ListAssignmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,15 @@ class AgentServiceStub:
     """The agent's answer to a preview: dial or skip. The dialer calls it too when the preview times out;
     the first decision stands and is returned to every caller.
     """
+    AssignAgents: _grpc.UnaryUnaryMultiCallable[_agent_pb2.AssignAgentsRequest, _agent_pb2.AssignAgentsResponse]
+    """Who may log in to which campaign (managers and admins; audited). Login refuses a campaign the agent is
+    not assigned to. Removing an assignment takes the campaign out of a running session at once.
+    """
+    UnassignAgents: _grpc.UnaryUnaryMultiCallable[_agent_pb2.UnassignAgentsRequest, _agent_pb2.UnassignAgentsResponse]
+    ListAssignments: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListAssignmentsRequest, _agent_pb2.ListAssignmentsResponse]
+    """Current assignments (filtered by campaign and/or agent), and on request the audited changes. An agent
+    sees only their own.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -96,6 +105,15 @@ class AgentServiceAsyncStub(AgentServiceStub):
     DecidePreview: _aio.UnaryUnaryMultiCallable[_agent_pb2.DecidePreviewRequest, _agent_pb2.DecidePreviewResponse]  # type: ignore[assignment]
     """The agent's answer to a preview: dial or skip. The dialer calls it too when the preview times out;
     the first decision stands and is returned to every caller.
+    """
+    AssignAgents: _aio.UnaryUnaryMultiCallable[_agent_pb2.AssignAgentsRequest, _agent_pb2.AssignAgentsResponse]  # type: ignore[assignment]
+    """Who may log in to which campaign (managers and admins; audited). Login refuses a campaign the agent is
+    not assigned to. Removing an assignment takes the campaign out of a running session at once.
+    """
+    UnassignAgents: _aio.UnaryUnaryMultiCallable[_agent_pb2.UnassignAgentsRequest, _agent_pb2.UnassignAgentsResponse]  # type: ignore[assignment]
+    ListAssignments: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListAssignmentsRequest, _agent_pb2.ListAssignmentsResponse]  # type: ignore[assignment]
+    """Current assignments (filtered by campaign and/or agent), and on request the audited changes. An agent
+    sees only their own.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -212,6 +230,33 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_pb2.DecidePreviewResponse, _abc.Awaitable[_agent_pb2.DecidePreviewResponse]]:
         """The agent's answer to a preview: dial or skip. The dialer calls it too when the preview times out;
         the first decision stands and is returned to every caller.
+        """
+
+    @_abc_1.abstractmethod
+    def AssignAgents(
+        self,
+        request: _agent_pb2.AssignAgentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.AssignAgentsResponse, _abc.Awaitable[_agent_pb2.AssignAgentsResponse]]:
+        """Who may log in to which campaign (managers and admins; audited). Login refuses a campaign the agent is
+        not assigned to. Removing an assignment takes the campaign out of a running session at once.
+        """
+
+    @_abc_1.abstractmethod
+    def UnassignAgents(
+        self,
+        request: _agent_pb2.UnassignAgentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.UnassignAgentsResponse, _abc.Awaitable[_agent_pb2.UnassignAgentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAssignments(
+        self,
+        request: _agent_pb2.ListAssignmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ListAssignmentsResponse, _abc.Awaitable[_agent_pb2.ListAssignmentsResponse]]:
+        """Current assignments (filtered by campaign and/or agent), and on request the audited changes. An agent
+        sees only their own.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1083,7 +1083,9 @@ class ScheduleCallbackRequest(_message.Message):
     campaign_id: _builtins.str
     lead_id: _builtins.str
     agent_id: _builtins.str
-    """Agent who asked for the callback (optional: any agent when empty)."""
+    """Agent the callback is for (optional: any agent when empty). An agent calling for themselves may leave
+    it empty or name only themselves, and only for the lead of the call they were last connected to.
+    """
     note: _builtins.str
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...

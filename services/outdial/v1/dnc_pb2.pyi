@@ -863,6 +863,10 @@ Global___RecordOptOutResponse: _TypeAlias = RecordOptOutResponse  # noqa: Y015
 
 @_typing.final
 class SetConsentRequest(_message.Message):
+    """Compliance (and admin) only. A grant needs its evidence: what (`evidence`), when (`obtained_at`) and how it
+    was obtained (`obtained_via`); a revocation needs none (consent may be revoked by any reasonable means).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NUMBER_FIELD_NUMBER: _builtins.int
@@ -871,14 +875,23 @@ class SetConsentRequest(_message.Message):
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
     EVIDENCE_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    OBTAINED_AT_FIELD_NUMBER: _builtins.int
+    OBTAINED_VIA_FIELD_NUMBER: _builtins.int
     number: _builtins.str
     kind: Global___ConsentKind.ValueType
     revoke: _builtins.bool
     """Revoke instead of grant."""
     campaign_id: _builtins.str
     evidence: _builtins.str
+    """What proves the consent: a reference to the signed form, the recording, the message (required for a grant)."""
+    obtained_via: _builtins.str
+    """How it was obtained: "web_form", "signed_paper", "recorded_call", "sms", … (required for a grant)."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def obtained_at(self) -> _timestamp_pb2.Timestamp:
+        """When the person gave it (required for a grant; not in the future)."""
+
     def __init__(
         self,
         *,
@@ -888,10 +901,12 @@ class SetConsentRequest(_message.Message):
         campaign_id: _builtins.str = ...,
         evidence: _builtins.str = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        obtained_at: _timestamp_pb2.Timestamp | None = ...,
+        obtained_via: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "obtained_at", b"obtained_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "evidence", b"evidence", "expires_at", b"expires_at", "kind", b"kind", "number", b"number", "revoke", b"revoke"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "evidence", b"evidence", "expires_at", b"expires_at", "kind", b"kind", "number", b"number", "obtained_at", b"obtained_at", "obtained_via", b"obtained_via", "revoke", b"revoke"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
