@@ -21,6 +21,20 @@ DELIMITERS = (",", ";", "\t", "|")
 class MalformedFile(ValueError):
     """The file cannot be read as a CSV lead file; the message says what is wrong."""
 
+    error_id = "malformed_file"
+
+
+class LineTooLong(MalformedFile):
+    """A physical line (or a quoted record) is longer than the limit."""
+
+    error_id = "line_too_long"
+
+
+class FileTooLarge(MalformedFile):
+    """The file is larger than the limit."""
+
+    error_id = "file_too_large"
+
 
 def sniff_delimiter(header: str) -> str:
     counts = dict.fromkeys(DELIMITERS, 0)
@@ -44,7 +58,10 @@ class CsvStream:
         self.max_line = max_line
         self.total_bytes = 0
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
-        self._tail = ""  # text after the last newline
+        # Text after the last newline, kept as the pieces that arrived (joined once, when a newline comes:
+        # tiny chunks of a long line cost linear time, not quadratic) and bounded by max_line.
+        self._tail: list[str] = []
+        self._tail_len = 0
         self._pending: list[str] = []  # lines of an unfinished (quoted) record
         self._pending_size = 0
         self._pending_quotes = 0
@@ -65,17 +82,28 @@ class CsvStream:
     def feed(self, data: bytes) -> list[list[str]]:
         self.total_bytes += len(data)
         if self.total_bytes > self.max_bytes:
-            raise MalformedFile(f"the file is larger than the limit of {self.max_bytes} bytes")
-        text = self._tail + self._decode(data, False)
+            raise FileTooLarge(f"the file is larger than the limit of {self.max_bytes} bytes")
+        text = self._decode(data, False)
+        if "\n" not in text:
+            self._tail.append(text)
+            self._tail_len += len(text)
+            if self._tail_len > self.max_line:
+                raise LineTooLong(f"line {self.line_no + 1} is longer than {self.max_line} bytes")
+            return []
+        if self._tail:
+            text = "".join(self._tail) + text
         lines = text.split("\n")
-        self._tail = lines.pop()
-        if len(self._tail) > self.max_line:
-            raise MalformedFile(f"line {self.line_no + len(lines) + 1} is longer than {self.max_line} bytes")
+        last = lines.pop()
+        self._tail = [last] if last else []
+        self._tail_len = len(last)
+        if len(last) > self.max_line:
+            raise LineTooLong(f"line {self.line_no + len(lines) + 1} is longer than {self.max_line} bytes")
         return self._records(lines)
 
     def finish(self) -> list[list[str]]:
-        text = self._tail + self._decode(b"", True)
-        self._tail = ""
+        text = "".join(self._tail) + self._decode(b"", True)
+        self._tail = []
+        self._tail_len = 0
         lines = [text] if text else []
         out = self._records(lines)
         if self._pending:
@@ -90,21 +118,21 @@ class CsvStream:
             longest = max(map(len, lines))
             if longest > self.max_line:
                 at = next(i for i, line in enumerate(lines) if len(line) > self.max_line)
-                raise MalformedFile(f"line {self.line_no + at + 1} is longer than {self.max_line} bytes")
+                raise LineTooLong(f"line {self.line_no + at + 1} is longer than {self.max_line} bytes")
             self.line_no += len(lines)
             return self._parse(lines)
         complete: list[str] = []
         for line in lines:
             self.line_no += 1
             if len(line) > self.max_line:
-                raise MalformedFile(f"line {self.line_no} is longer than {self.max_line} bytes")
+                raise LineTooLong(f"line {self.line_no} is longer than {self.max_line} bytes")
             q = line.count('"')
             if self._pending:
                 self._pending.append(line)
                 self._pending_size += len(line)
                 self._pending_quotes += q
                 if self._pending_size > self.max_line:
-                    raise MalformedFile(
+                    raise LineTooLong(
                         f"the record starting on line {self.line_no - len(self._pending) + 1} is longer than "
                         f"{self.max_line} bytes (an unclosed quote?)"
                     )

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from outdial.core import logging as odlog
 from outdial.core.clients import ServiceToken, open_channel
 from outdial.core.config import Settings
+from outdial.core.limits import Limits, server_options
 from outdial.core.metrics import (
     GATEWAY_AGENT_LEGS,
     GATEWAY_IN_FLIGHT,
@@ -242,7 +243,8 @@ async def serve(
             log.warning("released %d rtpengine sessions left by an earlier gateway", freed)
 
     server = grpc.aio.server(
-        interceptors=[CoreInterceptor("gateway", core.auth_secret)], options=SERVER_OPTIONS
+        interceptors=[CoreInterceptor("gateway", core.auth_secret, limits=Limits("gateway", core))],
+        options=[*server_options(core), *SERVER_OPTIONS],
     )
     gateway_servicer = GatewayServicer(gw)
     from outdial.v1 import gateway_pb2_grpc
