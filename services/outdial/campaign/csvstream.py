@@ -58,23 +58,25 @@ class CsvStream:
         self.max_line = max_line
         self.total_bytes = 0
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
-        # Text after the last newline, kept as the pieces that arrived (joined once, when a newline comes:
-        # tiny chunks of a long line cost linear time, not quadratic) and bounded by max_line.
-        self._tail: list[str] = []
-        self._tail_len = 0
+        # The bytes after the last newline: a newline byte is never inside a UTF-8 sequence, so only whole
+        # lines are decoded. Bounded by max_line, and each byte is copied a bounded number of times
+        # whatever the chunk sizes (tiny chunks of a long line cost linear time, not quadratic).
+        self._raw = bytearray()
+        self._decoded = 0  # bytes handed to the decoder so far (for error offsets)
         self._pending: list[str] = []  # lines of an unfinished (quoted) record
         self._pending_size = 0
         self._pending_quotes = 0
         self.delimiter: str | None = None
         self.line_no = 0  # physical lines consumed
 
-    def _decode(self, data: bytes, final: bool) -> str:
+    def _decode(self, data: bytes | bytearray, final: bool) -> str:
         try:
             text = self._decoder.decode(data, final)
         except UnicodeDecodeError as exc:
             raise MalformedFile(
-                f"the file is not UTF-8 text (invalid byte near offset {self.total_bytes - len(data) + exc.start})"
+                f"the file is not UTF-8 text (invalid byte near offset {self._decoded + exc.start})"
             ) from None
+        self._decoded += len(data)
         if "\x00" in text:
             raise MalformedFile("the file is not text (it contains NUL bytes)")
         return text
@@ -83,27 +85,24 @@ class CsvStream:
         self.total_bytes += len(data)
         if self.total_bytes > self.max_bytes:
             raise FileTooLarge(f"the file is larger than the limit of {self.max_bytes} bytes")
-        text = self._decode(data, False)
-        if "\n" not in text:
-            self._tail.append(text)
-            self._tail_len += len(text)
-            if self._tail_len > self.max_line:
+        start = len(self._raw)
+        self._raw += data
+        cut = self._raw.rfind(b"\n", start)
+        if cut < 0:
+            if len(self._raw) > self.max_line:
                 raise LineTooLong(f"line {self.line_no + 1} is longer than {self.max_line} bytes")
             return []
-        if self._tail:
-            text = "".join(self._tail) + text
-        lines = text.split("\n")
-        last = lines.pop()
-        self._tail = [last] if last else []
-        self._tail_len = len(last)
-        if len(last) > self.max_line:
+        block = self._raw[: cut + 1]
+        del self._raw[: cut + 1]
+        lines = self._decode(block, False).split("\n")
+        lines.pop()  # "" after the block's last newline
+        if len(self._raw) > self.max_line:
             raise LineTooLong(f"line {self.line_no + len(lines) + 1} is longer than {self.max_line} bytes")
         return self._records(lines)
 
     def finish(self) -> list[list[str]]:
-        text = "".join(self._tail) + self._decode(b"", True)
-        self._tail = []
-        self._tail_len = 0
+        text = self._decode(self._raw, True)
+        self._raw = bytearray()
         lines = [text] if text else []
         out = self._records(lines)
         if self._pending:

@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from outdial.core.auth import Principal, Role
 from outdial.core.config import Settings
@@ -288,6 +288,16 @@ class Limits:
         limit = self.list_items
         service = self.service
         role = principal.role.value if principal is not None else "-"
+        deserializer = _tolerant(handler.request_deserializer)
+
+        def check(msg: Any) -> None:
+            if isinstance(msg, Malformed):
+                raise InvalidArgument(
+                    f"the request is not a valid {msg.type_name} message ({msg.problem})",
+                    field="request",
+                    error_id="malformed_request",
+                )
+            check_lists(msg, limit)
 
         def counted(exc: OutdialError) -> None:
             label = LIMIT_ERROR_IDS.get(exc.error_id)
@@ -303,19 +313,17 @@ class Limits:
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
-                    check_lists(request, limit)
+                    check(request)
                     return await inner_uu(request, context)
                 except OutdialError as exc:
                     counted(exc)
                     raise
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
+            return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, handler.response_serializer)
 
         async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
             async for msg in requests:
-                check_lists(msg, limit)
+                check(msg)
                 yield msg
 
         if handler.unary_stream:
@@ -323,7 +331,7 @@ class Limits:
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 try:
-                    check_lists(request, limit)
+                    check(request)
                     with slot("streams"):
                         async for item in inner_us(request, context):
                             yield item
@@ -332,7 +340,7 @@ class Limits:
                     raise
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
+                unary_stream, deserializer, handler.response_serializer
             )
         if handler.stream_unary:
             inner_su = handler.stream_unary
@@ -346,7 +354,7 @@ class Limits:
                     raise
 
             return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer
+                stream_unary, deserializer, handler.response_serializer
             )
         inner_ss = handler.stream_stream
 
@@ -361,9 +369,30 @@ class Limits:
                 counted(exc)
                 raise
 
-        return grpc.stream_stream_rpc_method_handler(
-            stream_stream, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, handler.response_serializer)
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request whose bytes are not a valid message: answered INVALID_ARGUMENT, never INTERNAL."""
+
+    type_name: str
+    problem: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    type_name = getattr(owner, "__name__", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return Malformed(type_name, str(exc) or "cannot be parsed")
+
+    return parse
 
 
 def refusal(handler: grpc.RpcMethodHandler, error: OutdialError) -> grpc.RpcMethodHandler:
