@@ -282,3 +282,27 @@ def test_malformed_csv_bytes_give_records_or_a_clear_error(data: bytes, chunk: i
         s.finish()
     except MalformedFile as exc:
         assert str(exc)
+
+
+def test_timestamps_and_durations_out_of_range_are_refused_naming_the_field() -> None:
+    req = dnc_pb2.QueryAuditRequest()
+    req.since.seconds = 10**15
+    with pytest.raises(InvalidArgument, match=r"since is out of range") as err:
+        check_lists(req, 1000)
+    assert (err.value.field, err.value.error_id) == ("since", "out_of_range")
+    req.since.seconds, req.since.nanos = 0, -1
+    with pytest.raises(InvalidArgument):
+        check_lists(req, 1000)
+    req.since.nanos = 999_999_999
+    check_lists(req, 1000)
+    offer = agent_pb2.OfferCallRequest()
+    offer.deadline.seconds, offer.deadline.nanos = 1, -5
+    with pytest.raises(InvalidArgument, match="deadline is out of range"):
+        check_lists(offer, 1000)
+    offer.deadline.seconds, offer.deadline.nanos = -1, -5
+    check_lists(offer, 1000)
+    nested = campaign_pb2.UpdateCampaignRequest()
+    nested.campaign.scheduled_start.seconds = -(2**62)
+    with pytest.raises(InvalidArgument) as err:
+        check_lists(nested, 1000)
+    assert err.value.field == "campaign.scheduled_start"

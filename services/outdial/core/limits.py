@@ -94,13 +94,12 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 
 def check_lists(msg: Message, limit: int, path: str = "") -> None:
     """INVALID_ARGUMENT when a repeated or map field of ``msg`` (at any depth) holds more than ``limit``
-    items; the fields of :data:`SERVICE_BOUNDED` are left to their service."""
-    if limit <= 0:
-        return
+    items (the fields of :data:`SERVICE_BOUNDED` are left to their service), or when a Timestamp or a
+    Duration in it is outside the range protobuf defines (converting it would raise in the handler)."""
     for fd, value in msg.ListFields():
         name = f"{path}.{fd.name}" if path else fd.name
         if _is_repeated(fd):
-            if len(value) > limit and fd.full_name not in SERVICE_BOUNDED:
+            if 0 < limit < len(value) and fd.full_name not in SERVICE_BOUNDED:
                 raise InvalidArgument(
                     f"{name} holds {len(value)} items; at most {limit} per request "
                     "(OUTDIAL_LIMIT_LIST_ITEMS)",
@@ -117,7 +116,33 @@ def check_lists(msg: Message, limit: int, path: str = "") -> None:
                     for i, item in enumerate(value):
                         check_lists(item, limit, f"{name}[{i}]")
         elif fd.message_type is not None:
-            check_lists(value, limit, name)
+            kind = fd.message_type.full_name
+            if kind == "google.protobuf.Timestamp":
+                _check_time(value, name, TIMESTAMP_SECONDS, "a time between years 1 and 9999")
+            elif kind == "google.protobuf.Duration":
+                _check_time(value, name, DURATION_SECONDS, "a duration of at most 10,000 years")
+            else:
+                check_lists(value, limit, name)
+
+
+# The ranges of the well-known types (google/protobuf/timestamp.proto, duration.proto).
+TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
+DURATION_SECONDS = (-315_576_000_000, 315_576_000_000)
+
+
+def _check_time(value: Any, name: str, seconds: tuple[int, int], what: str) -> None:
+    lo, hi = seconds
+    ok = lo <= value.seconds <= hi and -1_000_000_000 < value.nanos < 1_000_000_000
+    if seconds is TIMESTAMP_SECONDS:
+        ok = ok and value.nanos >= 0
+    else:  # a duration's nanos have the sign of its seconds
+        ok = ok and not (value.seconds > 0 > value.nanos or value.seconds < 0 < value.nanos)
+    if not ok:
+        raise InvalidArgument(
+            f"{name} is out of range (seconds={value.seconds}, nanos={value.nanos}): expected {what}",
+            field=name,
+            error_id="out_of_range",
+        )
 
 
 def _is_repeated(fd: FieldDescriptor) -> bool:
