@@ -322,7 +322,8 @@ class Limits:
                     field="request",
                     error_id="malformed_request",
                 )
-            check_lists(msg, limit)
+            if isinstance(msg, Message):  # a handler without a deserializer gets bytes
+                check_lists(msg, limit)
 
         def counted(exc: OutdialError) -> None:
             label = LIMIT_ERROR_IDS.get(exc.error_id)
