@@ -306,3 +306,25 @@ def test_timestamps_and_durations_out_of_range_are_refused_naming_the_field() ->
     with pytest.raises(InvalidArgument) as err:
         check_lists(nested, 1000)
     assert err.value.field == "campaign.scheduled_start"
+
+
+def test_the_cli_explains_a_refused_upload_that_grpc_aio_reports_as_internal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import grpc
+
+    from outdial.cli.base import rpc_error
+
+    lost = grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(), details="Internal error from Core"
+    )
+    assert rpc_error(lost) == 1
+    assert "Nothing of it was kept" in " ".join(capsys.readouterr().err.split())
+    other = grpc.aio.AioRpcError(
+        grpc.StatusCode.INTERNAL,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="internal error (request id x)",
+    )
+    rpc_error(other)
+    assert "Nothing of it was kept" not in " ".join(capsys.readouterr().err.split())
