@@ -81,6 +81,19 @@ async def test_a_request_without_a_valid_token_is_refused_before_it_is_parsed(
             await call(b"\xff\xff\xff\xff garbage", metadata=COMPLIANCE, timeout=10)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "not a valid CheckNumbersRequest" in (err.value.details() or "")
+        # Streams too: a server stream and a client stream without a token.
+        stream = raw.unary_stream("/outdial.v1.DncService/QueryAudit")(b"\xff\xff", timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stream.read()
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    code, _ = await asyncio.to_thread(
+        stream_sync,
+        rs.addr,
+        "/outdial.v1.DncService/ImportRegistry",
+        iter([dnc_pb2.ImportRegistryRequest(chunk=b"\xff" * 1000)] * 8),
+        (),
+    )
+    assert code is grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_add_and_remove_numbers_honour_max_batch_and_keep_nothing_of_a_refused_batch(
