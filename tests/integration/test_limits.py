@@ -279,6 +279,7 @@ async def test_a_64_mib_registry_line_without_newline_keeps_memory_bounded_and_n
 ) -> None:
     rs = await start_dnc(services, monkeypatch)
     before = await dnc_counts(pg)
+    refused = rejected("dnc", "line", "compliance")
     piece = dnc_pb2.ImportRegistryRequest(chunk=b"2025550123" * (MiB // 10))  # ~1 MiB, reused 64 times
 
     def gen() -> Iterator[dnc_pb2.ImportRegistryRequest]:
@@ -297,6 +298,7 @@ async def test_a_64_mib_registry_line_without_newline_keeps_memory_bounded_and_n
         tracemalloc.stop()
     assert code is grpc.StatusCode.INVALID_ARGUMENT, details
     assert "line 3 of the registry file is longer than 1024 bytes" in details
+    assert rejected("dnc", "line", "compliance") == refused + 1
     assert peak < 24 * MiB, f"the import held {peak / MiB:.0f} MiB"
     assert await dnc_counts(pg) == before  # the two good lines before it are not kept either
     assert await health_status(rs.addr) == SERVING
