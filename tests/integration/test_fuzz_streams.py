@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import grpc
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -70,14 +70,14 @@ def _scalar(fd: FieldDescriptor) -> st.SearchStrategy[Any]:
     if fd.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         return st.floats(allow_nan=True, allow_infinity=True, width=32)
     if fd.type == FieldDescriptor.TYPE_ENUM:
+        assert fd.enum_type is not None
         return st.integers(min_value=-3, max_value=max(v.number for v in fd.enum_type.values) + 3)
     lo, hi = _INT_RANGES[fd.type]
     return st.integers(min_value=lo, max_value=hi)
 
 
 def _fill(draw: Callable[[st.SearchStrategy[Any]], Any], msg: Message, depth: int) -> None:
-    desc: Descriptor = msg.DESCRIPTOR
-    for fd in desc.fields:
+    for fd in msg.DESCRIPTOR.fields:
         if not draw(st.booleans()):
             continue
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:

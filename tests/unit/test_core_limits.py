@@ -4,6 +4,7 @@ line parser and the CSV stream's limits (pure: no servers)."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from google.protobuf.message import Message
@@ -38,7 +39,7 @@ class FakeClock:
         return self.t
 
 
-def limits(clock: FakeClock, **kw: object) -> Limits:
+def limits(clock: FakeClock, **kw: Any) -> Limits:
     return Limits("test", Settings.model_construct(**kw), clock=clock)
 
 
@@ -328,3 +329,30 @@ def test_the_cli_explains_a_refused_upload_that_grpc_aio_reports_as_internal(
     )
     rpc_error(other)
     assert "Nothing of it was kept" not in " ".join(capsys.readouterr().err.split())
+
+
+async def test_large_dnc_batches_are_parsed_off_the_event_loop_and_bounded() -> None:
+    import threading
+
+    from outdial.dnc.engine import INLINE_PARSE, DncEngine
+    from outdial.dnc.settings import DncSettings
+
+    engine = DncEngine.__new__(DncEngine)  # parse_batch needs neither PostgreSQL nor Redis
+    engine.settings = DncSettings(max_batch=1000)
+    threads: list[int] = []
+    real = engine.normalise_many
+
+    def spy(raw: Any, jurisdiction: str = "") -> tuple[list[str], list[str]]:
+        threads.append(threading.get_ident())
+        return real(raw, jurisdiction)
+
+    engine.normalise_many = spy  # type: ignore[method-assign]
+    small = [f"(202) 555-{i:04d}" for i in range(INLINE_PARSE)]
+    big = [f"(202) 555-{i:04d}" for i in range(1000)]
+    ok, bad = await engine.parse_batch(small)
+    assert (len(ok), bad) == (INLINE_PARSE, []) and threads[-1] == threading.get_ident()
+    ok, bad = await engine.parse_batch(big)
+    assert (len(ok), bad) == (1000, []) and threads[-1] != threading.get_ident()
+    with pytest.raises(InvalidArgument, match=r"1001 items in numbers; at most 1000") as err:
+        await engine.parse_batch([*big, "+12025550199"])
+    assert err.value.field == "numbers"
