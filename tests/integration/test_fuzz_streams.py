@@ -60,7 +60,7 @@ _INT_RANGES = {
 }
 
 
-def _scalar(fd: FieldDescriptor) -> st.SearchStrategy[Any]:
+def _scalar(fd: Any) -> st.SearchStrategy[Any]:
     if fd.type == FieldDescriptor.TYPE_STRING:
         return st.text(max_size=24)
     if fd.type == FieldDescriptor.TYPE_BYTES:
