@@ -21,7 +21,7 @@ from outdial.core.limits import (
     Limits,
     TokenBucket,
     batch_limit,
-    check_lists,
+    check_request,
 )
 from outdial.dnc.engine import ImportResult, _LineParser
 from outdial.v1 import agent_pb2, campaign_pb2, dnc_pb2, gateway_pb2, pacing_pb2
@@ -130,19 +130,19 @@ def test_list_limit_names_the_field_and_the_limit_at_any_depth() -> None:
         campaign=campaign_pb2.Campaign(dispositions=["a", "b", "c", "d"])
     )
     with pytest.raises(InvalidArgument) as err:
-        check_lists(req, 3)
+        check_request(req, 3)
     assert err.value.field == "campaign.dispositions"
     assert err.value.error_id == "too_many_items"
     assert "at most 3" in err.value.message and "OUTDIAL_LIMIT_LIST_ITEMS" in err.value.message
-    check_lists(req, 4)
+    check_request(req, 4)
     offer = agent_pb2.OfferCallRequest(lead_fields={str(i): "x" for i in range(5)})
     with pytest.raises(InvalidArgument, match=r"lead_fields holds 5 items"):
-        check_lists(offer, 4)
+        check_request(offer, 4)
 
 
 def test_dnc_number_batches_are_left_to_max_batch() -> None:
     req = dnc_pb2.CheckNumbersRequest(numbers=["+12025550123"] * 50, call_ids=["c"] * 50)
-    check_lists(req, 10)  # bounded by OUTDIAL_DNC_MAX_BATCH in the DNC service, not here
+    check_request(req, 10)  # bounded by OUTDIAL_DNC_MAX_BATCH in the DNC service, not here
     for name in SERVICE_BOUNDED:
         msg, field = name.removeprefix("outdial.v1.").split(".")
         assert field in getattr(dnc_pb2, msg).DESCRIPTOR.fields_by_name
@@ -188,11 +188,11 @@ def test_every_repeated_field_of_every_request_is_bounded() -> None:
             msg = cls()
             _overfill(msg, fd.name, 4)
             if fd.full_name in SERVICE_BOUNDED:
-                check_lists(msg, 3)
+                check_request(msg, 3)
                 continue
             seen += 1
             with pytest.raises(InvalidArgument) as err:
-                check_lists(msg, 3)
+                check_request(msg, 3)
             assert err.value.field == fd.name, fd.full_name
     assert seen >= 8  # skills, campaigns, required_skills, lead_fields, states, column_mapping, …
 
@@ -289,23 +289,23 @@ def test_timestamps_and_durations_out_of_range_are_refused_naming_the_field() ->
     req = dnc_pb2.QueryAuditRequest()
     req.since.seconds = 10**15
     with pytest.raises(InvalidArgument, match=r"since is out of range") as err:
-        check_lists(req, 1000)
+        check_request(req, 1000)
     assert (err.value.field, err.value.error_id) == ("since", "out_of_range")
     req.since.seconds, req.since.nanos = 0, -1
     with pytest.raises(InvalidArgument):
-        check_lists(req, 1000)
+        check_request(req, 1000)
     req.since.nanos = 999_999_999
-    check_lists(req, 1000)
+    check_request(req, 1000)
     offer = agent_pb2.OfferCallRequest()
     offer.deadline.seconds, offer.deadline.nanos = 1, -5
     with pytest.raises(InvalidArgument, match="deadline is out of range"):
-        check_lists(offer, 1000)
+        check_request(offer, 1000)
     offer.deadline.seconds, offer.deadline.nanos = -1, -5
-    check_lists(offer, 1000)
+    check_request(offer, 1000)
     nested = campaign_pb2.UpdateCampaignRequest()
     nested.campaign.scheduled_start.seconds = -(2**62)
     with pytest.raises(InvalidArgument) as err:
-        check_lists(nested, 1000)
+        check_request(nested, 1000)
     assert err.value.field == "campaign.scheduled_start"
 
 
@@ -356,3 +356,21 @@ async def test_large_dnc_batches_are_parsed_off_the_event_loop_and_bounded() -> 
     with pytest.raises(InvalidArgument, match=r"1001 items in numbers; at most 1000") as err:
         await engine.parse_batch([*big, "+12025550199"])
     assert err.value.field == "numbers"
+
+
+def test_nul_characters_and_unknown_enum_values_are_refused_naming_the_field() -> None:
+    with pytest.raises(InvalidArgument, match="campaign_id contains a NUL character") as err:
+        check_request(pacing_pb2.GetPacingStateRequest(campaign_id="c\x001"), 1000)
+    assert err.value.error_id == "nul_in_text"
+    with pytest.raises(InvalidArgument) as err:
+        check_request(campaign_pb2.UploadLeadsHeader(column_mapping={"phone": "tel\x00"}), 1000)
+    assert err.value.field == "column_mapping[phone]"
+    with pytest.raises(InvalidArgument) as err:
+        check_request(dnc_pb2.CheckNumbersRequest(numbers=["+12025550123", "\x00"]), 1000)
+    assert err.value.field == "numbers[1]"
+    with pytest.raises(InvalidArgument, match=r"states\[1\] has the unknown value 99") as err:
+        check_request(campaign_pb2.ListCampaignsRequest(states=[1, 99]), 1000)
+    assert err.value.error_id == "unknown_enum_value"
+    with pytest.raises(InvalidArgument, match="list_kind has the unknown value -1"):
+        check_request(dnc_pb2.AddNumbersRequest(list_kind=-1), 1000)  # type: ignore[arg-type]
+    check_request(campaign_pb2.ListCampaignsRequest(states=[1, 2]), 1000)

@@ -92,37 +92,69 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
 # ------------------------------------------------------------------------------------------- list sizes
 
 
-def check_lists(msg: Message, limit: int, path: str = "") -> None:
+def check_request(msg: Message, limit: int, path: str = "") -> None:
     """INVALID_ARGUMENT when a repeated or map field of ``msg`` (at any depth) holds more than ``limit``
-    items (the fields of :data:`SERVICE_BOUNDED` are left to their service), or when a Timestamp or a
-    Duration in it is outside the range protobuf defines (converting it would raise in the handler)."""
+    items (the fields of :data:`SERVICE_BOUNDED` are left to their service), when a Timestamp or a
+    Duration in it is outside the range protobuf defines (converting it would raise in the handler), when
+    an enum holds a value this build does not define, or when a string holds a NUL character (PostgreSQL
+    text cannot). The error names the field."""
     for fd, value in msg.ListFields():
         name = f"{path}.{fd.name}" if path else fd.name
         if _is_repeated(fd):
-            if 0 < limit < len(value) and fd.full_name not in SERVICE_BOUNDED:
-                raise InvalidArgument(
-                    f"{name} holds {len(value)} items; at most {limit} per request "
-                    "(OUTDIAL_LIMIT_LIST_ITEMS)",
-                    field=name,
-                    error_id="too_many_items",
-                )
-            if fd.message_type is not None:
-                if fd.message_type.GetOptions().map_entry:
-                    vfd = fd.message_type.fields_by_name["value"]
-                    if vfd.message_type is not None:
-                        for k, v in value.items():
-                            check_lists(v, limit, f"{name}[{k}]")
-                else:
-                    for i, item in enumerate(value):
-                        check_lists(item, limit, f"{name}[{i}]")
-        elif fd.message_type is not None:
-            kind = fd.message_type.full_name
-            if kind == "google.protobuf.Timestamp":
-                _check_time(value, name, TIMESTAMP_SECONDS, "a time between years 1 and 9999")
-            elif kind == "google.protobuf.Duration":
-                _check_time(value, name, DURATION_SECONDS, "a duration of at most 10,000 years")
-            else:
-                check_lists(value, limit, name)
+            _check_repeated(fd, value, name, limit)
+        else:
+            _check_value(fd, value, name, limit)
+
+
+def _check_repeated(fd: FieldDescriptor, value: Any, name: str, limit: int) -> None:
+    if 0 < limit < len(value) and fd.full_name not in SERVICE_BOUNDED:
+        raise InvalidArgument(
+            f"{name} holds {len(value)} items; at most {limit} per request (OUTDIAL_LIMIT_LIST_ITEMS)",
+            field=name,
+            error_id="too_many_items",
+        )
+    if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+        kfd = fd.message_type.fields_by_name["key"]
+        vfd = fd.message_type.fields_by_name["value"]
+        for k, v in value.items():
+            _check_value(kfd, k, f"{name} key", limit)
+            _check_value(vfd, v, f"{name}[{k}]", limit)
+    else:
+        for i, item in enumerate(value):
+            _check_value(fd, item, f"{name}[{i}]", limit)
+
+
+def _check_value(fd: FieldDescriptor, value: Any, name: str, limit: int) -> None:
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        _check_text(value, name)
+    elif fd.enum_type is not None:
+        _check_enum(fd, value, name)
+    elif fd.message_type is not None:
+        kind = fd.message_type.full_name
+        if kind == "google.protobuf.Timestamp":
+            _check_time(value, name, TIMESTAMP_SECONDS, "a time between years 1 and 9999")
+        elif kind == "google.protobuf.Duration":
+            _check_time(value, name, DURATION_SECONDS, "a duration of at most 10,000 years")
+        else:
+            check_request(value, limit, name)
+
+
+def _check_text(value: str, name: str) -> None:
+    # PostgreSQL text cannot hold NUL, and no name, id or number of ours contains one: refuse it here
+    # rather than as an error of the database in the middle of the handler.
+    if "\x00" in value:
+        raise InvalidArgument(f"{name} contains a NUL character", field=name, error_id="nul_in_text")
+
+
+def _check_enum(fd: FieldDescriptor, number: int, name: str) -> None:
+    # proto3 enums are open: a value this build does not know parses, and would reach the handler.
+    assert fd.enum_type is not None
+    if number not in fd.enum_type.values_by_number:
+        raise InvalidArgument(
+            f"{name} has the unknown value {number} (one of {', '.join(fd.enum_type.values_by_name)})",
+            field=name,
+            error_id="unknown_enum_value",
+        )
 
 
 # The ranges of the well-known types (google/protobuf/timestamp.proto, duration.proto).
@@ -323,7 +355,7 @@ class Limits:
                     error_id="malformed_request",
                 )
             if isinstance(msg, Message):  # a handler without a deserializer gets bytes
-                check_lists(msg, limit)
+                check_request(msg, limit)
 
         def counted(exc: OutdialError) -> None:
             label = LIMIT_ERROR_IDS.get(exc.error_id)
