@@ -11,6 +11,7 @@ worker thread while the servers run in the test's event loop; examples are bound
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -40,8 +41,12 @@ STREAMING: dict[str, tuple[type[Message], bool]] = {
     "/outdial.v1.PacingService/WatchPacing": (pacing_pb2.WatchPacingRequest, False),
 }
 
+# The suite's examples are the same on every run (a CI failure is reproducible, never flaky). For a deeper
+# search with fresh random examples: OUTDIAL_FUZZ_EXAMPLES=500 pytest tests/integration/test_fuzz_streams.py
+_DEEP = int(os.environ.get("OUTDIAL_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(
-    max_examples=12,
+    max_examples=_DEEP or 12,
+    derandomize=not _DEEP,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     database=None,
@@ -266,7 +271,7 @@ class Fuzz:
                             self._unary(ch, f"/{svc.full_name}/{m.name}", getattr(mod, m.input_type.name))
 
     def _unary(self, ch: grpc.Channel, method: str, cls: type[Message]) -> None:
-        @settings(FUZZ, max_examples=5)
+        @settings(FUZZ, max_examples=max(5, _DEEP // 4))
         @given(payloads(cls))
         def one(req: bytes) -> None:
             try:

@@ -243,6 +243,8 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
             action=request.action,
             result=request.result,
         )
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must not be negative", field="page_size")
         after = _untoken(request.page_token) if request.page_token else 0
         one_page = request.page_size > 0 or bool(request.page_token)
         size = min(request.page_size or 1000, 5000)
