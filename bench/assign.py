@@ -188,11 +188,9 @@ async def _start_replicas(
     return addrs
 
 
-async def _assign(
-    stub: agent_pb2_grpc.AgentServiceStub, settings: Settings, campaign: str, agent_ids: list[str]
-) -> None:
+async def _assign(stub: agent_pb2_grpc.AgentServiceStub, campaign: str, agent_ids: list[str]) -> None:
     """An agent logs in only to a campaign a manager (here an admin) assigned them to."""
-    md = (("authorization", f"Bearer {issue_token(settings.auth_secret, 'bench', Role.ADMIN)}"),)
+    md = (("authorization", f"Bearer {issue_token(dev_key('issuer'), 'bench', Role.ADMIN)}"),)
     for i in range(0, len(agent_ids), 1000):
         await stub.AssignAgents(
             agent_pb2.AssignAgentsRequest(campaign_id=campaign, agent_ids=agent_ids[i : i + 1000]),
@@ -234,7 +232,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             )
             for i in range(args.agents)
         ]
-        await _assign(dialers[0], settings, campaign, [a.agent_id for a in agents])
+        await _assign(dialers[0], campaign, [a.agent_id for a in agents])
         for i in range(0, len(agents), 50):
             await asyncio.gather(*(a.start(campaign) for a in agents[i : i + 50]))
         await asyncio.wait_for(asyncio.gather(*(a.connected.wait() for a in agents)), 60)

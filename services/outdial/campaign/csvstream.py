@@ -21,6 +21,20 @@ DELIMITERS = (",", ";", "\t", "|")
 class MalformedFile(ValueError):
     """The file cannot be read as a CSV lead file; the message says what is wrong."""
 
+    error_id = "malformed_file"
+
+
+class LineTooLong(MalformedFile):
+    """A physical line (or a quoted record) is longer than the limit."""
+
+    error_id = "line_too_long"
+
+
+class FileTooLarge(MalformedFile):
+    """The file is larger than the limit."""
+
+    error_id = "file_too_large"
+
 
 def sniff_delimiter(header: str) -> str:
     counts = dict.fromkeys(DELIMITERS, 0)
@@ -44,20 +58,25 @@ class CsvStream:
         self.max_line = max_line
         self.total_bytes = 0
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
-        self._tail = ""  # text after the last newline
+        # The bytes after the last newline: a newline byte is never inside a UTF-8 sequence, so only whole
+        # lines are decoded. Bounded by max_line, and each byte is copied a bounded number of times
+        # whatever the chunk sizes (tiny chunks of a long line cost linear time, not quadratic).
+        self._raw = bytearray()
+        self._decoded = 0  # bytes handed to the decoder so far (for error offsets)
         self._pending: list[str] = []  # lines of an unfinished (quoted) record
         self._pending_size = 0
         self._pending_quotes = 0
         self.delimiter: str | None = None
         self.line_no = 0  # physical lines consumed
 
-    def _decode(self, data: bytes, final: bool) -> str:
+    def _decode(self, data: bytes | bytearray, final: bool) -> str:
         try:
             text = self._decoder.decode(data, final)
         except UnicodeDecodeError as exc:
             raise MalformedFile(
-                f"the file is not UTF-8 text (invalid byte near offset {self.total_bytes - len(data) + exc.start})"
+                f"the file is not UTF-8 text (invalid byte near offset {self._decoded + exc.start})"
             ) from None
+        self._decoded += len(data)
         if "\x00" in text:
             raise MalformedFile("the file is not text (it contains NUL bytes)")
         return text
@@ -65,17 +84,25 @@ class CsvStream:
     def feed(self, data: bytes) -> list[list[str]]:
         self.total_bytes += len(data)
         if self.total_bytes > self.max_bytes:
-            raise MalformedFile(f"the file is larger than the limit of {self.max_bytes} bytes")
-        text = self._tail + self._decode(data, False)
-        lines = text.split("\n")
-        self._tail = lines.pop()
-        if len(self._tail) > self.max_line:
-            raise MalformedFile(f"line {self.line_no + len(lines) + 1} is longer than {self.max_line} bytes")
+            raise FileTooLarge(f"the file is larger than the limit of {self.max_bytes} bytes")
+        start = len(self._raw)
+        self._raw += data
+        cut = self._raw.rfind(b"\n", start)
+        if cut < 0:
+            if len(self._raw) > self.max_line:
+                raise LineTooLong(f"line {self.line_no + 1} is longer than {self.max_line} bytes")
+            return []
+        block = self._raw[: cut + 1]
+        del self._raw[: cut + 1]
+        lines = self._decode(block, False).split("\n")
+        lines.pop()  # "" after the block's last newline
+        if len(self._raw) > self.max_line:
+            raise LineTooLong(f"line {self.line_no + len(lines) + 1} is longer than {self.max_line} bytes")
         return self._records(lines)
 
     def finish(self) -> list[list[str]]:
-        text = self._tail + self._decode(b"", True)
-        self._tail = ""
+        text = self._decode(self._raw, True)
+        self._raw = bytearray()
         lines = [text] if text else []
         out = self._records(lines)
         if self._pending:
@@ -90,21 +117,21 @@ class CsvStream:
             longest = max(map(len, lines))
             if longest > self.max_line:
                 at = next(i for i, line in enumerate(lines) if len(line) > self.max_line)
-                raise MalformedFile(f"line {self.line_no + at + 1} is longer than {self.max_line} bytes")
+                raise LineTooLong(f"line {self.line_no + at + 1} is longer than {self.max_line} bytes")
             self.line_no += len(lines)
             return self._parse(lines)
         complete: list[str] = []
         for line in lines:
             self.line_no += 1
             if len(line) > self.max_line:
-                raise MalformedFile(f"line {self.line_no} is longer than {self.max_line} bytes")
+                raise LineTooLong(f"line {self.line_no} is longer than {self.max_line} bytes")
             q = line.count('"')
             if self._pending:
                 self._pending.append(line)
                 self._pending_size += len(line)
                 self._pending_quotes += q
                 if self._pending_size > self.max_line:
-                    raise MalformedFile(
+                    raise LineTooLong(
                         f"the record starting on line {self.line_no - len(self._pending) + 1} is longer than "
                         f"{self.max_line} bytes (an unclosed quote?)"
                     )

@@ -208,6 +208,7 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
                 max_bytes=self.settings.upload_max_bytes,
                 max_line=self.settings.upload_max_line_bytes,
                 batch_rows=self.settings.upload_batch_rows,
+                max_columns=self.settings.upload_max_columns,
                 statement_timeout_s=self.settings.upload_statement_timeout_s,
             )
             summary = await up.run(chunks())

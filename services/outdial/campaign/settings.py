@@ -12,6 +12,9 @@ class CampaignSettings(BaseSettings):
     # Largest lead file accepted by UploadLeads (bytes), and the longest physical line.
     upload_max_bytes: int = Field(default=2 * 1024 * 1024 * 1024, gt=0)
     upload_max_line_bytes: int = Field(default=1024 * 1024, gt=0)
+    # Columns of a lead file: a lead's custom fields travel in OfferCall/PreviewLead, whose maps hold at
+    # most OUTDIAL_LIMIT_LIST_ITEMS (1000) items, so keep this at or below that.
+    upload_max_columns: int = Field(default=1000, gt=0)
     # Rows parsed and COPY'd per batch during an upload (memory bound).
     upload_batch_rows: int = Field(default=5000, gt=0)
     # Timeout of each bulk statement of an upload (COPY batches, the final dedupe insert).

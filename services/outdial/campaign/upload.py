@@ -186,6 +186,7 @@ class LeadUpload:
         max_bytes: int,
         max_line: int,
         batch_rows: int,
+        max_columns: int = 1000,
         parser: Parser = parse_number_fast,
         progress: Callable[[int], None] | None = None,
         statement_timeout_s: float = 3600.0,
@@ -204,6 +205,7 @@ class LeadUpload:
         self.now = now
         self.csv = CsvStream(max_bytes=max_bytes, max_line=max_line)
         self.batch_rows = batch_rows
+        self.max_columns = max_columns
         self.parser = parser
         self.cols: Columns | None = None
         self.summary = UploadSummary(list_id=new_id())
@@ -240,7 +242,7 @@ class LeadUpload:
                         await self._take(self.csv.feed(chunk))
                     await self._take(self.csv.finish())
                 except MalformedFile as exc:
-                    raise InvalidArgument(str(exc), field="file", error_id="malformed_file") from None
+                    raise InvalidArgument(str(exc), field="file", error_id=exc.error_id) from None
                 if self.cols is None:
                     raise InvalidArgument(
                         "the file is empty (no header line)", field="file", error_id="malformed_file"
@@ -291,6 +293,13 @@ class LeadUpload:
     async def _take(self, records: list[list[str]]) -> None:
         for rec in records:
             if self.cols is None:
+                if len(rec) > self.max_columns:
+                    raise InvalidArgument(
+                        f"the header has {len(rec)} columns; at most {self.max_columns} "
+                        "(OUTDIAL_CAMPAIGN_UPLOAD_MAX_COLUMNS)",
+                        field="file",
+                        error_id="too_many_columns",
+                    )
                 try:
                     self.cols = find_columns(rec, self.mapping)
                 except MappingError as exc:

@@ -82,6 +82,14 @@ def fail(message: str, code: int = 1) -> int:
 def rpc_error(exc: grpc.aio.AioRpcError) -> int:
     """Print a failed RPC as `CODE: details` on stderr; exit code 2 for bad input, 1 otherwise."""
     err_console.print(f"[red]{exc.code().name}[/red]: {escape(exc.details() or '')}")
+    if exc.code() is grpc.StatusCode.INTERNAL and exc.details() == "Internal error from Core":
+        # grpc.aio loses the server's status when it refuses a stream this client is still writing
+        # (grpc/grpc#36066): say what that usually is.
+        err_console.print(
+            "the server ended the call while the file was still being sent: usually a refused upload (a "
+            "line or the file over its limit, or a malformed file; see docs/security-limits.md). Nothing "
+            "of it was kept."
+        )
     return 2 if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1
 
 

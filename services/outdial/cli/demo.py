@@ -267,12 +267,17 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         registry_text, on_registry = registry_extract(leads.numbers, 0.03, seed=cfg.seed + 1)
         internal = leads.numbers[5::60]
         await _import_registry(dnc, registry_text, virtual_now - timedelta(days=2))
-        await dnc.AddNumbers(
-            dnc_pb2.AddNumbersRequest(
-                numbers=internal,
-                list_kind=dnc_pb2.LIST_KIND_INTERNAL,
-                reason="asked not to be called (demo)",
-                source="demo",
+        await asyncio.gather(
+            *(  # batches under the DNC service's max_batch (10,000)
+                dnc.AddNumbers(
+                    dnc_pb2.AddNumbersRequest(
+                        numbers=internal[i : i + 5000],
+                        list_kind=dnc_pb2.LIST_KIND_INTERNAL,
+                        reason="asked not to be called (demo)",
+                        source="demo",
+                    )
+                )
+                for i in range(0, len(internal), 5000)
             )
         )
         result.dnc_numbers_in_leads = len(set(on_registry) | set(internal))

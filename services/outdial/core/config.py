@@ -94,6 +94,24 @@ class Settings(BaseSettings):
     # The CLI's bearer token.
     token: str | None = None
 
+    # Input and load limits (core/limits.py; docs/security-limits.md). 0 disables a cap or a rate.
+    # Largest gRPC message a server accepts (files travel as 1 MiB chunks of a stream).
+    grpc_max_receive_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    # Items in any repeated or map field of a request (DNC number batches: OUTDIAL_DNC_MAX_BATCH).
+    limit_list_items: int = Field(default=1000, ge=0)
+    # Per caller (role and subject) that is a person: open server streams, open uploads, and the token
+    # bucket of changing RPCs (calls a second, bucket size).
+    limit_streams: int = Field(default=16, ge=0)
+    limit_uploads: int = Field(default=2, ge=0)
+    limit_rate: float = Field(default=50.0, ge=0)
+    limit_burst: int = Field(default=1000, ge=1)
+    # The same per service identity (svc:<name>:<instance>): generous, the dialer must never be throttled
+    # (at full pace a pacing instance makes a few hundred OfferCall and dial-time CheckNumbers a second).
+    limit_service_streams: int = Field(default=1000, ge=0)
+    limit_service_uploads: int = Field(default=8, ge=0)
+    limit_service_rate: float = Field(default=5000.0, ge=0)
+    limit_service_burst: int = Field(default=20000, ge=1)
+
     grace_seconds: float = Field(default=10.0, ge=0)
     health_interval_seconds: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"

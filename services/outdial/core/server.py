@@ -34,6 +34,7 @@ from outdial.core.clients import ServiceToken, service_channel
 from outdial.core.clock import Clock, OffsetClock, SystemClock
 from outdial.core.config import ServiceName, Settings
 from outdial.core.errors import OutdialError, status_for
+from outdial.core.limits import Limits, refusal, server_options
 from outdial.core.metrics import DEPENDENCY_UP, RPC_SECONDS, RPC_TOTAL, SERVING, start_metrics_server
 from outdial.core.redis import Redis, RedisTLS, create_redis
 from outdial.core.revocation import RevocationList, RevocationRefresher
@@ -46,9 +47,8 @@ log = logging.getLogger("outdial.server")
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/outdial"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
+# The message sizes come from the settings (server_options): 4 MiB received at most (core/limits.py).
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
-    ("grpc.max_send_message_length", 32 * 1024 * 1024),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.so_reuseport", 0),
@@ -162,12 +162,16 @@ def _metadata_value(metadata: Any, key: str) -> str | None:
 class CoreInterceptor(grpc.aio.ServerInterceptor):
     """Auth, logging context, metrics and error mapping around every RPC but health and reflection."""
 
-    def __init__(self, service: str, verifier: Verifier, *, reflection: str = "public") -> None:
+    def __init__(
+        self, service: str, verifier: Verifier, *, reflection: str = "public", limits: Limits | None = None
+    ) -> None:
         self.service = service
         self.verifier = verifier
         # OUTDIAL_REFLECTION: "public" lets reflection through without a token; otherwise it is authenticated
         # like any RPC ("off" never registers it, so no handler is found).
         self.reflection_public = reflection == "public"
+        # Per-caller caps and rates, list limits (core/limits.py); the defaults when none is given.
+        self.limits = limits or Limits(service, Settings.model_construct())
 
     async def intercept_service(  # noqa: C901 - one wrapper per RPC kind, kept side by side on purpose
         self,
@@ -186,6 +190,13 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
             authorize(principal, method)
         except OutdialError as exc:
             auth_error = exc
+        if auth_error is None and principal is not None:
+            auth_error = self.limits.admit(principal, method)
+        if auth_error is not None:
+            # Refused before the request is parsed (a refused caller's bytes are never deserialized).
+            RPC_TOTAL.labels(self.service, method.rsplit("/", 1)[-1], auth_error.code.name).inc()
+            return refusal(handler, auth_error)
+        handler = self.limits.wrap(handler, principal)
         rid = _metadata_value(metadata, "x-request-id") or uuid.uuid4().hex[:16]
         short = method.rsplit("/", 1)[-1]
         svc = self.service
@@ -216,16 +227,10 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
             RPC_TOTAL.labels(svc, short, name).inc()
             RPC_SECONDS.labels(svc, short).observe(time.perf_counter() - started)
 
-        async def check(context: grpc.aio.ServicerContext) -> None:
-            if auth_error is not None:
-                RPC_TOTAL.labels(svc, short, auth_error.code.name).inc()
-                await context.abort(auth_error.code, auth_error.status_message())
-
         if handler.unary_unary:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await check(context)
                 started = enter(context, request)
                 try:
                     return await inner_uu(request, context)
@@ -243,7 +248,6 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await check(context)
                 started = enter(context, request)
                 try:
                     async for item in inner_us(request, context):
@@ -262,7 +266,6 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
             inner_su = handler.stream_unary
 
             async def stream_unary(request_iter: Any, context: grpc.aio.ServicerContext) -> Any:
-                await check(context)
                 started = enter(context)
                 try:
                     return await inner_su(request_iter, context)
@@ -279,7 +282,6 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
         inner_ss = handler.stream_stream
 
         async def stream_stream(request_iter: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            await check(context)
             started = enter(context)
             try:
                 async for item in inner_ss(request_iter, context):
@@ -437,7 +439,12 @@ async def serve(
     ctx.spawn(refresher.run(), "revocations")
     ctx.spawn(verifier.watch_jwks(settings.jwks_reload_seconds), "jwks")
     server = grpc.aio.server(
-        interceptors=[CoreInterceptor(spec.name, verifier, reflection=settings.reflection)], options=SERVER_OPTIONS
+        interceptors=[
+            CoreInterceptor(
+                spec.name, verifier, reflection=settings.reflection, limits=Limits(spec.name, settings)
+            )
+        ],
+        options=[*server_options(settings), *SERVER_OPTIONS],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -145,7 +145,7 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
         li = self._list(request)
         if li.kind == "national":
             raise FailedPrecondition("national registry lists change only by ImportRegistry")
-        ok, bad = self.engine.normalise_many(list(request.numbers), li.jurisdiction)
+        ok, bad = await self.engine.parse_batch(list(request.numbers), li.jurisdiction)
         if not ok and not bad:
             raise InvalidArgument("no numbers given", field="numbers")
         added, _ = await self.engine.add(
@@ -166,7 +166,7 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
         li = self._list(request)
         if not request.reason:
             raise InvalidArgument("a removal needs a reason (it is audited)", field="reason")
-        ok, _bad = self.engine.normalise_many(list(request.numbers), li.jurisdiction)
+        ok, _bad = await self.engine.parse_batch(list(request.numbers), li.jurisdiction)
         removed = await self.engine.remove(li, ok, actor=current_actor(), reason=request.reason)
         return dnc_pb2.RemoveNumbersResponse(
             removed=len(removed), not_present=len(request.numbers) - len(removed), list_id=li.id
@@ -253,6 +253,8 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
             action=request.action,
             result=request.result,
         )
+        if request.page_size < 0:
+            raise InvalidArgument("page_size must not be negative", field="page_size")
         after = _untoken(request.page_token) if request.page_token else 0
         one_page = request.page_size > 0 or bool(request.page_token)
         size = min(request.page_size or 1000, 5000)

@@ -12,6 +12,7 @@ then protected by the trigger alone).
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,7 +25,13 @@ class DncSettings(BaseSettings):
     registry_max_age_days: int = 31
     #: CheckNumbers answers "compliance.unavailable" when PostgreSQL/Redis do not answer within this.
     check_timeout_seconds: float = 3.0
-    max_batch: int = 10_000
+    #: Numbers in one CheckNumbers, AddNumbers or RemoveNumbers request (INVALID_ARGUMENT above it).
+    max_batch: int = Field(default=10_000, gt=0)
+    #: ImportRegistry: the longest line of a registry file (a line is one number, or a number and a flag)
+    #: and the largest file (the US national registry is about 3 GB). A longer line or a larger file is
+    #: refused and nothing of it is kept.
+    import_max_line_bytes: int = Field(default=1024, ge=16)
+    import_max_bytes: int = Field(default=16 * 1024**3, gt=0)
     #: Read call events (opt-outs, "do not call" dispositions) with the consumer group "dnc".
     consume_events: bool = True
     #: How often the index keeper checks that a live index exists and is in step with PostgreSQL.

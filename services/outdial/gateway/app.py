@@ -24,6 +24,7 @@ from outdial.core import logging as odlog
 from outdial.core import tls
 from outdial.core.clients import ServiceToken, open_channel
 from outdial.core.config import Settings
+from outdial.core.limits import Limits, server_options
 from outdial.core.metrics import (
     GATEWAY_AGENT_LEGS,
     GATEWAY_IN_FLIGHT,
@@ -247,7 +248,12 @@ async def serve(
     # No revocation list here: the gateway has no store. It accepts service tokens (an hour at most, each
     # service's key removable from the JWKS, which is re-read when it changes) and managers' status reads.
     verifier = Verifier(keys.jwks, None, jwks_path=core.jwks, dev=core.dev)
-    server = grpc.aio.server(interceptors=[CoreInterceptor("gateway", verifier, reflection=core.reflection)], options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=[
+            CoreInterceptor("gateway", verifier, reflection=core.reflection, limits=Limits("gateway", core))
+        ],
+        options=[*server_options(core), *SERVER_OPTIONS],
+    )
     gateway_servicer = GatewayServicer(gw)
     from outdial.v1 import gateway_pb2_grpc
 
