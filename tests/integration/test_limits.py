@@ -40,7 +40,7 @@ async def start_dnc(services: Services, monkeypatch: pytest.MonkeyPatch, **overr
     for k, v in NO_REGISTRY.items():
         monkeypatch.setenv(k, v)
     rs = await services.start("dnc", **overrides)
-    await wait_index(dnc_pb2_grpc.DncServiceStub(services.channel(rs, role="service", sub="svc:waiter")))
+    await wait_index(dnc_pb2_grpc.DncServiceStub(services.channel(rs, role="service", sub="svc:campaign")))
     return rs
 
 

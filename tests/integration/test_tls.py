@@ -127,9 +127,9 @@ async def _list_services(ch: grpc.aio.Channel) -> list[str]:
 
 
 async def test_reflection_is_public_authenticated_or_off(services: Services) -> None:
-    public = await services.start("dnc", wait_serving=False, reflection="public")
-    authenticated = await services.start("dnc", wait_serving=False, reflection="authenticated")
-    off = await services.start("dnc", wait_serving=False, reflection="off")
+    public = await services.start("dnc", reflection="public")
+    authenticated = await services.start("dnc", reflection="authenticated")
+    off = await services.start("dnc", reflection="off")
 
     # public (the development default): no token needed
     assert "outdial.v1.DncService" in await _list_services(services.channel(public, role=None))
