@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
@@ -37,8 +38,13 @@ from outdial.core.infra import (
     start_private_postgres,
     start_private_redis,
 )
+from outdial.migrations.grants import role_name
 
 TEST_SECRET = "outdial-test-secret-0123456789abcdef"
+
+# Tests run in development mode (services migrate at start, development keys); so do the processes they
+# start (the CLI, `outdial run`, the demo), which inherit the environment.
+os.environ.setdefault("OUTDIAL_DEV", "1")
 
 
 @dataclass
@@ -154,10 +160,23 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+def as_user(url: str, user: str) -> str:
+    """``url`` with another login user (the test servers trust local connections: no password)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
 @pytest.fixture
 def settings(database_url: str, redis_url: str) -> Settings:
+    # Each service logs in as its own role (outdial/migrations/grants.py), as in production: every test that
+    # starts a service proves its grants suffice. Migrations (development: at start) use database_url.
     return Settings(
         database_url=database_url,
+        campaign_database_url=as_user(database_url, role_name("campaign")),
+        pacing_database_url=as_user(database_url, role_name("pacing")),
+        dnc_database_url=as_user(database_url, role_name("dnc")),
+        agent_database_url=as_user(database_url, role_name("agent")),
         redis_url=redis_url,
         auth_secret=TEST_SECRET,
         listen_port=0,
@@ -169,6 +188,7 @@ def settings(database_url: str, redis_url: str) -> Settings:
         dnc_addr="127.0.0.1:1",
         agent_addr="127.0.0.1:1",
         log_json=True,
+        dev=True,
     )
 
 

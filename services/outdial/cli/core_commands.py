@@ -13,12 +13,15 @@ import sys
 import time
 from typing import Any
 
+import asyncpg
+
 from outdial.cli.base import fail, print_json
 from outdial.core import db
 from outdial.core import logging as odlog
 from outdial.core.auth import Role, issue_token
 from outdial.core.config import SERVICES, Settings
 from outdial.core.infra import Infra, ensure_infra
+from outdial.migrations.grants import RUNTIME, role_name
 
 log = logging.getLogger("outdial.run")
 
@@ -35,15 +38,21 @@ async def token_issue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def db_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    infra = await ensure_infra(settings.database_url, settings.redis_url)
+    """Apply pending migrations and the grants, as the migration role (OUTDIAL_MIGRATE_DATABASE_URL, else
+    OUTDIAL_DATABASE_URL): the one command, and the Kubernetes Job, that changes the schema."""
+    infra = await ensure_infra(settings.migrate_url(), settings.redis_url)
     try:
         applied = await db.migrate_url(infra.database_url)
+    except (db.UnsafeRole, asyncpg.InsufficientPrivilegeError) as exc:
+        return fail(str(exc), 2)
     finally:
         infra.stop()
+    roles = [role_name(w) for w in RUNTIME]
     if args.json:
-        print_json({"applied": applied})
+        print_json({"applied": applied, "roles": roles})
     else:
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+        print("grants: " + ", ".join(roles))
     return 0
 
 
@@ -168,7 +177,9 @@ def register(sub: Any) -> None:
     p.add_argument("--ttl", type=int, help="lifetime in seconds")
 
     dbp = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True)
-    command(dbp, "migrate", db_migrate, "apply pending SQL migrations (idempotent)")
+    command(
+        dbp, "migrate", db_migrate, "apply pending SQL migrations and the database roles' grants (idempotent)"
+    )
 
     p = command(sub, "serve", serve, "run one service in the foreground")
     p.add_argument("service", choices=SERVICES)
