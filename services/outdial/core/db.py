@@ -159,16 +159,17 @@ class UnsafeRole(RuntimeError):
     """A runtime role could escape its grants (superuser, BYPASSRLS, CREATEROLE, member of another role)."""
 
 
-async def ensure_roles(conn: asyncpg.Connection) -> None:
-    for who in RUNTIME:
-        await conn.execute(_ENSURE_ROLE.format(role=role_name(who)))
+async def unsafe_roles(conn: asyncpg.Connection, roles: list[str]) -> list[str]:
+    """What would let any of ``roles`` escape its grants: superuser and the like, or membership of another
+    role (SET ROLE)."""
     rows = await conn.fetch(
         """SELECT r.rolname, r.rolsuper, r.rolbypassrls, r.rolcreaterole, r.rolcreatedb, r.rolreplication,
                   ARRAY(SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
-                         WHERE m.member = r.oid) AS member_of
-             FROM pg_roles r WHERE r.rolname = ANY($1::text[])""",
-        [role_name(w) for w in RUNTIME],
+                         WHERE m.member = r.oid ORDER BY g.rolname) AS member_of
+             FROM pg_roles r WHERE r.rolname = ANY($1::text[]) ORDER BY r.rolname""",
+        roles,
     )
+    out: list[str] = []
     for r in rows:
         bad = [
             attr
@@ -184,11 +185,21 @@ async def ensure_roles(conn: asyncpg.Connection) -> None:
         if r["member_of"]:
             bad.append(f"member of {', '.join(r['member_of'])} (SET ROLE would escape its grants)")
         if bad:
-            raise UnsafeRole(
+            out.append(
                 f"database role {r['rolname']} is {'; '.join(bad)}: a service's login role must have none of "
                 f"these (ALTER ROLE {r['rolname']} NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB "
                 f"NOREPLICATION; REVOKE <role> FROM {r['rolname']})"
             )
+    return out
+
+
+async def ensure_roles(conn: asyncpg.Connection) -> None:
+    """Create the runtime roles when missing; refuse (:class:`UnsafeRole`) one that could escape."""
+    for who in RUNTIME:
+        await conn.execute(_ENSURE_ROLE.format(role=role_name(who)))
+    problems = await unsafe_roles(conn, [role_name(w) for w in RUNTIME])
+    if problems:
+        raise UnsafeRole("; ".join(problems))
 
 
 def _ident(name: str) -> str:

@@ -34,8 +34,7 @@ AS $$
         || '}'
 $$;
 
-DROP FUNCTION IF EXISTS dnc_audit_append(text[], text[], text[], text[], text[], text[], text[], text[]);
-CREATE FUNCTION dnc_audit_append(
+CREATE OR REPLACE FUNCTION dnc_audit_append(
     p_actor text[], p_action text[], p_number text[], p_campaign_id text[], p_call_id text[],
     p_result text[], p_reason text[], p_details text[]
 ) RETURNS TABLE (seq bigint, at timestamptz, prev_hash text, hash text)
