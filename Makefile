@@ -46,13 +46,13 @@ setup-system:
 	@SYSTEM_PACKAGES="$(SYSTEM_PACKAGES)" bash deploy/system-packages.sh
 
 run: $(STAMP)
-	$(BIN)/outdial run
+	OUTDIAL_DEV=1 $(BIN)/outdial run
 
 demo: $(STAMP)
-	$(BIN)/outdial demo
+	OUTDIAL_DEV=1 $(BIN)/outdial demo
 
 demo-sip: $(STAMP)
-	$(BIN)/outdial demo --telephony sip
+	OUTDIAL_DEV=1 $(BIN)/outdial demo --telephony sip
 
 test: $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -174,3 +174,39 @@ async def test_production_dnc_needs_its_signing_key_and_checkpoint_sink(
     monkeypatch.setenv("OUTDIAL_DNC_AUDIT_KEY_FILE", "/nonexistent.pem")
     with pytest.raises(StartupRefused, match="unsupported scheme 's3'"):
         await asyncio.wait_for(serve(SPEC, svc_settings, stop=asyncio.Event()), 20)
+
+
+async def test_outdial_db_migrate_sets_up_an_empty_database(infra: Any, pg: asyncpg.Pool) -> None:
+    """The command the migration Job runs: all migrations and the grants as the migration role; again:
+    nothing to do, same grants."""
+    import os
+    import sys
+
+    name = f"odt_{infra.run_id}_migrate_{uuid.uuid4().hex[:6]}"
+    await pg.execute(f'CREATE DATABASE "{name}"')
+    try:
+        env = {**os.environ, "OUTDIAL_MIGRATE_DATABASE_URL": infra.db_url(name)}
+        env.pop("OUTDIAL_DATABASE_URL", None)
+        for expect in ("0202_dnc_audit_append.sql", "nothing (up to date)"):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "outdial.cli.main",
+                "db",
+                "migrate",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+            assert proc.returncode == 0, out
+            assert expect in out and "grants: outdial_campaign, outdial_pacing, outdial_dnc" in out
+        conn = await asyncpg.connect(as_user(infra.db_url(name), role_name("dnc")))
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM dnc_audit") == 0
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("SELECT * FROM leads")
+        finally:
+            await conn.close()
+    finally:
+        await pg.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -40,13 +40,18 @@ async def token_issue(args: argparse.Namespace, settings: Settings) -> int:
 async def db_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """Apply pending migrations and the grants, as the migration role (OUTDIAL_MIGRATE_DATABASE_URL, else
     OUTDIAL_DATABASE_URL): the one command, and the Kubernetes Job, that changes the schema."""
-    infra = await ensure_infra(settings.migrate_url(), settings.redis_url)
+    url = settings.migrate_url()
+    infra: Infra | None = None
+    if url is None:  # development: the local (or a private) PostgreSQL, as `outdial run` finds it
+        infra = await ensure_infra(None, settings.redis_url)
+        url = infra.database_url
     try:
-        applied = await db.migrate_url(infra.database_url)
+        applied = await db.migrate_url(url)
     except (db.UnsafeRole, asyncpg.InsufficientPrivilegeError) as exc:
         return fail(str(exc), 2)
     finally:
-        infra.stop()
+        if infra is not None:
+            infra.stop()
     roles = [role_name(w) for w in RUNTIME]
     if args.json:
         print_json({"applied": applied, "roles": roles})
