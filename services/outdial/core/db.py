@@ -208,7 +208,8 @@ def _ident(name: str) -> str:
 
 def grant_statements(database: str) -> list[str]:
     """The SQL that gives every runtime role exactly its lines of ``grants.py`` in ``database``."""
-    out: list[str] = []
+    # PUBLIC may create temporary tables by default: only the roles of TEMPORARY may
+    out: list[str] = [f"REVOKE TEMPORARY ON DATABASE {_ident(database)} FROM PUBLIC"]
     for who in RUNTIME:
         role = role_name(who)
         out += [
