@@ -355,6 +355,11 @@ async def _verify(args: argparse.Namespace, settings: Settings) -> int:
             else "; no checkpoint checked"
         )
         print(f"audit log intact: {resp.records_checked} records, head {resp.head_hash}{anchored}")
+        if resp.records_checked and not resp.checkpoints_checked:
+            err_console.print(
+                "[yellow]warning: no signed checkpoint covers this log, so a rewrite by the database owner "
+                "that recomputed the hashes cannot be told[/yellow]"
+            )
     else:
         err_console.print(f"[red]audit log BROKEN at record {resp.first_bad_seq}[/red]: {resp.problem}")
     if not resp.ok:
