@@ -103,6 +103,16 @@ async def test_no_runtime_role_can_escape_or_change_the_schema(pg: asyncpg.Pool,
             await conn.close()
 
 
+async def test_the_old_set_role_role_keeps_nothing(pg: asyncpg.Pool) -> None:
+    """outdial_app (migrations 0200/0201, applied with SET ROLE) could UPDATE the head and INSERT records with
+    any seq and time: it holds nothing in the database any more."""
+    for table in ("dnc_audit", "dnc_audit_head", "dnc_entries", "dnc_lists"):
+        for priv in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"):
+            assert not await pg.fetchval(
+                "SELECT has_table_privilege('outdial_app', $1, $2)", f"public.{table}", priv
+            ), (table, priv)
+
+
 async def test_role_creation_is_idempotent_and_race_safe(pg: asyncpg.Pool, database_url: str) -> None:
     """Roles are cluster-wide and many databases migrate at once: concurrent creators all succeed."""
     name = f"odt_role_{uuid.uuid4().hex[:10]}"

@@ -69,7 +69,8 @@ class ServiceContext:
     redis: Redis
     clock: Clock
     instance_id: str
-    # Set once migrations are applied: background tasks that touch PostgreSQL wait for it.
+    # Set once the schema is current (development: migrated at start; production: checked): background tasks
+    # that touch PostgreSQL wait for it.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

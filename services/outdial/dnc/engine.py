@@ -24,12 +24,13 @@ from outdial.core.clock import Clock
 from outdial.core.errors import InvalidArgument, NotFound, Unavailable
 from outdial.core.redis import Redis
 from outdial.dnc import gate, store
+from outdial.dnc.anchor import Checkpoint
 from outdial.dnc.audit import AuditEntry, AuditRecord, Verification, details_json
 from outdial.dnc.gate import Decision, ListInfo
 from outdial.dnc.index import DncIndex, IndexMissing
 from outdial.dnc.numbers import InvalidNumber, jurisdiction_of, normalise, registry_line
 from outdial.dnc.settings import DncSettings
-from outdial.dnc.verify import Checkpointer, verify_with_sink
+from outdial.dnc.verify import Checkpointer, load_checkpoints, verify_log
 from outdial.rules.law import JURISDICTION_REGION
 
 log = logging.getLogger("outdial.dnc")
@@ -605,10 +606,18 @@ class DncEngine:
     async def verify(self, from_seq: int) -> Verification:
         """The chain, checked against every signed checkpoint of the sink (the service's own public key)."""
         cp = self.checkpointer
+        checkpoints: list[Checkpoint] = []
+        if cp is not None:
+            try:
+                checkpoints, bad = await load_checkpoints(cp.sink, [cp.public_key])
+            except OSError as exc:  # the sink, not PostgreSQL: say which
+                raise Unavailable(
+                    f"the audit checkpoints cannot be read ({cp.sink.url}): {exc.strerror or exc}"
+                ) from exc
+            if bad is not None:
+                return Verification(ok=False, first_bad_seq=bad[0], problem=bad[1])
         async with self.pool.acquire() as conn:
-            return await verify_with_sink(
-                conn, from_seq, cp.sink if cp else None, [cp.public_key] if cp else []
-            )
+            return await verify_log(conn, from_seq, checkpoints)
 
     async def explain(self, number: str, at: datetime, campaign_id: str) -> Explanation:
         async with self.pool.acquire() as conn:
