@@ -16,6 +16,7 @@ import pytest
 from outdial.dnc.anchor import public_pem
 from outdial.dnc.audit import AuditEntry, record_hash
 from outdial.dnc.sinks import FileSink
+from outdial.dnc.verify import Checkpointer
 from outdial.migrations.grants import role_name
 from outdial.v1 import dnc_pb2
 from tests.conftest import as_user, make_token
@@ -284,6 +285,15 @@ async def test_the_owners_rewrite_with_recomputed_hashes_is_caught_by_the_checkp
     assert not res.ok
     assert res.first_bad_seq == target
     assert "checkpoint" in res.problem and "hash differs" in res.problem
+
+    # and the rewritten chain is never signed: a new record, and the checkpointer refuses to anchor it
+    await pg.fetch(
+        "SELECT * FROM dnc_audit_append('{x}', '{add}', '{\"\"}', '{\"\"}', '{\"\"}', '{ok}', '{\"\"}', '{\"{}\"}')"
+    )
+    signer = Checkpointer(pg, FileSink(checkpoints, checkpoints.as_uri()), services_key(), 1, 60)
+    assert await signer.checkpoint() is None
+    assert f"record {head}" in signer.problem and "checkpoint" in signer.problem
+    assert not (checkpoints / f"{head + 1:020d}.json").exists()
 
     # anyone with the public key, the checkpoints and a read-only login does the same without the service
     pub = tmp_path / "audit.pub"
