@@ -99,8 +99,9 @@ class Supervisor:
 
     async def start(self) -> Infra:
         self.infra = await ensure_infra(self.settings.database_url, self.settings.redis_url)
-        # Migrate once here so the four services do not all wait on the advisory lock.
-        await db.migrate_url(self.infra.database_url)
+        # Migrate once here so the four services do not all wait on the advisory lock (development: the roles
+        # and grants too when this login may create them).
+        await db.migrate_url(self.infra.database_url, grants=False)
         env = dict(os.environ)
         env.update(self.extra_env)
         env["OUTDIAL_DATABASE_URL"] = self.infra.database_url

@@ -54,9 +54,10 @@ def load_migrations() -> list[Migration]:
 
 
 async def migrate(conn: asyncpg.Connection, *, grants: bool = True) -> list[str]:
-    """Apply pending migrations, then the grants (always with ``grants``, else only when a migration was
-    applied or the grant table changed); returns the names applied. Safe to run from many processes at
-    once."""
+    """Apply pending migrations, then the grants; returns the names applied. Safe to run from many processes
+    at once. ``grants`` (``outdial db migrate``): always re-applied, and a failure is an error. Without
+    (development starts): only when a migration was applied or the grant table changed, and a login that
+    may not create roles only leaves a warning (development runs every service as that login)."""
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
@@ -85,7 +86,12 @@ async def migrate(conn: asyncpg.Connection, *, grants: bool = True) -> list[str]
             applied_now.append(mig.name)
             log.info("applied migration %s", mig.name)
         if grants or applied_now or not await _grants_current(conn):
-            await apply_grants(conn)
+            try:
+                await apply_grants(conn)
+            except asyncpg.InsufficientPrivilegeError as exc:
+                if grants:
+                    raise
+                log.warning("database roles and grants not applied (%s): run `outdial db migrate`", exc)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return applied_now
