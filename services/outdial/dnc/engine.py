@@ -138,8 +138,14 @@ class DncEngine:
                     call_id=call_ids[i] if call_ids else "",
                     result="allowed" if d.allowed else "blocked",
                     reason=",".join(r.code for r in d.reasons),
+                    # the record's `at` is the database's time of writing; the decision's own instant (the
+                    # service clock the registry age, expiries and consent were judged at) goes with it
                     details=details_json(
-                        {"jurisdiction": jurisdiction, "reasons": [_reason_dict(r) for r in d.reasons]}
+                        {
+                            "jurisdiction": jurisdiction,
+                            "reasons": [_reason_dict(r) for r in d.reasons],
+                            "decided_at": now.isoformat(),
+                        }
                     ),
                 )
                 for i, d in enumerate(decisions)
