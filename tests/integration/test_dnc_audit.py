@@ -141,6 +141,24 @@ async def test_database_hashes_are_the_python_chain(pg: asyncpg.Pool) -> None:
         assert record_hash(r["seq"], r["at"], e, r["prev_hash"]) == r["hash"]
 
 
+async def test_database_hashes_match_python_on_random_text(pg: asyncpg.Pool) -> None:
+    """Every control character and a spread of Unicode (seeded, no NUL: PostgreSQL text cannot hold it)."""
+    import random
+
+    rng = random.Random(12)
+    alphabet = [chr(c) for c in range(1, 0x80)] + [chr(rng.randrange(0x80, 0x110000)) for _ in range(500)]
+    alphabet = [c for c in alphabet if not 0xD800 <= ord(c) <= 0xDFFF]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40))) for _ in range(300)]
+    a, b, c = (texts[0:100], texts[100:200], texts[200:300])
+    rows = await pg.fetch(
+        "SELECT * FROM dnc_audit_append($1, $2, $3, $4, $5, $6, $7, $8)", a, b, c, a, b, c, a, b
+    )
+    assert len(rows) == 100
+    for i, r in enumerate(rows):
+        e = AuditEntry(a[i], b[i], c[i], a[i], b[i], c[i], a[i], b[i])
+        assert record_hash(r["seq"], r["at"], e, r["prev_hash"]) == r["hash"], (a[i], b[i], c[i])
+
+
 async def test_a_dial_time_batch_is_one_append(
     services: Any, monkeypatch: pytest.MonkeyPatch, pg: asyncpg.Pool
 ) -> None:
