@@ -272,6 +272,7 @@ async def main() -> None:
             listen_port=0,
             metrics_port=0,
             log_level="WARNING",
+            dev=True,  # a benchmark is development: the development audit key and checkpoint directory
         )
         svc = await bench_service(settings, r, numbers, min(args.pg_numbers, len(numbers)), args.batches)
     finally:

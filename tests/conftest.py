@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
@@ -38,10 +39,13 @@ from outdial.core.infra import (
     start_private_redis,
 )
 from outdial.core.signing import SERVICE_IDENTITIES, dev_key
+from outdial.migrations.grants import role_name
 
-# Tests run in development mode (OUTDIAL_DEV=1): services accept the development keyset, and tokens are
-# signed with it (make_token). Subprocesses a test starts get DEV_ENV in their environment.
+# Tests run in development mode (OUTDIAL_DEV=1): services accept the development keyset (tokens are signed
+# with it: make_token) and migrate at start. The processes they start (the CLI, `outdial run`, the demo)
+# inherit it from the environment; DEV_ENV is for a subprocess given an environment of its own.
 DEV_ENV = {"OUTDIAL_DEV": "1"}
+os.environ.setdefault("OUTDIAL_DEV", "1")
 
 
 @dataclass
@@ -157,6 +161,13 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+def as_user(url: str, user: str) -> str:
+    """``url`` with another login user (the test servers trust local connections: no password)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+
+
 @pytest.fixture
 def settings(database_url: str, redis_url: str) -> Settings:
     return service_settings(database_url, redis_url)
@@ -164,8 +175,14 @@ def settings(database_url: str, redis_url: str) -> Settings:
 
 def service_settings(database_url: str, redis_url: str) -> Settings:
     """The services' settings in tests (the ``settings`` fixture; module-scoped stacks use it too)."""
+    # Each service logs in as its own role (outdial/migrations/grants.py), as in production: every test that
+    # starts a service proves its grants suffice. Migrations (development: at start) use database_url.
     return Settings(
         database_url=database_url,
+        campaign_database_url=as_user(database_url, role_name("campaign")),
+        pacing_database_url=as_user(database_url, role_name("pacing")),
+        dnc_database_url=as_user(database_url, role_name("dnc")),
+        agent_database_url=as_user(database_url, role_name("agent")),
         redis_url=redis_url,
         dev=True,
         listen_port=0,

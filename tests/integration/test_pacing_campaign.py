@@ -127,9 +127,11 @@ async def test_campaign_through_real_services(
     assert not any(r["number"] in on_list for r in dialed)
 
     # No call skipped the gate: every dialed call has an "allowed" dial-time decision in the DNC audit log,
-    # recorded before it was dialled.
+    # decided before it was dialled (on the services' clock; the record's `at` is the database's).
     audit = await pg.fetch(
-        "SELECT call_id, number, result, at FROM dnc_audit WHERE action = 'check' AND campaign_id = $1", CID
+        """SELECT call_id, number, result, (details::jsonb ->> 'decided_at')::timestamptz AS at FROM dnc_audit
+           WHERE action = 'check' AND campaign_id = $1""",
+        CID,
     )
     by_call = {a["call_id"]: a for a in audit}
     for r in dialed:

@@ -138,7 +138,10 @@ async def test_preview_the_agent_sees_the_lead_first_then_dials_it(
     audit = {
         r["call_id"]: r
         for r in await pg.fetch(
-            "SELECT call_id, result, at FROM dnc_audit WHERE action = 'check' AND campaign_id = $1", CID
+            # decided on the services' clock (the record's `at` is the database's time of writing)
+            "SELECT call_id, result, (details::jsonb ->> 'decided_at')::timestamptz AS at FROM dnc_audit "
+            "WHERE action = 'check' AND campaign_id = $1",
+            CID,
         )
     }
     dialing = {e["call_id"]: e for e in of_type(evs, "call.dialing")}

@@ -269,18 +269,24 @@ def test_every_outdial_variable_is_a_setting(rendered: dict[str, list[Obj]]) -> 
 
 
 def test_secret_holds_the_credentials(rendered: dict[str, list[Obj]]) -> None:
-    required = {"OUTDIAL_DATABASE_URL", "OUTDIAL_REDIS_URL"}
+    required = {"OUTDIAL_REDIS_URL"}
     base_secret = named(rendered["base"], "Secret", "outdial-secrets")
     assert base_secret is not None and required <= set(base_secret["stringData"])
+    # no shared PostgreSQL login: each workload has its own Secret (test_each_workload_logs_in_as_its_own_role)
+    assert "OUTDIAL_DATABASE_URL" not in base_secret["stringData"]
     dev_secret = named(rendered["overlays/dev"], "Secret", "outdial-secrets")
     assert dev_secret is not None
-    assert "@postgres:5432/" in dev_secret["stringData"]["OUTDIAL_DATABASE_URL"]
     assert dev_secret["stringData"]["OUTDIAL_REDIS_URL"].startswith("redis://redis:6379")
-    # prod never applies a placeholder over the operator's Secret, and keeps credentials out of ConfigMaps
-    assert named(rendered["overlays/prod"], "Secret", "outdial-secrets") is None
+    # prod never applies a placeholder over the operator's Secrets, and keeps credentials out of ConfigMaps
+    for name in ("outdial-secrets", *DB_SECRETS.values(), "outdial-dnc-audit-key"):
+        assert named(rendered["overlays/prod"], "Secret", name) is None, name
     for label, objs in rendered.items():
         for cm in of_kind(objs, "ConfigMap"):
-            assert not required & set(cm.get("data", {})), f"{label}: credentials in a ConfigMap"
+            data = set(cm.get("data", {}))
+            assert not required & data, f"{label}: credentials in a ConfigMap"
+            assert not any(k.endswith("DATABASE_URL") for k in data), (
+                f"{label}: a database URL in a ConfigMap"
+            )
         # the retired HS256 secret is gone everywhere (services refuse to start with it outside dev)
         for secret in of_kind(objs, "Secret"):
             assert "OUTDIAL_AUTH_SECRET" not in {**secret.get("stringData", {}), **secret.get("data", {})}, (
@@ -336,6 +342,73 @@ def test_every_service_mounts_the_jwks_and_only_its_own_key(
     assert set(load_jwks(keys_dir / "jwks.json", dev=True).keys) >= {
         dev_key(n).kid for n in SERVICE_KEY_OWNERS
     }
+
+
+
+# The PostgreSQL login each workload gets (Secret name), and the variable in it.
+DB_SECRETS = {
+    "migrate": "outdial-db-migrate",
+    "campaign": "outdial-db-campaign",
+    "pacing": "outdial-db-pacing",
+    "dnc": "outdial-db-dnc",
+    "agent": "outdial-db-agent",
+}
+
+
+def test_each_workload_logs_in_as_its_own_role(rendered: dict[str, list[Obj]]) -> None:
+    """The migration Job alone gets the migration role's URL; each service only its own role's."""
+    for label, objs in rendered.items():
+        workloads: dict[str, Obj] = {s: named(objs, "Deployment", f"outdial-{s}") for s in SERVICES}
+        (job,) = [j for j in of_kind(objs, "Job") if is_outdial(j)]
+        workloads["migrate"] = job
+        for who, obj in workloads.items():
+            assert obj is not None, f"{label}: no workload for {who}"
+            (container,) = obj["spec"]["template"]["spec"]["containers"]
+            refs = {src["secretRef"]["name"] for src in container.get("envFrom", []) if "secretRef" in src}
+            assert DB_SECRETS[who] in refs, f"{label} {who}: no Secret {DB_SECRETS[who]}"
+            assert not (set(DB_SECRETS.values()) - {DB_SECRETS[who]}) & refs, (
+                f"{label} {who}: another's login"
+            )
+            if label != "overlays/prod":  # prod: the operator's Secrets
+                env = container_env(objs, container)
+                urls = {k for k in env if k.endswith("DATABASE_URL")}
+                assert urls == {f"OUTDIAL_{who.upper()}_DATABASE_URL"}, f"{label} {who}: {urls}"
+        if label == "base":
+            for who in SERVICES:
+                secret = named(objs, "Secret", DB_SECRETS[who])
+                assert secret is not None
+                assert f"//outdial_{who}:" in secret["stringData"][f"OUTDIAL_{who.upper()}_DATABASE_URL"]
+
+
+def test_dnc_signs_audit_checkpoints_with_a_mounted_key(rendered: dict[str, list[Obj]]) -> None:
+    for label, objs in rendered.items():
+        dnc = named(objs, "Deployment", "outdial-dnc")
+        assert dnc is not None
+        pod = dnc["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        key_file = Path(env["OUTDIAL_DNC_AUDIT_KEY_FILE"])
+        key_mount = mounts[str(key_file.parent)]
+        assert key_mount["readOnly"] is True
+        assert volumes[key_mount["name"]]["secret"]["secretName"] == "outdial-dnc-audit-key"
+        url = env["OUTDIAL_DNC_CHECKPOINT_URL"]
+        assert url.startswith("file:///")
+        sink_mount = mounts[url.removeprefix("file://")]
+        claim = volumes[sink_mount["name"]]["persistentVolumeClaim"]["claimName"]
+        assert named(objs, "PersistentVolumeClaim", claim) is not None, f"{label}: no claim {claim}"
+        # the key is the dnc pods' alone
+        for other in SERVICES:
+            if other != "dnc":
+                d = named(objs, "Deployment", f"outdial-{other}")
+                assert d is not None
+                assert all(
+                    v.get("secret", {}).get("secretName") != "outdial-dnc-audit-key"
+                    for v in d["spec"]["template"]["spec"]["volumes"]
+                )
+    dev_key = named(rendered["overlays/dev"], "Secret", "outdial-dnc-audit-key")
+    assert dev_key is not None and dev_key.get("data", {}).get("ed25519.pem")
 
 
 def test_ports_probes_and_addresses_match_the_settings(
@@ -444,7 +517,7 @@ def test_one_image_everywhere_and_the_job_migrates(rendered: dict[str, list[Obj]
         args = parser.parse_args(container["command"][1:])  # raises SystemExit if the CLI lacks it
         assert container["command"][1:] == ["db", "migrate"] and callable(args.handler)
         env = container_env(objs, container)
-        assert {"OUTDIAL_DATABASE_URL", "OUTDIAL_REDIS_URL"} <= set(env) or label == "overlays/prod"
+        assert "OUTDIAL_MIGRATE_DATABASE_URL" in env or label == "overlays/prod"
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["outdial"] == "outdial.cli.main:main"
 

@@ -13,25 +13,39 @@ import sys
 import time
 from typing import Any
 
+import asyncpg
+
 from outdial.cli.base import fail, print_json
 from outdial.core import db
 from outdial.core import logging as odlog
 from outdial.core.config import SERVICES, Settings
 from outdial.core.infra import Infra, ensure_infra
+from outdial.migrations.grants import RUNTIME, role_name
 
 log = logging.getLogger("outdial.run")
 
 
 async def db_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    infra = await ensure_infra(settings.database_url, settings.redis_url)
+    """Apply pending migrations and the grants, as the migration role (OUTDIAL_MIGRATE_DATABASE_URL, else
+    OUTDIAL_DATABASE_URL): the one command, and the Kubernetes Job, that changes the schema."""
+    url = settings.migrate_url()
+    infra: Infra | None = None
+    if url is None:  # development: the local (or a private) PostgreSQL, as `outdial run` finds it
+        infra = await ensure_infra(None, settings.redis_url)
+        url = infra.database_url
     try:
-        applied = await db.migrate_url(infra.database_url)
+        applied = await db.migrate_url(url)
+    except (db.UnsafeRole, asyncpg.InsufficientPrivilegeError) as exc:
+        return fail(str(exc), 2)
     finally:
-        infra.stop()
+        if infra is not None:
+            infra.stop()
+    roles = [role_name(w) for w in RUNTIME]
     if args.json:
-        print_json({"applied": applied})
+        print_json({"applied": applied, "roles": roles})
     else:
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+        print("grants: " + ", ".join(roles))
     return 0
 
 
@@ -73,8 +87,9 @@ class Supervisor:
 
     async def start(self) -> Infra:
         self.infra = await ensure_infra(self.settings.database_url, self.settings.redis_url)
-        # Migrate once here so the four services do not all wait on the advisory lock.
-        await db.migrate_url(self.infra.database_url)
+        # Migrate once here so the four services do not all wait on the advisory lock (development: the roles
+        # and grants too when this login may create them).
+        await db.migrate_url(self.infra.database_url, grants=False)
         env = dict(os.environ)
         env.update(self.extra_env)
         env["OUTDIAL_DATABASE_URL"] = self.infra.database_url
@@ -152,7 +167,9 @@ def register(sub: Any) -> None:
     from outdial.cli.base import command
 
     dbp = sub.add_parser("db", help="database maintenance").add_subparsers(dest="db_cmd", required=True)
-    command(dbp, "migrate", db_migrate, "apply pending SQL migrations (idempotent)")
+    command(
+        dbp, "migrate", db_migrate, "apply pending SQL migrations and the database roles' grants (idempotent)"
+    )
 
     p = command(sub, "serve", serve, "run one service in the foreground")
     p.add_argument("service", choices=SERVICES)

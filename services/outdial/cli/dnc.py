@@ -24,6 +24,7 @@ from outdial.cli.base import channel, command, err_console, fail, group, print_j
 from outdial.core.config import Settings
 from outdial.core.csvsafe import csv_safe
 from outdial.core.jurisdictions import JURISDICTION_PB
+from outdial.dnc.audit import Verification
 from outdial.v1 import common_pb2, dnc_pb2, dnc_pb2_grpc
 
 KINDS = {
@@ -268,14 +269,97 @@ async def _audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _verify(args: argparse.Namespace, settings: Settings) -> int:
-    resp = await _stub(args, settings).VerifyAudit(
-        dnc_pb2.VerifyAuditRequest(from_seq=args.from_seq), timeout=3600
+def _verify_direct_response(v: Verification) -> dnc_pb2.VerifyAuditResponse:
+    resp = dnc_pb2.VerifyAuditResponse(
+        ok=v.ok,
+        records_checked=v.checked,
+        first_bad_seq=v.first_bad_seq,
+        problem=v.problem,
+        head_hash=v.head_hash,
+        head_seq=v.last_seq,
+        checkpoints_checked=v.anchors_checked,
+        anchored_seq=v.anchored_seq,
+        unanchored_records=max(0, v.last_seq - v.anchored_seq) if v.ok else 0,
     )
+    if v.anchored_at is not None:
+        resp.anchored_at.FromDatetime(v.anchored_at)
+    return resp
+
+
+async def _verify_direct(args: argparse.Namespace) -> dnc_pb2.VerifyAuditResponse | int:
+    """Straight against PostgreSQL, without the services: any login that may read dnc_audit and its head
+    (outdial_auditor), the checkpoints, and the public key. The same code the service runs
+    (outdial.dnc.verify), so an auditor need not trust the service: that is why the CLI imports it."""
+    import asyncpg
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from outdial.dnc.anchor import CheckpointError, load_public_key
+    from outdial.dnc.sinks import CheckpointSink, open_sink
+    from outdial.dnc.verify import verify_with_sink
+
+    keys: list[Ed25519PublicKey] = []
+    for path in args.public_key or []:
+        try:
+            with open(path, "rb") as f:
+                keys.append(load_public_key(f.read()))
+        except (OSError, CheckpointError) as exc:
+            return fail(f"--public-key {path}: {exc}", 2)
+    sink: CheckpointSink | None = None
+    if args.checkpoints:
+        if not keys:
+            return fail("--checkpoints needs --public-key (the key that signed them)", 2)
+        try:
+            sink = open_sink(args.checkpoints)
+        except ValueError as exc:
+            return fail(str(exc), 2)
+    else:
+        err_console.print(
+            "[yellow]no --checkpoints: checking the chain alone (a rewrite by the database owner that "
+            "recomputed the hashes cannot be told without them)[/yellow]"
+        )
+    try:
+        conn = await asyncpg.connect(args.database_url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        return fail(f"--database-url: cannot connect: {exc}", 1)
+    try:
+        v = await verify_with_sink(conn, args.from_seq, sink, keys)
+    finally:
+        await conn.close()
+    return _verify_direct_response(v)
+
+
+async def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    if args.from_seq < 0:
+        return fail("--from-seq must be 0 or more", 2)
+    if args.database_url:
+        got = await _verify_direct(args)
+        if isinstance(got, int):
+            return got
+        resp = got
+    else:
+        if args.checkpoints or args.public_key:
+            return fail(
+                "--checkpoints and --public-key go with --database-url (verify without the service)", 2
+            )
+        resp = await _stub(args, settings).VerifyAudit(
+            dnc_pb2.VerifyAuditRequest(from_seq=args.from_seq), timeout=3600
+        )
     if args.json:
         print_json(to_dict(resp))
     elif resp.ok:
-        print(f"audit log intact: {resp.records_checked} records, head {resp.head_hash}")
+        anchored = (
+            f"; checkpoints: {resp.checkpoints_checked} checked, record {resp.anchored_seq} anchored "
+            f"(signed {resp.anchored_at.ToDatetime(tzinfo=UTC).isoformat()}), "
+            f"{resp.unanchored_records} records after it"
+            if resp.checkpoints_checked
+            else "; no checkpoint checked"
+        )
+        print(f"audit log intact: {resp.records_checked} records, head {resp.head_hash}{anchored}")
+        if resp.records_checked and not resp.checkpoints_checked:
+            err_console.print(
+                "[yellow]warning: no signed checkpoint covers this log, so a rewrite by the database owner "
+                "that recomputed the hashes cannot be told[/yellow]"
+            )
     else:
         err_console.print(f"[red]audit log BROKEN at record {resp.first_bad_seq}[/red]: {resp.problem}")
     if not resp.ok:
@@ -358,6 +442,16 @@ def register(sub: Any) -> None:
         g, "verify", _verify, "recompute the audit hash chain (exit non-zero naming the first bad record)"
     )
     p.add_argument("--from-seq", type=int, default=0)
+    p.add_argument(
+        "--database-url",
+        help="verify straight against PostgreSQL, without the services (a read-only login: outdial_auditor)",
+    )
+    p.add_argument("--checkpoints", help="where the signed checkpoints are (file:///directory)")
+    p.add_argument(
+        "--public-key",
+        action="append",
+        help="PEM public key that signs the checkpoints (repeat for rotated keys)",
+    )
     p = command(
         g, "consent", _consent, "record a person's consent with its evidence, or revoke it (compliance only)"
     )

@@ -15,6 +15,10 @@ ServiceName = Literal["campaign", "pacing", "dnc", "agent"]
 SERVICES: tuple[ServiceName, ...] = ("campaign", "pacing", "dnc", "agent")
 
 
+class StartupRefused(RuntimeError):
+    """A service may not start as configured (the message says what to do); the process exits non-zero."""
+
+
 class Settings(BaseSettings):
     """Every setting of every service and of the CLI."""
 
@@ -23,6 +27,15 @@ class Settings(BaseSettings):
     # Infrastructure. Unset: PostgreSQL/Redis on 127.0.0.1 when they answer, else private throwaway servers
     # (only for `outdial run`, `outdial demo` and the tests; a service process needs them set or local).
     database_url: str | None = None
+    # Production: each service logs in as its own role (outdial_campaign, outdial_pacing, outdial_dnc,
+    # outdial_agent; privileges in outdial/migrations/grants.py) with its own URL; unset: database_url (the
+    # development/all-in-one setting). `outdial db migrate` logs in as the migration role (owner of the
+    # schema) with migrate_database_url (unset: database_url); no service uses that URL.
+    campaign_database_url: str | None = None
+    pacing_database_url: str | None = None
+    dnc_database_url: str | None = None
+    agent_database_url: str | None = None
+    migrate_database_url: str | None = None
     redis_url: str | None = None
     db_pool_min: int = 0
     db_pool_max: int = 10
@@ -68,7 +81,8 @@ class Settings(BaseSettings):
     redis_tls_key: Path | None = None
 
     # Development mode (OUTDIAL_DEV=1: `make run`, `make demo`, the tests): development keys are accepted and
-    # services migrate the database at start. Never set in production.
+    # services migrate the database at start (production: they refuse to start while a migration is pending).
+    # Never set in production.
     dev: bool = False
 
     # Auth (docs/security-keys.md): tokens are Ed25519-signed JWTs. Every service verifies them against the
@@ -121,6 +135,15 @@ class Settings(BaseSettings):
     # Shift every service clock by this many seconds (demos and end-to-end tests that cross calling-window
     # edges); 0 in production.
     clock_offset_seconds: float = 0.0
+
+    def database_url_for(self, service: ServiceName) -> str | None:
+        """The URL the service's pool logs in with: its own role's, else the shared one."""
+        own: str | None = getattr(self, f"{service}_database_url")
+        return own or self.database_url
+
+    def migrate_url(self) -> str | None:
+        """The migration role's URL (``outdial db migrate``; services at start in development)."""
+        return self.migrate_database_url or self.database_url
 
     def addr(self, service: ServiceName) -> str:
         return str(getattr(self, f"{service}_addr"))

@@ -32,7 +32,7 @@ from outdial.core import logging as odlog
 from outdial.core.auth import authorize, bearer_from_metadata, is_public, set_principal
 from outdial.core.clients import ServiceToken, service_channel
 from outdial.core.clock import Clock, OffsetClock, SystemClock
-from outdial.core.config import ServiceName, Settings
+from outdial.core.config import ServiceName, Settings, StartupRefused
 from outdial.core.errors import OutdialError, status_for
 from outdial.core.limits import Limits, refusal, server_options
 from outdial.core.metrics import DEPENDENCY_UP, RPC_SECONDS, RPC_TOTAL, SERVING, start_metrics_server
@@ -77,7 +77,8 @@ class ServiceContext:
     signer: SigningKey
     # Tokens checked against it on every RPC; refreshed by a background task.
     revocations: RevocationList = field(default_factory=RevocationList)
-    # Set once migrations are applied: background tasks that touch PostgreSQL wait for it.
+    # Set once the schema is current (development: migrated at start; production: checked): background tasks
+    # that touch PostgreSQL wait for it.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -144,9 +145,6 @@ class ServiceSpec:
     # Full names of the gRPC services this process serves ("outdial.v1.CampaignService").
     full_names: tuple[str, ...]
     setup: Callable[[grpc.aio.Server, ServiceContext], Awaitable[None]]
-    # When set, the pool's sessions run as this PostgreSQL role (least privilege; the login user must be
-    # a superuser or a member of it) and migrations run on their own connection as the login user.
-    db_role: str | None = None
 
 
 # ------------------------------------------------------------------------------------------- interceptor
@@ -344,34 +342,29 @@ async def _health_loop(
         await asyncio.sleep(interval)
 
 
-async def _migrate_until_done(ctx: ServiceContext, login_url: str | None = None) -> None:
-    """Apply migrations through the pool, or on a plain connection of the login user when ``login_url``
-    is given (the pool then runs as a role without DDL rights)."""
+async def _prepare_database(ctx: ServiceContext, migrate_url: str | None) -> None:
+    """Make the database ready, retrying while PostgreSQL does not answer, then set ``ctx.ready``.
+
+    Development (``migrate_url`` given): apply pending migrations as the migration role (``outdial db
+    migrate``'s URL; the service's own role has no DDL rights). Production: only check that no migration is
+    pending, and raise :class:`db.SchemaBehind` (the service stops) when one is: ``outdial db migrate``
+    (the migration Job) must run first."""
     delay = 0.5
     while True:
         try:
-            if login_url is None:
-                async with ctx.pool.acquire() as conn:
-                    applied = await db.migrate(conn)
+            if migrate_url is not None:
+                applied = await db.migrate_url(migrate_url, grants=False)
+                if applied:
+                    log.info("migrations applied: %s", ", ".join(applied))
             else:
-                applied = await db.migrate_url(login_url)
-            if applied:
-                log.info("migrations applied: %s", ", ".join(applied))
+                async with ctx.pool.acquire() as conn:
+                    missing = await db.pending(conn)
+                if missing:
+                    raise db.SchemaBehind(ctx.name, missing)
             ctx.ready.set()
-            if login_url is not None:
-                try:
-                    await ctx.pool.fetchval("SELECT 1")
-                except asyncpg.PostgresError as exc:  # a refused role: say how to fix it, once
-                    log.error(
-                        "sessions cannot run as the service's database role (%s): the login user must be "
-                        "a superuser or a member of it (GRANT <role> TO <login user>); NOT_SERVING until then",
-                        exc,
-                    )
-                except Exception:  # unreachable database: the health loop reports it
-                    pass
             return
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            log.warning("database not ready (%s); retrying in %.1fs", type(exc).__name__, delay)
+            log.warning("database not ready (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -413,11 +406,9 @@ async def serve(
     Raises :class:`KeyConfigError` before starting anything when the keys are missing, weak, or development
     keys outside development mode."""
     keys = service_keys(settings, spec.name)
-    database_url = settings.database_url or DEFAULT_DATABASE_URL
+    database_url = settings.database_url_for(spec.name) or DEFAULT_DATABASE_URL
     redis_url = settings.redis_url or DEFAULT_REDIS_URL
-    pool = await db.create_pool(
-        database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max, role=spec.db_role
-    )
+    pool = await db.create_pool(database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
     ctx = ServiceContext(
         name=spec.name,
         settings=settings,
@@ -451,7 +442,11 @@ async def serve(
     enable_reflection(server, spec.full_names, settings)
     for n in ("", *spec.full_names):
         await health_servicer.set(n, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await spec.setup(server, ctx)
+    try:
+        await spec.setup(server, ctx)
+    except BaseException:
+        await ctx.close()
+        raise
 
     listen = settings.listen_addr(spec.name)
     creds = server_credentials(settings)  # mutual TLS when OUTDIAL_TLS_CA is set too (core/tls.py)
@@ -479,15 +474,24 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-    migrate_task = asyncio.create_task(
-        _migrate_until_done(ctx, database_url if spec.db_role else None), name=f"{spec.name}:migrate"
-    )
+    migrate_url = (settings.migrate_url() or DEFAULT_DATABASE_URL) if settings.dev else None
+    migrate_task = asyncio.create_task(_prepare_database(ctx, migrate_url), name=f"{spec.name}:migrate")
     health_task = asyncio.create_task(
         _health_loop(ctx, health_servicer, spec.full_names), name=f"{spec.name}:health"
     )
+    stop_task = asyncio.create_task(stop.wait(), name=f"{spec.name}:stop")
+    failure: BaseException | None = None
     try:
-        await stop.wait()
+        await asyncio.wait({stop_task, migrate_task}, return_when=asyncio.FIRST_COMPLETED)
+        if migrate_task.done() and not migrate_task.cancelled() and migrate_task.exception() is not None:
+            failure = migrate_task.exception()
+            log.critical("%s", failure)
+        if failure is None:
+            await stop.wait()
     finally:
+        stop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stop_task
         log.info("%s shutting down (grace %.1fs)", spec.name, settings.grace_seconds)
         health_task.cancel()
         migrate_task.cancel()
@@ -495,6 +499,8 @@ async def serve(
         SERVING.labels(spec.name).set(0)
         await server.stop(settings.grace_seconds)
         for t in (health_task, migrate_task):
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                continue  # the failure above, raised below
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await ctx.close()
@@ -502,6 +508,8 @@ async def serve(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
         log.info("%s stopped", spec.name)
+    if failure is not None:
+        raise failure
 
 
 def main(spec: ServiceSpec) -> None:
@@ -513,3 +521,5 @@ def main(spec: ServiceSpec) -> None:
     except KeyConfigError as exc:
         log.critical("%s refuses to start: %s", spec.name, exc)
         raise SystemExit(2) from None
+    except StartupRefused as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -25,11 +25,13 @@ from outdial.core.errors import InvalidArgument, NotFound, Unavailable
 from outdial.core.limits import batch_limit
 from outdial.core.redis import Redis
 from outdial.dnc import gate, store
-from outdial.dnc.audit import AuditEntry, AuditRecord, ChainVerifier, Verification, details_json
+from outdial.dnc.anchor import Checkpoint
+from outdial.dnc.audit import AuditEntry, AuditRecord, Verification, details_json
 from outdial.dnc.gate import Decision, ListInfo
 from outdial.dnc.index import DncIndex, IndexMissing
 from outdial.dnc.numbers import InvalidNumber, jurisdiction_of, normalise, registry_line
 from outdial.dnc.settings import DncSettings
+from outdial.dnc.verify import Checkpointer, load_checkpoints, verify_log
 from outdial.rules.law import JURISDICTION_REGION
 
 log = logging.getLogger("outdial.dnc")
@@ -84,12 +86,31 @@ def _describe(exc: BaseException) -> str:
 
 
 class DncEngine:
-    def __init__(self, pool: asyncpg.Pool, redis: Redis, clock: Clock, settings: DncSettings) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        clock: Clock,
+        settings: DncSettings,
+        checkpointer: Checkpointer | None = None,
+    ) -> None:
         self.pool = pool
         self.index = DncIndex(redis)
         self.clock = clock
         self.settings = settings
+        self.checkpointer = checkpointer
         self.rebuild_wanted = asyncio.Event()
+
+    async def _audit(self, conn: asyncpg.Connection, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """Append to the audit log (the database stamps seq and time) and tell the checkpointer."""
+        records = await store.append_audit(conn, entries)
+        if records and self.checkpointer is not None:
+            self.checkpointer.appended(len(records))
+        return records
+
+    async def _audit_tx(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        async with self.pool.acquire() as conn:
+            return await self._audit(conn, entries)
 
     # ------------------------------------------------------------------ the gate
 
@@ -128,16 +149,20 @@ class DncEngine:
                     call_id=call_ids[i] if call_ids else "",
                     result="allowed" if d.allowed else "blocked",
                     reason=",".join(r.code for r in d.reasons),
+                    # the record's `at` is the database's time of writing; the decision's own instant (the
+                    # service clock the registry age, expiries and consent were judged at) goes with it
                     details=details_json(
-                        {"jurisdiction": jurisdiction, "reasons": [_reason_dict(r) for r in d.reasons]}
+                        {
+                            "jurisdiction": jurisdiction,
+                            "reasons": [_reason_dict(r) for r in d.reasons],
+                            "decided_at": now.isoformat(),
+                        }
                     ),
                 )
                 for i, d in enumerate(decisions)
             ]
             try:
-                records = await asyncio.wait_for(
-                    store.append_audit_tx(self.pool, now, entries), self.settings.check_timeout_seconds
-                )
+                records = await asyncio.wait_for(self._audit_tx(entries), self.settings.check_timeout_seconds)
                 seqs = [r.seq for r in records]
             except Exception as exc:
                 # A dial-time decision that cannot be recorded does not permit a dial.
@@ -299,9 +324,8 @@ class DncEngine:
                 for n in numbers:
                     await store.revoke_consent(conn, n, None, actor, now)
             audited = numbers if action == "opt_out" else added
-            records = await store.append_audit(
+            records = await self._audit(
                 conn,
-                now,
                 [
                     AuditEntry(
                         actor,
@@ -333,9 +357,8 @@ class DncEngine:
             if await store.get_list(conn, li.id) is None:
                 raise NotFound(f"no list {li.id}")
             removed = await store.remove_entries(conn, li.id, numbers, actor=actor, reason=reason, at=now)
-            await store.append_audit(
+            await self._audit(
                 conn,
-                now,
                 [
                     AuditEntry(
                         actor, "remove", n, li.campaign_id, "", "ok", reason, details_json({"list_id": li.id})
@@ -353,9 +376,8 @@ class DncEngine:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", WRITE_LOCK)
             expired = await store.expire_entries(conn, now, limit)
-            await store.append_audit(
+            await self._audit(
                 conn,
-                now,
                 [
                     AuditEntry(
                         "system:expiry",
@@ -416,9 +438,8 @@ class DncEngine:
                     obtained_via=evidence.obtained_via,
                 )
                 result = "granted"
-            (rec,) = await store.append_audit(
+            (rec,) = await self._audit(
                 conn,
-                now,
                 [
                     AuditEntry(
                         actor,
@@ -508,9 +529,8 @@ class DncEngine:
             await store.record_import(
                 conn, li.id, mode, downloaded_at, now, actor, res.lines, res.added, res.removed, res.invalid
             )
-            await store.append_audit(
+            await self._audit(
                 conn,
-                now,
                 [
                     AuditEntry(
                         actor,
@@ -592,9 +612,7 @@ class DncEngine:
         if old is not None and old != version:
             await self.index.drop(old)
         total = sum(counts.values())
-        await store.append_audit_tx(
-            self.pool,
-            self.clock.now(),
+        await self._audit_tx(
             [
                 AuditEntry(
                     actor,
@@ -637,18 +655,20 @@ class DncEngine:
     # ------------------------------------------------------------------ audit
 
     async def verify(self, from_seq: int) -> Verification:
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            start_seq, start_hash = 0, "0" * 64
-            if from_seq > 1:
-                prev = await store.audit_before(conn, from_seq)
-                if prev is not None:
-                    start_seq, start_hash = prev
-            v = ChainVerifier(start_seq, start_hash)
-            async for rec in store.iter_audit(conn, from_seq):
-                if not v.feed(rec):
-                    break
-            head_seq, head_hash = await store.audit_head(conn)
-            return v.finish(head_seq, head_hash)
+        """The chain, checked against every signed checkpoint of the sink (the service's own public key)."""
+        cp = self.checkpointer
+        checkpoints: list[Checkpoint] = []
+        if cp is not None:
+            try:
+                checkpoints, bad = await load_checkpoints(cp.sink, [cp.public_key])
+            except OSError as exc:  # the sink, not PostgreSQL: say which
+                raise Unavailable(
+                    f"the audit checkpoints cannot be read ({cp.sink.url}): {exc.strerror or exc}"
+                ) from exc
+            if bad is not None:
+                return Verification(ok=False, first_bad_seq=bad[0], problem=bad[1])
+        async with self.pool.acquire() as conn:
+            return await verify_log(conn, from_seq, checkpoints)
 
     async def explain(self, number: str, at: datetime, campaign_id: str) -> Explanation:
         async with self.pool.acquire() as conn:

@@ -273,6 +273,8 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
     async def VerifyAudit(
         self, request: dnc_pb2.VerifyAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dnc_pb2.VerifyAuditResponse:
+        if request.from_seq < 0:
+            raise InvalidArgument("from_seq must be 0 or more", field="from_seq")
         v = await self.engine.verify(request.from_seq)
         return dnc_pb2.VerifyAuditResponse(
             ok=v.ok,
@@ -280,6 +282,11 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
             first_bad_seq=v.first_bad_seq,
             problem=v.problem,
             head_hash=v.head_hash,
+            head_seq=v.last_seq,
+            checkpoints_checked=v.anchors_checked,
+            anchored_seq=v.anchored_seq,
+            anchored_at=ts(v.anchored_at),
+            unanchored_records=max(0, v.last_seq - v.anchored_seq) if v.ok else 0,
         )
 
     async def ExplainDecision(

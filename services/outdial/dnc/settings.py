@@ -1,16 +1,18 @@
 """Settings of the dnc service (environment variables ``OUTDIAL_DNC_*``), built once in ``setup``.
 
-Database role: the service's sessions run as ``db_role`` (default ``outdial_app``, the role created by
-migration 0200 and granted exactly the DNC privileges by 0201: read and append the audit log, never change
-or erase it). The login user of ``OUTDIAL_DATABASE_URL`` stays the one that applies migrations (it needs
-DDL rights), so it must be able to become the role: a superuser can; any other login user needs
-``GRANT outdial_app TO <login user>;`` (migration 0201 does it when the login user may grant it, else an
-administrator must). Until then the service cannot open a session and reports NOT_SERVING, with an error
-in its log. ``OUTDIAL_DNC_DB_ROLE=""`` runs as the login user itself (not recommended: the audit log is
-then protected by the trigger alone).
+Database: the service logs in as its own role ``outdial_dnc`` (``OUTDIAL_DNC_DATABASE_URL``; privileges in
+``outdial/migrations/grants.py``): it reads and changes the lists, and appends to the audit log only through
+``dnc_audit_append``; it can neither change nor erase the log.
+
+Audit anchoring: every ``checkpoint_every_records`` records or ``checkpoint_every_seconds`` the service signs
+a checkpoint of the chain's head with the Ed25519 key in ``audit_key_file`` (never in the database) and
+writes it to ``checkpoint_url`` (``file:///dir``). Both are required outside development; under
+``OUTDIAL_DEV=1`` a development key and a directory per database under the temporary directory are used.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,5 +40,11 @@ class DncSettings(BaseSettings):
     keeper_interval_seconds: float = 2.0
     #: How often expired entries are taken off their lists and out of the index (audited "expire").
     expiry_sweep_interval_seconds: float = 60.0
-    #: PostgreSQL role the service's sessions run as (see the module docstring); "" = the login user.
-    db_role: str = "outdial_app"
+    #: Where signed audit checkpoints go (outside PostgreSQL): file:///directory.
+    checkpoint_url: str = ""
+    #: PEM file of the Ed25519 private key that signs checkpoints (a Secret mounted read-only).
+    audit_key_file: Path | None = None
+    #: Sign a checkpoint after this many audit records ...
+    checkpoint_every_records: int = Field(default=1000, ge=1)
+    #: ... or this many seconds after the last one, when records were appended since.
+    checkpoint_every_seconds: float = Field(default=60.0, gt=0)

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from outdial.dnc.audit import AuditEntry, AuditRecord, chain
+from outdial.dnc.audit import AuditEntry, AuditRecord
 from outdial.dnc.gate import EntryInfo, ListInfo
 
 #: Statement timeout for bulk work (registry imports, rebuilds): the pool's default is for OLTP queries.
@@ -395,32 +395,45 @@ async def changed_since(conn: asyncpg.Connection, since: datetime) -> list[tuple
 # ------------------------------------------------------------------ audit
 
 
-async def append_audit(
-    conn: asyncpg.Connection, at: datetime, entries: Sequence[AuditEntry]
-) -> list[AuditRecord]:
-    """Append to the chain (inside the caller's transaction). The head row lock serialises appends."""
+async def append_audit(conn: asyncpg.Connection, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+    """Append to the chain (inside the caller's transaction) in one round trip: ``dnc_audit_append`` (a
+    SECURITY DEFINER function, migration 0202) locks the head, assigns seq, time and prev_hash, hashes,
+    inserts and moves the head. The service's role can do nothing else to the log."""
     if not entries:
         return []
-    head = await conn.fetchrow("SELECT seq, hash FROM dnc_audit_head WHERE id = 1 FOR UPDATE")
-    assert head is not None
-    at = at.replace(microsecond=at.microsecond)  # asyncpg keeps microseconds: what we hash is what we store
-    records = chain(head["seq"], head["hash"], at, entries)
-    await conn.copy_records_to_table(
-        "dnc_audit",
-        records=[tuple(getattr(r, c) for c in _AUDIT_COLS) for r in records],
-        columns=_AUDIT_COLS,
+    rows = await conn.fetch(
+        "SELECT seq, at, prev_hash, hash FROM dnc_audit_append($1, $2, $3, $4, $5, $6, $7, $8)",
+        [e.actor for e in entries],
+        [e.action for e in entries],
+        [e.number for e in entries],
+        [e.campaign_id for e in entries],
+        [e.call_id for e in entries],
+        [e.result for e in entries],
+        [e.reason for e in entries],
+        [e.details for e in entries],
     )
-    await conn.execute(
-        "UPDATE dnc_audit_head SET seq = $1, hash = $2 WHERE id = 1", records[-1].seq, records[-1].hash
-    )
-    return records
+    return [
+        AuditRecord(
+            r["seq"],
+            r["at"],
+            e.actor,
+            e.action,
+            e.number,
+            e.campaign_id,
+            e.call_id,
+            e.result,
+            e.reason,
+            e.details,
+            r["prev_hash"],
+            r["hash"],
+        )
+        for r, e in zip(rows, entries, strict=True)
+    ]
 
 
-async def append_audit_tx(
-    pool: asyncpg.Pool, at: datetime, entries: Sequence[AuditEntry]
-) -> list[AuditRecord]:
-    async with pool.acquire() as conn, conn.transaction():
-        return await append_audit(conn, at, entries)
+async def append_audit_tx(pool: asyncpg.Pool, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+    async with pool.acquire() as conn:
+        return await append_audit(conn, entries)
 
 
 @dataclass
@@ -476,15 +489,18 @@ async def iter_audit(conn: asyncpg.Connection, from_seq: int) -> AsyncIterator[A
         yield audit_record(r)
 
 
-async def audit_head(conn: asyncpg.Connection) -> tuple[int, str]:
-    r = await conn.fetchrow("SELECT seq, hash FROM dnc_audit_head WHERE id = 1")
+async def audit_head(conn: asyncpg.Connection) -> tuple[int, str, datetime | None]:
+    """(seq, hash, time) of the chain's last record."""
+    r = await conn.fetchrow("SELECT seq, hash, at FROM dnc_audit_head WHERE id = 1")
     assert r is not None
-    return int(r["seq"]), str(r["hash"])
+    return int(r["seq"]), str(r["hash"]), r["at"]
 
 
-async def audit_before(conn: asyncpg.Connection, seq: int) -> tuple[int, str] | None:
-    r = await conn.fetchrow("SELECT seq, hash FROM dnc_audit WHERE seq < $1 ORDER BY seq DESC LIMIT 1", seq)
-    return (int(r["seq"]), str(r["hash"])) if r else None
+async def audit_before(conn: asyncpg.Connection, seq: int) -> tuple[int, str, datetime] | None:
+    r = await conn.fetchrow(
+        "SELECT seq, hash, at FROM dnc_audit WHERE seq < $1 ORDER BY seq DESC LIMIT 1", seq
+    )
+    return (int(r["seq"]), str(r["hash"]), r["at"]) if r else None
 
 
 # ------------------------------------------------------------------ explain

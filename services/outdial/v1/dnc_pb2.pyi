@@ -721,11 +721,31 @@ class VerifyAuditResponse(_message.Message):
     FIRST_BAD_SEQ_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
     HEAD_HASH_FIELD_NUMBER: _builtins.int
+    HEAD_SEQ_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_CHECKED_FIELD_NUMBER: _builtins.int
+    ANCHORED_SEQ_FIELD_NUMBER: _builtins.int
+    ANCHORED_AT_FIELD_NUMBER: _builtins.int
+    UNANCHORED_RECORDS_FIELD_NUMBER: _builtins.int
     ok: _builtins.bool
     records_checked: _builtins.int
     first_bad_seq: _builtins.int
+    """The first record that does not fit: a broken link, changed contents, a time before the previous record's,
+    or a disagreement with a signed checkpoint (a rewrite by the database owner).
+    """
     problem: _builtins.str
     head_hash: _builtins.str
+    head_seq: _builtins.int
+    """The last record checked (the head when the log is intact)."""
+    checkpoints_checked: _builtins.int
+    """Signed checkpoints (kept outside PostgreSQL) compared with the log."""
+    anchored_seq: _builtins.int
+    """The newest record a signed checkpoint confirms, and when that checkpoint was signed: the log is proven
+    unchanged up to it.
+    """
+    unanchored_records: _builtins.int
+    """Records after anchored_seq, not yet covered by a checkpoint."""
+    @_builtins.property
+    def anchored_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -734,10 +754,15 @@ class VerifyAuditResponse(_message.Message):
         first_bad_seq: _builtins.int = ...,
         problem: _builtins.str = ...,
         head_hash: _builtins.str = ...,
+        head_seq: _builtins.int = ...,
+        checkpoints_checked: _builtins.int = ...,
+        anchored_seq: _builtins.int = ...,
+        anchored_at: _timestamp_pb2.Timestamp | None = ...,
+        unanchored_records: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anchored_at", b"anchored_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_bad_seq", b"first_bad_seq", "head_hash", b"head_hash", "ok", b"ok", "problem", b"problem", "records_checked", b"records_checked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anchored_at", b"anchored_at", "anchored_seq", b"anchored_seq", "checkpoints_checked", b"checkpoints_checked", "first_bad_seq", b"first_bad_seq", "head_hash", b"head_hash", "head_seq", b"head_seq", "ok", b"ok", "problem", b"problem", "records_checked", b"records_checked", "unanchored_records", b"unanchored_records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
