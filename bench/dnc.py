@@ -268,7 +268,6 @@ async def main() -> None:
         settings = Settings(
             database_url=db_url,
             redis_url=rd.url,
-            dev=True,
             listen_port=0,
             metrics_port=0,
             log_level="WARNING",

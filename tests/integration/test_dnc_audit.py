@@ -162,7 +162,7 @@ async def test_database_hashes_match_python_on_random_text(pg: asyncpg.Pool) -> 
 async def test_a_dial_time_batch_is_one_append(
     services: Any, monkeypatch: pytest.MonkeyPatch, pg: asyncpg.Pool
 ) -> None:
-    stub = await start(services, monkeypatch)
+    await start(services, monkeypatch)
     numbers = [f"+1415555{i:04d}" for i in range(200)]
     resp = await pacing(services).CheckNumbers(
         dnc_pb2.CheckNumbersRequest(numbers=numbers, dial_time=True, campaign_id="c1"), timeout=10

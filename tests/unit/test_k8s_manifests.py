@@ -344,7 +344,6 @@ def test_every_service_mounts_the_jwks_and_only_its_own_key(
     }
 
 
-
 # The PostgreSQL login each workload gets (Secret name), and the variable in it.
 DB_SECRETS = {
     "migrate": "outdial-db-migrate",
