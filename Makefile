@@ -63,7 +63,7 @@ setup-system:
 	@SYSTEM_PACKAGES="$(SYSTEM_PACKAGES)" bash deploy/system-packages.sh
 
 # Development mode (OUTDIAL_DEV=1): the public development keyset signs and verifies tokens (the services warn
-# loudly); without it they refuse to start on it (docs/security-keys.md).
+# loudly); without it they refuse to start on it (docs/security.md).
 run: $(STAMP)
 	OUTDIAL_DEV=1 $(BIN)/outdial run
 

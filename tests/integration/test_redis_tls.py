@@ -2,7 +2,7 @@
 
 The prod overlay gives each service ``OUTDIAL_REDIS_URL=rediss://outdial-<svc>:PASSWORD@host/0`` and
 ``OUTDIAL_REDIS_TLS_CA``: the client verifies the server's certificate and host name against that CA, and the
-ACL user of a service other than dnc cannot write the DNC index (docs/security-supply.md).
+ACL user of a service other than dnc cannot write the DNC index (docs/security.md).
 """
 
 from __future__ import annotations

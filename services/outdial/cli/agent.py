@@ -534,7 +534,7 @@ def register(sub: Any) -> None:
         agent,
         "unassign",
         agent_unassign,
-        "take agents off a campaign (a logged-in agent loses it at once; see docs/security-authz.md)",
+        "take agents off a campaign (a logged-in agent loses it at once; see docs/security.md)",
     )
     p.add_argument("campaign", help="campaign id")
     p.add_argument("agents", nargs="+", metavar="AGENT", help="agent ids")

@@ -87,7 +87,7 @@ def rpc_error(exc: grpc.aio.AioRpcError) -> int:
         # (grpc/grpc#36066): say what that usually is.
         err_console.print(
             "the server ended the call while the file was still being sent: usually a refused upload (a "
-            "line or the file over its limit, or a malformed file; see docs/security-limits.md). Nothing "
+            "line or the file over its limit, or a malformed file; see docs/security.md). Nothing "
             "of it was kept."
         )
     return 2 if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1

@@ -1,4 +1,4 @@
-"""``outdial token issue|revoke`` and ``outdial keys init|rotate|remove|list`` (docs/security-keys.md)."""
+"""``outdial token issue|revoke`` and ``outdial keys init|rotate|remove|list`` (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ async def keys_init(args: argparse.Namespace, settings: Settings) -> int:
             "these are the DEVELOPMENT keys (public to anyone): services accept them only with OUTDIAL_DEV=1"
         )
         return 0
-    print("\nKubernetes (docs/security-keys.md): the JWKS for every service, each service its own key only,")
+    print("\nKubernetes (docs/security.md): the JWKS for every service, each service its own key only,")
     print("the issuer key nowhere in the cluster (keep it where tokens are issued: OUTDIAL_ISSUER_KEY):")
     print(
         f"  kubectl -n outdial create secret generic outdial-jwks --from-file=jwks.json={directory}/{JWKS_FILE}"

@@ -2,7 +2,7 @@
 subject and a role; one table of who may call what, and one allow-list per service identity.
 
 Signing keys and the JWKS are in :mod:`outdial.core.signing`; revocation in :mod:`outdial.core.revocation`;
-docs/security-keys.md is the operator's guide.
+docs/security.md is the operator's guide.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     # Never set in production.
     dev: bool = False
 
-    # Auth (docs/security-keys.md): tokens are Ed25519-signed JWTs. Every service verifies them against the
+    # Auth (docs/security.md): tokens are Ed25519-signed JWTs. Every service verifies them against the
     # JWKS file (public keys, selected by kid); each service signs its own identity with its own private key;
     # only the token-issuing path (`outdial token issue`) holds the issuer's private key. Paths to files
     # (Secret volumes in Kubernetes). Unset in development mode: the public development keyset.
@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     # The CLI's bearer token.
     token: str | None = None
 
-    # Input and load limits (core/limits.py; docs/security-limits.md). 0 disables a cap or a rate.
+    # Input and load limits (core/limits.py; docs/security.md). 0 disables a cap or a rate.
     # Largest gRPC message a server accepts (files travel as 1 MiB chunks of a stream).
     grpc_max_receive_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     # Items in any repeated or map field of a request (DNC number batches: OUTDIAL_DNC_MAX_BATCH).

@@ -13,7 +13,7 @@ RPC_SECONDS = Histogram(
 )
 DEPENDENCY_UP = Gauge("outdial_dependency_up", "1 when the dependency answers", ["service", "dependency"])
 SERVING = Gauge("outdial_serving", "1 while the service reports SERVING", ["service"])
-# Input and load limits (core/limits.py, docs/security-limits.md): limit = rate, streams, uploads,
+# Input and load limits (core/limits.py, docs/security.md): limit = rate, streams, uploads,
 # list_items, batch, line, file_size, columns; role = the caller's role.
 LIMIT_REJECTED = Counter(
     "outdial_limit_rejected_total", "Requests refused by an input or load limit", ["service", "limit", "role"]

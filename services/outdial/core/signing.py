@@ -1,6 +1,6 @@
 """Token signing keys: Ed25519 private keys (PEM files), the JWKS of public keys, and the development keyset.
 
-Who holds what (docs/security-keys.md):
+Who holds what (docs/security.md):
 
 - the **issuer** key signs people's tokens (admin, manager, agent, compliance); only the token-issuing path
   holds it (``outdial token issue``, OUTDIAL_ISSUER_KEY);
@@ -85,7 +85,7 @@ DEV_KIDS: frozenset[str] = frozenset(kid_of(_dev_private(n).public_key()) for n 
 DEV_WARNING = (
     "DEVELOPMENT KEYS IN USE: tokens are signed with the public development keyset (anyone can mint any "
     "token). This is accepted only because OUTDIAL_DEV=1; never run production this way "
-    "(`outdial keys init DIR`, docs/security-keys.md)."
+    "(`outdial keys init DIR`, docs/security.md)."
 )
 
 
@@ -349,7 +349,7 @@ def _check_retired_secret(settings: Settings) -> None:
         raise KeyConfigError(
             "OUTDIAL_AUTH_SECRET is set: the HS256 shared secret is retired and refused (anyone holding it "
             "could mint an admin token). Remove it from the environment/Secret; set OUTDIAL_JWKS and "
-            "OUTDIAL_SERVICE_KEY instead (`outdial keys init DIR`, docs/security-keys.md)"
+            "OUTDIAL_SERVICE_KEY instead (`outdial keys init DIR`, docs/security.md)"
         )
     log.warning("OUTDIAL_AUTH_SECRET is set and ignored: tokens are signed with Ed25519 keys now")
 

@@ -25,7 +25,7 @@ class Verifier:
     ) -> None:
         self.jwks = jwks
         # None: no revocation list (the gateway, which has no store: it accepts only short-lived service
-        # tokens, and managers' status reads; docs/security-keys.md).
+        # tokens, and managers' status reads; docs/security.md).
         self.revocations = revocations
         self._path = jwks_path
         self._dev = dev
