@@ -17,6 +17,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -211,6 +212,34 @@ def make_token(role: Role | str, sub: str = "tester", ttl_seconds: int | None = 
     else:
         key = dev_key("issuer")
     return issue_token(key, sub, role, ttl_seconds or min(12 * 3600, max_ttl_seconds(role)))
+
+
+def production_keys(directory: Path) -> dict[str, Any]:
+    """A fresh production keyset in ``directory`` (the issuer's and every service's keys, the JWKS, a DNC audit
+    signing key and checkpoint directory), as `outdial keys init` and an operator would make them. Returns
+    the environment a production (OUTDIAL_DEV unset) service needs besides its own OUTDIAL_SERVICE_KEY:
+    ``{"jwks": Path, "keys": {name: Path}, "env": {...}}``."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from outdial.core.signing import KEY_NAMES, generate_key, jwks_of, write_jwks, write_private_key
+    from outdial.dnc.anchor import private_pem
+
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = {n: generate_key(n) for n in KEY_NAMES}
+    paths = {}
+    for name, key in keys.items():
+        paths[name] = directory / f"{name}.key"
+        write_private_key(paths[name], key)
+    write_jwks(directory / "jwks.json", jwks_of(keys.values()))
+    audit_key = directory / "audit.pem"
+    audit_key.write_bytes(private_pem(Ed25519PrivateKey.generate()))
+    audit_key.chmod(0o600)
+    (directory / "checkpoints").mkdir(exist_ok=True)
+    env = {
+        "OUTDIAL_DNC_AUDIT_KEY_FILE": str(audit_key),
+        "OUTDIAL_DNC_CHECKPOINT_URL": (directory / "checkpoints").as_uri(),
+    }
+    return {"jwks": directory / "jwks.json", "keys": paths, "env": env}
 
 
 @dataclass

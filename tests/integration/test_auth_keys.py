@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 import redis.asyncio as aioredis
 
 from outdial.cli.keys import keys_init, keys_remove, keys_rotate
@@ -22,7 +23,7 @@ from outdial.core.infra import free_port
 from outdial.core.revocation import revoke
 from outdial.core.signing import dev_key, load_private_key
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
-from tests.conftest import Services, make_token
+from tests.conftest import Services, make_token, production_keys
 
 LIST_LISTS = dnc_pb2.ListListsRequest()
 
@@ -82,10 +83,12 @@ async def test_a_service_process_refuses_development_keys_and_the_old_secret(
 
 
 async def test_production_mode_with_real_keys_follows_a_jwks_rotation(
-    services: Services, tmp_path: Path
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     d = tmp_path / "keys"
     await keys_init(argparse.Namespace(dir=str(d), dev=False, json=True), services.settings)
+    for k, v in production_keys(tmp_path / "audit")["env"].items():  # the DNC's audit signing key and sink
+        monkeypatch.setenv(k, v)
     services.settings = services.settings.model_copy(
         update={
             "dev": False,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -14,7 +15,7 @@ import pytest
 from outdial.core import db
 from outdial.core.config import StartupRefused
 from outdial.migrations.grants import GRANTS, RUNTIME, TEMPORARY, role_name
-from tests.conftest import as_user
+from tests.conftest import as_user, production_keys
 
 _PRIVS = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
@@ -152,11 +153,18 @@ async def test_a_role_that_could_escape_is_refused(pg: asyncpg.Pool) -> None:
         await pg.execute(f"DROP ROLE IF EXISTS {b}")
 
 
+def _production(services: Any, tmp_path: Path, name: str) -> Any:
+    keys = production_keys(tmp_path / "keys")
+    return services.settings.model_copy(
+        update={"dev": False, "jwks": keys["jwks"], "service_key": keys["keys"][name]}
+    )
+
+
 async def test_production_refuses_a_schema_behind_and_development_migrates(
-    services: Any, pg: asyncpg.Pool
+    services: Any, pg: asyncpg.Pool, tmp_path: Path
 ) -> None:
     await pg.execute("DELETE FROM schema_migrations WHERE version = 202")
-    svc_settings = services.settings.model_copy(update={"dev": False})
+    svc_settings = _production(services, tmp_path, "agent")
     from outdial.agent.app import SPEC
     from outdial.core.server import serve
 
@@ -172,14 +180,14 @@ async def test_production_refuses_a_schema_behind_and_development_migrates(
 
 
 async def test_production_dnc_needs_its_signing_key_and_checkpoint_sink(
-    services: Any, monkeypatch: pytest.MonkeyPatch
+    services: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from outdial.core.server import serve
     from outdial.dnc.app import SPEC
 
     monkeypatch.delenv("OUTDIAL_DNC_CHECKPOINT_URL", raising=False)
     monkeypatch.delenv("OUTDIAL_DNC_AUDIT_KEY_FILE", raising=False)
-    svc_settings = services.settings.model_copy(update={"dev": False})
+    svc_settings = _production(services, tmp_path, "dnc")
     with pytest.raises(StartupRefused, match="OUTDIAL_DNC_CHECKPOINT_URL and OUTDIAL_DNC_AUDIT_KEY_FILE"):
         await asyncio.wait_for(serve(SPEC, svc_settings, stop=asyncio.Event()), 20)
     monkeypatch.setenv("OUTDIAL_DNC_CHECKPOINT_URL", "s3://bucket/x")

@@ -1,4 +1,4 @@
--- Token revocation list (docs/security-keys.md). PostgreSQL is the record: Redis holds a mirror
+-- Token revocation list (docs/security.md). PostgreSQL is the record: Redis holds a mirror
 -- (od:auth:revoked) that services rebuild from this table when Redis loses its data.
 -- Writers: `outdial token revoke` (an operator, with the issuer's rights). Readers: every service (SELECT).
 -- A row revokes one token (kind 'jti') or every token of a subject issued before `before` (kind 'subject').
@@ -18,6 +18,4 @@ CREATE TABLE IF NOT EXISTS token_revocations (
 
 CREATE INDEX IF NOT EXISTS token_revocations_expires ON token_revocations (expires_at);
 
--- Every service reads the list, whatever PostgreSQL role its sessions run as (the DNC service's outdial_app
--- too). Nothing in it is a credential: a jti or a subject name.
-GRANT SELECT ON token_revocations TO PUBLIC;
+-- Every service's login role reads it: migrations/grants.py.
