@@ -24,7 +24,6 @@ from outdial.cli.base import channel, command, err_console, fail, group, print_j
 from outdial.core.config import Settings
 from outdial.core.csvsafe import csv_safe
 from outdial.core.jurisdictions import JURISDICTION_PB
-from outdial.dnc.audit import Verification
 from outdial.v1 import common_pb2, dnc_pb2, dnc_pb2_grpc
 
 KINDS = {
@@ -269,23 +268,6 @@ async def _audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _verify_direct_response(v: Verification) -> dnc_pb2.VerifyAuditResponse:
-    resp = dnc_pb2.VerifyAuditResponse(
-        ok=v.ok,
-        records_checked=v.checked,
-        first_bad_seq=v.first_bad_seq,
-        problem=v.problem,
-        head_hash=v.head_hash,
-        head_seq=v.last_seq,
-        checkpoints_checked=v.anchors_checked,
-        anchored_seq=v.anchored_seq,
-        unanchored_records=max(0, v.last_seq - v.anchored_seq) if v.ok else 0,
-    )
-    if v.anchored_at is not None:
-        resp.anchored_at.FromDatetime(v.anchored_at)
-    return resp
-
-
 async def _verify_direct(args: argparse.Namespace) -> dnc_pb2.VerifyAuditResponse | int:
     """Straight against PostgreSQL, without the services: any login that may read dnc_audit and its head
     (outdial_auditor), the checkpoints, and the public key. The same code the service runs
@@ -295,7 +277,7 @@ async def _verify_direct(args: argparse.Namespace) -> dnc_pb2.VerifyAuditRespons
 
     from outdial.dnc.anchor import CheckpointError, load_public_key
     from outdial.dnc.sinks import CheckpointSink, open_sink
-    from outdial.dnc.verify import verify_with_sink
+    from outdial.dnc.verify import verification_response, verify_with_sink
 
     keys: list[Ed25519PublicKey] = []
     for path in args.public_key or []:
@@ -325,7 +307,7 @@ async def _verify_direct(args: argparse.Namespace) -> dnc_pb2.VerifyAuditRespons
         v = await verify_with_sink(conn, args.from_seq, sink, keys)
     finally:
         await conn.close()
-    return _verify_direct_response(v)
+    return verification_response(v)
 
 
 async def _verify(args: argparse.Namespace, settings: Settings) -> int:

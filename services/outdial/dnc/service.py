@@ -17,6 +17,7 @@ from outdial.core.metrics import DNC_DECISIONS
 from outdial.dnc import gate, store
 from outdial.dnc.audit import AuditRecord
 from outdial.dnc.engine import DncEngine, Evidence
+from outdial.dnc.verify import verification_response
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
 
 KIND_TO_PB = {
@@ -276,18 +277,7 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
         if request.from_seq < 0:
             raise InvalidArgument("from_seq must be 0 or more", field="from_seq")
         v = await self.engine.verify(request.from_seq)
-        return dnc_pb2.VerifyAuditResponse(
-            ok=v.ok,
-            records_checked=v.checked,
-            first_bad_seq=v.first_bad_seq,
-            problem=v.problem,
-            head_hash=v.head_hash,
-            head_seq=v.last_seq,
-            checkpoints_checked=v.anchors_checked,
-            anchored_seq=v.anchored_seq,
-            anchored_at=ts(v.anchored_at),
-            unanchored_records=max(0, v.last_seq - v.anchored_seq) if v.ok else 0,
-        )
+        return verification_response(v)
 
     async def ExplainDecision(
         self, request: dnc_pb2.ExplainDecisionRequest, context: grpc.aio.ServicerContext[Any, Any]

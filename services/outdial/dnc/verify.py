@@ -20,6 +20,7 @@ from outdial.dnc import store
 from outdial.dnc.anchor import Checkpoint, CheckpointError, parse, sequence_problem, sign, verify_signature
 from outdial.dnc.audit import GENESIS, Anchor, ChainVerifier, Verification
 from outdial.dnc.sinks import CheckpointSink
+from outdial.v1 import dnc_pb2
 
 log = logging.getLogger("outdial.dnc.anchor")
 
@@ -170,3 +171,21 @@ class Checkpointer:
     @property
     def latest(self) -> Checkpoint | None:
         return self._latest
+
+
+def verification_response(v: Verification) -> dnc_pb2.VerifyAuditResponse:
+    """What VerifyAudit answers, and what `outdial dnc verify --database-url` prints, for one verification."""
+    resp = dnc_pb2.VerifyAuditResponse(
+        ok=v.ok,
+        records_checked=v.checked,
+        first_bad_seq=v.first_bad_seq,
+        problem=v.problem,
+        head_hash=v.head_hash,
+        head_seq=v.last_seq,
+        checkpoints_checked=v.anchors_checked,
+        anchored_seq=v.anchored_seq,
+        unanchored_records=max(0, v.last_seq - v.anchored_seq) if v.ok else 0,
+    )
+    if v.anchored_at is not None:
+        resp.anchored_at.FromDatetime(v.anchored_at)
+    return resp
