@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ import pytest
 from outdial.core import keys
 from outdial.v1 import dnc_pb2
 from tests.conftest import make_token
+from tests.integration.test_dnc_audit import run_cli_flat
 from tests.integration.test_dnc_gate import AUTH, NO_REGISTRY, check, codes, pacing, stamp, start
 
 WIRELESS = ["+14155550201", "+14155550202", "+14155550203", "+14155550204"]
@@ -217,3 +219,21 @@ async def test_wrong_number_revokes_consent_in_every_campaign(
         "c1",
     )
     assert (details["revoked"], details["scope"], details["reported_agent_id"]) == (3, "every_campaign", "a7")
+
+
+async def test_cli_imports_names_rejects_and_shows(
+    services: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    await start(services, monkeypatch)
+    f = tmp_path / "rnd.csv"
+    f.write_text(RESULTS + "4155550206,2024-01-10,maybe,\n")
+    code, out = await run_cli_flat(services, "dnc", "rnd", "import", str(f))
+    assert code == 1, out  # a row was rejected
+    assert "4 imported" in out and "1 rejected" in out and "row 6 answer: must be yes, no or no_data" in out
+    code, out = await run_cli_flat(services, "dnc", "rnd", "show", "415-555-0201", "--json")
+    assert code == 0, out
+    shown = json.loads(out)
+    assert shown["number"] == "+14155550201"
+    assert [(r["queried_date"], r["answer"], r["disconnect_date"]) for r in shown["results"]] == [
+        ("2024-01-10", "RND_ANSWER_YES", "2024-06-01")
+    ]
