@@ -146,6 +146,10 @@ async def test_gate_refuses_consent_that_predates_a_disconnect_and_audits_the_ch
     assert "rnd" not in recs[NOT_LISTED]  # relies on no consent: the RND is not consulted
     why = await stub.ExplainDecision(dnc_pb2.ExplainDecisionRequest(number=WIRELESS[0], campaign_id="c-rnd"))
     assert "rnd.reassigned" in why.explanation
+    assert (
+        "Consent and the Reassigned Numbers Database: reassigned (1 consent(s) in force, 1 RND"
+        in why.explanation
+    )
 
 
 async def test_rnd_required_blocks_consent_no_answer_covers(

@@ -840,6 +840,7 @@ class DncEngine:
             max_age_days=self.settings.registry_max_age_days,
         )
         a = consent.get(number)
+        relies = a is not None and any(h.startswith(("national:", "wireless:")) for h in hits)
         d = gate.decide(
             number,
             app,
@@ -848,13 +849,19 @@ class DncEngine:
             a is not None and a.relied_on is not None,
             at,
             reg,
-            a.reason
-            if a is not None and any(h.startswith(("national:", "wireless:")) for h in hits)
-            else None,
+            a.reason if a is not None and relies else None,
         )
         lines = [f"At {at.isoformat()} {number} was {'ALLOWED' if d.allowed else 'BLOCKED'} by the lists."]
         for r in d.reasons:
             lines.append(f"- {r.code}: {r.detail}" + (f" (since {r.since.isoformat()})" if r.since else ""))
+        if a is not None and relies:
+            rd = a.details
+            lines.append(
+                f"Consent and the Reassigned Numbers Database: {rd['outcome']} "
+                f"({len(rd['consents'])} consent(s) in force, {rd['results_total']} RND answer(s) imported by then"
+                + (f"; relied on consent #{rd['relied_on_consent_id']}" if rd["relied_on_consent_id"] else "")
+                + ")."
+            )
         checks = [r for r in records if r.action == "check"]
         if checks:
             c = checks[-1]
