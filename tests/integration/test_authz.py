@@ -82,6 +82,8 @@ EXPECTED: dict[str, dict[str, str]] = {
         "RecordOptOut": "MGC",
         "SetConsent": "C",
         "RebuildIndex": "C",
+        "ImportRndResults": "C",
+        "GetRndResults": "C",
     },
     "AgentService": {
         "Login": "G",  # to assigned campaigns only (below)

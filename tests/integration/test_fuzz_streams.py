@@ -36,6 +36,7 @@ STREAMING: dict[str, tuple[type[Message], bool]] = {
     "/outdial.v1.CampaignService/UploadLeads": (campaign_pb2.UploadLeadsRequest, True),
     "/outdial.v1.CampaignService/ListLeadRejects": (campaign_pb2.ListLeadRejectsRequest, False),
     "/outdial.v1.DncService/ImportRegistry": (dnc_pb2.ImportRegistryRequest, True),
+    "/outdial.v1.DncService/ImportRndResults": (dnc_pb2.ImportRndResultsRequest, True),
     "/outdial.v1.DncService/QueryAudit": (dnc_pb2.QueryAuditRequest, False),
     "/outdial.v1.AgentService/Connect": (agent_pb2.ConnectRequest, False),
     "/outdial.v1.PacingService/WatchPacing": (pacing_pb2.WatchPacingRequest, False),

@@ -1,4 +1,5 @@
-"""``outdial dnc add|remove|check|import|lists|audit|verify|consent|why``: the compliance officer's commands."""
+"""``outdial dnc add|remove|check|import|lists|audit|verify|consent|why|rnd``: the compliance officer's
+commands."""
 
 from __future__ import annotations
 
@@ -397,6 +398,67 @@ async def _consent(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+RND_ANSWERS = {
+    dnc_pb2.RND_ANSWER_YES: "yes",
+    dnc_pb2.RND_ANSWER_NO: "no",
+    dnc_pb2.RND_ANSWER_NO_DATA: "no_data",
+}
+
+
+async def _rnd_import(args: argparse.Namespace, settings: Settings) -> int:
+    """Import Reassigned Numbers Database query results (exit 1 when rows were rejected)."""
+    if not os.path.exists(args.file):
+        return fail(f"no such file: {args.file}", 2)
+
+    async def gen() -> AsyncIterator[dnc_pb2.ImportRndResultsRequest]:
+        yield dnc_pb2.ImportRndResultsRequest(
+            header=dnc_pb2.ImportRndResultsHeader(source=args.source or os.path.basename(args.file))
+        )
+        with open(args.file, "rb") as f:
+            while chunk := f.read(CHUNK):
+                yield dnc_pb2.ImportRndResultsRequest(chunk=chunk)
+
+    resp = await _stub(args, settings).ImportRndResults(gen(), timeout=600, metadata=_auth(args, settings))
+    if args.json:
+        print_json(to_dict(resp))
+    else:
+        print(
+            f"RND import #{resp.import_id}: {resp.rows} rows, {resp.imported} imported, "
+            f"{resp.already_present} already present, {resp.rejected} rejected; audit record #{resp.audit_seq}"
+        )
+        for r in resp.rejects:
+            err_console.print(f"[yellow]row {r.row}[/yellow] {r.field}: {r.reason} ({r.value!r})")
+        if resp.rejected > len(resp.rejects):
+            err_console.print(f"… and {resp.rejected - len(resp.rejects)} more rejected rows")
+    return 1 if resp.rejected else 0
+
+
+async def _rnd_show(args: argparse.Namespace, settings: Settings) -> int:
+    """The RND answers stored for a number, newest queried date first."""
+    resp = await _stub(args, settings).GetRndResults(dnc_pb2.GetRndResultsRequest(number=args.number))
+    if args.json:
+        print_json(to_dict(resp))
+        return 0
+    if not resp.results:
+        print(f"{resp.number}: no Reassigned Numbers Database results imported")
+        return 0
+    print_table(
+        f"RND results for {resp.number}",
+        ["queried date", "answer", "disconnect date", "imported", "import"],
+        [
+            [
+                r.queried_date,
+                RND_ANSWERS.get(r.answer, "?"),
+                r.disconnect_date or "-",
+                r.imported_at.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds"),
+                str(r.import_id),
+            ]
+            for r in resp.results
+        ],
+    )
+    return 0
+
+
 def register(sub: Any) -> None:
     g = group(sub, "dnc", "do-not-call lists, the gate and the audit log")
     p = command(g, "add", _add, "put numbers on a DNC list (internal by default)")
@@ -447,6 +509,17 @@ def register(sub: Any) -> None:
     p.add_argument("--campaign", help="only for this campaign (default: every campaign)")
     p.add_argument("--expires", help="when it lapses (ISO 8601)")
     p.add_argument("--revoke", action="store_true", help="revoke instead (no evidence needed)")
+    r = group(g, "rnd", "Reassigned Numbers Database results (the 47 CFR 64.1200(m) safe harbor)")
+    p = command(
+        r,
+        "import",
+        _rnd_import,
+        "import RND query results: CSV number,queried_date,answer(yes|no|no_data)[,disconnect_date]",
+    )
+    p.add_argument("file")
+    p.add_argument("--source", help="where the results came from (default: the file's name)")
+    p = command(r, "show", _rnd_show, "the RND results stored for a number")
+    p.add_argument("number")
     p = command(g, "why", _why, "why a number was or was not dialled at a time")
     p.add_argument("number")
     p.add_argument("--at", required=True, help="time (ISO 8601, or 'now')")

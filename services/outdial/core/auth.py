@@ -216,6 +216,9 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
             # Consent overrides the national and wireless lists: compliance only (with evidence, dnc/service.py).
             "SetConsent": {_C},
             "RebuildIndex": {_C},
+            # Reassigned Numbers Database results decide whether consent may be relied on: compliance only.
+            "ImportRndResults": {_C},
+            "GetRndResults": {_C},
         },
         "AgentService": {
             "Login": {_G},

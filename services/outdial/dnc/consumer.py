@@ -1,5 +1,7 @@
 """Consumer group "dnc" on the call-event stream: opt-outs and "do not call" dispositions go on the
-internal list (belt and braces beside the RecordOptOut RPC; idempotent by event id)."""
+internal list (belt and braces beside the RecordOptOut RPC); a "wrong_number" disposition revokes every
+consent for the number, in every campaign (the person who answered is not the one who consented: issue 13,
+point 5). Idempotent by event id."""
 
 from __future__ import annotations
 
@@ -29,14 +31,31 @@ def opt_out_of(fields: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
+WRONG_NUMBER = "wrong_number"
+
+
+def wrong_number_of(fields: dict[str, str]) -> str | None:
+    """The number of a "wrong_number" disposition event, else None."""
+    if fields.get("type") == "agent.disposition" and fields.get("disposition", "").lower() == WRONG_NUMBER:
+        return fields.get("number", "")
+    return None
+
+
 async def apply_event(engine: DncEngine, redis: Redis, fields: dict[str, str]) -> bool:
     got = opt_out_of(fields)
-    if got is None or not got[0]:
+    wrong = wrong_number_of(fields) if got is None else None
+    if (got is None or not got[0]) and not wrong:
         return False
     event_id = fields.get("event_id", "")
     seen = keys.event_seen(GROUP, event_id) if event_id else None
     if seen is not None and await redis.exists(seen):
         return False
+    if wrong:
+        await _revoke_wrong_number(engine, wrong, fields)
+        if seen is not None:
+            await redis.set(seen, "1", ex=SEEN_TTL)
+        return True
+    assert got is not None
     number, source = got
     ok, _bad = engine.normalise_many([number])
     if ok:
@@ -60,6 +79,28 @@ async def apply_event(engine: DncEngine, redis: Redis, fields: dict[str, str]) -
     if seen is not None:
         await redis.set(seen, "1", ex=SEEN_TTL)
     return True
+
+
+async def _revoke_wrong_number(engine: DncEngine, number: str, fields: dict[str, str]) -> None:
+    ok, _bad = engine.normalise_many([number])
+    if not ok:
+        log.warning("wrong_number event %s with an unreadable number", fields.get("event_id", ""))
+        return
+    # As for opt-outs: the actor is what wrote the record (this consumer, by kind of event); the agent who
+    # set the disposition is a reported detail from the event, never the actor.
+    reported = fields.get("agent_id", "")
+    await engine.revoke_all_consent(
+        ok[0],
+        actor=f"event:{WRONG_NUMBER}",
+        reason=WRONG_NUMBER,
+        campaign_id=fields.get("campaign_id", ""),
+        call_id=fields.get("call_id", ""),
+        extra_details={
+            "source": "agent_disposition",
+            "event_id": fields.get("event_id", ""),
+            **({"reported_agent_id": reported} if reported else {}),
+        },
+    )
 
 
 async def run(engine: DncEngine, redis: Redis, consumer: str, ready: asyncio.Event) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -24,7 +25,7 @@ from outdial.core.clock import Clock
 from outdial.core.errors import InvalidArgument, NotFound, Unavailable
 from outdial.core.limits import batch_limit
 from outdial.core.redis import Redis
-from outdial.dnc import gate, store
+from outdial.dnc import gate, rnd, store
 from outdial.dnc.anchor import Checkpoint
 from outdial.dnc.audit import AuditEntry, AuditRecord, Verification, details_json
 from outdial.dnc.gate import Decision, ListInfo
@@ -61,6 +62,17 @@ class ImportResult:
     invalid: int = 0
     invalid_samples: list[str] = field(default_factory=list)
     index_version: int = 0
+
+
+@dataclass
+class RndImportResult:
+    rows: int = 0
+    imported: int = 0
+    already_present: int = 0
+    rejected: int = 0
+    rejects: list[rnd.RndReject] = field(default_factory=list)
+    import_id: int = 0
+    audit_seq: int = 0
 
 
 @dataclass
@@ -156,6 +168,8 @@ class DncEngine:
                             "jurisdiction": jurisdiction,
                             "reasons": [_reason_dict(r) for r in d.reasons],
                             "decided_at": now.isoformat(),
+                            # the Reassigned Numbers Database check of a number that relies on consent
+                            **({"rnd": d.rnd} if d.rnd is not None else {}),
                         }
                     ),
                 )
@@ -214,15 +228,41 @@ class DncEngine:
                         small.add(e)
                         small_lists.add(list_id)
             details = await store.entry_details(conn, sorted(small), sorted(small_lists)) if small else {}
-            consent = await store.consented(conn, sorted(bulk), campaign_id, now) if bulk else set()
+            consent = await self._consent_checks(conn, sorted(bulk), campaign_id, now) if bulk else {}
         out: list[Decision] = []
         for r, pe, j in parsed:
             if pe is None:
                 out.append(gate.invalid(r, j))
                 continue
-            d = gate.decide(pe, per_j[j], hits.get(pe, ()), details, pe in consent, now, registry[j])
+            a = consent.get(pe)
+            relied = a is not None and a.relied_on is not None
+            d = gate.decide(
+                pe, per_j[j], hits.get(pe, ()), details, relied, now, registry[j], a.reason if a else None
+            )
+            d.rnd = a.details if a is not None else None
             out.append(d)
         return out
+
+    async def _consent_checks(
+        self,
+        conn: asyncpg.Connection,
+        numbers: Sequence[str],
+        campaign_id: str,
+        at: datetime,
+        *,
+        asof: bool = False,
+    ) -> dict[str, rnd.Assessment]:
+        """For numbers whose list hit consent would override: their consents in force and the Reassigned
+        Numbers Database answers about them (two queries for the whole batch), assessed (dnc/rnd.py).
+        ``asof``: only answers imported by ``at`` (explaining a past decision)."""
+        consents = await store.active_consents(conn, numbers, campaign_id, at)
+        if not consents:
+            return {}
+        results = await store.rnd_results(conn, sorted(consents), at if asof else None)
+        return {
+            n: rnd.assess(cs, results.get(n, []), required=self.settings.rnd_required)
+            for n, cs in consents.items()
+        }
 
     # ------------------------------------------------------------------ list changes
 
@@ -465,6 +505,117 @@ class DncEngine:
             )
         return rec
 
+    async def revoke_all_consent(
+        self,
+        number: str,
+        *,
+        actor: str,
+        reason: str,
+        campaign_id: str = "",
+        call_id: str = "",
+        extra_details: dict[str, str] | None = None,
+    ) -> AuditRecord:
+        """Revoke every consent for ``number``, in every campaign (a ``wrong_number`` outcome: the person
+        who answered is not the one who consented), with one audited "consent" record."""
+        now = self.clock.now()
+        async with self.pool.acquire() as conn, conn.transaction():
+            n = await store.revoke_consent(conn, number, None, actor, now)
+            (rec,) = await self._audit(
+                conn,
+                [
+                    AuditEntry(
+                        actor,
+                        "consent",
+                        number,
+                        campaign_id,
+                        call_id,
+                        "revoked" if n else "none_active",
+                        reason,
+                        details_json(
+                            {"revoke": True, "scope": "every_campaign", "revoked": n, **(extra_details or {})}
+                        ),
+                    )
+                ],
+            )
+        return rec
+
+    # ------------------------------------------------------------------ Reassigned Numbers Database
+
+    async def import_rnd(self, chunks: AsyncIterator[bytes], *, actor: str, source: str) -> RndImportResult:
+        """Store an RND results file's rows (rows with a bad value are rejected and named; a malformed file,
+        or one over the size limit, is refused whole). Rows stored before are counted, not stored again."""
+        max_bytes = self.settings.rnd_import_max_bytes
+        buf = bytearray()
+        async for chunk in chunks:
+            buf += chunk
+            if len(buf) > max_bytes:
+                raise InvalidArgument(
+                    f"the RND results file is larger than {max_bytes} bytes (OUTDIAL_DNC_RND_IMPORT_MAX_BYTES); "
+                    "nothing was imported",
+                    field="chunk",
+                    error_id="file_too_large",
+                )
+        data = bytes(buf)
+        now = self.clock.now()
+        try:
+            if len(data) > 64 * 1024:
+                parsed = await asyncio.to_thread(rnd.parse_csv, data, now.date())
+            else:
+                parsed = rnd.parse_csv(data, now.date())
+        except rnd.MalformedFile as exc:
+            raise InvalidArgument(
+                f"{exc}; nothing was imported", field="chunk", error_id="malformed_file"
+            ) from exc
+        digest = hashlib.sha256(data).hexdigest()
+        res = RndImportResult(
+            rows=parsed.data_rows,
+            rejected=len(parsed.rejects),
+            rejects=parsed.rejects[: rnd.MAX_REJECTS],
+        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            res.import_id, res.imported = await store.import_rnd(
+                conn,
+                parsed.rows,
+                actor=actor,
+                source=source,
+                sha256=digest,
+                data_rows=parsed.data_rows,
+                rejected=res.rejected,
+                at=now,
+            )
+            res.already_present = len(parsed.rows) - res.imported
+            (rec,) = await self._audit(
+                conn,
+                [
+                    AuditEntry(
+                        actor,
+                        "rnd_import",
+                        "",
+                        "",
+                        "",
+                        "ok" if not res.rejected else "with_rejects",
+                        "",
+                        details_json(
+                            {
+                                "import_id": res.import_id,
+                                "source": source,
+                                "sha256": digest,
+                                "rows": res.rows,
+                                "imported": res.imported,
+                                "already_present": res.already_present,
+                                "rejected": res.rejected,
+                            }
+                        ),
+                    )
+                ],
+            )
+            res.audit_seq = rec.seq
+        return res
+
+    async def rnd_for(self, number: str) -> list[rnd.StoredResult]:
+        async with self.pool.acquire() as conn:
+            return (await store.rnd_results(conn, [number])).get(number, [])
+
     # ------------------------------------------------------------------ registry import
 
     async def import_registry(
@@ -674,7 +825,7 @@ class DncEngine:
         async with self.pool.acquire() as conn:
             lists = await store.lists_at(conn, at)
             rows = await store.entries_at(conn, number, at)
-            consent = await store.consented(conn, [number], campaign_id, at)
+            consent = await self._consent_checks(conn, [number], campaign_id, at, asof=True)
             records = await store.audit_for_number(conn, number, at)
         j = jurisdiction_of(number)
         app = gate.applicable(lists, campaign_id, j)
@@ -688,10 +839,29 @@ class DncEngine:
             require=self.settings.require_registry,
             max_age_days=self.settings.registry_max_age_days,
         )
-        d = gate.decide(number, app, hits, entries, number in consent, at, reg)
+        a = consent.get(number)
+        relies = a is not None and any(h.startswith(("national:", "wireless:")) for h in hits)
+        d = gate.decide(
+            number,
+            app,
+            hits,
+            entries,
+            a is not None and a.relied_on is not None,
+            at,
+            reg,
+            a.reason if a is not None and relies else None,
+        )
         lines = [f"At {at.isoformat()} {number} was {'ALLOWED' if d.allowed else 'BLOCKED'} by the lists."]
         for r in d.reasons:
             lines.append(f"- {r.code}: {r.detail}" + (f" (since {r.since.isoformat()})" if r.since else ""))
+        if a is not None and relies:
+            rd = a.details
+            lines.append(
+                f"Consent and the Reassigned Numbers Database: {rd['outcome']} "
+                f"({len(rd['consents'])} consent(s) in force, {rd['results_total']} RND answer(s) imported by then"
+                + (f"; relied on consent #{rd['relied_on_consent_id']}" if rd["relied_on_consent_id"] else "")
+                + ")."
+            )
         checks = [r for r in records if r.action == "check"]
         if checks:
             c = checks[-1]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 #: Lists that are bulk copies (one bitmap each, no per-entry details looked up at check time).
 BULK_KINDS = frozenset({"national", "wireless"})
@@ -53,6 +54,8 @@ class Decision:
     number: str
     allowed: bool
     reasons: list[Reason] = field(default_factory=list)
+    #: The Reassigned Numbers Database check of the consent relied on (dnc/rnd.py), for the audit record.
+    rnd: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,12 +135,17 @@ def decide(
     consented: bool,
     now: datetime,
     registry: Reason | None,
+    rnd: Reason | None = None,
 ) -> Decision:
-    """One number: ``hits`` are ids of lists whose index holds it; ``entries`` details of small-list hits."""
+    """One number: ``hits`` are ids of lists whose index holds it; ``entries`` details of small-list hits;
+    ``rnd`` why its consent cannot be relied on (a Reassigned Numbers Database answer: ``consented`` is then
+    False, and the reason is kept beside the list's own)."""
     by_id = {li.id: li for li in lists}
     reasons: list[Reason] = []
     if registry is not None:
         reasons.append(registry)
+    if rnd is not None:
+        reasons.append(rnd)
     for list_id in sorted(set(hits)):
         li = by_id.get(list_id)
         if li is None:

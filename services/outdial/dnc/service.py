@@ -32,6 +32,11 @@ PB_TO_KIND = {v: k for k, v in KIND_TO_PB.items()}
 CONSENT_CLOCK_SKEW = timedelta(minutes=5)
 #: The one identity whose checks are dial-time evidence in the audit log.
 DIAL_TIME_SERVICE = "pacing"
+RND_ANSWER = {
+    "yes": dnc_pb2.RND_ANSWER_YES,
+    "no": dnc_pb2.RND_ANSWER_NO,
+    "no_data": dnc_pb2.RND_ANSWER_NO_DATA,
+}
 CONSENT = {
     dnc_pb2.CONSENT_KIND_EXPRESS: "express",
     dnc_pb2.CONSENT_KIND_EXPRESS_WRITTEN: "express_written",
@@ -370,3 +375,56 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
     ) -> dnc_pb2.RebuildIndexResponse:
         version, n = await self.engine.rebuild(current_actor())
         return dnc_pb2.RebuildIndexResponse(index_version=version, numbers=n)
+
+    async def ImportRndResults(
+        self,
+        request_iterator: AsyncIterator[dnc_pb2.ImportRndResultsRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> dnc_pb2.ImportRndResultsResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("header"):
+            raise InvalidArgument("the first message must be the header", field="header")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for msg in request_iterator:
+                if msg.HasField("header"):
+                    raise InvalidArgument("only one header", field="header")
+                yield msg.chunk
+
+        res = await self.engine.import_rnd(
+            chunks(), actor=current_actor(), source=first.header.source.strip()[:200] or "import"
+        )
+        return dnc_pb2.ImportRndResultsResponse(
+            rows=res.rows,
+            imported=res.imported,
+            already_present=res.already_present,
+            rejects=[
+                dnc_pb2.RndReject(row=r.row, field=r.field, reason=r.reason, value=r.value)
+                for r in res.rejects
+            ],
+            rejected=res.rejected,
+            import_id=res.import_id,
+            audit_seq=res.audit_seq,
+        )
+
+    async def GetRndResults(
+        self, request: dnc_pb2.GetRndResultsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dnc_pb2.GetRndResultsResponse:
+        ok, bad = self.engine.normalise_many([request.number])
+        if bad or not ok:
+            raise InvalidArgument("not a phone number", field="number")
+        results = await self.engine.rnd_for(ok[0])
+        return dnc_pb2.GetRndResultsResponse(
+            number=ok[0],
+            results=[
+                dnc_pb2.RndResult(
+                    number=ok[0],
+                    queried_date=r.queried_date.isoformat(),
+                    answer=RND_ANSWER[r.answer],
+                    disconnect_date=r.disconnect_date.isoformat() if r.disconnect_date else "",
+                    imported_at=ts(r.imported_at),
+                    import_id=r.import_id,
+                )
+                for r in results
+            ],
+        )

@@ -34,6 +34,12 @@ class DncSettings(BaseSettings):
     #: refused and nothing of it is kept.
     import_max_line_bytes: int = Field(default=1024, ge=16)
     import_max_bytes: int = Field(default=16 * 1024**3, gt=0)
+    #: Reassigned Numbers Database (47 CFR 64.1200(m) safe harbor): block a number that relies on consent when
+    #: no RND answer covers that consent ("rnd.unchecked"). Off by default: the RND is a safe harbor, not a
+    #: duty; a consent the RND shows to predate a permanent disconnect is refused either way ("rnd.reassigned").
+    rnd_required: bool = False
+    #: ImportRndResults: the largest results file (a row is about 40 bytes).
+    rnd_import_max_bytes: int = Field(default=256 * 1024**2, gt=0)
     #: Read call events (opt-outs, "do not call" dispositions) with the consumer group "dnc".
     consume_events: bool = True
     #: How often the index keeper checks that a live index exists and is in step with PostgreSQL.

@@ -11,6 +11,7 @@ import asyncpg
 
 from outdial.dnc.audit import AuditEntry, AuditRecord
 from outdial.dnc.gate import EntryInfo, ListInfo
+from outdial.dnc.rnd import ConsentInfo, RndRow, StoredResult
 
 #: Statement timeout for bulk work (registry imports, rebuilds): the pool's default is for OLTP queries.
 BULK_TIMEOUT = 3600.0
@@ -177,18 +178,33 @@ async def entry_details(
     return {(r["list_id"], r["number"]): EntryInfo(r["added_at"], r["expires_at"]) for r in rows}
 
 
-async def consented(
+async def active_consents(
     conn: asyncpg.Connection, numbers: Sequence[str], campaign_id: str, at: datetime
-) -> set[str]:
+) -> dict[str, list[ConsentInfo]]:
+    """The consents in force at ``at`` for each number (active, not expired, global or this campaign's), with the
+    date each was obtained: one query for the whole batch."""
     rows = await conn.fetch(
-        """SELECT DISTINCT number FROM dnc_consent WHERE number = ANY($1::text[])
+        """SELECT id, number, campaign_id, kind, obtained_at, granted_at FROM dnc_consent
+           WHERE number = ANY($1::text[])
            AND granted_at <= $3 AND (revoked_at IS NULL OR revoked_at > $3)
-           AND (expires_at IS NULL OR expires_at > $3) AND (campaign_id = '' OR campaign_id = $2)""",
+           AND (expires_at IS NULL OR expires_at > $3) AND (campaign_id = '' OR campaign_id = $2)
+           ORDER BY id""",
         list(numbers),
         campaign_id,
         at,
     )
-    return {r["number"] for r in rows}
+    out: dict[str, list[ConsentInfo]] = {}
+    for r in rows:
+        out.setdefault(r["number"], []).append(
+            ConsentInfo(
+                r["id"],
+                r["campaign_id"],
+                r["kind"],
+                r["obtained_at"] or r["granted_at"],
+                r["obtained_at"] is not None,
+            )
+        )
+    return out
 
 
 async def grant_consent(
@@ -233,6 +249,73 @@ async def revoke_consent(
         actor,
     )
     return int(res.split()[-1])
+
+
+# ------------------------------------------------------------------ Reassigned Numbers Database
+
+
+async def rnd_results(
+    conn: asyncpg.Connection, numbers: Sequence[str], at: datetime | None = None
+) -> dict[str, list[StoredResult]]:
+    """The RND answers stored for each number (imported at or before ``at`` when given): one query."""
+    rows = await conn.fetch(
+        """SELECT number, import_id, queried_date, answer, disconnect_date, imported_at FROM dnc_rnd_results
+           WHERE number = ANY($1::text[]) AND ($2::timestamptz IS NULL OR imported_at <= $2)
+           ORDER BY number, queried_date DESC, id DESC""",
+        list(numbers),
+        at,
+    )
+    out: dict[str, list[StoredResult]] = {}
+    for r in rows:
+        out.setdefault(r["number"], []).append(
+            StoredResult(
+                r["import_id"], r["queried_date"], r["answer"], r["disconnect_date"], r["imported_at"]
+            )
+        )
+    return out
+
+
+async def import_rnd(
+    conn: asyncpg.Connection,
+    rows: Sequence[RndRow],
+    *,
+    actor: str,
+    source: str,
+    sha256: str,
+    data_rows: int,
+    rejected: int,
+    at: datetime,
+) -> tuple[int, int]:
+    """Record the import and store the rows it has that are not stored yet (inside the caller's
+    transaction). Returns (import id, rows stored now)."""
+    import_id: int = await conn.fetchval(
+        """INSERT INTO dnc_rnd_imports (imported_at, actor, source, sha256, rows, rejected)
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+        at,
+        actor,
+        source,
+        sha256,
+        data_rows,
+        rejected,
+    )
+    stored = 0
+    for i in range(0, len(rows), 10_000):
+        part = rows[i : i + 10_000]
+        res = await conn.execute(
+            """INSERT INTO dnc_rnd_results (import_id, number, queried_date, answer, disconnect_date, imported_at)
+               SELECT $1, n, q, a, d, $6 FROM unnest($2::text[], $3::date[], $4::text[], $5::date[]) AS t(n, q, a, d)
+               ON CONFLICT (number, queried_date, answer, coalesce(disconnect_date, 'infinity'::date))
+               DO NOTHING""",
+            import_id,
+            [r.number for r in part],
+            [r.queried_date for r in part],
+            [r.answer for r in part],
+            [r.disconnect_date for r in part],
+            at,
+            timeout=BULK_TIMEOUT,
+        )
+        stored += int(res.split()[-1])
+    return import_id, stored
 
 
 # ------------------------------------------------------------------ registry import

@@ -81,6 +81,11 @@ GRANTS: tuple[Grant, ...] = (
     _s("dnc", "dnc_entries_id_seq"),
     _s("dnc", "dnc_consent_id_seq"),
     _s("dnc", "dnc_registry_imports_id_seq"),
+    # dnc: Reassigned Numbers Database query results and their imports (0210; rows never change).
+    _t("dnc", "dnc_rnd_imports", "SELECT, INSERT"),
+    _t("dnc", "dnc_rnd_results", "SELECT, INSERT"),
+    _s("dnc", "dnc_rnd_imports_id_seq"),
+    _s("dnc", "dnc_rnd_results_id_seq"),
     # agent: the state timeline and dispositions (their follow-up status is updated).
     _t("agent", "agent_state_events", "SELECT, INSERT"),
     _t("agent", "agent_dispositions", "SELECT, INSERT, UPDATE"),

@@ -80,6 +80,32 @@ CONSENT_KIND_EXPRESS_WRITTEN: ConsentKind.ValueType  # 2
 CONSENT_KIND_EXISTING_BUSINESS_RELATIONSHIP: ConsentKind.ValueType  # 3
 Global___ConsentKind: _TypeAlias = ConsentKind  # noqa: Y015
 
+class _RndAnswer:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RndAnswerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RndAnswer.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RND_ANSWER_UNSPECIFIED: _RndAnswer.ValueType  # 0
+    RND_ANSWER_YES: _RndAnswer.ValueType  # 1
+    """Yes: permanently disconnected on or after the queried date (the number may belong to someone else now)."""
+    RND_ANSWER_NO: _RndAnswer.ValueType  # 2
+    """No: not permanently disconnected since the queried date (the safe harbor's answer)."""
+    RND_ANSWER_NO_DATA: _RndAnswer.ValueType  # 3
+    """No data: the RND holds nothing for the number over that period."""
+
+class RndAnswer(_RndAnswer, metaclass=_RndAnswerEnumTypeWrapper):
+    """The RND's answer for a number and a date: has the number been permanently disconnected since that date?"""
+
+RND_ANSWER_UNSPECIFIED: RndAnswer.ValueType  # 0
+RND_ANSWER_YES: RndAnswer.ValueType  # 1
+"""Yes: permanently disconnected on or after the queried date (the number may belong to someone else now)."""
+RND_ANSWER_NO: RndAnswer.ValueType  # 2
+"""No: not permanently disconnected since the queried date (the safe harbor's answer)."""
+RND_ANSWER_NO_DATA: RndAnswer.ValueType  # 3
+"""No data: the RND holds nothing for the number over that period."""
+Global___RndAnswer: _TypeAlias = RndAnswer  # noqa: Y015
+
 @_typing.final
 class BlockReason(_message.Message):
     """Why a number may not be dialled."""
@@ -992,3 +1018,199 @@ class RebuildIndexResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RebuildIndexResponse: _TypeAlias = RebuildIndexResponse  # noqa: Y015
+
+@_typing.final
+class ImportRndResultsHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """Where the file came from (the RND download's name); kept in the audit record."""
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportRndResultsHeader: _TypeAlias = ImportRndResultsHeader  # noqa: Y015
+
+@_typing.final
+class ImportRndResultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___ImportRndResultsHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___ImportRndResultsHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
+
+Global___ImportRndResultsRequest: _TypeAlias = ImportRndResultsRequest  # noqa: Y015
+
+@_typing.final
+class RndReject(_message.Message):
+    """A row of the file that was not imported: its row number (1 = the file's first line), the field and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROW_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    row: _builtins.int
+    field: _builtins.str
+    reason: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        row: _builtins.int = ...,
+        field: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "reason", b"reason", "row", b"row", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RndReject: _TypeAlias = RndReject  # noqa: Y015
+
+@_typing.final
+class ImportRndResultsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    IMPORTED_FIELD_NUMBER: _builtins.int
+    ALREADY_PRESENT_FIELD_NUMBER: _builtins.int
+    REJECTS_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    IMPORT_ID_FIELD_NUMBER: _builtins.int
+    AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    rows: _builtins.int
+    """Data rows read (header and blank lines not counted)."""
+    imported: _builtins.int
+    """Rows stored now, and rows already stored by an earlier import of the same results."""
+    already_present: _builtins.int
+    rejected: _builtins.int
+    import_id: _builtins.int
+    audit_seq: _builtins.int
+    @_builtins.property
+    def rejects(self) -> _containers.RepeatedCompositeFieldContainer[Global___RndReject]:
+        """Rows refused (the first 1000; `rejected` counts them all). The other rows are imported."""
+
+    def __init__(
+        self,
+        *,
+        rows: _builtins.int = ...,
+        imported: _builtins.int = ...,
+        already_present: _builtins.int = ...,
+        rejects: _abc.Iterable[Global___RndReject] | None = ...,
+        rejected: _builtins.int = ...,
+        import_id: _builtins.int = ...,
+        audit_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_present", b"already_present", "audit_seq", b"audit_seq", "import_id", b"import_id", "imported", b"imported", "rejected", b"rejected", "rejects", b"rejects", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportRndResultsResponse: _TypeAlias = ImportRndResultsResponse  # noqa: Y015
+
+@_typing.final
+class RndResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    QUERIED_DATE_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    DISCONNECT_DATE_FIELD_NUMBER: _builtins.int
+    IMPORTED_AT_FIELD_NUMBER: _builtins.int
+    IMPORT_ID_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    queried_date: _builtins.str
+    """The date given to the RND (YYYY-MM-DD): the answer is about disconnection since this date."""
+    answer: Global___RndAnswer.ValueType
+    disconnect_date: _builtins.str
+    """The permanent-disconnect date the RND reported (YYYY-MM-DD), empty when none."""
+    import_id: _builtins.int
+    @_builtins.property
+    def imported_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        queried_date: _builtins.str = ...,
+        answer: Global___RndAnswer.ValueType = ...,
+        disconnect_date: _builtins.str = ...,
+        imported_at: _timestamp_pb2.Timestamp | None = ...,
+        import_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["imported_at", b"imported_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "disconnect_date", b"disconnect_date", "import_id", b"import_id", "imported_at", b"imported_at", "number", b"number", "queried_date", b"queried_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RndResult: _TypeAlias = RndResult  # noqa: Y015
+
+@_typing.final
+class GetRndResultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRndResultsRequest: _TypeAlias = GetRndResultsRequest  # noqa: Y015
+
+@_typing.final
+class GetRndResultsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RndResult]: ...
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        results: _abc.Iterable[Global___RndResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["number", b"number", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRndResultsResponse: _TypeAlias = GetRndResultsResponse  # noqa: Y015

@@ -90,6 +90,16 @@ class DncServiceStub:
                 request_serializer=outdial_dot_v1_dot_dnc__pb2.RebuildIndexRequest.SerializeToString,
                 response_deserializer=outdial_dot_v1_dot_dnc__pb2.RebuildIndexResponse.FromString,
                 _registered_method=True)
+        self.ImportRndResults = channel.stream_unary(
+                '/outdial.v1.DncService/ImportRndResults',
+                request_serializer=outdial_dot_v1_dot_dnc__pb2.ImportRndResultsRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_dnc__pb2.ImportRndResultsResponse.FromString,
+                _registered_method=True)
+        self.GetRndResults = channel.unary_unary(
+                '/outdial.v1.DncService/GetRndResults',
+                request_serializer=outdial_dot_v1_dot_dnc__pb2.GetRndResultsRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_dnc__pb2.GetRndResultsResponse.FromString,
+                _registered_method=True)
 
 
 class DncServiceServicer:
@@ -165,6 +175,21 @@ class DncServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportRndResults(self, request_iterator, context):
+        """Reassigned Numbers Database (RND) query results, for the safe harbor of 47 CFR 64.1200(m).
+        Client stream: header first, then the CSV's bytes (number,queried_date,answer[,disconnect_date]).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRndResults(self, request, context):
+        """The RND results stored for one number, newest query date first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DncServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +247,16 @@ def add_DncServiceServicer_to_server(servicer, server):
                     servicer.RebuildIndex,
                     request_deserializer=outdial_dot_v1_dot_dnc__pb2.RebuildIndexRequest.FromString,
                     response_serializer=outdial_dot_v1_dot_dnc__pb2.RebuildIndexResponse.SerializeToString,
+            ),
+            'ImportRndResults': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportRndResults,
+                    request_deserializer=outdial_dot_v1_dot_dnc__pb2.ImportRndResultsRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_dnc__pb2.ImportRndResultsResponse.SerializeToString,
+            ),
+            'GetRndResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRndResults,
+                    request_deserializer=outdial_dot_v1_dot_dnc__pb2.GetRndResultsRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_dnc__pb2.GetRndResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -522,6 +557,60 @@ class DncService:
             '/outdial.v1.DncService/RebuildIndex',
             outdial_dot_v1_dot_dnc__pb2.RebuildIndexRequest.SerializeToString,
             outdial_dot_v1_dot_dnc__pb2.RebuildIndexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportRndResults(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/outdial.v1.DncService/ImportRndResults',
+            outdial_dot_v1_dot_dnc__pb2.ImportRndResultsRequest.SerializeToString,
+            outdial_dot_v1_dot_dnc__pb2.ImportRndResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRndResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outdial.v1.DncService/GetRndResults',
+            outdial_dot_v1_dot_dnc__pb2.GetRndResultsRequest.SerializeToString,
+            outdial_dot_v1_dot_dnc__pb2.GetRndResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,12 @@ class DncServiceStub:
     """An opt-out (agent "do not call" disposition, key press during the abandonment message)."""
     SetConsent: _grpc.UnaryUnaryMultiCallable[_dnc_pb2.SetConsentRequest, _dnc_pb2.SetConsentResponse]
     RebuildIndex: _grpc.UnaryUnaryMultiCallable[_dnc_pb2.RebuildIndexRequest, _dnc_pb2.RebuildIndexResponse]
+    ImportRndResults: _grpc.StreamUnaryMultiCallable[_dnc_pb2.ImportRndResultsRequest, _dnc_pb2.ImportRndResultsResponse]
+    """Reassigned Numbers Database (RND) query results, for the safe harbor of 47 CFR 64.1200(m).
+    Client stream: header first, then the CSV's bytes (number,queried_date,answer[,disconnect_date]).
+    """
+    GetRndResults: _grpc.UnaryUnaryMultiCallable[_dnc_pb2.GetRndResultsRequest, _dnc_pb2.GetRndResultsResponse]
+    """The RND results stored for one number, newest query date first."""
 
 @_typing.type_check_only
 class DncServiceAsyncStub(DncServiceStub):
@@ -67,6 +73,12 @@ class DncServiceAsyncStub(DncServiceStub):
     """An opt-out (agent "do not call" disposition, key press during the abandonment message)."""
     SetConsent: _aio.UnaryUnaryMultiCallable[_dnc_pb2.SetConsentRequest, _dnc_pb2.SetConsentResponse]  # type: ignore[assignment]
     RebuildIndex: _aio.UnaryUnaryMultiCallable[_dnc_pb2.RebuildIndexRequest, _dnc_pb2.RebuildIndexResponse]  # type: ignore[assignment]
+    ImportRndResults: _aio.StreamUnaryMultiCallable[_dnc_pb2.ImportRndResultsRequest, _dnc_pb2.ImportRndResultsResponse]  # type: ignore[assignment]
+    """Reassigned Numbers Database (RND) query results, for the safe harbor of 47 CFR 64.1200(m).
+    Client stream: header first, then the CSV's bytes (number,queried_date,answer[,disconnect_date]).
+    """
+    GetRndResults: _aio.UnaryUnaryMultiCallable[_dnc_pb2.GetRndResultsRequest, _dnc_pb2.GetRndResultsResponse]  # type: ignore[assignment]
+    """The RND results stored for one number, newest query date first."""
 
 class DncServiceServicer(metaclass=_abc_1.ABCMeta):
     """Do-Not-Call compliance: lists, consent, the dial-time gate and the tamper-evident audit log."""
@@ -150,5 +162,23 @@ class DncServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _dnc_pb2.RebuildIndexRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dnc_pb2.RebuildIndexResponse, _abc.Awaitable[_dnc_pb2.RebuildIndexResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ImportRndResults(
+        self,
+        request_iterator: _MaybeAsyncIterator[_dnc_pb2.ImportRndResultsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_dnc_pb2.ImportRndResultsResponse, _abc.Awaitable[_dnc_pb2.ImportRndResultsResponse]]:
+        """Reassigned Numbers Database (RND) query results, for the safe harbor of 47 CFR 64.1200(m).
+        Client stream: header first, then the CSV's bytes (number,queried_date,answer[,disconnect_date]).
+        """
+
+    @_abc_1.abstractmethod
+    def GetRndResults(
+        self,
+        request: _dnc_pb2.GetRndResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dnc_pb2.GetRndResultsResponse, _abc.Awaitable[_dnc_pb2.GetRndResultsResponse]]:
+        """The RND results stored for one number, newest query date first."""
 
 def add_DncServiceServicer_to_server(servicer: DncServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
