@@ -350,8 +350,9 @@ class Feeder:
                 abandoned[n] = max(abandoned.get(n, ab), ab)
         own = int(cfg.get("max_calls_per_number_24h") or 0) or None
         out: list[Candidate] = []
+        today = now.astimezone(UTC).date()  # the rules in force on the day of the call
         for c in cands:
-            legal = [caps.default_max_calls_24h(jur, st) for st in lead_states(c.state, c.number)]
+            legal = [caps.default_max_calls_24h(jur, st, today) for st in lead_states(c.state, c.number)]
             limit = min(x for x in (own, *legal, 10**9) if x is not None)
             limit_opt = None if limit == 10**9 else limit
             times = list(attempts[c.number].values())

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "outdial.cli.pacing",  # outdial pacing …
     "outdial.cli.sim_pacing",  # outdial sim pacing
     "outdial.cli.demo",  # outdial demo
+    "outdial.cli.rules",  # outdial rules …
 )
 
 

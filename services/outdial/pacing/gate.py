@@ -48,8 +48,8 @@ class GateResult:
     audit_seq: int = 0
 
 
-def _max_per_24h(config: Mapping[str, Any], jurisdiction: str, state: str) -> int | None:
-    law = default_max_calls_24h(jurisdiction, state or None)
+def _max_per_24h(config: Mapping[str, Any], jurisdiction: str, state: str, now: datetime) -> int | None:
+    law = default_max_calls_24h(jurisdiction, state or None, now.astimezone(UTC).date())
     own = config.get("max_calls_per_number_24h")
     own_i = int(own) if isinstance(own, int | float) and own > 0 else None
     if law is None:
@@ -106,7 +106,7 @@ class DialGate:
                 r.reasons.append(f"window.{win.reason}")
             attempts_ms = raw[2 * i] or []
             times = [datetime.fromtimestamp(float(score) / 1000, UTC) for _m, score in attempts_ms]
-            cap = check_attempts(times, now, _max_per_24h(config, jurisdiction, lead.state))
+            cap = check_attempts(times, now, _max_per_24h(config, jurisdiction, lead.state, now))
             if not cap.allowed:
                 r.reasons.append(f"cap.{cap.reason}")
             if jurisdiction == "UK":

@@ -1,20 +1,21 @@
 """Attempt caps. Pure; no I/O.
 
-Sources:
-- US state mini-TCPA laws: at most 3 telephonic sales calls on the same subject to a person per rolling
-  24 hours: Florida (Fla. Stat. 501.059(8)(a)), Oklahoma (Okla. Stat. tit. 15 s.775C.4), Maryland
-  (Md. Code Com. Law s.14-4503). The 24 hours roll: they never reset at midnight.
-- UK: Ofcom's persistent-misuse policy (statement of 2016, s.A1.47 ff.): a number whose call was abandoned
-  must not be called again within 72 hours unless a live agent is guaranteed.
+The figures are rows of the rules table (``rules/data/*.yaml``, each with its source and effective dates):
+- US state mini-TCPA laws (rows ``us-<state>.call_cap``): at most 3 telephonic sales calls on the same
+  subject to a person per rolling 24 hours: Florida (Fla. Stat. 501.059(8)(a)), Oklahoma (Okla. Stat.
+  tit. 15 s.775C.4), Maryland (Md. Code Com. Law s.14-4503). The 24 hours roll: they never reset at midnight.
+- UK (row ``uk.abandon_quiet``): Ofcom's persistent-misuse policy (statement of 2016, s.A1.58): a number
+  whose call was abandoned must not be called again within 72 hours unless a live agent is guaranteed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
-from outdial.rules.law import UK_ABANDON_QUIET
+from outdial.rules.law import LOADED_ON, UK_ABANDON_QUIET
+from outdial.rules.table import load_tables, rules_in_force
 
 __all__ = [
     "DAY",
@@ -29,8 +30,13 @@ __all__ = [
 
 DAY = timedelta(hours=24)
 
-#: States whose law caps calls to one number per rolling 24 hours.
-STATE_MAX_CALLS_24H: dict[str, int] = {"FL": 3, "OK": 3, "MD": 3}
+#: US states whose law caps calls to one person per rolling 24 hours, as in force the day the process
+#: started (:func:`default_max_calls_24h` asks the table for the day it is given).
+STATE_MAX_CALLS_24H: dict[str, int] = {
+    st: cap
+    for st in load_tables().states("US")
+    if (cap := rules_in_force("US", st, LOADED_ON).max_calls_24h()) is not None
+}
 
 
 @dataclass(frozen=True)
@@ -39,11 +45,15 @@ class CapDecision:
     reason: str
 
 
-def default_max_calls_24h(jurisdiction: str, state: str | None) -> int | None:
-    """The legal cap of calls to one number per rolling 24 h, or None when the law sets none."""
-    if jurisdiction.upper() != "US" or not state:
+def default_max_calls_24h(jurisdiction: str, state: str | None, at: date | None = None) -> int | None:
+    """The legal cap of calls to one person per rolling 24 h on day ``at`` (default: the day the process
+    started), or None when the law sets none. An unknown jurisdiction sets none here (the campaign's
+    jurisdiction is validated where it is set)."""
+    try:
+        rules = rules_in_force(jurisdiction, state, at or LOADED_ON)
+    except ValueError:
         return None
-    return STATE_MAX_CALLS_24H.get(state.strip().upper())
+    return rules.max_calls_24h()
 
 
 def check_attempts(attempt_times: Sequence[datetime], now: datetime, max_per_24h: int | None) -> CapDecision:

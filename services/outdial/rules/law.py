@@ -1,7 +1,12 @@
 """The law a dialer obeys on every call, each figure once, with its source. Pure; no I/O.
 
-Every service, the simulator and the benchmarks read these names; nothing else in the code base writes the
-figures down (import-linter and ``tests/unit/test_law_in_one_place.py`` keep it so).
+The legal figures come from the rules table (``rules/data/*.yaml``, :mod:`outdial.rules.table`): changing one
+is a data change. The module-level names below are the rules in force on the day the process started (a
+service restarts to pick up a rule that takes effect later); code that is given a date asks
+:func:`outdial.rules.table.rules_in_force`. Every service, the simulator and the benchmarks read these names;
+nothing else in the code base writes the figures down (import-linter and
+``tests/unit/test_law_in_one_place.py`` keep it so). What remains written here is outdial's policy, not law
+(the short-window guard, the message-start margin, the opt-out key).
 
 Sources:
 - US: 47 CFR 64.1200 (FCC), the Telemarketing Sales Rule 16 CFR 310.4 (FTC).
@@ -14,7 +19,16 @@ Sources:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from outdial.rules.table import (
+    AbandonmentRow,
+    AbandonQuietRow,
+    ConnectLimitRow,
+    MinRingRow,
+    load_tables,
+)
 
 __all__ = [
     "ABANDON_POLICIES",
@@ -39,17 +53,39 @@ __all__ = [
     "ring_time",
 ]
 
-#: The jurisdictions outdial knows, in proto enum order (``common.proto`` ``Jurisdiction``).
-JURISDICTIONS: tuple[str, ...] = ("US", "CA", "UK")
+_TABLES = load_tables()
+#: The day whose rules the module-level figures hold (UTC).
+LOADED_ON = datetime.now(UTC).date()
+
+#: The jurisdictions outdial knows (one rules file each), in proto enum order (``common.proto``
+#: ``Jurisdiction``; each file's ``wire_value``).
+JURISDICTIONS: tuple[str, ...] = _TABLES.jurisdictions()
 DEFAULT_JURISDICTION = "US"
 #: The phone-number region (ISO 3166 / libphonenumber) whose numbers a jurisdiction's campaigns dial.
-JURISDICTION_REGION: dict[str, str] = {"US": "US", "CA": "CA", "UK": "GB"}
+JURISDICTION_REGION: dict[str, str] = {j: _TABLES.table(j).region or j for j in JURISDICTIONS}
 #: The jurisdiction whose campaigns dial a region's numbers (the inverse of :data:`JURISDICTION_REGION`).
 REGION_JURISDICTION: dict[str, str] = {r: j for j, r in JURISDICTION_REGION.items()}
 
+
+_R = TypeVar("_R")
+
+
+def _rows(kind: type[_R]) -> list[_R]:
+    """Every jurisdiction's jurisdiction-wide rows of ``kind`` in force today."""
+    return [r for j in JURISDICTIONS for r in _TABLES.in_force(j, None, LOADED_ON).of(kind)]
+
+
+def _one(kind: type[_R], j: str) -> _R:
+    rows: list[_R] = _TABLES.in_force(j, None, LOADED_ON).of(kind)
+    if not rows:
+        raise RuntimeError(f"rules data: {j} has no {kind.__name__} in force on {LOADED_ON}")
+    return rows[0]
+
+
 #: A live answer is abandoned unless a live agent is on the line within 2 s of the end of the person's
-#: greeting (47 CFR 64.1200(a)(7)(i); Ofcom A1.53 "within two seconds"; CRTC ADAD Rules 2 s).
-CONNECT_LIMIT_S = 2.0
+#: greeting (rows ``*.connect_limit``: 47 CFR 64.1200(a)(7)(i); Ofcom A1.53; CRTC ADAD Rules). One figure for
+#: the dialer: the strictest of every jurisdiction's.
+CONNECT_LIMIT_S: float = min(r.seconds for r in _rows(ConnectLimitRow))
 CONNECT_LIMIT_MS = round(CONNECT_LIMIT_S * 1000)
 
 #: The abandonment message must start within those same 2 s (47 CFR 64.1200(a)(7)(i)(A): "within two
@@ -60,13 +96,13 @@ MESSAGE_START_MARGIN_S = 0.5
 OFFER_DEADLINE_S = CONNECT_LIMIT_S - MESSAGE_START_MARGIN_S
 OFFER_DEADLINE_MS = round(OFFER_DEADLINE_S * 1000)
 
-#: An unanswered call rings at least 15 s (or four rings) before the dialer gives up
-#: (47 CFR 64.1200(a)(6); Ofcom A1.56 "no less than 15 seconds").
-MIN_RING_S = 15.0
+#: An unanswered call rings at least this long before the dialer gives up (rows ``*.min_ring``:
+#: 47 CFR 64.1200(a)(6); Ofcom A1.56). One figure for the dialer: the longest of every jurisdiction's.
+MIN_RING_S: float = max(r.seconds for r in _rows(MinRingRow))
 
-#: UK: a number whose call was abandoned is not called again within 72 hours unless a live agent is
-#: guaranteed (Ofcom A1.58).
-UK_ABANDON_QUIET = timedelta(hours=72)
+#: UK: a number whose call was abandoned is not called again within this quiet period unless a live agent
+#: is guaranteed (row ``uk.abandon_quiet``: Ofcom A1.58).
+UK_ABANDON_QUIET = timedelta(hours=_one(AbandonQuietRow, "UK").hours)
 
 #: Outdial's short-window guard: no 60-minute window above 5 % even while the legal window's budget allows
 #: it (policy, not law: regulators look at bursts, and customers hear them).
@@ -78,13 +114,11 @@ SHORT_WINDOW_CAP = 0.05
 OPT_OUT_KEY = "9"
 
 #: US states whose wiretap laws require the consent of every party to record a call (the rest need one
-#: party's). Sources: Cal. Penal Code §632; Conn. Gen. Stat. §52-570d; Del. Code tit. 11 §2402; Fla. Stat.
-#: §934.03; 720 ILCS 5/14-2; Md. Cts. & Jud. Proc. §10-402; Mass. Gen. Laws ch. 272 §99; Mich. Comp. Laws
-#: §750.539c; Mont. Code §45-8-213; Nev. Rev. Stat. §200.620 (telephone calls, per Lane v. Allstate);
-#: N.H. Rev. Stat. §570-A:2; 18 Pa. Cons. Stat. §5703; Wash. Rev. Code §9.73.030. A recorded campaign plays
-#: its recording notice first to everyone; a lead in one of these states is never recorded without it.
+#: party's): rows ``us-<state>.recording_consent`` (Cal. Penal Code s.632, Fla. Stat. 934.03 …). A recorded
+#: campaign plays its recording notice first to everyone; a lead in one of these states is never recorded
+#: without it.
 ALL_PARTY_CONSENT_STATES: frozenset[str] = frozenset(
-    {"CA", "CT", "DE", "FL", "IL", "MD", "MA", "MI", "MT", "NV", "NH", "PA", "WA"}
+    st for st in _TABLES.states("US") if _TABLES.in_force("US", st, LOADED_ON).all_party_recording_consent()
 )
 
 
@@ -104,16 +138,14 @@ class AbandonPolicy:
     verified: bool = True
 
 
-#: US: 3 % of live-answered calls per campaign per 30-day period (47 CFR 64.1200(a)(7)(i)).
-#: UK: 3 % per campaign per 24 hours, answering-machine false positives counted in (Ofcom A1.50).
-#: CA: 5 % per campaign (CRTC ADAD Rules); outdial measures it over 30 days — to be verified.
-ABANDON_POLICIES: dict[str, AbandonPolicy] = {
-    "US": AbandonPolicy("US", 0.03, 30 * 86400.0, "47 CFR 64.1200(a)(7)(i)"),
-    "UK": AbandonPolicy("UK", 0.03, 86400.0, "Ofcom persistent misuse policy 2016, A1.50"),
-    "CA": AbandonPolicy(
-        "CA", 0.05, 30 * 86400.0, "CRTC Unsolicited Telecommunications Rules, Part IV", False
-    ),
-}
+def _policy(j: str) -> AbandonPolicy:
+    row = _one(AbandonmentRow, j)
+    return AbandonPolicy(j, row.cap, row.window_days * 86_400.0, row.source, not row.uncertain)
+
+
+#: Each jurisdiction's abandonment cap and window (rows ``*.abandonment``): US 47 CFR 64.1200(a)(7)(i), UK
+#: Ofcom A1.50 (answering-machine false positives counted in), CA CRTC ADAD Rules (window to be verified).
+ABANDON_POLICIES: dict[str, AbandonPolicy] = {j: _policy(j) for j in JURISDICTIONS}
 
 
 #: The highest cap of any jurisdiction: no campaign's target abandonment rate may be set above it.

@@ -1,21 +1,10 @@
 """Calling windows: when a person may be called, in *their* local time. Pure; no I/O.
 
-Sources (checked Nov 2026; a rule that changes wins over this file):
-- US federal: 47 CFR 64.1200(c)(1) and 16 CFR 310.4(c): no telephone solicitation before 8:00 or after
-  21:00 at the called party's location, every day.
-- US states (mini-TCPA laws, stricter, all days unless said):
-  FL Fla. Stat. 501.059(8)(b) 8:00-20:00; OK Okla. Stat. tit. 15 s.775C.4 8:00-20:00;
-  MD Md. Code Com. Law s.14-4503 (Stop the Spam Calls Act 2023) 8:00-20:00;
-  WA RCW 80.36.390 8:00-20:00; CT Conn. Gen. Stat. s.42-288a 9:00-20:00;
-  TX Tex. Bus. & Com. Code s.301.051 9:00-21:00 Mon-Sat, 12:00-21:00 Sunday;
-  MS Miss. Code s.77-3-725 8:00-20:00 Mon-Sat, no Sunday calls;
-  AL (Alabama Telephone Solicitation Act) 8:00-20:00, no Sunday calls;
-  LA (Louisiana Telephone Solicitation Relief Act, La. R.S. 45:844.11 ff.) 8:00-20:00, no Sunday calls.
-  The MS/AL/LA section numbers are to be verified against the current codes before relying on them.
-- Canada: CRTC Unsolicited Telecommunications Rules, Part III (Telemarketing Rules): weekdays 9:00-21:30,
-  weekends 10:00-18:00 in the called person's local time.
-- UK: Ofcom's persistent-misuse policy sets no hours; outdial's judgement follows the DMA Code / common
-  practice of no calls before 8:00 or after 21:00 (every day).
+The law's hours and holiday bans are rows of the rules table (``rules/data/*.yaml``, each with its source and
+effective dates; see docs/compliance.md): the jurisdiction's window (US federal 47 CFR 64.1200(c)(1) and
+16 CFR 310.4(c), 8:00-21:00; CRTC Telemarketing Rules; UK common practice) and, for a US lead, its state's
+where the state's law is stricter (FL, OK, MD, WA, CT, TX, MS, AL, LA, RI). A call must be inside every
+window in force, and outside the holidays of a state that bans them.
 
 A window is half-open: ``start <= local time < end``. With a margin, both ``at`` and ``at + margin`` must be
 inside the window in every candidate zone (the most restrictive reading).
@@ -32,7 +21,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 
-from outdial.rules.law import JURISDICTION_REGION
+from outdial.rules.law import JURISDICTION_REGION, LOADED_ON
+from outdial.rules.table import CallingWindowRow, load_tables, rules_in_force
 
 __all__ = [
     "LAW_HOURS",
@@ -67,30 +57,15 @@ class WindowDecision:
     next_open: datetime | None
 
 
-def _law(weekday: Hours, saturday: Hours | None, sunday: Hours | None) -> dict[int, Hours | None]:
-    out: dict[int, Hours | None] = dict.fromkeys(range(1, 6), weekday)
-    out[6] = saturday
-    out[7] = sunday
-    return out
-
-
-_8_21 = (time(8), time(21))
-_8_20 = (time(8), time(20))
-
-#: The law's hours per ISO weekday (None = no calls that day), keyed by (jurisdiction, state or "").
+#: The law's hours per ISO weekday (None = no calls that day), keyed by (jurisdiction, state or ""), as in
+#: force the day the process started (:data:`outdial.rules.law.LOADED_ON`); ``legal_window`` asks the table
+#: for the day it is given.
 LAW_HOURS: dict[tuple[str, str], dict[int, Hours | None]] = {
-    ("US", ""): _law(_8_21, _8_21, _8_21),
-    ("US", "FL"): _law(_8_20, _8_20, _8_20),
-    ("US", "OK"): _law(_8_20, _8_20, _8_20),
-    ("US", "MD"): _law(_8_20, _8_20, _8_20),
-    ("US", "WA"): _law(_8_20, _8_20, _8_20),
-    ("US", "CT"): _law((time(9), time(20)), (time(9), time(20)), (time(9), time(20))),
-    ("US", "TX"): _law((time(9), time(21)), (time(9), time(21)), (time(12), time(21))),
-    ("US", "MS"): _law(_8_20, _8_20, None),
-    ("US", "AL"): _law(_8_20, _8_20, None),
-    ("US", "LA"): _law(_8_20, _8_20, None),
-    ("CA", ""): _law((time(9), time(21, 30)), (time(10), time(18)), (time(10), time(18))),
-    ("UK", ""): _law(_8_21, _8_21, _8_21),
+    (j, st): r.by_weekday()
+    for j in load_tables().jurisdictions()
+    for st in ("", *load_tables().states(j))
+    for r in load_tables().table(j, st).rules
+    if isinstance(r, CallingWindowRow) and r.in_force(LOADED_ON)
 }
 
 
@@ -153,22 +128,24 @@ def hours_on(spec: WindowSpec, isoweekday: int) -> Hours | None:
     return (spec.start, spec.end)
 
 
-def _law_hours(jurisdiction: str, state: str | None) -> list[dict[int, Hours | None]]:
-    j = jurisdiction.upper()
-    base = LAW_HOURS.get((j, ""))
-    if base is None:
-        raise ValueError(f"unknown jurisdiction {jurisdiction!r}")
-    out = [base]
-    st = (state or "").strip().upper()
-    if st and (j, st) in LAW_HOURS:
-        out.append(LAW_HOURS[(j, st)])
-    return out
+def _law_hours(jurisdiction: str, state: str | None, day: date) -> tuple[list[dict[int, Hours | None]], bool]:
+    """The windows in force on ``day`` (the jurisdiction's and the state's) and whether holidays are banned."""
+    try:
+        rules = rules_in_force(jurisdiction, state, day)
+    except ValueError:
+        raise ValueError(f"unknown jurisdiction {jurisdiction!r}") from None
+    return rules.windows(), rules.holiday_ban()
 
 
 @functools.lru_cache(maxsize=4096)
-def legal_window(jurisdiction: str, state: str | None, spec: WindowSpec) -> WindowSpec:
-    """``spec`` narrowed to what the law allows in ``jurisdiction`` (and the lead's ``state``)."""
-    laws = _law_hours(jurisdiction, state)
+def legal_window(
+    jurisdiction: str, state: str | None, spec: WindowSpec, at: date | None = None
+) -> WindowSpec:
+    """``spec`` narrowed to what the law allows in ``jurisdiction`` (and the lead's ``state``) on day ``at``
+    (default: :data:`outdial.rules.law.LOADED_ON`): every window in force intersected, the public holidays
+    skipped where a rule bans them."""
+    laws, holiday_ban = _law_hours(jurisdiction, state, at or LOADED_ON)
+    spec = replace(spec, skip_public_holidays=spec.skip_public_holidays or holiday_ban)
     per: dict[int, Hours | None] = {}
     for day in range(1, 8):
         h = hours_on(spec, day)
@@ -271,7 +248,7 @@ def check_window(
         if z is None:
             return WindowDecision(False, "unknown_timezone", None)
         zones.append(z)
-    eff = legal_window(jurisdiction, state, spec)
+    eff = legal_window(jurisdiction, state, spec, at.astimezone(UTC).date())
     why = _check_all(at, zones, eff, jurisdiction, state, margin)
     if why is None:
         return WindowDecision(True, "ok", None)
