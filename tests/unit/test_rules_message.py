@@ -54,7 +54,9 @@ def test_the_seller_is_a_legal_name_not_the_campaigns_internal_name() -> None:
 
 
 @pytest.mark.parametrize("jurisdiction", law.JURISDICTIONS)
-def test_the_abandonment_message_says_who_calls_the_number_and_the_key_and_nothing_else(jurisdiction: str) -> None:
+def test_the_abandonment_message_says_who_calls_the_number_and_the_key_and_nothing_else(
+    jurisdiction: str,
+) -> None:
     cfg = {
         "id": "c1",
         "name": "Spring push",

@@ -606,12 +606,16 @@ def transition(rec: CampaignRecord, action: str) -> str:
     return to
 
 
-def _check_seller(name: str, s: dict[str, Any], error: type[InvalidArgument] | type[FailedPrecondition]) -> None:
+def _check_seller(
+    name: str, s: dict[str, Any], error: type[InvalidArgument] | type[FailedPrecondition]
+) -> None:
     why = message.seller_name_problem(
         str(s.get("seller_name") or ""), name, same_on_purpose=bool(s.get("seller_is_campaign_name"))
     )
     if why:
-        err_id = "seller_name_required" if not str(s.get("seller_name") or "").strip() else "seller_name_invalid"
+        err_id = (
+            "seller_name_required" if not str(s.get("seller_name") or "").strip() else "seller_name_invalid"
+        )
         # INVALID_ARGUMENT names the field in its status ("[seller_name]"); FAILED_PRECONDITION in its text.
         text = why if error is InvalidArgument else f"seller_name: {why}"
         raise error(text, field="seller_name", error_id=err_id)

@@ -95,9 +95,7 @@ def _settings_args(p: argparse.ArgumentParser, create: bool) -> None:
     p.add_argument("--region", help="default region for national-format numbers (US, CA, GB …)")
     p.add_argument("--ring-timeout", type=int, help="seconds (>= 15)")
     p.add_argument("--max-lines-per-agent", type=int)
-    p.add_argument(
-        "--seller-name", help="the seller's legal name, spoken by the message (required to start)"
-    )
+    p.add_argument("--seller-name", help="the seller's legal name, spoken by the message (required to start)")
     p.add_argument(
         "--opt-out-number",
         help="E.164 callback number for do-not-call requests, of the campaign's country (required to start)",

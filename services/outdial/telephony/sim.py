@@ -253,8 +253,13 @@ class SimCarrier(TelephonyAdapter):
         if cmd[0] == "bridge":
             cmd = await self._wait(call, d.talk_s)
             return "local" if cmd is not None and cmd[0] in ("hangup", "cancel") else "remote"
-        # play: a message (the abandonment message, or an agentless campaign's), maybe a key press, then the
-        # person hangs up.
+        return await self._listen(call)
+
+    async def _listen(self, call: _Call) -> str:
+        """A person hears a message (the abandonment message, or an agentless campaign's), maybe presses the
+        opt-out key, then hangs up at its end; a prompt played over it (the opt-out confirmation) cuts it off:
+        the person listens to that, then waits a moment for us to hang up before hanging up themselves."""
+        cfg, d = self.config, call.draw
         if d.opt_out:
             cmd = await self._wait(call, cfg.message_s * 0.6)
             if cmd is not None and cmd[0] in ("hangup", "cancel"):
@@ -265,8 +270,6 @@ class SimCarrier(TelephonyAdapter):
             rest = cfg.message_s
         cmd = await self._wait(call, rest)
         if cmd is not None and cmd[0] == "play":
-            # A new prompt (the opt-out confirmation) cuts the message off; the person listens to it, then
-            # waits a moment for us to hang up before hanging up themselves.
             while cmd is not None and cmd[0] == "play":
                 cmd = await self._wait(call, cfg.confirmation_s)
             if cmd is not None and cmd[0] in ("hangup", "cancel"):
