@@ -37,6 +37,12 @@ async def test_campaign_and_leads_commands(services: Services, tmp_path: Path) -
     }
     _, out, _ = await cli(env, "campaign", "create", "--name", "Spring", "--caller-id", "+12125550100",
                           "--mode", "predictive", "--json")  # fmt: skip
+    draft_id = json.loads(out)["id"]
+    # No seller's legal name or callback number yet: the start is refused, naming the field.
+    rc, _, err = await cli(env, "campaign", "start", draft_id, ok=False)
+    assert rc == 1 and "FAILED_PRECONDITION" in err and "seller_name" in err
+    _, out, _ = await cli(env, "campaign", "update", draft_id, "--seller-name", "Spring Solar LLC",
+                          "--opt-out-number", "+12125550199", "--json")  # fmt: skip
     doc: dict[str, Any] = json.loads(out)
     cid = doc["id"]
     assert doc["name"] == "Spring" and doc["state"] == "draft" and doc["dial_mode"] == "predictive"

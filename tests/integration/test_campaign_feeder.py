@@ -36,7 +36,9 @@ async def make_campaign(
 ) -> tuple[campaign_pb2_grpc.CampaignServiceStub, str]:
     rs = await services.start("campaign", clock=clock, instance_id="feeder-test")
     stub = campaign_pb2_grpc.CampaignServiceStub(services.channel(rs, role="manager"))
-    c = campaign_pb2.Campaign(name="tz", caller_id="+12125550100")
+    c = campaign_pb2.Campaign(
+        name="tz", caller_id="+12125550100", seller_name="Acme Solar LLC", opt_out_number="+12125550199"
+    )
     cid = (await stub.CreateCampaign(campaign_pb2.CreateCampaignRequest(campaign=c))).campaign.id
 
     def reqs():  # type: ignore[no-untyped-def]

@@ -22,8 +22,13 @@ async def _stub(services: Services, role: str = "manager") -> campaign_pb2_grpc.
 
 
 async def _create(stub: campaign_pb2_grpc.CampaignServiceStub, **kw: object) -> campaign_pb2.Campaign:
+    caller_id = str(kw.pop("caller_id", "+12125550100"))
+    # What every start needs: the seller's legal name and a callback number (here the caller ID's own).
     c = campaign_pb2.Campaign(
-        name=str(kw.pop("name", "Spring")), caller_id=str(kw.pop("caller_id", "+12125550100"))
+        name=str(kw.pop("name", "Spring")),
+        caller_id=caller_id,
+        seller_name=str(kw.pop("seller_name", "Spring Solar LLC")),
+        opt_out_number=str(kw.pop("opt_out_number", caller_id)),
     )
     for k, v in kw.items():
         setattr(c, k, v)
@@ -63,7 +68,7 @@ async def test_create_defaults_and_config_contract(services: Services, redis) ->
         "max_lines_per_agent",
     ):
         assert k in cfg
-    assert cfg["seller_name"] == "Spring" and cfg["opt_out_number"] == "+12125550100"
+    assert cfg["seller_name"] == "Spring Solar LLC" and cfg["opt_out_number"] == "+12125550100"
     assert not await redis.sismember(keys.active_campaigns(), c.id)
 
     uk = await _create(stub, name="UK", caller_id="+442079460958", jurisdiction=common_pb2.JURISDICTION_UK)
@@ -113,7 +118,7 @@ async def test_window_ring_and_retry_validation(services: Services) -> None:
 
 async def test_lifecycle_and_active_set(services: Services, redis) -> None:  # type: ignore[no-untyped-def]
     stub = await _stub(services)
-    c = await _create(stub, caller_id="")
+    c = await _create(stub, caller_id="", opt_out_number="+12125550199")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.StartCampaign(campaign_pb2.StartCampaignRequest(campaign_id=c.id))
     assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
@@ -193,7 +198,9 @@ async def test_agent_role_cannot_create(services: Services) -> None:
 async def test_scheduled_start_and_end(services: Services, redis) -> None:  # type: ignore[no-untyped-def]
     stub = await _stub(services)
     now = datetime.now(UTC)
-    c = campaign_pb2.Campaign(name="sched", caller_id="+12125550100")
+    c = campaign_pb2.Campaign(
+        name="sched", caller_id="+12125550100", seller_name="Sched Co", opt_out_number="+12125550199"
+    )
     c.scheduled_start.FromDatetime(now + timedelta(seconds=1))
     c.scheduled_end.FromDatetime(now + timedelta(seconds=2.5))
     c = (await stub.CreateCampaign(campaign_pb2.CreateCampaignRequest(campaign=c))).campaign

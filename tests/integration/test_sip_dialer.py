@@ -16,6 +16,9 @@ import redis.asyncio as aioredis
 from outdial.agent.simulated import Distribution, SimulatedAgent
 from outdial.core import keys
 from outdial.gateway.peers.sipp import SippUas
+from outdial.gateway.prompts import PromptCache
+from outdial.rules import law
+from outdial.rules.message import opt_out_confirmation
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
 from outdial.v1 import gateway_pb2 as pb
 from tests.conftest import Services, make_token
@@ -85,6 +88,19 @@ async def test_agentless_message_over_sip_and_the_opt_out_key_lists_the_number(
             row = await pg.fetchrow("SELECT * FROM dial_attempts WHERE campaign_id = $1", CID)
             assert row is not None
             assert row["outcome"] == "delivered" and row["opt_out"], dict(row)
+            # The key (2.5 s in), the short confirmation, our BYE: the call ends before the message would
+            # have (its length as the gateway renders it), in the gateway's call-event timestamps.
+            cache = PromptCache(tmp_path / "measure")
+            try:
+                full = await cache.render(
+                    law.agentless_message(cfg["agentless_message"], cfg["seller_name"], cfg["opt_out_number"])
+                )
+                confirmation = await cache.render(opt_out_confirmation("US"))
+            finally:
+                await cache.aclose()
+            heard_ms = (row["end_at"] - row["answer_at"]).total_seconds() * 1000
+            assert heard_ms >= 2500 + confirmation.duration_ms * 0.9, (heard_ms, confirmation.duration_ms)
+            assert heard_ms < full.duration_ms, (heard_ms, full.duration_ms)
             check = await dnc_pb2_grpc.DncServiceStub(
                 services.channel(dnc, role="service", sub="svc:pacing")
             ).CheckNumbers(dnc_pb2.CheckNumbersRequest(numbers=[number], campaign_id=CID))

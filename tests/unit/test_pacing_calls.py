@@ -37,7 +37,7 @@ EXPECTED: dict[tuple[State, Event], tuple[State, str | None, tuple[Action, ...]]
     (S.CONNECTED, E.LINE_ENDED): (S.ENDED, None, (A.END_AGENT_CALL, A.FINISH)),
     (S.CONNECTED, E.SHUTDOWN): (S.ENDED, None, (A.HANGUP, A.END_AGENT_CALL, A.FINISH)),
     (S.CONNECTED, E.ORPHAN): (S.ENDED, None, (A.END_AGENT_CALL, A.FINISH)),
-    (S.ABANDONED, E.OPT_OUT_KEY): (S.ABANDONED, None, (A.RECORD_OPT_OUT, A.HANGUP)),
+    (S.ABANDONED, E.OPT_OUT_KEY): (S.CONFIRMING, None, (A.PLAY_CONFIRMATION, A.RECORD_OPT_OUT)),
     (S.ABANDONED, E.MESSAGE_DONE): (S.ABANDONED, None, (A.HANGUP,)),
     (S.ABANDONED, E.LINE_ENDED): (S.ENDED, None, (A.FINISH,)),
     (S.ABANDONED, E.SHUTDOWN): (S.ENDED, None, (A.HANGUP, A.FINISH)),
@@ -55,11 +55,16 @@ EXPECTED: dict[tuple[State, Event], tuple[State, str | None, tuple[Action, ...]]
     (S.GATING, E.NOT_DIALLED): (S.ENDED, None, (A.RELEASE_AGENT, A.GIVE_BACK)),
     (S.GATING, E.ORIGINATE_ERROR): (S.ENDED, "failed", (A.RELEASE_AGENT, A.FINISH)),
     # agentless: the campaign's message
-    (S.MESSAGE, E.OPT_OUT_KEY): (S.MESSAGE, None, (A.RECORD_OPT_OUT, A.HANGUP)),
+    (S.MESSAGE, E.OPT_OUT_KEY): (S.CONFIRMING, None, (A.PLAY_CONFIRMATION, A.RECORD_OPT_OUT)),
     (S.MESSAGE, E.MESSAGE_DONE): (S.MESSAGE, None, (A.HANGUP,)),
     (S.MESSAGE, E.LINE_ENDED): (S.ENDED, None, (A.FINISH,)),
     (S.MESSAGE, E.SHUTDOWN): (S.ENDED, None, (A.HANGUP, A.FINISH)),
     (S.MESSAGE, E.ORPHAN): (S.ENDED, None, (A.FINISH,)),
+    # the opt-out key: the confirmation, then the hang-up at its end; a second key changes nothing
+    (S.CONFIRMING, E.MESSAGE_DONE): (S.CONFIRMING, None, (A.HANGUP,)),
+    (S.CONFIRMING, E.LINE_ENDED): (S.ENDED, None, (A.FINISH,)),
+    (S.CONFIRMING, E.SHUTDOWN): (S.ENDED, None, (A.HANGUP, A.FINISH)),
+    (S.CONFIRMING, E.ORPHAN): (S.ENDED, None, (A.FINISH,)),
 }
 
 # Per flow, what differs from EXPECTED.

@@ -173,9 +173,8 @@ def test_mode_settings_are_validated_and_agentless_starts_only_when_the_law_allo
         with pytest.raises(InvalidArgument):
             model.validate("c", {**model.defaults("US"), key: bad}, None, None)
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    rec = model.CampaignRecord(
-        "c1", "c", "", "draft", {**s, "caller_id": "+12125550100"}, None, None, now, now
-    )
+    identity = {"caller_id": "+12125550100", "seller_name": "Acme LLC", "opt_out_number": "+12125550199"}
+    rec = model.CampaignRecord("c1", "c", "", "draft", {**s, **identity}, None, None, now, now)
     assert model.transition(rec, "start") == "active"  # progressive
     rec.settings["dial_mode"] = "preview"
     assert model.transition(rec, "start") == "active"

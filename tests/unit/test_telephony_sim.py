@@ -102,6 +102,39 @@ async def test_abandonment_message_with_opt_out_key() -> None:
     await carrier.close()
 
 
+async def test_a_prompt_after_the_opt_out_key_cuts_the_message_off_and_our_hangup_ends_it() -> None:
+    """The confirmation replaces the message: its end comes ``confirmation_s`` after it started, not at the
+    message's end, and the hang-up that follows ends the call from our side (simulated time)."""
+    cfg = SimCarrierConfig(
+        p_live=1.0, p_machine=0, p_busy=0, p_failed=0, p_opt_out=1.0, message_s=20, confirmation_s=2,
+        time_scale=20,
+    )  # fmt: skip
+    carrier = SimCarrier(cfg)
+    await carrier.originate("c1", "+15551230001", "+15550000000", 20)
+    events: list[CallEvent] = []
+
+    async def drive() -> None:
+        async for ev in carrier.events():
+            events.append(ev)
+            if ev.kind is EventKind.ANSWERED:
+                await carrier.play_message("c1", "Acme calling; press 9 to opt out")
+            elif ev.kind is EventKind.DTMF:
+                await carrier.play_message("c1", "You will not be called again.")
+            elif ev.kind is EventKind.MESSAGE_DONE:
+                await carrier.hangup("c1")
+            elif ev.kind is EventKind.ENDED:
+                return
+
+    await asyncio.wait_for(drive(), 30)
+    at = {e.kind: e for e in events}
+    assert [e.kind for e in events].count(EventKind.MESSAGE_DONE) == 1
+    # 2 simulated seconds of confirmation = 100 ms at scale 20; the rest of the message (8 s = 400 ms) never
+    # plays.
+    assert 90 <= at[EventKind.MESSAGE_DONE].at_ms - at[EventKind.DTMF].at_ms < 400
+    assert at[EventKind.ENDED].reason == "local"
+    await carrier.close()
+
+
 async def test_cancel_before_answer_and_mixed_outcomes_each_end_once() -> None:
     cfg = SimCarrierConfig(p_live=0.3, p_machine=0.3, p_busy=0.2, p_failed=0.1, time_scale=200, seed=3)
     carrier = SimCarrier(cfg)

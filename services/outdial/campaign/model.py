@@ -15,7 +15,7 @@ import phonenumbers
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from outdial.core.errors import FailedPrecondition, InvalidArgument
-from outdial.rules import windows
+from outdial.rules import message, windows
 from outdial.rules.law import (
     JURISDICTION_REGION,
     JURISDICTIONS,
@@ -81,6 +81,7 @@ def defaults(jurisdiction: str = "US") -> dict[str, Any]:
         "dispositions": list(DEFAULT_DISPOSITIONS),
         "seller_name": "",
         "opt_out_number": "",
+        "seller_is_campaign_name": False,
         "max_attempts_per_lead": 0,
         **MODE_DEFAULTS,
     }
@@ -137,8 +138,9 @@ class CampaignRecord:
             "state": self.state,
             **MODE_DEFAULTS,
             **{k: s[k] for k in s},
-            "seller_name": s.get("seller_name") or self.name,
-            "opt_out_number": s.get("opt_out_number") or s.get("caller_id", ""),
+            # As set: never the campaign's name or caller ID in their place (start requires both).
+            "seller_name": s.get("seller_name", ""),
+            "opt_out_number": s.get("opt_out_number", ""),
         }
 
     def to_proto(self) -> campaign_pb2.Campaign:
@@ -159,6 +161,7 @@ class CampaignRecord:
             dispositions=list(s["dispositions"]),
             seller_name=s.get("seller_name", ""),
             opt_out_number=s.get("opt_out_number", ""),
+            seller_is_campaign_name=bool(s.get("seller_is_campaign_name", False)),
             max_attempts_per_lead=int(s.get("max_attempts_per_lead", 0)),
             preview_timeout_action=campaign_pb2.PreviewTimeoutAction.Value(
                 f"PREVIEW_TIMEOUT_ACTION_{mode_setting(s, 'preview_timeout_action').upper()}"
@@ -224,6 +227,7 @@ SETTABLE = (
     "dispositions",
     "seller_name",
     "opt_out_number",
+    "seller_is_campaign_name",
     "max_attempts_per_lead",
     "preview_timeout",
     "preview_timeout_action",
@@ -352,6 +356,8 @@ def _merge(
 def _merge_modes(msg: campaign_pb2.Campaign, s: dict[str, Any], take: Take) -> None:
     if take("message_informational"):
         s["message_informational"] = bool(msg.message_informational)
+    if take("seller_is_campaign_name"):
+        s["seller_is_campaign_name"] = bool(msg.seller_is_campaign_name)
     if take("record_calls"):
         s["record_calls"] = bool(msg.record_calls)
     if take("preview_timeout_action"):
@@ -446,6 +452,8 @@ def validate(name: str, s: dict[str, Any], start: datetime | None, end: datetime
         raise InvalidArgument("name is longer than 200 characters", field="name")
     jur = s["jurisdiction"]
     _validate_basics(s)
+    if s.get("seller_name"):
+        _check_seller(name, s, InvalidArgument)
     _validate_limits(jur, s)
     _validate_retry(jur, s)
     _validate_modes(s)
@@ -468,7 +476,9 @@ def _validate_basics(s: dict[str, Any]) -> None:
     if s["caller_id"]:
         _check_e164(s["caller_id"], "caller_id")
     if s["opt_out_number"]:
-        _check_e164(s["opt_out_number"], "opt_out_number")
+        why = message.callback_number_problem(s["opt_out_number"], jur)
+        if why:
+            raise InvalidArgument(why, field="opt_out_number", error_id="callback_number_invalid")
 
 
 def _validate_limits(jur: str, s: dict[str, Any]) -> None:
@@ -589,9 +599,45 @@ def transition(rec: CampaignRecord, action: str) -> str:
         )
     if to == "active" and not rec.settings.get("caller_id"):
         raise FailedPrecondition("a caller ID is required to start a campaign", error_id="caller_id_required")
+    if to == "active":
+        check_message_identity(rec.name, rec.settings)
     if to == "active" and rec.settings.get("dial_mode") == "agentless":
         _check_agentless(rec.settings)
     return to
+
+
+def _check_seller(
+    name: str, s: dict[str, Any], error: type[InvalidArgument] | type[FailedPrecondition]
+) -> None:
+    why = message.seller_name_problem(
+        str(s.get("seller_name") or ""), name, same_on_purpose=bool(s.get("seller_is_campaign_name"))
+    )
+    if why:
+        err_id = (
+            "seller_name_required" if not str(s.get("seller_name") or "").strip() else "seller_name_invalid"
+        )
+        # INVALID_ARGUMENT names the field in its status ("[seller_name]"); FAILED_PRECONDITION in its text.
+        text = why if error is InvalidArgument else f"seller_name: {why}"
+        raise error(text, field="seller_name", error_id=err_id)
+
+
+def check_message_identity(name: str, s: dict[str, Any]) -> None:
+    """What an outbound campaign needs before it dials (start, resume, an update while active): the seller's
+    legal name and a callback number for do-not-call requests, both spoken by the message
+    (:mod:`outdial.rules.message`). Missing: FAILED_PRECONDITION; present but unusable: INVALID_ARGUMENT;
+    each names the field. Never filled in from the campaign's name or caller ID."""
+    _check_seller(name, s, FailedPrecondition)
+    number = str(s.get("opt_out_number") or "").strip()
+    if not number:
+        raise FailedPrecondition(
+            "opt_out_number: a callback number for do-not-call requests is required to start a campaign "
+            "(47 CFR 64.1200(a)(7)(i)(A)); the caller ID is not taken in its place",
+            field="opt_out_number",
+            error_id="opt_out_number_required",
+        )
+    why = message.callback_number_problem(number, str(s.get("jurisdiction") or ""))
+    if why:
+        raise InvalidArgument(why, field="opt_out_number", error_id="callback_number_invalid")
 
 
 def _check_agentless(s: dict[str, Any]) -> None:

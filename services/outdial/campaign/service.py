@@ -83,6 +83,8 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             name, desc, s, start, end = model.apply_proto(rec, request.campaign, paths)
             if rec.state == "active" and not s.get("caller_id"):
                 raise InvalidArgument("an active campaign needs a caller ID", field="caller_id")
+            if rec.state == "active":
+                model.check_message_identity(name, s)
             rec = await store.update_campaign(
                 conn,
                 cid,
@@ -120,7 +122,12 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         async with self.ctx.pool.acquire() as conn, conn.transaction():
             rec = await store.get_campaign(conn, cid, lock=True)
             to = model.transition(rec, action)
-            rec = await store.set_state(conn, cid, to, self.ctx.clock.now())
+            now = self.ctx.clock.now()
+            rec = await store.set_state(conn, cid, to, now)
+            if to == "active":
+                # Who started it, when, and the identity the message speaks from now on: one row, appended
+                # in the same transaction as the move.
+                await store.record_start(conn, rec, action, current_actor(), now)
         log.info("campaign %s: %s -> %s by %s", cid, action, to, current_actor())
         await self._changed(rec)
         return rec

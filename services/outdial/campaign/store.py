@@ -102,6 +102,27 @@ async def set_state(conn: asyncpg.Connection, cid: str, state: str, now: datetim
     return CampaignRecord.from_row(row)
 
 
+async def record_start(
+    conn: asyncpg.Connection, rec: CampaignRecord, action: str, actor: str, at: datetime
+) -> None:
+    """Append the start (or resume) of ``rec`` to ``campaign_starts``: who, when, and the seller's legal name,
+    callback number and caller ID in force from then on (never updated or deleted)."""
+    s = rec.settings
+    await conn.execute(
+        """INSERT INTO campaign_starts (campaign_id, action, actor, at, seller_name, callback_number,
+                                         caller_id, jurisdiction)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        rec.id,
+        action,
+        actor,
+        at,
+        str(s.get("seller_name") or ""),
+        str(s.get("opt_out_number") or ""),
+        str(s.get("caller_id") or ""),
+        str(s.get("jurisdiction") or ""),
+    )
+
+
 async def list_campaigns(
     pool: asyncpg.Pool, states: list[str], limit: int, after: str | None
 ) -> list[CampaignRecord]:

@@ -95,8 +95,17 @@ def _settings_args(p: argparse.ArgumentParser, create: bool) -> None:
     p.add_argument("--region", help="default region for national-format numbers (US, CA, GB …)")
     p.add_argument("--ring-timeout", type=int, help="seconds (>= 15)")
     p.add_argument("--max-lines-per-agent", type=int)
-    p.add_argument("--seller-name")
-    p.add_argument("--opt-out-number")
+    p.add_argument("--seller-name", help="the seller's legal name, spoken by the message (required to start)")
+    p.add_argument(
+        "--opt-out-number",
+        help="E.164 callback number for do-not-call requests, of the campaign's country (required to start)",
+    )
+    p.add_argument(
+        "--seller-is-campaign-name",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the seller's legal name is the campaign's name on purpose",
+    )
     p.add_argument("--disposition", action="append", help="disposition name (repeatable; replaces the list)")
     p.add_argument(
         "--retry",
@@ -169,6 +178,7 @@ def _campaign_from_args(args: argparse.Namespace) -> tuple[campaign_pb2.Campaign
     put("max_lines_per_agent", "max_lines_per_agent", args.max_lines_per_agent)
     put("seller_name", "seller_name", args.seller_name)
     put("opt_out_number", "opt_out_number", args.opt_out_number)
+    put("seller_is_campaign_name", "seller_is_campaign_name", args.seller_is_campaign_name)
     if args.ring_timeout is not None:
         c.ring_timeout.FromSeconds(args.ring_timeout)
         paths.append("ring_timeout")

@@ -65,6 +65,9 @@ GRANTS: tuple[Grant, ...] = (
     _t("campaign", "campaign_events_applied", "SELECT, INSERT"),
     _t("campaign", "dial_attempts", "SELECT"),
     _s("campaign", "leads_id_seq"),
+    # campaign: the append-only record of every start/resume and the seller identity then in force.
+    _t("campaign", "campaign_starts", "SELECT, INSERT"),
+    _s("campaign", "campaign_starts_id_seq"),
     # pacing: its settings and every dial attempt.
     _t("pacing", "pacing_settings", "SELECT, INSERT, UPDATE"),
     _t("pacing", "dial_attempts", "SELECT, INSERT, UPDATE"),

@@ -32,6 +32,7 @@ from outdial.pacing.hopper import Hopper
 from outdial.pacing.snapshot import BudgetView
 from outdial.pacing.store import PacingStore, ms
 from outdial.rules import law
+from outdial.rules.message import opt_out_confirmation
 from outdial.telephony.base import Answer, CallEvent, EventKind, OriginateOptions, TelephonyAdapter
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
 
@@ -203,6 +204,8 @@ class CallActions:
                 call.call_id, self._message(call.config), str(call.config.get("abandon_recording") or "")
             )
             call.message_played = True
+        elif action is Action.PLAY_CONFIRMATION and live:
+            await self._confirm_opt_out(call)
         elif action is Action.RECORD_ABANDON:
             await self._record_abandon(call, run)
         elif action is Action.RECORD_OPT_OUT:
@@ -232,12 +235,33 @@ class CallActions:
 
     @staticmethod
     def _message(cfg: dict[str, Any]) -> str:
-        seller = str(cfg.get("seller_name") or cfg.get("name") or "").strip() or "the caller"
-        callback = (
-            str(cfg.get("opt_out_number") or cfg.get("caller_id") or "").strip()
-            or "the number on your display"
-        )
+        """The abandonment message from the rules (:func:`outdial.rules.law.abandon_message`): the seller's
+        legal name, the callback number and the opt-out key, as the campaign set them; a campaign cannot
+        start or resume without both (``campaign/model.check_message_identity``). Only a campaign that was
+        already active before that check existed can lack them: it still gets a message (silence on an
+        abandoned call is the worse breach), built from its name and caller ID, and an error in the log."""
+        seller = str(cfg.get("seller_name") or "").strip()
+        callback = str(cfg.get("opt_out_number") or "").strip()
+        if not seller or not callback:
+            log.error(
+                "campaign %s has no seller_name/opt_out_number (active since before they were required): "
+                "its name and caller ID stand in; pause it and set both",
+                cfg.get("id"),
+            )
+            seller = seller or str(cfg.get("name") or "").strip() or "the caller"
+            callback = callback or str(cfg.get("caller_id") or "").strip() or "the number on your display"
         return law.abandon_message(seller, callback, jurisdiction=str(cfg.get("jurisdiction") or "US")).text
+
+    async def _confirm_opt_out(self, call: Call) -> None:
+        """The opt-out key: the confirmation replaces whatever plays; the hang-up comes at its end
+        (``MESSAGE_DONE`` in ``CONFIRMING``). When it cannot be played, hang up now."""
+        try:
+            await self.adapter.play_message(
+                call.call_id, opt_out_confirmation(str(call.config.get("jurisdiction") or "US"))
+            )
+        except Exception as exc:
+            log.warning("call %s: opt-out confirmation not played (%r): hanging up", call.call_id, exc)
+            await self.adapter.hangup(call.call_id)
 
     async def _play_campaign_message(self, call: Call) -> None:
         """Agentless: the campaign's message (who calls, the message, a number and the opt-out key)."""

@@ -39,6 +39,7 @@ def make_adapter(s: PacingServiceSettings, ctx: ServiceContext) -> TelephonyAdap
             talk_mean_s=s.sim_talk_mean_s,
             message_s=s.sim_message_s,
             p_opt_out=s.sim_p_opt_out,
+            confirmation_s=s.sim_confirmation_s,
             time_scale=s.sim_time_scale,
             seed=s.sim_seed,
         ),

@@ -41,6 +41,7 @@ class State(StrEnum):
         "gating"  # preview: the agent (or the timeout) chose to dial; the gate and the dial are under way
     )
     MESSAGE = "message"  # agentless: the campaign's message plays, the opt-out key is listened for
+    CONFIRMING = "confirming"  # the opt-out key was pressed: the confirmation plays, then we hang up
 
 
 class Flow(StrEnum):
@@ -94,6 +95,8 @@ class Action(StrEnum):
     GIVE_BACK = "give_back"  # the lead back to the front of the hopper, its claim freed (never dialled)
     RELEASE_LEAD = "release_lead"  # free the claim of a lead the gate blocked (dial.blocked decides its fate)
     PLAY_CAMPAIGN_MESSAGE = "play_campaign_message"  # agentless: the campaign's message
+    # The opt-out key: the short confirmation replaces the message at once (never the rest of the message)
+    PLAY_CONFIRMATION = "play_confirmation"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,11 @@ _FAILED_ENDS = {
     E.SHUTDOWN: Transition(S.ENDED, "failed", (A.RELEASE_AGENT, A.CANCEL, A.FINISH), "shutdown"),
     E.ORPHAN: Transition(S.ENDED, "failed", (A.RELEASE_AGENT, A.FINISH), "replica_lost"),
 }
+
+#: The opt-out key during a message (abandonment or agentless): the confirmation first, so that not one more
+#: word of the message plays, then the number onto the internal DNC list (retried while the DNC service is
+#: slow: the confirmation covers that time); the hang-up follows the confirmation's end (CONFIRMING).
+_OPT_OUT = Transition(S.CONFIRMING, None, (A.PLAY_CONFIRMATION, A.RECORD_OPT_OUT))
 
 TABLE: dict[tuple[State, Event], Transition] = {
     # ---------------------------------------------------------------- ringing
@@ -149,7 +157,7 @@ TABLE: dict[tuple[State, Event], Transition] = {
     (S.CONNECTED, E.SHUTDOWN): Transition(S.ENDED, None, (A.HANGUP, A.END_AGENT_CALL, A.FINISH), "shutdown"),
     (S.CONNECTED, E.ORPHAN): Transition(S.ENDED, None, (A.END_AGENT_CALL, A.FINISH), "replica_lost"),
     # ---------------------------------------------------------------- abandoned: the message
-    (S.ABANDONED, E.OPT_OUT_KEY): Transition(S.ABANDONED, None, (A.RECORD_OPT_OUT, A.HANGUP)),
+    (S.ABANDONED, E.OPT_OUT_KEY): _OPT_OUT,
     (S.ABANDONED, E.MESSAGE_DONE): Transition(S.ABANDONED, None, (A.HANGUP,)),
     (S.ABANDONED, E.LINE_ENDED): Transition(S.ENDED, None, (A.FINISH,)),
     (S.ABANDONED, E.SHUTDOWN): Transition(S.ENDED, None, (A.HANGUP, A.FINISH), "shutdown"),
@@ -171,11 +179,18 @@ TABLE: dict[tuple[State, Event], Transition] = {
     (S.GATING, E.NOT_DIALLED): Transition(S.ENDED, None, (A.RELEASE_AGENT, A.GIVE_BACK), "not_dialled"),
     (S.GATING, E.ORIGINATE_ERROR): _FAILED_ENDS[E.ORIGINATE_ERROR],
     # ---------------------------------------------------------------- agentless: the campaign's message
-    (S.MESSAGE, E.OPT_OUT_KEY): Transition(S.MESSAGE, None, (A.RECORD_OPT_OUT, A.HANGUP)),
+    (S.MESSAGE, E.OPT_OUT_KEY): _OPT_OUT,
     (S.MESSAGE, E.MESSAGE_DONE): Transition(S.MESSAGE, None, (A.HANGUP,)),
     (S.MESSAGE, E.LINE_ENDED): Transition(S.ENDED, None, (A.FINISH,)),
     (S.MESSAGE, E.SHUTDOWN): Transition(S.ENDED, None, (A.HANGUP, A.FINISH), "shutdown"),
     (S.MESSAGE, E.ORPHAN): Transition(S.ENDED, None, (A.FINISH,), "replica_lost"),
+    # ---------------------------------------------------------------- opt-out confirmed: hang up when it ends
+    # MESSAGE_DONE is the confirmation's end (a new prompt replaces the message on the network, and with it
+    # the message's own end); a second key press changes nothing.
+    (S.CONFIRMING, E.MESSAGE_DONE): Transition(S.CONFIRMING, None, (A.HANGUP,)),
+    (S.CONFIRMING, E.LINE_ENDED): Transition(S.ENDED, None, (A.FINISH,)),
+    (S.CONFIRMING, E.SHUTDOWN): Transition(S.ENDED, None, (A.HANGUP, A.FINISH), "shutdown"),
+    (S.CONFIRMING, E.ORPHAN): Transition(S.ENDED, None, (A.FINISH,), "replica_lost"),
 }
 
 _PLAY = Transition(S.MESSAGE, "delivered", (A.RECORD_ANSWER, A.PLAY_CAMPAIGN_MESSAGE))

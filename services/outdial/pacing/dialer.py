@@ -397,7 +397,12 @@ class Dialer:
         mine = [c for c in self.calls.values() if c.campaign_id == cid]
         ringing = [c for c in mine if c.state is State.RINGING]
         waiting = sum(1 for c in mine if c.state is State.OFFERED)
-        messages = sum(1 for c in mine if c.state is State.MESSAGE)
+        # Agentless lines in use: the message playing, or its opt-out confirmation.
+        messages = sum(
+            1
+            for c in mine
+            if c.state is State.MESSAGE or (c.state is State.CONFIRMING and c.flow is not Flow.AGENT)
+        )
         # Calls of a previous holder still in flight count as ringing (conservative).
         raw_inflight: Any = await self.redis.zrange(keys.calls_in_flight(cid), 0, -1, withscores=True)
         foreign = tuple(

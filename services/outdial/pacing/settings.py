@@ -38,6 +38,7 @@ class PacingServiceSettings(BaseSettings):
     sim_talk_mean_s: float = 120.0
     sim_message_s: float = 8.0
     sim_p_opt_out: float = 0.1
+    sim_confirmation_s: float = 2.0
 
     @property
     def renew_ms(self) -> int:

@@ -57,6 +57,8 @@ class SimCarrierConfig:
     # The abandonment message: its length, and the chance that the person presses the opt-out key.
     message_s: float = 8.0
     p_opt_out: float = 0.1
+    # A prompt played over the message (the opt-out confirmation) replaces it and lasts this long.
+    confirmation_s: float = 2.0
     opt_out_digit: str = "9"
     time_scale: float = 1.0
     seed: int = 1
@@ -251,8 +253,13 @@ class SimCarrier(TelephonyAdapter):
         if cmd[0] == "bridge":
             cmd = await self._wait(call, d.talk_s)
             return "local" if cmd is not None and cmd[0] in ("hangup", "cancel") else "remote"
-        # play: a message (the abandonment message, or an agentless campaign's), maybe a key press, then the
-        # person hangs up.
+        return await self._listen(call)
+
+    async def _listen(self, call: _Call) -> str:
+        """A person hears a message (the abandonment message, or an agentless campaign's), maybe presses the
+        opt-out key, then hangs up at its end; a prompt played over it (the opt-out confirmation) cuts it off:
+        the person listens to that, then waits a moment for us to hang up before hanging up themselves."""
+        cfg, d = self.config, call.draw
         if d.opt_out:
             cmd = await self._wait(call, cfg.message_s * 0.6)
             if cmd is not None and cmd[0] in ("hangup", "cancel"):
@@ -262,6 +269,14 @@ class SimCarrier(TelephonyAdapter):
         else:
             rest = cfg.message_s
         cmd = await self._wait(call, rest)
+        if cmd is not None and cmd[0] == "play":
+            while cmd is not None and cmd[0] == "play":
+                cmd = await self._wait(call, cfg.confirmation_s)
+            if cmd is not None and cmd[0] in ("hangup", "cancel"):
+                return "local"
+            self._emit(call, EventKind.MESSAGE_DONE)
+            cmd = await self._wait(call, cfg.silence_hangup_s)
+            return "local" if cmd is not None and cmd[0] in ("hangup", "cancel") else "remote"
         if cmd is not None and cmd[0] in ("hangup", "cancel"):
             return "local"
         self._emit(call, EventKind.MESSAGE_DONE)

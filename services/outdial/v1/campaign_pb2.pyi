@@ -97,6 +97,7 @@ class Campaign(_message.Message):
     RECORD_CALLS_FIELD_NUMBER: _builtins.int
     RECORDING_NOTICE_FIELD_NUMBER: _builtins.int
     ABANDON_RECORDING_FIELD_NUMBER: _builtins.int
+    SELLER_IS_CAMPAIGN_NAME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     description: _builtins.str
@@ -115,7 +116,12 @@ class Campaign(_message.Message):
     """ISO 3166 region used to parse national-format numbers ("US", "GB", "CA")."""
     max_lines_per_agent: _builtins.int
     seller_name: _builtins.str
-    """Seller name and opt-out number read by the abandonment message."""
+    """The seller's legal name and the callback number for do-not-call requests, spoken by the abandonment
+    (and agentless) message. Both are required to start or resume a campaign: the name must not be just the
+    campaign's internal name (unless seller_is_campaign_name says it is the same on purpose), the number must
+    be a valid E.164 number of the campaign's country that is not premium-rate or shared-cost. Never taken
+    from the campaign's name or caller ID.
+    """
     opt_out_number: _builtins.str
     max_attempts_per_lead: _builtins.int
     """Total attempts per lead across all outcomes (0 = no limit beyond retry rules)."""
@@ -139,6 +145,10 @@ class Campaign(_message.Message):
     recording_notice: _builtins.str
     abandon_recording: _builtins.str
     """SIP telephony: a recording (a path on the gateway) played instead of the spoken abandonment message."""
+    seller_is_campaign_name: _builtins.bool
+    """The seller's legal name is, on purpose, the same as the campaign's name (otherwise a seller_name equal to
+    the name is refused as a likely placeholder).
+    """
     @_builtins.property
     def calling_window(self) -> _common_pb2.CallingWindow: ...
     @_builtins.property
@@ -206,10 +216,11 @@ class Campaign(_message.Message):
         record_calls: _builtins.bool = ...,
         recording_notice: _builtins.str = ...,
         abandon_recording: _builtins.str = ...,
+        seller_is_campaign_name: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["abandon_window", b"abandon_window", "calling_window", b"calling_window", "created_at", b"created_at", "preview_skip_delay", b"preview_skip_delay", "preview_timeout", b"preview_timeout", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon_cap", b"abandon_cap", "abandon_recording", b"abandon_recording", "abandon_window", b"abandon_window", "agentless_lines", b"agentless_lines", "agentless_message", b"agentless_message", "caller_id", b"caller_id", "calling_window", b"calling_window", "created_at", b"created_at", "default_region", b"default_region", "description", b"description", "dial_mode", b"dial_mode", "dispositions", b"dispositions", "id", b"id", "jurisdiction", b"jurisdiction", "machine_action", b"machine_action", "max_attempts_per_lead", b"max_attempts_per_lead", "max_calls_per_number_24h", b"max_calls_per_number_24h", "max_lines_per_agent", b"max_lines_per_agent", "message_informational", b"message_informational", "name", b"name", "opt_out_number", b"opt_out_number", "power_ratio", b"power_ratio", "preview_skip_delay", b"preview_skip_delay", "preview_timeout", b"preview_timeout", "preview_timeout_action", b"preview_timeout_action", "record_calls", b"record_calls", "recording_notice", b"recording_notice", "retry_rules", b"retry_rules", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "seller_name", b"seller_name", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon_cap", b"abandon_cap", "abandon_recording", b"abandon_recording", "abandon_window", b"abandon_window", "agentless_lines", b"agentless_lines", "agentless_message", b"agentless_message", "caller_id", b"caller_id", "calling_window", b"calling_window", "created_at", b"created_at", "default_region", b"default_region", "description", b"description", "dial_mode", b"dial_mode", "dispositions", b"dispositions", "id", b"id", "jurisdiction", b"jurisdiction", "machine_action", b"machine_action", "max_attempts_per_lead", b"max_attempts_per_lead", "max_calls_per_number_24h", b"max_calls_per_number_24h", "max_lines_per_agent", b"max_lines_per_agent", "message_informational", b"message_informational", "name", b"name", "opt_out_number", b"opt_out_number", "power_ratio", b"power_ratio", "preview_skip_delay", b"preview_skip_delay", "preview_timeout", b"preview_timeout", "preview_timeout_action", b"preview_timeout_action", "record_calls", b"record_calls", "recording_notice", b"recording_notice", "retry_rules", b"retry_rules", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "seller_is_campaign_name", b"seller_is_campaign_name", "seller_name", b"seller_name", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
