@@ -52,6 +52,14 @@ class AuditRecord:
     prev_hash: str
     hash: str
 
+    @classmethod
+    def of(cls, seq: int, at: datetime, e: AuditEntry, prev_hash: str, hash: str) -> AuditRecord:
+        """The record of entry ``e`` at ``seq``, chained after ``prev_hash``."""
+        return cls(
+            seq, at, e.actor, e.action, e.number, e.campaign_id, e.call_id, e.result, e.reason, e.details,
+            prev_hash, hash,
+        )  # fmt: skip
+
 
 def details_json(obj: dict[str, Any] | None) -> str:
     """Canonical JSON text for a record's details (stored as text so it hashes exactly as written)."""
@@ -93,22 +101,7 @@ def chain(head_seq: int, head_hash: str, at: datetime, entries: Iterable[AuditEn
     for e in entries:
         seq += 1
         h = record_hash(seq, at, e, prev)
-        out.append(
-            AuditRecord(
-                seq,
-                at,
-                e.actor,
-                e.action,
-                e.number,
-                e.campaign_id,
-                e.call_id,
-                e.result,
-                e.reason,
-                e.details,
-                prev,
-                h,
-            )
-        )
+        out.append(AuditRecord.of(seq, at, e, prev, h))
         prev = h
     return out
 

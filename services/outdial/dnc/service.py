@@ -241,15 +241,17 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
             index_version=res.index_version,
         )
 
+    def _one_number(self, raw: str) -> str:
+        """The request's ``number`` in E.164, or INVALID_ARGUMENT naming the field."""
+        ok, bad = self.engine.normalise_many([raw])
+        if bad or not ok:
+            raise InvalidArgument("not a phone number", field="number")
+        return ok[0]
+
     async def QueryAudit(
         self, request: dnc_pb2.QueryAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[dnc_pb2.QueryAuditResponse]:
-        number = request.number
-        if number:
-            ok, bad = self.engine.normalise_many([number])
-            if bad:
-                raise InvalidArgument("not a phone number", field="number")
-            number = ok[0]
+        number = self._one_number(request.number) if request.number else ""
         f = store.AuditFilter(
             number=number,
             campaign_id=request.campaign_id,
@@ -287,11 +289,9 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
     async def ExplainDecision(
         self, request: dnc_pb2.ExplainDecisionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dnc_pb2.ExplainDecisionResponse:
-        ok, bad = self.engine.normalise_many([request.number])
-        if bad or not ok:
-            raise InvalidArgument("not a phone number", field="number")
+        number = self._one_number(request.number)
         at = from_ts(request.at, request.HasField("at")) or self.engine.clock.now()
-        e = await self.engine.explain(ok[0], at, request.campaign_id)
+        e = await self.engine.explain(number, at, request.campaign_id)
         return dnc_pb2.ExplainDecisionResponse(
             number=e.number,
             at=ts(e.at),
@@ -303,9 +303,7 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
     async def RecordOptOut(
         self, request: dnc_pb2.RecordOptOutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dnc_pb2.RecordOptOutResponse:
-        ok, bad = self.engine.normalise_many([request.number])
-        if bad or not ok:
-            raise InvalidArgument("not a phone number", field="number")
+        number = self._one_number(request.number)
         # The audit actor is the token's, never a name from the request. The agent a service reports (the
         # agent service, which authenticated that agent) goes in the details, marked as reported.
         principal = current_principal()
@@ -317,7 +315,7 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
         extra = {"reported_agent_id": reported} if reported and principal.role is Role.SERVICE else None
         _, records = await self.engine.add(
             gate.ListInfo("internal", "internal"),
-            ok,
+            [number],
             actor=current_actor(),
             reason="opt-out",
             source=request.source or "api",
@@ -332,9 +330,7 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
     async def SetConsent(
         self, request: dnc_pb2.SetConsentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dnc_pb2.SetConsentResponse:
-        ok, bad = self.engine.normalise_many([request.number])
-        if bad or not ok:
-            raise InvalidArgument("not a phone number", field="number")
+        number = self._one_number(request.number)
         obtained_at = from_ts(request.obtained_at, request.HasField("obtained_at"))
         evidence, via = request.evidence.strip(), request.obtained_via.strip()
         if not request.revoke:
@@ -360,7 +356,7 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
                     field="obtained_via",
                 )
         rec = await self.engine.set_consent(
-            ok[0],
+            number,
             CONSENT.get(request.kind, ""),
             request.revoke,
             request.campaign_id,
@@ -410,15 +406,13 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
     async def GetRndResults(
         self, request: dnc_pb2.GetRndResultsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dnc_pb2.GetRndResultsResponse:
-        ok, bad = self.engine.normalise_many([request.number])
-        if bad or not ok:
-            raise InvalidArgument("not a phone number", field="number")
-        results = await self.engine.rnd_for(ok[0])
+        number = self._one_number(request.number)
+        results = await self.engine.rnd_for(number)
         return dnc_pb2.GetRndResultsResponse(
-            number=ok[0],
+            number=number,
             results=[
                 dnc_pb2.RndResult(
-                    number=ok[0],
+                    number=number,
                     queried_date=r.queried_date.isoformat(),
                     answer=RND_ANSWER[r.answer],
                     disconnect_date=r.disconnect_date.isoformat() if r.disconnect_date else "",

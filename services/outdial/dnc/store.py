@@ -496,20 +496,7 @@ async def append_audit(conn: asyncpg.Connection, entries: Sequence[AuditEntry]) 
         [e.details for e in entries],
     )
     return [
-        AuditRecord(
-            r["seq"],
-            r["at"],
-            e.actor,
-            e.action,
-            e.number,
-            e.campaign_id,
-            e.call_id,
-            e.result,
-            e.reason,
-            e.details,
-            r["prev_hash"],
-            r["hash"],
-        )
+        AuditRecord.of(r["seq"], r["at"], e, r["prev_hash"], r["hash"])
         for r, e in zip(rows, entries, strict=True)
     ]
 
