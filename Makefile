@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 NODE_BIN := node_modules/.bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/outdial/v1/*.proto)
-# Debian packages of the SIP gateway, its tests, `make demo-sip` and the SIP bench (deploy/system-packages.sh).
-SYSTEM_PACKAGES := rtpengine-daemon sip-tester baresip espeak-ng sox libsox-fmt-mp3 kamailio kamailio-tls-modules
+# Debian packages of the SIP gateway, its tests, `make demo-sip` and the SIP bench, and the browser the console's
+# tests drive through Playwright (deploy/system-packages.sh).
+SYSTEM_PACKAGES := rtpengine-daemon sip-tester baresip espeak-ng sox libsox-fmt-mp3 kamailio kamailio-tls-modules chromium
 
 .PHONY: help setup setup-system lock run demo demo-sip test test-unit test-integration test-e2e lint protos protos-check bench k8s-validate clean
 

@@ -77,6 +77,7 @@ from outdial.core.signing import dev_key
 from outdial.gateway.peers.sipp import SipMessage, SippUac, SippUas
 from outdial.gateway.rig import SipRig, free_port, missing_binaries
 from outdial.gateway.rtpengine import RtpEngine
+from outdial.rules.law import MIN_RING_S
 from outdial.v1 import gateway_pb2 as pb
 from outdial.v1 import gateway_pb2_grpc
 
@@ -884,7 +885,9 @@ def main() -> int:
     ap.add_argument("--in-flight", type=int, default=100, help="most calls in flight (the trunk's limit too)")
     ap.add_argument("--agents", type=int, default=50, help="agents' phones (nailed-up legs)")
     ap.add_argument("--talk-mean", type=float, default=30.0, help="mean s before an agent hangs up (exp)")
-    ap.add_argument("--ring-timeout", type=float, default=25.0, help="s before the gateway CANCELs (>= 15)")
+    ap.add_argument(
+        "--ring-timeout", type=float, default=25.0, help=f"s before the gateway CANCELs (>= {MIN_RING_S:g})"
+    )
     ap.add_argument(
         "--baseline-seconds", type=float, default=None, help="SIPp->SIPp window (default min(60 s, the run))"
     )

@@ -9,6 +9,7 @@
 #   espeak-ng, sox          prompts (the abandon message, the recording notice)
 #   libsox-fmt-mp3          sox reads uploaded MP3 recordings (abandon_recording)
 #   kamailio(-tls-modules)  the SIP edge for TCP/TLS trunks (sippy speaks UDP only)
+#   chromium                the browser the console's tests drive with Playwright (no browser download)
 #
 # Packages come from apt with --no-install-recommends; `apt-get update` runs only when the install fails
 # (no package lists yet). The packages' init scripts must not leave daemons running (a Kamailio on 5060 or a
@@ -18,7 +19,7 @@
 # Environment (for tests of this script): SYSTEM_PACKAGES (the list), SETUP_UID (default: id -u).
 set -euo pipefail
 
-read -r -a packages <<<"${SYSTEM_PACKAGES:-rtpengine-daemon sip-tester baresip espeak-ng sox libsox-fmt-mp3 kamailio kamailio-tls-modules}"
+read -r -a packages <<<"${SYSTEM_PACKAGES:-rtpengine-daemon sip-tester baresip espeak-ng sox libsox-fmt-mp3 kamailio kamailio-tls-modules chromium}"
 uid="${SETUP_UID:-$(id -u)}"
 # The services the packages above ship (they must not run: tests start their own processes).
 services=(kamailio rtpengine-daemon rtpengine)

@@ -41,6 +41,7 @@ from outdial.core.infra import (
 )
 from outdial.core.signing import SERVICE_IDENTITIES, dev_key
 from outdial.migrations.grants import role_name
+from tests.dbfarm import DatabaseFarm
 
 # Tests run in development mode (OUTDIAL_DEV=1): services accept the development keyset (tokens are signed
 # with it: make_token) and migrate at start. The processes they start (the CLI, `outdial run`, the demo)
@@ -101,6 +102,19 @@ def infra() -> Iterator[TestInfra]:
                 srv.stop()
 
 
+#: Every test database starts with a current, empty US wireless and ported-number list (downloaded and
+#: imported a week before the template is made, within the 15 days the rules allow, so that a test explaining
+#: a decision of yesterday sees it too): the numbers tests dial are known landlines, as a predictive campaign requires
+#: (dnc/gate.py ``line_type``; rules/data/us.yaml ``us.registry_freshness.wireless``). A test of the wireless
+#: rules adds numbers to it, makes it stale or removes its date.
+FRESH_WIRELESS_LIST = """
+INSERT INTO dnc_lists (id, kind, name, jurisdiction, registry_date)
+VALUES ('wireless:US', 'wireless', 'Wireless numbers US', 'US', now() - interval '7 days') ON CONFLICT (id) DO NOTHING;
+INSERT INTO dnc_registry_imports (list_id, mode, downloaded_at, imported_at, actor, lines, added, removed, invalid)
+VALUES ('wireless:US', 'full', now() - interval '7 days', now() - interval '7 days', 'tests/conftest.py', 0, 0, 0, 0);
+"""
+
+
 @pytest.fixture(scope="session")
 def template_db(infra: TestInfra) -> str:
     """A migrated database that every test's database is cloned from."""
@@ -113,6 +127,11 @@ def template_db(infra: TestInfra) -> str:
         finally:
             await conn.close()
         await db.migrate_url(infra.db_url(name))
+        conn = await asyncpg.connect(infra.db_url(name))
+        try:
+            await conn.execute(FRESH_WIRELESS_LIST)
+        finally:
+            await conn.close()
 
     asyncio.run(make())
     return name
@@ -122,19 +141,30 @@ _counter = iter(range(1, 1_000_000))
 
 
 @pytest.fixture
-async def database_url(infra: TestInfra, template_db: str) -> AsyncIterator[str]:
-    name = f"odt_{infra.run_id}_{next(_counter)}"
-    conn = await asyncpg.connect(infra.server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await conn.close()
+async def database_url(infra: TestInfra, template_db: str, db_farm: DatabaseFarm) -> AsyncIterator[str]:
+    name = db_farm.take()  # a clone made while the previous test ran (tests/dbfarm.py)
+    if name is None:
+        name = f"odt_{infra.run_id}_{next(_counter)}"
+        conn = await asyncpg.connect(infra.server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        finally:
+            await conn.close()
     yield infra.db_url(name)
-    conn = await asyncpg.connect(infra.server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    db_farm.release(name)  # dropped WITH (FORCE) by the farm's worker, off this test's time
+
+
+# --- test databases off the critical path (tests/dbfarm.py: clones ahead, drops in batches) ---------------
+
+
+@pytest.fixture(scope="session")
+def db_farm(infra: TestInfra, template_db: str) -> Iterator[DatabaseFarm]:
+    farm = DatabaseFarm(infra.server_url, template_db, lambda: f"odt_{infra.run_id}_{next(_counter)}")
+    yield farm
+    farm.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture

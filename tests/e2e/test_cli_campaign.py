@@ -40,7 +40,7 @@ async def test_campaign_and_leads_commands(services: Services, tmp_path: Path) -
     draft_id = json.loads(out)["id"]
     # No seller's legal name or callback number yet: the start is refused, naming the field.
     rc, _, err = await cli(env, "campaign", "start", draft_id, ok=False)
-    assert rc == 1 and "FAILED_PRECONDITION" in err and "seller_name" in err
+    assert rc == 3 and "FAILED_PRECONDITION" in err and "seller_name" in err
     _, out, _ = await cli(env, "campaign", "update", draft_id, "--seller-name", "Spring Solar LLC",
                           "--opt-out-number", "+12125550199", "--json")  # fmt: skip
     doc: dict[str, Any] = json.loads(out)
@@ -88,7 +88,7 @@ async def test_campaign_and_leads_commands(services: Services, tmp_path: Path) -
         _, out, _ = await cli(env, "campaign", action, cid, "--json")
         assert json.loads(out)["state"] == state
     rc, _, err = await cli(env, "campaign", "start", cid, ok=False)
-    assert rc == 1 and "FAILED_PRECONDITION" in err
+    assert rc == 3 and "FAILED_PRECONDITION" in err
     _, out, _ = await cli(env, "campaign", "list", "--json")
     assert [c["id"] for c in json.loads(out)] == [cid]
     _, out, _ = await cli(env, "campaign", "show", cid, "--json")

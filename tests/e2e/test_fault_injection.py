@@ -233,6 +233,9 @@ async def _check(database_url: str, redis_url: str, cid: str, accepted: int, fau
         for d in live:
             per10[min(len(per10) - 1, int((d["answer_at"] - t0).total_seconds() // 10))] += 1
         print(f"live answers per 10 s: {per10}")
+        print(
+            f"abandoned: {[(d['answer_at'].time(), events.get(d['call_id'], {}).get('reason')) for d in abandoned]}"
+        )
         assert all(d["outcome"] in ("connected", "abandoned") for d in live)
         assert len(abandoned) <= 0.03 * len(live), (
             f"{len(abandoned)} abandoned of {len(live)} live answers; faults: {faults.done}; abandoned: "

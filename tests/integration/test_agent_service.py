@@ -197,7 +197,19 @@ async def test_agents_act_only_for_themselves(services: Services, pg: asyncpg.Po
         await con.stub.EndCall(agent_pb2.EndCallRequest(call_id="nope"))
     assert err3.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     manager = agent_pb2_grpc.AgentServiceStub(services.channel(rs, role="manager", sub="mia"))
-    out = await manager.Logout(agent_pb2.LogoutRequest(agent_id="bob"))
+    # A supervisor may pause another agent (with a reason, recorded with who did it), never make them ready.
+    with pytest.raises(grpc.aio.AioRpcError) as err5:
+        await manager.SetState(agent_pb2.SetStateRequest(agent_id="bob", state=READY))
+    assert err5.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    paused = await manager.SetState(
+        agent_pb2.SetStateRequest(agent_id="bob", state=PAUSED, pause_reason="coaching")
+    )
+    assert paused.status.pause_reason == "coaching (by manager mia)"
+    # Logging another agent out needs a reason.
+    with pytest.raises(grpc.aio.AioRpcError) as err6:
+        await manager.Logout(agent_pb2.LogoutRequest(agent_id="bob"))
+    assert err6.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    out = await manager.Logout(agent_pb2.LogoutRequest(agent_id="bob", reason="shift over"))
     assert out.status.state == common_pb2.AGENT_STATE_LOGGED_OUT
     with pytest.raises(grpc.aio.AioRpcError) as err4:
         await manager.Login(agent_pb2.LoginRequest(agent_id="bob"))
@@ -205,9 +217,11 @@ async def test_agents_act_only_for_themselves(services: Services, pg: asyncpg.Po
 
     async def tl() -> list[tuple[str, str, str]]:
         rows = await timeline(pg, "bob")
-        return rows if len(rows) >= 2 else []
+        return rows if rows and rows[-1][0] == "logged_out" else []
 
-    assert (await wait_for(tl, what="timeline"))[-1] == ("logged_out", "logout_by_manager", "")
+    rows = await wait_for(tl, what="timeline")
+    assert rows[-1] == ("logged_out", "logout_by_manager mia: shift over", "")
+    assert ("paused", "coaching (by manager mia)", "") in rows
 
 
 async def test_assignment_respects_priority_skills_and_longest_ready(services: Services) -> None:

@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -22,8 +23,10 @@ from outdial.agent.simulated import Distribution, run_simulated_agents
 from outdial.agent.store import AgentRedis
 from outdial.core import keys
 from outdial.core.clients import open_channel
+from outdial.migrations.grants import role_name
+from outdial.pacing.store import PacingStore
 from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2
-from tests.conftest import RunningService, Services, make_token
+from tests.conftest import RunningService, Services, as_user, make_token
 from tests.integration.test_agent_service import Console, dialer, offer_req, timeline, wait_for
 
 CID = "c-sess"
@@ -464,3 +467,47 @@ async def test_consoles_log_in_again_at_once_when_redis_lost_the_sessions(
         with pytest.raises((asyncio.CancelledError, grpc.aio.AioRpcError)):
             await task
         await s.logout()
+
+
+async def test_redis_losing_an_agent_on_a_call_does_not_make_them_ready_for_a_second_one(
+    services: Services, redis: aioredis.Redis, pg: asyncpg.Pool
+) -> None:
+    """Redis came back empty while an agent was on a call the dialer still has up: PostgreSQL says so
+    (``dial_open``), so logging in again puts them back on that call, never to ready for a second one; the
+    dialer's end of the call then takes them to wrap-up as usual."""
+    rs = await services.start("agent")
+    first = await on_a_call(services, rs, "rio", "r1")
+    pacing = await asyncpg.connect(as_user(services.settings.database_url, role_name("pacing")))
+    try:
+        await pacing.execute(
+            """INSERT INTO dial_attempt_gates (call_id, campaign_id, lead_id, number, replica, fence_token,
+                   allowed, gate_at) VALUES ('r1', $1, 'l1', '+12125550101', 'r', 1, true, now())""",
+            CID,
+        )
+        await pacing.execute(
+            "INSERT INTO dial_open (call_id, campaign_id, lead_id, number) VALUES ('r1', $1, 'l1', '+12125550101')",
+            CID,
+        )
+        await pacing.execute(
+            "INSERT INTO dial_attempt_events (call_id, kind, dial_at) VALUES ('r1', 'dial', now())"
+        )
+        # Connected as the dialer records it (PacingStore.mark_connected).
+        assert await PacingStore(pacing, redis).mark_connected("r1", datetime.now(UTC), "rio")  # type: ignore[arg-type]
+    finally:
+        await pacing.close()
+    await first.kill()
+    await redis.flushall()
+
+    again = Console(services, rs, "rio")
+    resp = await again.login((CID, 1))
+    assert (resp.status.state, resp.status.call_id) == (ON_CALL, "r1")
+    await again.connect()
+    assert again.statuses[0].state == ON_CALL
+    second = await dialer(services, rs).OfferCall(offer_req(CID, "r2"))
+    assert (second.assigned, second.reason) == (False, "no_agent_ready")
+    # The dialer ends the call (its line ended): wrap-up, then ready again after the disposition.
+    await dialer(services, rs).EndCall(agent_pb2.EndCallRequest(agent_id="rio", call_id="r1"))
+    await again.stub.SetDisposition(agent_pb2.SetDispositionRequest(call_id="r1", disposition="sale"))
+    third = await dialer(services, rs).OfferCall(offer_req(CID, "r3"))
+    assert (third.assigned, third.agent_id) == (True, "rio")
+    await again.kill()

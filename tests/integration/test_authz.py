@@ -69,6 +69,8 @@ EXPECTED: dict[str, dict[str, str]] = {
         "ListLeadRejects": "MC",
         "GetCampaignStats": "MC",
         "ScheduleCallback": "MG",  # an agent: the lead of their own last call only (below)
+        "ListCampaignVersions": "MC",
+        "RunRetention": "C",
     },
     "DncService": {
         "CheckNumbers": "MC",  # dial_time=true: the pacing identity only (below)
@@ -84,16 +86,18 @@ EXPECTED: dict[str, dict[str, str]] = {
         "RebuildIndex": "C",
         "ImportRndResults": "C",
         "GetRndResults": "C",
+        "RecordInboundMessage": "MC",
     },
     "AgentService": {
         "Login": "G",  # to assigned campaigns only (below)
         "Logout": "MG",
-        "SetState": "G",
+        "SetState": "MG",
         "Connect": "G",
         "Heartbeat": "G",
         "EndCall": "G",
         "SetDisposition": "G",
         "ListAgents": "MC",
+        "WatchAgents": "MC",
         "OfferCall": "",
         "GetAgentCounts": "M",
         "ReserveAgent": "",
@@ -108,6 +112,7 @@ EXPECTED: dict[str, dict[str, str]] = {
         "GetPacingState": "MC",
         "UpdatePacingSettings": "M",
         "WatchPacing": "MC",
+        "ListPacingSettingsVersions": "MC",
     },
     "GatewayService": {
         "Originate": "",
@@ -354,6 +359,8 @@ async def test_set_consent_needs_compliance_and_evidence(stack: Stack) -> None:
             evidence="form 12",
             obtained_at=_ts(datetime.now(UTC) - timedelta(days=1)),
             obtained_via="web_form",
+            text_agreed="I agree to calls from Acme.",
+            ip_address="198.51.100.4",
         )
         await _denied(stub.SetConsent(full))
     cco = stack.stub(dnc_pb2_grpc.DncServiceStub, "dnc", Role.COMPLIANCE, "cco-1")
@@ -363,13 +370,31 @@ async def test_set_consent_needs_compliance_and_evidence(stack: Stack) -> None:
         "evidence": "signed form #4471",
         "obtained_at": _ts(datetime.now(UTC) - timedelta(days=3)),
         "obtained_via": "signed_paper",
+        "text_agreed": "I agree to receive marketing calls from Acme, made with an autodialer.",
+        "recording_ref": "rec-2026-4471",
     }
-    for missing in ("evidence", "obtained_at", "obtained_via"):
+    # Each piece of evidence is required, and the error names it (IP address or recording: at least one).
+    for missing in ("obtained_at", "obtained_via", "text_agreed", "recording_ref"):
         details = await _denied(
             cco.SetConsent(dnc_pb2.SetConsentRequest(**{k: v for k, v in good.items() if k != missing})),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-        assert f"[{missing}]" in details
+        assert f"[{missing if missing != 'recording_ref' else 'ip_address'}]" in details
+    details = await _denied(
+        cco.SetConsent(dnc_pb2.SetConsentRequest(**{**good, "ip_address": "not-an-ip"})),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "[ip_address]" in details
+    ebr = {**good, "kind": dnc_pb2.CONSENT_KIND_EXISTING_BUSINESS_RELATIONSHIP}
+    details = await _denied(
+        cco.SetConsent(dnc_pb2.SetConsentRequest(**ebr)), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert "[ebr_basis]" in details
+    opt_in = {**good, "kind": dnc_pb2.CONSENT_KIND_CAMPAIGN_OPT_IN}
+    details = await _denied(
+        cco.SetConsent(dnc_pb2.SetConsentRequest(**opt_in)), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert "[campaign_id]" in details
     future = {**good, "obtained_at": _ts(datetime.now(UTC) + timedelta(days=1))}
     details = await _denied(
         cco.SetConsent(dnc_pb2.SetConsentRequest(**future)), grpc.StatusCode.INVALID_ARGUMENT
@@ -384,7 +409,9 @@ async def test_set_consent_needs_compliance_and_evidence(stack: Stack) -> None:
         "compliance:cco-1",
     )
     audit = await stack.pool.fetchrow("SELECT actor, details FROM dnc_audit WHERE seq = $1", resp.audit_seq)
-    assert json.loads(audit["details"])["obtained_via"] == "signed_paper"
+    details_of = json.loads(audit["details"])
+    assert (details_of["obtained_via"], details_of["recording_ref"]) == ("signed_paper", "rec-2026-4471")
+    assert (row["kind"], row["text_agreed"]) == ("prior_express_written_consent", good["text_agreed"])
     # a revocation needs no evidence
     await cco.SetConsent(dnc_pb2.SetConsentRequest(number=number, revoke=True))
     assert (
@@ -660,7 +687,7 @@ async def test_cli_assign_unassign_and_list(
         ("unassign", "yan"),
     ]
     monkeypatch.setenv("OUTDIAL_TOKEN", make_token(Role.AGENT, "zed"))  # an agent may not assign
-    assert await asyncio.to_thread(main, ["agent", "assign", "--no-check", cid, "zed"]) == 1
+    assert await asyncio.to_thread(main, ["agent", "assign", "--no-check", cid, "zed"]) == 4
     assert "PERMISSION_DENIED" in capsys.readouterr().err
 
 
@@ -674,12 +701,13 @@ async def test_cli_consent_names_the_missing_evidence(
     base = ["dnc", "consent", "+14155550199", "--kind", "express_written", "--evidence", "recording 88"]
     assert await asyncio.to_thread(main, [*base, "--obtained-at", "2026-01-02T10:00:00Z"]) == 2
     assert "[obtained_via]" in capsys.readouterr().err
-    assert (
-        await asyncio.to_thread(
-            main, [*base, "--obtained-at", "2026-01-02T10:00:00Z", "--via", "recorded_call"]
-        )
-        == 0
-    )
+    base += ["--obtained-at", "2026-01-02T10:00:00Z", "--via", "recorded_call"]
+    assert await asyncio.to_thread(main, base) == 2
+    assert "[text_agreed]" in capsys.readouterr().err
+    base += ["--text", "Yes, Acme may call me with offers."]
+    assert await asyncio.to_thread(main, base) == 2
+    assert "[ip_address]" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, [*base, "--recording", "rec-88"]) == 0
     assert "granted: audit record #" in capsys.readouterr().out
     row = await stack.pool.fetchrow(
         "SELECT obtained_at, obtained_via FROM dnc_consent WHERE number = '+14155550199'"
@@ -689,7 +717,7 @@ async def test_cli_consent_names_the_missing_evidence(
         "recorded_call",
     )
     monkeypatch.setenv("OUTDIAL_TOKEN", make_token(Role.MANAGER, "mgr-cli"))
-    assert await asyncio.to_thread(main, ["dnc", "consent", "+14155550199", "--revoke"]) == 1
+    assert await asyncio.to_thread(main, ["dnc", "consent", "+14155550199", "--revoke"]) == 4
     assert "PERMISSION_DENIED" in capsys.readouterr().err
 
 

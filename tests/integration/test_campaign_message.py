@@ -91,7 +91,7 @@ async def test_a_uk_campaign_needs_a_uk_callback_number(services: Services) -> N
     stub = await _stub(services)
     c = campaign_pb2.Campaign(
         name="UK", caller_id="+442079460958", jurisdiction=common_pb2.JURISDICTION_UK,
-        seller_name="Acme Ltd", opt_out_number="+12125550199",
+        seller_name="Acme Ltd", opt_out_number="+12125550199", amd=campaign_pb2.AMD_MODE_OFF,
     )  # fmt: skip
     await _refused(stub.CreateCampaign(campaign_pb2.CreateCampaignRequest(campaign=c)),
                    grpc.StatusCode.INVALID_ARGUMENT, "[opt_out_number]", "not a number of GB")  # fmt: skip

@@ -140,6 +140,8 @@ async def test_wireless_needs_consent_and_opt_out_revokes_it(
             evidence="form",
             obtained_at=stamp(datetime.now(UTC) - timedelta(days=2)),
             obtained_via="web_form",
+            text_agreed="I agree to receive autodialled marketing calls from Acme at this number.",
+            ip_address="203.0.113.7",
         )
     )
     (d,) = await check(stub, "+14155550177")
@@ -416,3 +418,34 @@ async def test_changes_during_a_rebuild_are_not_lost(services: Any, monkeypatch:
     ds = await check(stub, *added, "+12025500007", "+12025509999")
     assert all(not d.allowed for d in ds[:-1]), [d.number for d in ds if d.allowed]
     assert ds[-1].allowed
+
+
+async def test_a_listing_between_the_check_and_the_dial_stops_the_dial(
+    services: Any, monkeypatch: pytest.MonkeyPatch, redis: Any
+) -> None:
+    """The dialer reads the changes counter before its check; a listing, an opt-out or a consent revocation
+    recorded after it marks the number, so the dial (which asks after taking its dial time) does not leave
+    (core/dnc_changes.py). Other numbers are not held back; a counter that went backwards (Redis lost its
+    data) holds every dial back."""
+    from outdial.core import dnc_changes
+
+    stub = await start(services, monkeypatch)
+    before = await dnc_changes.seen(redis)
+    (d,) = await check(stub, "+12025550177")
+    assert d.allowed  # the check passed ...
+    added = await stub.AddNumbers(dnc_pb2.AddNumbersRequest(numbers=["+12025550177"], reason="asked"))
+    assert added.added == 1  # ... then the number was listed: recorded after the mark
+    assert int(await redis.get(keys.dnc_changed("+12025550177"))) > before
+    assert await dnc_changes.changed_since(redis, "+12025550177", before)
+    assert not await dnc_changes.changed_since(redis, "+12025550178", before)
+    # A check after the listing read the new counter, and found the number listed itself.
+    after = await dnc_changes.seen(redis)
+    (d,) = await check(stub, "+12025550177")
+    assert not d.allowed and not await dnc_changes.changed_since(redis, "+12025550177", after)
+
+    # A revocation of consent marks the number as well.
+    await stub.RecordOptOut(dnc_pb2.RecordOptOutRequest(number="+12025550179", source="keypress"))
+    assert await dnc_changes.changed_since(redis, "+12025550179", after)
+
+    await redis.delete(keys.dnc_changes())  # Redis lost its data: the counter went backwards
+    assert await dnc_changes.changed_since(redis, "+12025550178", after)

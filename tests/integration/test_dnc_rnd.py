@@ -43,6 +43,8 @@ async def grant(stub: Any, number: str, obtained: datetime, campaign_id: str = "
             evidence=f"form {number}",
             obtained_at=stamp(obtained),
             obtained_via="web_form",
+            text_agreed="I agree to receive autodialled marketing calls from Acme at this number.",
+            ip_address="203.0.113.7",
             campaign_id=campaign_id,
         )
     )

@@ -44,3 +44,19 @@ async def test_gate_decisions_and_rpcs_are_counted_and_served(services: Services
     )
     assert f'outdial_dnc_decisions_total{{dial_time="false",reason="{first}",result="blocked"}}' in body
     assert "outdial_serving" in body
+
+
+async def test_the_running_version_is_in_health_answers_and_metrics(services: Services) -> None:
+    """`outdial --version`, the health answers (``outdial-version`` metadata) and ``outdial_build_info`` all
+    say which version runs."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from outdial import __version__
+
+    rs = await services.start("agent")
+    async with grpc.aio.insecure_channel(rs.addr) as ch:
+        call = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        await call
+        assert dict(await call.initial_metadata())["outdial-version"] == __version__
+    assert _value("outdial_build_info", {"service": "agent", "version": __version__}) == 1

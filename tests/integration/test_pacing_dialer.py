@@ -44,10 +44,12 @@ class FakeDnc(dnc_pb2_grpc.DncServiceServicer):
     def __init__(self, blocked: set[str]) -> None:
         self.blocked = blocked
         self.checked: list[tuple[str, str, bool]] = []
+        self.dialer: list[Any] = []  # the dialer's own decisions sent with dial-time checks
         self.opt_outs: list[str] = []
 
     async def CheckNumbers(self, request: Any, context: Any) -> dnc_pb2.CheckNumbersResponse:
         out = []
+        self.dialer.extend(request.dialer)
         for n, c in zip(request.numbers, request.call_ids, strict=True):
             self.checked.append((n, c, request.dial_time))
             if n in self.blocked:

@@ -3,14 +3,17 @@ closed (no answer = blocked)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import grpc
 import redis.asyncio as aioredis
 
 from outdial.core import keys
 from outdial.pacing.gate import DialGate, GateLead
+from outdial.pacing.store import PacingStore
 from outdial.v1 import dnc_pb2, dnc_pb2_grpc
 from tests.integration.test_pacing_dialer import FakeDnc, campaign_config
 
@@ -32,11 +35,11 @@ async def serve(dnc: FakeDnc) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
     return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
 
 
-async def test_each_rule_blocks_with_its_reason(redis: aioredis.Redis) -> None:
+async def test_each_rule_blocks_with_its_reason(redis: aioredis.Redis, pg: asyncpg.Pool) -> None:
     dnc = FakeDnc({"+12122340003"})
     server, ch = await serve(dnc)
     try:
-        gate = DialGate(redis, dnc_pb2_grpc.DncServiceStub(ch))
+        gate = DialGate(redis, dnc_pb2_grpc.DncServiceStub(ch), PacingStore(pg, redis))
         cfg: dict[str, Any] = campaign_config(max_calls_per_number_24h=2)
         # Two earlier calls to lead 1's number within 24 h; one 25 h ago to lead 2's (outside the window).
         now_ms = int(NOON_NY.timestamp() * 1000)
@@ -49,7 +52,8 @@ async def test_each_rule_blocks_with_its_reason(redis: aioredis.Redis) -> None:
             lead(1),
             lead(2),
             lead(3),
-            lead(4, zones=()),
+            # A zone nobody knows (the number's own zones are added to the stored ones): fail closed.
+            lead(4, zones=("Mars/Olympus_Mons",)),
             lead(5, zones=("America/Los_Angeles",)),
         ]
         res = await gate.check("camp-1", cfg, leads, NOON_NY)
@@ -57,10 +61,25 @@ async def test_each_rule_blocks_with_its_reason(redis: aioredis.Redis) -> None:
         assert res[1].reasons == ["cap.max_calls_24h"]
         assert res[3].reasons == ["dnc.internal"]
         assert res[4].reasons[0].startswith("window.")
-        # Only the numbers that passed the local rules were asked, at dial time, with their call ids.
-        assert {(n, c) for n, c, dt in dnc.checked if dt} == {
-            (leads[i].number, leads[i].call_id) for i in (0, 2, 3, 5)
-        }
+        # Every number was sent at dial time with its call id, the locally blocked ones too (their decision
+        # and its inputs go to the audit record), and each with the dialer's own decision.
+        assert [(n, c) for n, c, dt in dnc.checked if dt] == [(ld.number, ld.call_id) for ld in leads]
+        assert [tuple(d.blocked) for d in dnc.dialer] == [
+            (),
+            ("cap.max_calls_24h",),
+            (),
+            (),
+            (res[4].reasons[0],),
+            (),
+        ]
+        cap_in = json.loads(dnc.dialer[1].inputs_json)["cap"]
+        assert (cap_in["number_attempts_in_period"], cap_in["campaign_max"]) == (2, 2)
+        # New York has no cap of its own: the person's count is recorded, the law's cap is none
+        assert (cap_in["attempts_in_period"], cap_in["law_max"], cap_in["person_numbers"]) == (
+            2,
+            None,
+            [leads[1].number],
+        )
 
         night = await gate.check("camp-1", cfg, [lead(0)], NIGHT_NY)
         assert not night[0].allowed and night[0].reasons[0].startswith("window.")
@@ -83,11 +102,11 @@ async def test_each_rule_blocks_with_its_reason(redis: aioredis.Redis) -> None:
         await server.stop(None)
 
 
-async def test_dnc_unreachable_blocks_everything(redis: aioredis.Redis) -> None:
+async def test_dnc_unreachable_blocks_everything(redis: aioredis.Redis, pg: asyncpg.Pool) -> None:
     server, ch = await serve(FakeDnc(set()))
     await server.stop(None)  # nothing answers any more
     try:
-        gate = DialGate(redis, dnc_pb2_grpc.DncServiceStub(ch), dnc_timeout_s=1.0)
+        gate = DialGate(redis, dnc_pb2_grpc.DncServiceStub(ch), PacingStore(pg, redis), dnc_timeout_s=1.0)
         res = await gate.check("camp-1", campaign_config(), [lead(0), lead(1)], NOON_NY)
         assert all(not r.allowed and r.reasons == ["compliance.unavailable"] for r in res)
     finally:
@@ -101,14 +120,14 @@ class WrongCountDnc(dnc_pb2_grpc.DncServiceServicer):
         )
 
 
-async def test_a_short_dnc_answer_blocks(redis: aioredis.Redis) -> None:
+async def test_a_short_dnc_answer_blocks(redis: aioredis.Redis, pg: asyncpg.Pool) -> None:
     server = grpc.aio.server()
     dnc_pb2_grpc.add_DncServiceServicer_to_server(WrongCountDnc(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        gate = DialGate(redis, dnc_pb2_grpc.DncServiceStub(ch))
+        gate = DialGate(redis, dnc_pb2_grpc.DncServiceStub(ch), PacingStore(pg, redis))
         res = await gate.check("camp-1", campaign_config(), [lead(0), lead(1)], NOON_NY)
         assert all(not r.allowed and r.reasons == ["compliance.unavailable"] for r in res)
     finally:

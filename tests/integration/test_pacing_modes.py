@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from outdial.agent.simulated import Distribution, SimulatedAgent
 from outdial.core import keys
 from outdial.pacing.gate import DialGate, GateLead
+from outdial.pacing.store import PacingStore
 from outdial.v1 import agent_pb2, agent_pb2_grpc, common_pb2, dnc_pb2, dnc_pb2_grpc
 from tests.conftest import RunningService, Services, make_token
 from tests.integration.test_pacing_dialer import (
@@ -372,19 +373,36 @@ async def test_agentless_plays_the_message_with_no_agent_and_the_opt_out_key_lis
 
 
 async def test_agentless_telemarketing_is_blocked_at_the_gate_without_asking_anyone(
-    redis: aioredis.Redis,
+    redis: aioredis.Redis, pg: asyncpg.Pool
 ) -> None:
     """Fail closed: a prerecorded message not declared informational would need per-call written consent,
     which outdial cannot check yet, so the gate blocks every such call (the campaign service also refuses to
-    start one)."""
+    start one). The block goes to the audit like any dial-time decision, with the campaign's facts."""
 
-    class NoDnc:
-        async def CheckNumbers(self, *a: Any, **kw: Any) -> Any:
-            raise AssertionError("the DNC service is not asked about a call the law already refuses")
+    class RecordingDnc:
+        def __init__(self) -> None:
+            self.requests: list[Any] = []
 
-    gate = DialGate(redis, NoDnc())  # type: ignore[arg-type]
+        async def CheckNumbers(self, req: Any, **kw: Any) -> Any:
+            self.requests.append(req)
+            return dnc_pb2.CheckNumbersResponse(
+                decisions=[
+                    dnc_pb2.NumberDecision(
+                        number=n, allowed=False, audit_seq=7, reasons=[dnc_pb2.BlockReason(code=c)]
+                    )
+                    for n, d in zip(req.numbers, req.dialer, strict=True)
+                    for c in d.blocked
+                ]
+            )
+
+    dnc = RecordingDnc()
+    gate = DialGate(redis, dnc, PacingStore(pg, redis))  # type: ignore[arg-type]
     cfg = campaign_config(dial_mode="agentless", agentless_message="Buy now!", message_informational=False)
     [r] = await gate.check(
         CID, cfg, [GateLead("c1", "l1", "+12122340041", ("America/New_York",), "NY", 1)], WORKDAY
     )
-    assert not r.allowed and r.reasons == ["consent.agentless"]
+    assert not r.allowed and r.reasons == ["consent.agentless"] and r.audit_seq == 7
+    (req,) = dnc.requests
+    assert req.dial_time and list(req.dialer[0].blocked) == ["consent.agentless"]
+    facts = json.loads(req.dialer[0].inputs_json)["campaign"]
+    assert facts["dial_mode"] == "agentless" and facts["message_informational"] is False

@@ -1,22 +1,18 @@
+"""The campaign report's name for what a refused lead needs (the window and state rules of the feeder are
+tested in test_rules_place.py)."""
+
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
-
-from outdial.campaign.feeder import lead_states, window_decision
-from outdial.rules.windows import WindowSpec
-
-ET = "America/New_York"
+from outdial.campaign.feeder import compliance_block
 
 
-def test_area_code_state_law_applies_to_lead_without_that_address() -> None:
-    # A Miami (305) number of a lead whose address says New York: Florida's 20:00 limit applies too.
-    assert lead_states("NY", "+13055550100") == ("FL", "NY")
-    assert lead_states("", "+12125550100") == ("NY",)
-    assert lead_states("", "+442079460958") == (None,)
-    at = datetime(2026, 1, 13, 20, 30, tzinfo=ZoneInfo(ET)).astimezone(UTC)
-    d = window_decision(at, (ET,), WindowSpec(), "US", lead_states("NY", "+13055550100"), timedelta(0))
-    assert not d.allowed and d.next_open == datetime(2026, 1, 14, 8, tzinfo=ZoneInfo(ET)).astimezone(UTC)
-    assert window_decision(
-        at, (ET,), WindowSpec(), "US", lead_states("NY", "+12125550100"), timedelta(0)
-    ).allowed
+def test_the_campaign_report_names_what_a_refused_lead_needs() -> None:
+    assert compliance_block(["wireless.no_consent"]) == "consent"
+    assert compliance_block(["dnc.national", "consent.required"]) == "consent"
+    assert compliance_block(["line_type.unknown"]) == "fresh_list"
+    assert compliance_block(["dnc.national", "line_type.unknown"]) == "fresh_list"
+    # consent would not open it: an opt-out, a stale registry, an unavailable check
+    assert compliance_block(["dnc.internal", "wireless.no_consent"]) == ""
+    assert compliance_block(["registry.stale", "line_type.unknown"]) == ""
+    assert compliance_block(["compliance.unavailable"]) == ""
+    assert compliance_block([]) == ""

@@ -18,7 +18,7 @@ def at(d: date) -> datetime:
 
 
 def consent(i: int, d: date, recorded: bool = True) -> ConsentInfo:
-    return ConsentInfo(i, "", "express_written", at(d), recorded)
+    return ConsentInfo(i, "", "prior_express_written_consent", at(d), recorded)
 
 
 def result(q: date, answer: str, disc: date | None = None, imported: date | None = None) -> StoredResult:

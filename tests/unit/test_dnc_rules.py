@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from outdial.dnc import gate
 from outdial.dnc.audit import GENESIS, AuditEntry, ChainVerifier, chain
 from outdial.dnc.numbers import InvalidNumber, normalise, registry_line, split
+from outdial.dnc.rnd import ConsentInfo
+from outdial.rules.consent import AUTODIALLED, Call
+from outdial.rules.table import ConsentRow, rules_in_force
 
 AT = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 texts = st.text(max_size=12)
@@ -92,23 +95,32 @@ def test_registry_age_and_absence() -> None:
     assert gate.registry_reason(LISTS, "CA", NOW, require=False, max_age_days=31) is None
 
 
+def _consent_reasons(hits: list[str], consents: list[ConsentInfo]) -> list[gate.Reason]:
+    rows = rules_in_force("US", None, NOW).of(ConsentRow)
+    lt = gate.line_type(LISTS, hits, "US", NOW, 15)
+    c = Call(AUTODIALLED, "telemarketing", lt.line, "national:US" in hits, "c1")
+    return gate.consent_reasons(rows, c, consents, NOW, lt, LISTS[2])[0]
+
+
 def test_every_reason_is_reported_and_consent_does_not_override_opt_out() -> None:
     e = "+12025550123"
     entries = {("internal", e): gate.EntryInfo(NOW - timedelta(days=1), None)}
-    d = gate.decide(e, LISTS, ["internal", "national:US", "wireless:US"], entries, False, NOW, None)
+    hits = ["internal", "national:US", "wireless:US"]
+    d = gate.decide(e, LISTS, hits, entries, NOW, None, consent=_consent_reasons(hits, []))
     assert [r.code for r in d.reasons] == ["dnc.internal", "dnc.national", "wireless.no_consent"]
-    d = gate.decide(e, LISTS, ["internal", "national:US"], entries, True, NOW, None)
+    pewc = ConsentInfo(1, "", "prior_express_written_consent", NOW - timedelta(days=5), True)
+    d = gate.decide(e, LISTS, hits, entries, NOW, None, consent=_consent_reasons(hits, [pewc]))
     assert [r.code for r in d.reasons] == ["dnc.internal"]
-    d = gate.decide(e, LISTS, ["national:US", "wireless:US"], {}, True, NOW, None)
-    assert d.allowed
+    hits = ["national:US", "wireless:US"]
+    assert gate.decide(e, LISTS, hits, {}, NOW, None, consent=_consent_reasons(hits, [pewc])).allowed
 
 
 def test_expired_entries_and_index_only_hits() -> None:
     e = "+12025550123"
     expired = {("campaign:c1", e): gate.EntryInfo(NOW - timedelta(days=9), NOW - timedelta(days=1))}
-    assert gate.decide(e, LISTS, ["campaign:c1"], expired, False, NOW, None).allowed
+    assert gate.decide(e, LISTS, ["campaign:c1"], expired, NOW, None).allowed
     # the index says listed but PostgreSQL has no entry: do not dial
-    assert not gate.decide(e, LISTS, ["campaign:c1"], {}, False, NOW, None).allowed
+    assert not gate.decide(e, LISTS, ["campaign:c1"], {}, NOW, None).allowed
 
 
 def test_unavailable_blocks_everything() -> None:

@@ -40,6 +40,7 @@ from pydantic_settings import BaseSettings
 
 from outdial.cli import k8s_validate
 from outdial.cli.main import build_parser
+from outdial.console.settings import ConsoleSettings
 from outdial.core import healthcheck
 from outdial.core.config import SERVICES, ServiceName, Settings
 from outdial.gateway.settings import GatewaySettings
@@ -186,9 +187,9 @@ def test_validator_rejects_unknown_fields_and_kinds() -> None:
 
 def known_variables() -> set[str]:
     """OUTDIAL_* names the code reads: Settings plus every BaseSettings class in outdial.<svc>.settings
-    (the four services and the gateway)."""
+    (the four services, the gateway and the console)."""
     classes: list[type[BaseSettings]] = [Settings]
-    for service in (*SERVICES, "gateway"):
+    for service in (*SERVICES, "gateway", "console"):
         module_name = f"outdial.{service}.settings"
         if importlib.util.find_spec(module_name) is None:
             continue
@@ -704,6 +705,7 @@ def test_dockerfile_matches_the_manifests(rendered: dict[str, list[Obj]]) -> Non
     (expose,) = re.findall(r"^EXPOSE (.+)$", stages["runtime"], re.M)
     wanted = {int(defaults.addr(s).rsplit(":", 1)[1]) for s in SERVICES}
     wanted |= {defaults.metrics_port_for(s) for s in SERVICES}
+    wanted.add(ConsoleSettings().port)  # the web console runs from the same image
     assert {int(p) for p in expose.split()} == wanted
     (tel_expose,) = re.findall(r"^EXPOSE (.+)$", stages["telephony"], re.M)
     gateway = gateway_container(rendered["base"])

@@ -171,9 +171,9 @@ def test_keys_rotate_keeps_the_old_key_until_it_is_removed(
     assert verify_token(jwks, old_token).subject == "ops"
     assert verify_token(jwks, issue_token(new, "ops", Role.MANAGER, 600)).subject == "ops"
     # the current key cannot be removed; the old one can, and its tokens are refused after
-    assert cli(["keys", "remove", str(real_keys), "--kid", new.kid]) == 2
+    assert cli(["keys", "remove", str(real_keys), f"--kid={new.kid}"]) == 2
     assert "current issuer key" in _err(capsys)
-    assert cli(["keys", "remove", str(real_keys), "--kid", old.kid]) == 0
+    assert cli(["keys", "remove", str(real_keys), f"--kid={old.kid}"]) == 0
     with pytest.raises(Unauthenticated, match="unknown key"):
         verify_token(load_jwks(real_keys / "jwks.json", dev=False), old_token)
     assert not list(real_keys.glob("*.retired.key"))

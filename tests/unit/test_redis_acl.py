@@ -16,28 +16,53 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "services" / "outdial"
 
 
+def _builders_in(path: Path) -> set[str]:
+    used: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "keys"
+            and not node.attr.startswith("_")
+            and callable(getattr(keys, node.attr, None))
+        ):
+            used.add(node.attr)
+    return used
+
+
+def _imports_core_module(service: str, module: str) -> bool:
+    for path in (PACKAGE / service).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (
+                node.module == f"outdial.core.{module}"
+                or (node.module == "outdial.core" and any(a.name == module for a in node.names))
+            ):
+                return True
+    return False
+
+
 def builders_used(service: str, skip: tuple[str, ...] = ()) -> set[str]:
     """Names of the ``keys.<builder>`` functions referenced anywhere in ``outdial.<service>``."""
     used: set[str] = set()
     for path in (PACKAGE / service).rglob("*.py"):
-        if path.name in skip:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.Attribute)
-                and isinstance(node.value, ast.Name)
-                and node.value.id == "keys"
-                and not node.attr.startswith("_")
-                and callable(getattr(keys, node.attr, None))
-            ):
-                used.add(node.attr)
+        if path.name not in skip:
+            used |= _builders_in(path)
+    return used
+
+
+def shared_builders(service: str) -> set[str]:
+    """The keys built for ``service`` by the core modules that redis_acl.SHARED_MODULES gives it."""
+    used: set[str] = set()
+    for module, services in redis_acl.SHARED_MODULES.items():
+        if service in services:
+            used |= _builders_in(PACKAGE / "core" / f"{module}.py")
     return used
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_access_lists_exactly_the_keys_the_code_uses(service: ServiceName) -> None:
     declared = {b.__name__ for b in redis_acl.ACCESS[service]}
-    used = builders_used(service)
+    used = builders_used(service) | shared_builders(service)
     assert used, f"outdial.{service} uses no key builder? (the scan is broken)"
     assert declared == used, (
         f"{service}: add {sorted(used - declared)} to / remove {sorted(declared - used)} from "
@@ -53,8 +78,19 @@ def test_no_other_module_touches_redis_keys() -> None:
     for other in ("gateway", "sim", "rules", "telephony"):
         assert builders_used(other) == set(), other
     core = {b.__name__ for b in redis_acl.CORE_ACCESS}
-    assert builders_used("core", skip=("keys.py", "redis_acl.py")) <= core
+    shared = tuple(f"{m}.py" for m in redis_acl.SHARED_MODULES)
+    assert builders_used("core", skip=("keys.py", "redis_acl.py", *shared)) <= core
     assert builders_used("cli") <= core
+
+
+def test_shared_core_modules_are_used_by_exactly_the_services_that_hold_their_keys() -> None:
+    for module, services in redis_acl.SHARED_MODULES.items():
+        assert _builders_in(PACKAGE / "core" / f"{module}.py"), module
+        for service in SERVICES:
+            if service not in services:
+                assert not _imports_core_module(service, module), (service, module)
+        for service in services:
+            assert _imports_core_module(service, module), (service, module)
 
 
 def _allowed(service: ServiceName, key: str) -> bool:

@@ -171,6 +171,9 @@ def test_area_code_state() -> None:
     assert area_code_state("+12125550100") == "NY"
     assert area_code_state("+14055550100") == "OK"
     assert area_code_state("+442079460958") is None
+    # libphonenumber's names for Washington State and D.C. (WA's law: 08:00-20:00).
+    assert [area_code_state(f"+1{npa}2345678") for npa in (206, 253, 360, 425, 564)] == ["WA"] * 5
+    assert area_code_state("+12022345678") == "DC"
 
 
 @settings(max_examples=3000, deadline=None)

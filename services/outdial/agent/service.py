@@ -23,6 +23,7 @@ from outdial.agent.store import (
     Timeline,
     Transition,
     call_event,
+    connected_call,
     ms_to_dt,
 )
 from outdial.core import keys
@@ -64,6 +65,11 @@ MAX_ASSIGNMENT_ROWS = 10_000
 MAX_HISTORY_ROWS = 1000
 #: Campaign and agent ids: printable, no spaces, bounded (they become Redis key parts and SQL values).
 MAX_ID_LEN = 200
+
+
+# WatchAgents: changes within this long go out as one listing; a listing at least this often regardless.
+WATCH_COALESCE_S = 0.2
+WATCH_RESYNC_S = 10.0
 
 
 def _agent_id(requested: str) -> str:
@@ -263,7 +269,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if request.phone.strip():
             await self._open_phone(agent_id, request.phone.strip())
         tr = await self.store.run(
-            "login", agent_id, json.dumps(campaigns), json.dumps(skills), uuid.uuid4().hex
+            "login",
+            agent_id,
+            json.dumps(campaigns),
+            json.dumps(skills),
+            uuid.uuid4().hex,
+            await self._open_call_offer(agent_id),
         )
         session_id = tr.extra
         await self.store.touch_presence(agent_id, session_id, self.cfg.heartbeat_timeout_s)
@@ -285,6 +296,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         resp = agent_pb2.LoginResponse(session_id=session_id, status=await self._status(agent_id))
         resp.heartbeat_interval.FromMilliseconds(int(self.cfg.heartbeat_interval_s * 1000))
         return resp
+
+    async def _open_call_offer(self, agent_id: str) -> str:
+        """The connected call PostgreSQL has open for this agent, as offer JSON ('' = none). Only the login
+        script uses it, and only when Redis knows no session and no held call for the agent (Redis lost its
+        data): the agent is then put back on that call until the dialer ends it, never offered a second."""
+        offer = await connected_call(self.assignments.pool, agent_id)
+        return json.dumps(offer) if offer else ""
 
     async def _check_assigned(self, agent_id: str, campaign_ids: list[str]) -> None:
         """Login only to campaigns a manager assigned the agent to (AssignAgents)."""
@@ -364,7 +382,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.LogoutResponse:  # type: ignore[override]
         agent_id = _agent_id(request.agent_id)
         principal = current_principal()
-        reason = "logout" if principal.subject == agent_id else f"logout_by_{principal.role.value}"
+        if principal.subject == agent_id:
+            reason = "logout"
+        else:
+            why = request.reason.strip()
+            if not why and principal.role is not Role.SERVICE:
+                raise InvalidArgument("logging another agent out needs a reason", field="reason")
+            reason = f"logout_by_{principal.role.value}" + (
+                f" {principal.subject}: {why[:200]}" if why else ""
+            )
         tr = await self.store.run("logout", agent_id, reason)
         await self.store.redis.delete(keys.agent_presence(agent_id))
         await self._close_phone(agent_id)
@@ -415,6 +441,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 raise InvalidArgument("a pause needs a reason code", field="pause_reason")
         else:
             raise InvalidArgument("state must be READY or PAUSED", field="state")
+        principal = current_principal()
+        if principal.subject != agent_id and principal.role in (Role.MANAGER, Role.ADMIN):
+            # A supervisor acts on another agent: only a pause, and the timeline says who did it.
+            if want != "paused":
+                raise PermissionDenied(
+                    "a supervisor may pause an agent, not make them ready", error_id="not_self"
+                )
+            reason = f"{reason[:200]} (by {principal.role.value} {principal.subject})"
         tr = await self.store.run("set_state", agent_id, want, reason)
         self._check(tr, f"go {want}")
         self.timeline.record(tr, reason)
@@ -1019,6 +1053,31 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             ids = [str(a) for a in await self.store.redis.smembers(keys.agents_index())]
         rows = await self.store.agents(sorted(str(a) for a in ids))
         return agent_pb2.ListAgentsResponse(agents=[status_pb(aid, h) for aid, h in rows])
+
+    async def WatchAgents(  # type: ignore[override]
+        self, request: agent_pb2.WatchAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[agent_pb2.WatchAgentsResponse]:
+        """The agents, then again after every change of state (coalesced over WATCH_COALESCE_S), and at least
+        every WATCH_RESYNC_S (a pub/sub message lost while Redis failed over)."""
+        listing = agent_pb2.ListAgentsRequest(campaign_id=request.campaign_id)
+        pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(keys.agent_changes())
+        try:
+            last: agent_pb2.WatchAgentsResponse | None = None
+            while True:
+                listed = await self.ListAgents(listing, context)
+                snapshot = agent_pb2.WatchAgentsResponse(agents=listed.agents)
+                if snapshot != last:
+                    yield snapshot
+                    last = snapshot
+                msg = await pubsub.get_message(timeout=WATCH_RESYNC_S)
+                if msg is not None:
+                    await asyncio.sleep(WATCH_COALESCE_S)
+                    while await pubsub.get_message(timeout=0) is not None:
+                        pass
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def GetAgentCounts(
         self, request: agent_pb2.GetAgentCountsRequest, context: grpc.aio.ServicerContext

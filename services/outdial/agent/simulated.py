@@ -127,6 +127,8 @@ class SimulatedAgent:
         self._withdrawn: set[str] = set()
         # Previewed leads this agent is looking at (think, then DecidePreview), by call id.
         self._previews: dict[str, asyncio.Task[None]] = {}
+        # Dispositions being sent: a stopping agent lets them finish (what it decided is recorded and counted).
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> SimStats:
         """Work until ``stop``: through restarts of the agent service (the session resumes), logged out by
@@ -138,6 +140,8 @@ class SimulatedAgent:
             reader = asyncio.create_task(self._read())
             await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if self._sending:
+                await asyncio.wait(set(self._sending), timeout=5)
             tasks = [
                 t for t in (reader, stopper, *self._calls.values(), *self._previews.values()) if t is not None
             ]
@@ -264,17 +268,25 @@ class SimulatedAgent:
         await self._wrap_up(offer.call_id)
 
     async def _wrap_up(self, call_id: str) -> None:
+        await asyncio.sleep(self.wrap.sample(self.rng))
+        dispo = self.rng.choices(self.dispo_names, self.dispo_weights)[0]
+        req = agent_pb2.SetDispositionRequest(agent_id=self.agent_id, call_id=call_id, disposition=dispo)
+        if dispo == "callback":
+            req.callback_at.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
+        send = asyncio.create_task(self._send_disposition(req))
+        self._sending.add(send)
+        send.add_done_callback(self._sending.discard)
+        # Shielded: stopping the agent cancels this wrap-up, not the disposition on its way (run() waits for it).
+        await asyncio.shield(send)
+
+    async def _send_disposition(self, req: agent_pb2.SetDispositionRequest) -> None:
         try:
-            await asyncio.sleep(self.wrap.sample(self.rng))
-            dispo = self.rng.choices(self.dispo_names, self.dispo_weights)[0]
-            req = agent_pb2.SetDispositionRequest(agent_id=self.agent_id, call_id=call_id, disposition=dispo)
-            if dispo == "callback":
-                req.callback_at.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
             await self.session.call(lambda stub: stub.SetDisposition(req, metadata=self.metadata))
-            self.stats.dispositions[dispo] += 1
         except grpc.aio.AioRpcError:
             # The wrap-up timed out first, or the call is no longer this agent's: ready again either way.
             self.stats.errors += 1
+            return
+        self.stats.dispositions[req.disposition] += 1
 
 
 def agent_token(settings: Settings, agent_id: str, key: SigningKey | None = None) -> str:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from redis.exceptions import RedisError
 
 from outdial.agent.kpi import StateEvent
 from outdial.core import keys
@@ -64,6 +65,10 @@ class AgentRedis:
     async def run(self, op: str, *args: str | int) -> Transition:
         raw = await self._script(keys=self._keys, args=[*self._templates, op, *args])
         status, aid, prev, new, now, seq, craw, call_id, extra = (str(x) for x in raw)
+        if status == "ok" and prev != new:
+            # Wallboards (WatchAgents) re-read the agents they show; best effort (they also re-read on a timer).
+            with contextlib.suppress(RedisError):
+                await self.redis.publish(keys.agent_changes(), aid)
         return Transition(
             status, aid, prev, new, int(now), int(seq), json.loads(craw or "[]"), call_id, extra
         )
@@ -195,19 +200,33 @@ class Dispositions:
         dnc_status: str,
         callback_status: str,
     ) -> tuple[int, str]:
-        """Insert the disposition of one call; a retry (same agent and call) updates it and keeps the
-        first event id, so the agent.disposition event it re-emits is a duplicate consumers skip."""
+        """Insert the disposition of one call; a retry (same agent and call) keeps the row and the first event
+        id, so the agent.disposition event it re-emits is a duplicate consumers skip. The row is a call record
+        (append-only, migration 0305): a retry whose content differs appends a revision, in the same statement;
+        the follow-up statuses follow the retry."""
         row = await self.pool.fetchrow(
-            """INSERT INTO agent_dispositions (event_id, agent_id, call_id, campaign_id, lead_id, number,
-                   disposition, callback_at, notes, at, dnc_status, callback_status)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-               ON CONFLICT (agent_id, call_id) DO UPDATE SET disposition = EXCLUDED.disposition,
-                   callback_at = EXCLUDED.callback_at, notes = EXCLUDED.notes,
-                   dnc_status = CASE WHEN agent_dispositions.dnc_status = 'done' THEN 'done'
-                                     ELSE EXCLUDED.dnc_status END,
-                   callback_status = CASE WHEN agent_dispositions.callback_status = 'done' THEN 'done'
-                                          ELSE EXCLUDED.callback_status END
-               RETURNING id, event_id""",
+            """WITH d AS (
+                   INSERT INTO agent_dispositions (event_id, agent_id, call_id, campaign_id, lead_id, number,
+                       disposition, callback_at, notes, at, dnc_status, callback_status)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                   ON CONFLICT (agent_id, call_id) DO UPDATE SET
+                       dnc_status = CASE WHEN agent_dispositions.dnc_status = 'done' THEN 'done'
+                                         ELSE EXCLUDED.dnc_status END,
+                       callback_status = CASE WHEN agent_dispositions.callback_status = 'done' THEN 'done'
+                                              ELSE EXCLUDED.callback_status END
+                   RETURNING id, event_id, event_id = $1 AS fresh, disposition, callback_at, notes),
+               r AS (
+                   INSERT INTO agent_disposition_revisions (disposition_id, disposition, callback_at, notes, at)
+                   SELECT id, $7, $8, $9, $10 FROM d
+                    WHERE NOT fresh AND CASE
+                          WHEN EXISTS (SELECT 1 FROM agent_disposition_revisions x WHERE x.disposition_id = d.id)
+                          THEN (SELECT (x.disposition, x.callback_at, x.notes)
+                                       IS DISTINCT FROM ($7::text, $8::timestamptz, $9::text)
+                                  FROM agent_disposition_revisions x WHERE x.disposition_id = d.id
+                                 ORDER BY x.id DESC LIMIT 1)
+                          ELSE (d.disposition, d.callback_at, d.notes) IS DISTINCT FROM ($7::text, $8::timestamptz, $9::text)
+                          END)
+               SELECT id, event_id FROM d""",
             event_id,
             agent_id,
             str(offer.get("call_id", "")),
@@ -249,6 +268,29 @@ async def load_timeline(pool: asyncpg.Pool, agent_id: str) -> list[StateEvent]:
         agent_id,
     )
     return [StateEvent(r["state"], r["at"], r["call_id"], r["reason"], r["seq"]) for r in rows]
+
+
+async def connected_call(pool: asyncpg.Pool, agent_id: str) -> dict[str, Any] | None:
+    """The call PostgreSQL says this agent is connected to and that has not ended (``dial_open``, whose
+    unique index lets an agent hold one), as an offer; None when there is none. The system of record for
+    "on a call" when Redis has lost the agent's state: a login then puts the agent back on that call."""
+    row = await pool.fetchrow(
+        """SELECT o.call_id, o.campaign_id, o.lead_id, o.number, d.answer_at
+             FROM dial_open o JOIN dial_attempts d ON d.call_id = o.call_id
+            WHERE o.agent_id = $1""",
+        agent_id,
+    )
+    if row is None:
+        return None
+    answered = row["answer_at"]
+    return {
+        "call_id": row["call_id"],
+        "campaign_id": row["campaign_id"],
+        "lead_id": row["lead_id"],
+        "number": row["number"],
+        "lead_name": "",
+        "answered_at_ms": int(answered.timestamp() * 1000) if answered else 0,
+    }
 
 
 @dataclass(frozen=True)

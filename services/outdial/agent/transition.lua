@@ -284,7 +284,9 @@ if op == 'touch' then
 end
 
 if op == 'login' then
-  -- ARGV[8] campaigns JSON [{id, priority}], [9] skills JSON, [10] session id for a new session
+  -- ARGV[8] campaigns JSON [{id, priority}], [9] skills JSON, [10] session id for a new session,
+  -- [11] the offer of a connected call PostgreSQL still has open for this agent ('' = none): a new session
+  -- after Redis lost the agent's state goes back on that call, as it would from 'held_offer'
   if prev ~= 'logged_out' then
     -- Logged in already (a console that crashed, or a second console): the running session is taken
     -- back as it is (same session id, state, since and call), with the campaigns and skills asked now.
@@ -305,6 +307,7 @@ if op == 'login' then
     return result('resumed', aid, prev, prev, 0, ARGV[8], f[2] or '', session)
   end
   local held = redis.call('HGET', akey, 'held_offer') or ''
+  if held == '' and ARGV[11] then held = ARGV[11] end
   redis.call('HSET', akey, 'campaigns', ARGV[8], 'skills', ARGV[9], 'session_id', ARGV[10],
              'login_ms', now, 'offer', held, 'offer_deadline_ms', '', 'wrap_deadline_ms', '', 'held_offer', '')
   redis.call('SADD', index_key, aid)

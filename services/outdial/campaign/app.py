@@ -69,6 +69,11 @@ async def setup(server: grpc.aio.Server, ctx: ServiceContext) -> None:
     consumer = EventConsumer(ctx.pool, ctx.redis, ctx.clock, settings, ctx.instance_id)
     sched.start()
 
+    async def retention_job() -> None:
+        await servicer.run_retention(dry_run=False, actor=f"service:campaign/{ctx.instance_id}")
+
+    sched.every("retention", settings.retention_interval_s, retention_job)
+
     async def _stop() -> None:
         sched.shutdown()
 

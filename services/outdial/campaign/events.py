@@ -17,6 +17,7 @@ import asyncpg
 import redis.exceptions
 
 from outdial.campaign import retries
+from outdial.campaign.feeder import compliance_block
 from outdial.campaign.model import MODE_DEFAULTS
 from outdial.campaign.settings import CampaignSettings
 from outdial.core import keys
@@ -118,9 +119,15 @@ class EventConsumer:
         here and the original, should it still come, are one and the same: applied once."""
         now = self.clock.now()
         rows = await self.pool.fetch(
-            """SELECT d.* FROM dial_attempts d LEFT JOIN call_records c ON c.call_id = d.call_id
-                WHERE d.end_at IS NOT NULL AND d.end_at >= $1 AND d.end_at < $2 AND d.dial_at IS NOT NULL
-                  AND (c.call_id IS NULL OR c.end_at IS NULL)
+            # Driven by the end events' index (dial_attempt_events_end_at); a call whose record has no entry with
+            # an end (no record, or one without its end) is folded, the others are not looked at.
+            """SELECT d.* FROM dial_attempts d
+                WHERE d.call_id IN (
+                      SELECT x.call_id FROM dial_attempt_events x
+                       WHERE x.end_at >= $1 AND x.end_at < $2
+                         AND NOT EXISTS (SELECT 1 FROM call_record_entries c
+                                          WHERE c.call_id = x.call_id AND c.end_at IS NOT NULL))
+                  AND d.end_at >= $1 AND d.end_at < $2 AND d.dial_at IS NOT NULL
                 ORDER BY d.end_at LIMIT 1000""",
             now - timedelta(days=2),
             now - timedelta(seconds=self.settings.reconcile_after_s),
@@ -168,8 +175,10 @@ class EventConsumer:
             if typ == "preview.skipped" and lead_id is not None:
                 await self._skipped(conn, cid, lead_id, at)
             return
+        # Call detail records are append-only (migration 0410): the call's head once, then one entry per event
+        # stating what it carries; the call_records view folds them (the latest entry stating a fact wins).
         await conn.execute(
-            """INSERT INTO call_records (call_id, campaign_id, lead_id, called_number) VALUES ($1, $2, $3, $4)
+            """INSERT INTO call_record_heads (call_id, campaign_id, lead_id, called_number) VALUES ($1, $2, $3, $4)
                ON CONFLICT (call_id) DO NOTHING""",
             call_id,
             cid,
@@ -178,11 +187,11 @@ class EventConsumer:
         )
         if typ == "call.dialing":
             await conn.execute(
-                """UPDATE call_records SET calling_number = $2, called_number = coalesce(nullif($3, ''), called_number),
-                          attempt = $4, dial_at = coalesce(dial_at, $5), updated_at = now() WHERE call_id = $1""",
+                """INSERT INTO call_record_entries (call_id, kind, event_id, calling_number, attempt, dial_at)
+                   VALUES ($1, 'dialing', $2, $3, $4, $5)""",
                 call_id,
+                ev["event_id"],
                 ev.get("caller_id", ""),
-                ev.get("number", ""),
                 _int(ev.get("attempt")) or 0,
                 at,
             )
@@ -195,15 +204,19 @@ class EventConsumer:
                 )
         elif typ == "call.answered":
             await conn.execute(
-                "UPDATE call_records SET answer = $2, answer_at = coalesce(answer_at, $3) WHERE call_id = $1",
+                """INSERT INTO call_record_entries (call_id, kind, event_id, answer, answer_at)
+                   VALUES ($1, 'answered', $2, $3, $4)""",
                 call_id,
+                ev["event_id"],
                 ev.get("answer", ""),
                 at,
             )
         elif typ == "call.connected":
             await conn.execute(
-                "UPDATE call_records SET agent_id = $2, connect_at = coalesce(connect_at, $3) WHERE call_id = $1",
+                """INSERT INTO call_record_entries (call_id, kind, event_id, agent_id, connect_at)
+                   VALUES ($1, 'connected', $2, nullif($3, ''), $4)""",
                 call_id,
+                ev["event_id"],
                 ev.get("agent_id", ""),
                 at,
             )
@@ -235,30 +248,26 @@ class EventConsumer:
     ) -> None:
         outcome = ev.get("outcome", "")
         dur = ev.get("duration_s", "")
+        recorded = bool(ev.get("recording_path") and ev.get("recording_sha256"))
         await conn.execute(
-            """UPDATE call_records SET outcome = $2, dial_at = coalesce($3, dial_at), answer_at = coalesce($4, answer_at),
-                      connect_at = coalesce($5, connect_at), end_at = coalesce($6::timestamptz, $9::timestamptz),
-                      agent_id = coalesce(nullif($7, ''), agent_id), duration_s = $8, updated_at = now()
-                WHERE call_id = $1""",
+            """INSERT INTO call_record_entries (call_id, kind, event_id, outcome, dial_at, answer_at, connect_at,
+                   end_at, agent_id, duration_s, recording_path, recording_ms, recording_sha256)
+               VALUES ($1, 'ended', $2, $3, $4, $5, $6, coalesce($7::timestamptz, $8::timestamptz), nullif($9, ''),
+                   $10, $11, $12, $13)""",
             call_id,
+            ev["event_id"],
             outcome,
             _ts(ev.get("dial_at")),
             _ts(ev.get("answer_at")),
             _ts(ev.get("connect_at")),
             _ts(ev.get("end_at")),
+            at,
             ev.get("agent_id", ""),
             float(dur) if dur not in ("", None) else None,
-            at,
+            ev["recording_path"] if recorded else None,
+            int(ev.get("recording_ms") or 0) if recorded else None,
+            ev["recording_sha256"] if recorded else None,
         )
-        if ev.get("recording_path") and ev.get("recording_sha256"):
-            await conn.execute(
-                """UPDATE call_records SET recording_path = $2, recording_ms = $3, recording_sha256 = $4
-                    WHERE call_id = $1""",
-                call_id,
-                ev["recording_path"],
-                int(ev.get("recording_ms") or 0),
-                ev["recording_sha256"],
-            )
         if lead_id is None:
             return
         rec = await conn.fetchrow("SELECT disposition FROM call_records WHERE call_id = $1", call_id)
@@ -301,9 +310,10 @@ class EventConsumer:
     ) -> None:
         disp = ev.get("disposition", "")
         await conn.execute(
-            """UPDATE call_records SET disposition = $2, notes = $3, agent_id = coalesce(nullif($4, ''), agent_id),
-                      updated_at = now() WHERE call_id = $1""",
+            """INSERT INTO call_record_entries (call_id, kind, event_id, disposition, notes, agent_id)
+               VALUES ($1, 'disposition', $2, $3, $4, nullif($5, ''))""",
             call_id,
+            ev["event_id"],
             disp,
             ev.get("notes", ""),
             ev.get("agent_id", ""),
@@ -346,13 +356,20 @@ class EventConsumer:
         except ValueError:
             reasons = []
         await conn.execute(
-            "UPDATE call_records SET outcome = 'blocked', notes = $2, dial_at = NULL, end_at = $3 WHERE call_id = $1",
+            """INSERT INTO call_record_entries (call_id, kind, event_id, outcome, notes, end_at)
+               VALUES ($1, 'blocked', $2, 'blocked', $3, $4)""",
             call_id,
+            ev["event_id"],
             json.dumps({"reasons": reasons, "detail": ev.get("detail", "")}),
             at,
         )
         if lead_id is None:
             return
+        await conn.execute(
+            "UPDATE leads SET compliance_block = $2 WHERE id = $1 AND compliance_block <> $2",
+            lead_id,
+            compliance_block(reasons),
+        )
         if any(r.startswith("dnc.") for r in reasons):
             await conn.execute(
                 "UPDATE leads SET status = 'final', final_reason = 'dnc', updated_at = now() WHERE id = $1",

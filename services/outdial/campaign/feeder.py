@@ -3,9 +3,11 @@
 Per pass and active campaign (one replica per campaign at a time, by a lease in Redis):
 1. drop hopper entries whose calling window has closed (the hopper is a cache; the dialer re-checks);
 2. read due leads from PostgreSQL: callbacks first, then new leads, then retries;
-3. keep those inside the lead's local calling window for ``window_margin`` more (rules.windows), under
-   the attempt caps (rules.caps: rolling 24 h per number, UK 72 h after an abandoned call, attempts per
-   lead) and not claimed by a call in progress;
+3. keep those inside the lead's local calling window for ``window_margin`` more, for every state whose
+   law applies (address and area code) in every candidate zone (``rules.place``, shared with the pacing
+   service's dial-time gate), under the attempt caps (rules.caps: the state caps per rolling 24 h per
+   *person* - every number of every lead linked by shared numbers, ``core.persons`` -, the campaign's own
+   cap per number, UK 72 h after an abandoned call, attempts per lead) and not claimed by a call in progress;
 4. ask the DNC service about all their numbers in one batch; if it answers with an error, add nothing;
 5. write ``keys.hopper_lead`` then ``keys.hopper`` (the contract in COMMON.md).
 Leads that cannot be called now get ``recheck_at`` (when the window opens, the cap frees, DNC is worth
@@ -26,11 +28,13 @@ import grpc
 
 from outdial.campaign.settings import CampaignSettings
 from outdial.core import keys
+from outdial.core.calltype import call_type_pb
 from outdial.core.clock import Clock
 from outdial.core.jurisdictions import jurisdiction_to_pb
+from outdial.core.persons import dial_times, person_numbers
 from outdial.core.redis import Redis
 from outdial.rules import caps, windows
-from outdial.rules.numbers import area_code_state
+from outdial.rules.place import Place, check_place_window, legal_cap, place_of
 from outdial.v1 import common_pb2, dnc_pb2, dnc_pb2_grpc
 
 log = logging.getLogger("outdial.campaign.feeder")
@@ -77,32 +81,22 @@ class DncUnavailable(Exception):
     pass
 
 
-def lead_states(state: str, number: str) -> tuple[str | None, ...]:
-    """The states whose law applies to a lead: its address's and its area code's (state laws presume an
-    in-state area code is a resident)."""
-    found = {s for s in (state or None, area_code_state(number)) if s}
-    return tuple(sorted(found)) or (None,)
+def candidate_place(number: str, state: str, zip_code: str, zones: tuple[str, ...] | list[str]) -> Place:
+    """The place of a call (``rules.place``: the same function the dial-time gate uses)."""
+    return place_of(number, state=state or None, zip_code=zip_code or None, zones=tuple(zones))
 
 
-def window_decision(
-    now: datetime,
-    zones: tuple[str, ...] | list[str],
-    spec: windows.WindowSpec,
-    jur: str,
-    states: tuple[str | None, ...],
-    margin: timedelta,
-) -> windows.WindowDecision:
-    """Most restrictive decision over every applicable state (all must allow; opens at the latest)."""
-    decisions = [
-        windows.check_window(now, zones, spec, jurisdiction=jur, state=st, margin=margin) for st in states
-    ]
-    closed = [d for d in decisions if not d.allowed]
-    if not closed:
-        return decisions[0]
-    opens = [d.next_open for d in closed]
-    return windows.WindowDecision(
-        False, closed[0].reason, None if any(o is None for o in opens) else max(o for o in opens if o)
-    )
+#: DNC reasons that the lead's consent would answer (with a current wireless list for ``line_type.unknown``).
+_CONSENT_CODES = frozenset({"wireless.no_consent", "consent.required", "dnc.national", "line_type.unknown"})
+
+
+def compliance_block(codes: list[str]) -> str:
+    """What a refused lead needs for the campaign report: ``fresh_list`` (its line type is not known: a
+    current wireless list, or the consent a wireless number needs), ``consent`` (only consent would open
+    it), or "" (something else refuses it too: an opt-out, a stale registry, …)."""
+    if not codes or not set(codes) <= _CONSENT_CODES:
+        return ""
+    return "fresh_list" if "line_type.unknown" in codes else "consent"
 
 
 def _ms(d: datetime) -> int:
@@ -191,16 +185,15 @@ class Feeder:
         jur = cfg.get("jurisdiction", "US")
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in members:
-                pipe.hmget(keys.hopper_lead(cid, m), ["timezones", "state", "number"])
+                pipe.hmget(keys.hopper_lead(cid, m), ["timezones", "state", "number", "zip"])
             infos = await pipe.execute()
         stale: list[str] = []
-        for m, (tz, state, number) in zip(members, infos, strict=True):
+        for m, (tz, state, number, zip_code) in zip(members, infos, strict=True):
             if tz is None:
                 stale.append(m)
                 continue
-            d = window_decision(
-                now, json.loads(tz), spec, jur, lead_states(state or "", number or ""), self.margin
-            )
+            place = candidate_place(number or "", state or "", zip_code or "", json.loads(tz))
+            d = check_place_window(place, now, spec, jurisdiction=jur, margin=self.margin)
             if not d.allowed:
                 stale.append(m)
         if stale:
@@ -277,7 +270,8 @@ class Feeder:
                 continue
             pick = nums[r["attempts"] % len(nums)]
             zones = tuple(pick["tz"])
-            d = window_decision(now, zones, spec, jur, lead_states(r["state"], pick["e"]), self.margin)
+            place = candidate_place(pick["e"], r["state"], r["zip"], zones)
+            d = check_place_window(place, now, spec, jurisdiction=jur, margin=self.margin)
             if not d.allowed:
                 recheck[r["id"]] = d.next_open or now + timedelta(hours=1)
                 continue
@@ -321,19 +315,24 @@ class Feeder:
     ) -> list[Candidate]:
         if not cands:
             return cands
-        numbers = sorted({c.number for c in cands})
+        # The person behind each number: every number of every lead linked to it by shared numbers, in
+        # every campaign (core.persons); the state caps count their calls together.
+        persons = await person_numbers(self.pool, {c.number for c in cands})
+        numbers = sorted(set().union(*persons.values()))
         # The longest look-back any cap needs (rolling 24 h, the UK quiet period after an abandoned call).
         since = now - max(caps.DAY, caps.UK_ABANDON_QUIET)
+        # Every source of dials, each call once by its id: the pacing service's dial_attempts (written before
+        # a call leaves), the call records, and the dialer's per-number sets in Redis.
+        attempts = await dial_times(self.pool, numbers, since)
         rows = await self.pool.fetch(
             """SELECT called_number, call_id, dial_at, outcome, end_at FROM call_records
                 WHERE called_number = ANY($1::text[]) AND dial_at > $2 AND outcome <> 'blocked'""",
             numbers,
             since,
         )
-        attempts: dict[str, dict[str, datetime]] = {n: {} for n in numbers}
         abandoned: dict[str, datetime] = {}
         for r in rows:
-            attempts[r["called_number"]][r["call_id"]] = r["dial_at"]
+            attempts.setdefault(r["called_number"], {})[r["call_id"]] = r["dial_at"]
             if r["outcome"] == "abandoned":
                 t = r["end_at"] or r["dial_at"]
                 abandoned[r["called_number"]] = max(abandoned.get(r["called_number"], t), t)
@@ -344,7 +343,7 @@ class Feeder:
             res = await pipe.execute()
         for i, n in enumerate(numbers):
             for member, score in res[2 * i]:
-                attempts[n].setdefault(str(member), _from_ms(score) or now)
+                attempts.setdefault(n, {}).setdefault(str(member), _from_ms(score) or now)
             ab = _from_ms(res[2 * i + 1]) if res[2 * i + 1] else None
             if ab is not None:
                 abandoned[n] = max(abandoned.get(n, ab), ab)
@@ -352,15 +351,19 @@ class Feeder:
         out: list[Candidate] = []
         today = now.astimezone(UTC).date()  # the rules in force on the day of the call
         for c in cands:
-            legal = [caps.default_max_calls_24h(jur, st, today) for st in lead_states(c.state, c.number)]
-            limit = min(x for x in (own, *legal, 10**9) if x is not None)
-            limit_opt = None if limit == 10**9 else limit
-            times = list(attempts[c.number].values())
-            d = caps.check_attempts(times, now, limit_opt)
-            if not d.allowed:
-                recheck[c.lead_id] = caps.next_attempt_allowed_at(times, now, limit_opt) or now + timedelta(
-                    hours=1
-                )
+            place = candidate_place(c.number, c.state, c.zip, c.timezones)
+            # The law's cap (the smallest of every applicable state) counts the person's calls; the
+            # campaign's own cap counts the number's.
+            checks = (
+                (caps.person_attempt_times(attempts, persons[c.number]), legal_cap(place, jur, today)),
+                (list(attempts.get(c.number, {}).values()), own),
+            )
+            frees: list[datetime] = []
+            for times, limit in checks:
+                if not caps.check_attempts(times, now, limit).allowed:
+                    frees.append(caps.next_attempt_allowed_at(times, now, limit) or now + timedelta(hours=1))
+            if frees:
+                recheck[c.lead_id] = max(frees)
                 continue
             if jur == "UK":
                 u = caps.check_uk_abandon_rule(abandoned.get(c.number), now)
@@ -375,10 +378,13 @@ class Feeder:
     ) -> list[Candidate]:
         # An unknown jurisdiction is asked about as US (the default), as the feeder's other checks do.
         jur = jurisdiction_to_pb(str(cfg.get("jurisdiction", "US"))) or common_pb2.JURISDICTION_US
+        method, purpose = call_type_pb(cfg)
         req = dnc_pb2.CheckNumbersRequest(
             numbers=sorted({c.number for c in cands}),
             campaign_id=cid,
             jurisdiction=jur,
+            call_method=method,
+            call_purpose=purpose,
         )
         try:
             stub = dnc_pb2_grpc.DncServiceStub(self.dnc_channel)
@@ -388,6 +394,7 @@ class Feeder:
         except (TimeoutError, OSError) as exc:
             raise DncUnavailable(type(exc).__name__) from None
         verdict = {d.number: d.allowed for d in resp.decisions}
+        need = {d.number: compliance_block([r.code for r in d.reasons]) for d in resp.decisions}
         later = now + timedelta(seconds=self.settings.dnc_recheck_s)
         out: list[Candidate] = []
         blocked: dict[int, datetime] = {}
@@ -398,6 +405,12 @@ class Feeder:
             else:
                 blocked[c.lead_id] = later
         await self._mark(blocked, [])
+        await self.pool.execute(
+            """UPDATE leads SET compliance_block = v.b FROM unnest($1::bigint[], $2::text[]) AS v(id, b)
+                WHERE leads.id = v.id AND leads.compliance_block <> v.b""",
+            [c.lead_id for c in cands],
+            [need.get(c.number, "") if c.lead_id in blocked else "" for c in cands],
+        )
         return out
 
     async def _mark(self, recheck: dict[int, datetime], exhausted: list[int]) -> None:

@@ -23,6 +23,7 @@ from outdial.rules.law import (
     UK_ABANDON_QUIET,
     abandon_policy,
     agentless_refusal,
+    amd_estimate_refusal,
 )
 from outdial.v1 import campaign_pb2, common_pb2
 
@@ -94,12 +95,19 @@ MODE_DEFAULTS: dict[str, Any] = {
     "preview_skip_delay_s": 1800,
     "agentless_message": "",
     "message_informational": False,
+    # what the calls are for (the consent each number needs depends on it): telemarketing or informational
+    "call_purpose": "telemarketing",
     "machine_action": "hang_up",
     "agentless_lines": 10,
     "record_calls": False,
     "recording_notice": "",
     "abandon_recording": "",
+    # Answering-machine detection (on: as before) and its false-positive estimate (None: none stated).
+    "amd": "on",
+    "amd_false_positive_rate": None,
+    "amd_false_positive_basis": "",
 }
+AMD_MODES = ("on", "off")
 
 
 @dataclass
@@ -168,6 +176,9 @@ class CampaignRecord:
             ),
             agentless_message=mode_setting(s, "agentless_message"),
             message_informational=bool(mode_setting(s, "message_informational")),
+            call_purpose=common_pb2.CallPurpose.Value(
+                f"CALL_PURPOSE_{str(mode_setting(s, 'call_purpose')).upper()}"
+            ),
             machine_action=campaign_pb2.MachineAction.Value(
                 f"MACHINE_ACTION_{mode_setting(s, 'machine_action').upper()}"
             ),
@@ -175,7 +186,11 @@ class CampaignRecord:
             record_calls=bool(mode_setting(s, "record_calls")),
             recording_notice=str(mode_setting(s, "recording_notice")),
             abandon_recording=str(mode_setting(s, "abandon_recording")),
+            amd=campaign_pb2.AmdMode.Value(f"AMD_MODE_{str(mode_setting(s, 'amd')).upper()}"),
+            amd_false_positive_basis=str(mode_setting(s, "amd_false_positive_basis")),
         )
+        if mode_setting(s, "amd_false_positive_rate") is not None:
+            c.amd_false_positive_rate = float(mode_setting(s, "amd_false_positive_rate"))
         c.preview_timeout.FromSeconds(int(mode_setting(s, "preview_seconds")))
         c.preview_skip_delay.FromSeconds(int(mode_setting(s, "preview_skip_delay_s")))
         cw = s["calling_window"]
@@ -234,11 +249,15 @@ SETTABLE = (
     "preview_skip_delay",
     "agentless_message",
     "message_informational",
+    "call_purpose",
     "machine_action",
     "agentless_lines",
     "record_calls",
     "recording_notice",
     "abandon_recording",
+    "amd",
+    "amd_false_positive_rate",
+    "amd_false_positive_basis",
 )
 
 
@@ -338,6 +357,7 @@ def _merge(
         "agentless_message",
         "recording_notice",
         "abandon_recording",
+        "amd_false_positive_basis",
     ):
         if take(f):
             s[f] = getattr(msg, f).strip()
@@ -368,6 +388,14 @@ def _merge_modes(msg: campaign_pb2.Campaign, s: dict[str, Any], take: Take) -> N
             "preview_timeout_action",
         )
         s["preview_timeout_action"] = action or MODE_DEFAULTS["preview_timeout_action"]
+    if take("call_purpose"):
+        purpose = _enum_name("CALL_PURPOSE_", common_pb2.CallPurpose, msg.call_purpose, "call_purpose")
+        s["call_purpose"] = purpose or MODE_DEFAULTS["call_purpose"]
+    if take("amd"):
+        s["amd"] = _enum_name("AMD_MODE_", campaign_pb2.AmdMode, msg.amd, "amd") or MODE_DEFAULTS["amd"]
+    if take("amd_false_positive_rate"):
+        has = msg.HasField("amd_false_positive_rate")
+        s["amd_false_positive_rate"] = float(msg.amd_false_positive_rate) if has else None
     if take("machine_action"):
         action = _enum_name(
             "MACHINE_ACTION_", campaign_pb2.MachineAction, msg.machine_action, "machine_action"
@@ -391,8 +419,8 @@ def _merge_structs(msg: campaign_pb2.Campaign, s: dict[str, Any], take: Take) ->
         try:
             spec = windows.window_from_json(
                 {
-                    "start_local": cw.start_local or "08:00",
-                    "end_local": cw.end_local or "21:00",
+                    "start_local": cw.start_local,
+                    "end_local": cw.end_local,
                     "days_of_week": list(cw.days_of_week) or None,
                     "holiday_dates": list(cw.holiday_dates),
                     "skip_public_holidays": cw.skip_public_holidays,
@@ -422,6 +450,7 @@ def _is_set(msg: campaign_pb2.Campaign, field: str) -> bool:
         "scheduled_end",
         "preview_timeout",
         "preview_skip_delay",
+        "amd_false_positive_rate",
     ):
         return bool(msg.HasField(field))  # type: ignore[arg-type]
     value = getattr(msg, field)
@@ -543,12 +572,49 @@ def _validate_modes(s: dict[str, Any]) -> None:
             field="recording_notice",
             error_id="recording_notice_required",
         )
+    _validate_amd(s)
     rec = str(mode_setting(s, "abandon_recording"))
     if rec and (not rec.startswith("/") or ".." in rec.split("/") or len(rec) > 500):
         raise InvalidArgument(
             "abandon_recording must be an absolute path on the gateway, without '..'",
             field="abandon_recording",
         )
+
+
+def _validate_amd(s: dict[str, Any]) -> None:
+    if s["amd"] not in AMD_MODES:
+        raise InvalidArgument("amd must be on or off", field="amd")
+    rate = s["amd_false_positive_rate"]
+    if rate is not None and not (0.0 <= float(rate) <= 1.0):
+        raise InvalidArgument(
+            "amd_false_positive_rate is a fraction of machine-classified answers, between 0 and 1",
+            field="amd_false_positive_rate",
+        )
+    basis = str(s["amd_false_positive_basis"])
+    if len(basis) > 2000:
+        raise InvalidArgument(
+            "amd_false_positive_basis is longer than 2000 characters", field="amd_false_positive_basis"
+        )
+    if rate is not None and not basis.strip():
+        raise InvalidArgument(
+            "an AMD false-positive estimate needs its basis (how it was measured or reasoned)",
+            field="amd_false_positive_basis",
+        )
+
+
+def check_amd(s: dict[str, Any]) -> None:
+    """What a campaign using answering-machine detection needs before it dials where the law asks for it
+    (UK, row ``uk.amd_false_positives``): its false-positive estimate and the estimate's basis.
+    FAILED_PRECONDITION naming the field (:func:`outdial.rules.law.amd_estimate_refusal`)."""
+    why = amd_estimate_refusal(
+        str(s.get("jurisdiction") or ""),
+        amd=str(mode_setting(s, "amd")) != "off",
+        false_positive_rate=mode_setting(s, "amd_false_positive_rate"),
+        basis=str(mode_setting(s, "amd_false_positive_basis")),
+    )
+    if why:
+        field = why.split(":", 1)[0]
+        raise FailedPrecondition(why, field=field, error_id="amd_estimate_required")
 
 
 def _validate_retry(jur: str, s: dict[str, Any]) -> None:
@@ -601,6 +667,7 @@ def transition(rec: CampaignRecord, action: str) -> str:
         raise FailedPrecondition("a caller ID is required to start a campaign", error_id="caller_id_required")
     if to == "active":
         check_message_identity(rec.name, rec.settings)
+        check_amd(rec.settings)
     if to == "active" and rec.settings.get("dial_mode") == "agentless":
         _check_agentless(rec.settings)
     return to

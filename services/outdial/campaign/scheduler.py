@@ -34,6 +34,25 @@ class CampaignScheduler:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
 
+    def every(self, job_id: str, interval_s: float, job: Callable[[], Awaitable[object]]) -> None:
+        """A periodic job (the retention run): one instance at a time, missed runs coalesced into one."""
+        self.scheduler.add_job(
+            self._periodic,
+            "interval",
+            seconds=interval_s,
+            args=(job_id, job),
+            id=job_id,
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+        )
+
+    async def _periodic(self, job_id: str, job: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await job()
+        except Exception:
+            log.exception("scheduled %s failed; it runs again at its next time", job_id)
+
     async def _run(self, cid: str, action: str) -> None:
         try:
             await self.move(cid, action)

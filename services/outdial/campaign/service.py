@@ -11,18 +11,19 @@ from typing import Any
 import grpc
 import phonenumbers
 
-from outdial.campaign import model, store
+from outdial.campaign import model, retention, store
 from outdial.campaign.events import EventConsumer
 from outdial.campaign.feeder import Feeder
 from outdial.campaign.model import CampaignRecord
 from outdial.campaign.scheduler import CampaignScheduler
 from outdial.campaign.settings import CampaignSettings
 from outdial.campaign.upload import LeadUpload, UploadSummary
-from outdial.core import keys
+from outdial.core import keys, versions
 from outdial.core.auth import Role, current_actor, current_principal
 from outdial.core.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from outdial.core.metrics import LEAD_ROWS
 from outdial.core.server import ServiceContext
+from outdial.rules.table import load_tables
 from outdial.v1 import campaign_pb2, campaign_pb2_grpc
 
 log = logging.getLogger("outdial.campaign")
@@ -42,6 +43,11 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         self.feeder: Feeder | None = None
         self.consumer: EventConsumer | None = None
         self.scheduler: CampaignScheduler | None = None
+        # Years call records are kept, None: each jurisdiction's minimum (campaign/retention.py; checked here,
+        # at start: a setting below the rules' minimum refuses the service).
+        self.retention_years = retention.retention_years(
+            settings.retention_years, load_tables(), ctx.clock.now().date()
+        )
 
     async def _changed(self, rec: CampaignRecord) -> None:
         await store.publish(self.ctx.redis, rec)
@@ -85,18 +91,52 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
                 raise InvalidArgument("an active campaign needs a caller ID", field="caller_id")
             if rec.state == "active":
                 model.check_message_identity(name, s)
+                model.check_amd(s)
+            before = rec
+            now = self.ctx.clock.now()
             rec = await store.update_campaign(
-                conn,
-                cid,
-                name=name,
-                description=desc,
-                settings=s,
-                start=start,
-                end=end,
-                now=self.ctx.clock.now(),
+                conn, cid, name=name, description=desc, settings=s, start=start, end=end, now=now
             )
+            # Versioned and audited in the same transaction: who, when, the whole settings, what changed.
+            await store.record_version(conn, before, rec, current_actor(), now)
         await self._changed(rec)
         return campaign_pb2.UpdateCampaignResponse(campaign=rec.to_proto())
+
+    async def ListCampaignVersions(
+        self, request: campaign_pb2.ListCampaignVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> campaign_pb2.ListCampaignVersionsResponse:
+        rows = await store.list_versions(self.ctx.pool, request.campaign_id)
+        return campaign_pb2.ListCampaignVersionsResponse(versions=[versions.to_pb(r) for r in rows])
+
+    async def RunRetention(
+        self, request: campaign_pb2.RunRetentionRequest, context: grpc.aio.ServicerContext
+    ) -> campaign_pb2.RunRetentionResponse:
+        out = await self.run_retention(dry_run=request.dry_run, actor=current_actor())
+        return campaign_pb2.RunRetentionResponse(
+            run_ids=out.run_ids,
+            dry_run=request.dry_run,
+            years=self.retention_years or 0,
+            floors=out.floors,
+            removed=out.removed,
+        )
+
+    async def run_retention(self, *, dry_run: bool, actor: str) -> retention.RunResult:
+        """The retention job (scheduled in app.setup, or RunRetention): every batch recorded in
+        retention_runs by the database."""
+
+        async def prune(
+            years: int, dry: bool, who: str, limit: int
+        ) -> tuple[int, dict[str, int], dict[str, int]]:
+            return await store.prune(self.ctx.pool, years, dry, who, limit)
+
+        return await retention.run(
+            prune,
+            retention.years_asked(self.retention_years, load_tables(), self.ctx.clock.now().date()),
+            dry_run=dry_run,
+            actor=actor,
+            batch=self.settings.retention_batch,
+            max_batches=self.settings.retention_max_batches,
+        )
 
     async def GetCampaign(
         self, request: campaign_pb2.GetCampaignRequest, context: grpc.aio.ServicerContext
@@ -275,7 +315,7 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
         self, request: campaign_pb2.GetCampaignStatsRequest, context: grpc.aio.ServicerContext
     ) -> campaign_pb2.GetCampaignStatsResponse:
         rec = await store.get_campaign(self.ctx.pool, request.campaign_id)
-        st = await store.stats(self.ctx.pool, rec.id, self.ctx.clock.now())
+        st = await store.stats(self.ctx.pool, rec.id, self.ctx.clock.now(), rec.settings)
         hopper = int(await self.ctx.redis.zcard(keys.hopper(rec.id)))
         return campaign_pb2.GetCampaignStatsResponse(
             campaign_id=rec.id,
@@ -293,6 +333,14 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
             blocked=st["blocked"],
             hopper_size=hopper,
             abandon_cap=float(rec.settings["abandon_cap"]),
+            leads_need_consent=st["leads_need_consent"],
+            leads_need_fresh_list=st["leads_need_fresh_list"],
+            abandon_rate_window=st["abandon_rate_window"],
+            amd=st["amd"],
+            amd_false_positive_rate=st["amd_false_positive_rate"],
+            amd_false_positive_basis=st["amd_false_positive_basis"],
+            amd_machine_answers=st["amd_machine_answers"],
+            amd_estimated_false_positives=st["amd_estimated_false_positives"],
         )
 
     async def ScheduleCallback(

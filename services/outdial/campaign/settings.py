@@ -37,3 +37,9 @@ class CampaignSettings(BaseSettings):
     # (Redis lost its data), checked this often.
     reconcile_after_s: float = Field(default=30.0, gt=0)
     reconcile_interval_s: float = Field(default=10.0, gt=0)
+    # Retention of call records (campaign/retention.py): years to keep them (unset: the rules table's minimum;
+    # below it: refused at start), how often the job runs, calls removed per batch and batches per run.
+    retention_years: int | None = Field(default=None, gt=0)
+    retention_interval_s: float = Field(default=86400.0, gt=0)
+    retention_batch: int = Field(default=10000, gt=0)
+    retention_max_batches: int = Field(default=100, gt=0)

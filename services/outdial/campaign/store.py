@@ -11,9 +11,10 @@ import asyncpg
 
 from outdial.campaign.model import CampaignRecord
 from outdial.campaign.retries import CALLBACK_REOPENS
-from outdial.core import keys
+from outdial.core import keys, versions
 from outdial.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from outdial.core.redis import Redis
+from outdial.rules import law
 
 _COLS = "id, name, description, state, settings, scheduled_start, scheduled_end, created_at, updated_at"
 
@@ -35,6 +36,19 @@ async def get_campaign(
     return CampaignRecord.from_row(row)
 
 
+def version_doc(
+    name: str, description: str, settings: dict[str, Any], start: datetime | None, end: datetime | None
+) -> dict[str, Any]:
+    """The whole of a campaign's settings as one version stores them."""
+    return {
+        "name": name,
+        "description": description,
+        "scheduled_start": start.isoformat() if start else None,
+        "scheduled_end": end.isoformat() if end else None,
+        "settings": settings,
+    }
+
+
 async def insert_campaign(
     conn: asyncpg.Pool | asyncpg.Connection,
     *,
@@ -46,10 +60,17 @@ async def insert_campaign(
     actor: str,
     now: datetime,
 ) -> CampaignRecord:
+    """The campaign and its version 1, in one statement."""
+    doc = version_doc(name, description, settings, start, end)
     row = await conn.fetchrow(
-        f"""INSERT INTO campaigns (id, name, description, state, settings, scheduled_start, scheduled_end,
-                                    created_by, created_at, updated_at)
-            VALUES ($1, $2, $3, 'draft', $4::jsonb, $5, $6, $7, $8, $8) RETURNING {_COLS}""",
+        f"""WITH c AS (
+                INSERT INTO campaigns (id, name, description, state, settings, scheduled_start, scheduled_end,
+                                       created_by, created_at, updated_at)
+                VALUES ($1, $2, $3, 'draft', $4::jsonb, $5, $6, $7, $8, $8) RETURNING {_COLS}),
+            v AS (
+                INSERT INTO campaign_versions (campaign_id, version, actor, at, action, settings, changes)
+                SELECT id, 1, $7, $8, 'create', $9::jsonb, $10::jsonb FROM c)
+            SELECT * FROM c""",
         new_id(),
         name,
         description,
@@ -58,9 +79,47 @@ async def insert_campaign(
         end,
         actor,
         now,
+        json.dumps(doc),
+        json.dumps([c.as_dict() for c in versions.diff(None, doc)]),
     )
     assert row is not None
     return CampaignRecord.from_row(row)
+
+
+async def record_version(
+    conn: asyncpg.Connection, before: CampaignRecord, after: CampaignRecord, actor: str, at: datetime
+) -> int:
+    """Append the version ``after`` is (in the transaction that holds the campaign's row lock, which
+    orders versions). Returns its number."""
+    old = version_doc(
+        before.name, before.description, before.settings, before.scheduled_start, before.scheduled_end
+    )
+    new = version_doc(
+        after.name, after.description, after.settings, after.scheduled_start, after.scheduled_end
+    )
+    number = await conn.fetchval(
+        """INSERT INTO campaign_versions (campaign_id, version, actor, at, action, settings, changes)
+           SELECT $1, coalesce(max(version), 0) + 1, $2, $3, 'update', $4::jsonb, $5::jsonb
+             FROM campaign_versions WHERE campaign_id = $1
+           RETURNING version""",
+        after.id,
+        actor,
+        at,
+        json.dumps(new),
+        json.dumps([c.as_dict() for c in versions.diff(old, new)]),
+    )
+    return int(number)
+
+
+async def list_versions(pool: asyncpg.Pool, cid: str) -> list[asyncpg.Record]:
+    await get_campaign(pool, cid)  # NOT_FOUND for an unknown campaign
+    return list(
+        await pool.fetch(
+            """SELECT version, actor, at, action, settings::text AS settings, changes::text AS changes
+                 FROM campaign_versions WHERE campaign_id = $1 ORDER BY version""",
+            cid,
+        )
+    )
 
 
 async def update_campaign(
@@ -192,8 +251,8 @@ async def lists_of(pool: asyncpg.Pool, cid: str) -> list[asyncpg.Record]:
 async def last_call_of(pool: asyncpg.Pool, agent_id: str) -> tuple[str, int | None] | None:
     """(campaign id, lead id) of the call the agent was last connected to, from the call detail records."""
     row = await pool.fetchrow(
-        """SELECT campaign_id, lead_id FROM call_records WHERE agent_id = $1 AND connect_at IS NOT NULL
-           ORDER BY connect_at DESC LIMIT 1""",
+        """SELECT h.campaign_id, h.lead_id FROM call_record_entries e JOIN call_record_heads h USING (call_id)
+            WHERE e.agent_id = $1 AND e.connect_at IS NOT NULL ORDER BY e.connect_at DESC LIMIT 1""",
         agent_id,
     )
     return None if row is None else (str(row["campaign_id"]), row["lead_id"])
@@ -235,14 +294,24 @@ async def schedule_callback(
     return cb
 
 
-async def stats(pool: asyncpg.Pool, cid: str, now: datetime) -> dict[str, Any]:
+async def stats(
+    pool: asyncpg.Pool, cid: str, now: datetime, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A campaign's figures. The abandonment rates count in the AMD false positives the campaign estimates
+    (``settings``: its AMD mode and estimate; :func:`outdial.rules.law.with_amd_false_positives`): over the
+    fixed 24 h and 30 d of the report and over the campaign's own window (``abandon_window_s``, the law's)."""
+    s = settings or {}
+    window_s = float(s.get("abandon_window_s") or 0) or None
     by_state = await pool.fetch(
         """SELECT CASE WHEN status = 'final' THEN coalesce(nullif(final_reason, ''), 'final') ELSE status END AS s,
                   count(*) AS n FROM leads WHERE campaign_id = $1 GROUP BY 1""",
         cid,
     )
     leads = await pool.fetchrow(
-        "SELECT count(*) AS total, count(*) FILTER (WHERE attempts > 0) AS touched FROM leads WHERE campaign_id = $1",
+        """SELECT count(*) AS total, count(*) FILTER (WHERE attempts > 0) AS touched,
+                  count(*) FILTER (WHERE compliance_block = 'consent' AND status <> 'final') AS need_consent,
+                  count(*) FILTER (WHERE compliance_block = 'fresh_list' AND status <> 'final') AS need_list
+           FROM leads WHERE campaign_id = $1""",
         cid,
     )
     outcomes = await pool.fetch(
@@ -254,28 +323,72 @@ async def stats(pool: asyncpg.Pool, cid: str, now: datetime) -> dict[str, Any]:
              count(*) FILTER (WHERE outcome <> 'blocked' AND dial_at IS NOT NULL) AS attempts,
              count(*) FILTER (WHERE outcome = 'abandoned' AND end_at > $2) AS ab24,
              count(*) FILTER (WHERE outcome IN ('connected', 'abandoned') AND end_at > $2) AS live24,
+             count(*) FILTER (WHERE outcome = 'machine' AND end_at > $2) AS m24,
              count(*) FILTER (WHERE outcome = 'abandoned' AND end_at > $3) AS ab30,
              count(*) FILTER (WHERE outcome IN ('connected', 'abandoned') AND end_at > $3) AS live30,
+             count(*) FILTER (WHERE outcome = 'machine' AND end_at > $3) AS m30,
+             count(*) FILTER (WHERE outcome = 'abandoned' AND end_at > $5) AS abw,
+             count(*) FILTER (WHERE outcome IN ('connected', 'abandoned') AND end_at > $5) AS livew,
+             count(*) FILTER (WHERE outcome = 'machine' AND end_at > $5) AS mw,
              count(*) FILTER (WHERE outcome = 'connected' AND coalesce(connect_at, end_at) > $4) AS contacts_1h
            FROM call_records WHERE campaign_id = $1""",
         cid,
         now - timedelta(hours=24),
         now - timedelta(days=30),
         now - timedelta(hours=1),
+        now - timedelta(seconds=window_s) if window_s else now - timedelta(days=30),
     )
     assert leads is not None and win is not None
     oc = {r["outcome"]: int(r["n"]) for r in outcomes}
+    amd = str(s.get("amd") or "on") != "off"
+    fpr = s.get("amd_false_positive_rate")
+    jur = str(s.get("jurisdiction") or "")
+
+    def rate(live: int, abandoned: int, machines: int) -> tuple[float, int]:
+        lv, ab, fp = law.with_amd_false_positives(jur, live, abandoned, machines, fpr, amd=amd)
+        return (ab / lv if lv else 0.0), fp
+
+    r24, _ = rate(win["live24"], win["ab24"], win["m24"])
+    r30, _ = rate(win["live30"], win["ab30"], win["m30"])
+    rw, fpw = rate(win["livew"], win["abw"], win["mw"])
     return {
         "leads_by_state": {r["s"]: int(r["n"]) for r in by_state},
         "leads_total": int(leads["total"]),
         "touched": int(leads["touched"]),
+        "leads_need_consent": int(leads["need_consent"]),
+        "leads_need_fresh_list": int(leads["need_list"]),
         "outcomes": oc,
         "attempts": int(win["attempts"]),
         "live_answers": oc.get("connected", 0) + oc.get("abandoned", 0),
         "connected": oc.get("connected", 0),
         "abandoned": oc.get("abandoned", 0),
         "blocked": oc.get("blocked", 0),
-        "abandon_rate_24h": (win["ab24"] / win["live24"]) if win["live24"] else 0.0,
-        "abandon_rate_30d": (win["ab30"] / win["live30"]) if win["live30"] else 0.0,
+        "abandon_rate_24h": r24,
+        "abandon_rate_30d": r30,
+        "abandon_rate_window": rw,
+        "amd": amd,
+        "amd_false_positive_rate": fpr,
+        "amd_false_positive_basis": str(s.get("amd_false_positive_basis") or ""),
+        "amd_machine_answers": int(win["mw"]),
+        "amd_estimated_false_positives": fpw,
         "contacts_per_hour": float(win["contacts_1h"]),
     }
+
+
+# ----------------------------------------------------------------------------------- retention
+
+
+async def prune(
+    pool: asyncpg.Pool, years: int, dry_run: bool, actor: str, limit: int
+) -> tuple[int, dict[str, int], dict[str, int]]:
+    """One batch of the retention job through ``retention_prune`` (SECURITY DEFINER, migration 0118): the
+    service itself may not delete call records. Returns (run id, rows removed per kind, floors applied)."""
+    row = await pool.fetchrow(
+        "SELECT run_id, removed::text AS removed, floors::text AS floors FROM retention_prune($1, $2, $3, $4)",
+        years,
+        dry_run,
+        actor,
+        limit,
+    )
+    assert row is not None
+    return int(row["run_id"]), json.loads(row["removed"]), json.loads(row["floors"])

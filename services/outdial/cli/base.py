@@ -1,10 +1,16 @@
-"""Shared pieces of the ``outdial`` CLI: settings, channels with the user's token, output as table or JSON."""
+"""Shared pieces of the ``outdial`` CLI: settings, channels with the user's token, output as table or JSON,
+and the one contract every command keeps (docs/cli.md): the exit-code table, errors as
+``{error_id, message, field}`` under ``--json``, quiet broken pipes, and no Python traceback for a user."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
@@ -21,6 +27,51 @@ from outdial.core.config import ServiceName, Settings
 from outdial.core.signing import KeyConfigError
 
 # Handlers: async def handler(args, settings) -> int (exit code).
+
+# The exit codes of every command (docs/cli.md).
+EXIT_OK = 0
+EXIT_FOUND = 1  # a check found something (blocked, broken, a failed verification), or an unexpected failure
+EXIT_BAD_INPUT = 2  # bad arguments or input (argparse's usage errors are 2 as well)
+EXIT_NOT_FOUND = 3  # not found, or a conflict with the current state
+EXIT_AUTH = 4  # no token, an expired or invalid one, or a role that may not do this
+EXIT_UNAVAILABLE = 5  # a service, PostgreSQL or Redis cannot be reached
+
+EXIT_BY_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: EXIT_BAD_INPUT,
+    grpc.StatusCode.OUT_OF_RANGE: EXIT_BAD_INPUT,
+    grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS: EXIT_NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION: EXIT_NOT_FOUND,
+    grpc.StatusCode.ABORTED: EXIT_NOT_FOUND,
+    grpc.StatusCode.UNAUTHENTICATED: EXIT_AUTH,
+    grpc.StatusCode.PERMISSION_DENIED: EXIT_AUTH,
+    grpc.StatusCode.UNAVAILABLE: EXIT_UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: EXIT_UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: EXIT_UNAVAILABLE,
+}
+
+#: Set by :func:`run` for the command being run: errors are printed as JSON objects when it asked for --json.
+_json_errors = False
+
+log = logging.getLogger("outdial.cli")
+
+
+class CliError(Exception):
+    """A failure to report to the user (no traceback): message, exit code, and the stable error id and
+    field under ``--json``."""
+
+    def __init__(
+        self, message: str, code: int = EXIT_FOUND, error_id: str = "failed", field: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.message, self.code, self.error_id, self.field = message, code, error_id, field
+
+
+class BadInput(CliError):
+    def __init__(self, message: str, field: str = "", error_id: str = "bad_input") -> None:
+        super().__init__(message, EXIT_BAD_INPUT, error_id, field)
+
+
 Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
 console = Console()
@@ -74,32 +125,106 @@ def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequen
     console.print(table)
 
 
-def fail(message: str, code: int = 1) -> int:
-    err_console.print(f"[red]error:[/red] {escape(message)}")
+def _error_json(error_id: str, message: str, field: str = "", **extra: Any) -> None:
+    sys.stderr.write(json.dumps({"error_id": error_id, "message": message, "field": field, **extra}) + "\n")
+    sys.stderr.flush()
+
+
+def fail(message: str, code: int = EXIT_FOUND, *, error_id: str = "", field: str = "") -> int:
+    """Report a failure on stderr (a JSON object under --json) and return its exit code."""
+    if _json_errors:
+        default = {EXIT_BAD_INPUT: "bad_input", EXIT_NOT_FOUND: "not_found", EXIT_AUTH: "auth"}
+        _error_json(error_id or default.get(code, "failed"), message, field)
+    else:
+        err_console.print(f"[red]error:[/red] {escape(message)}")
     return code
 
 
+#: A service's status message: "error_id [field]: message" (core/errors.py ``status_message``).
+_STATUS_MESSAGE = re.compile(r"^([a-z][a-z0-9_.]*)(?: \[([^\]]*)\])?: (.*)$", re.S)
+
+_HINTS = {
+    "token_expired": "get a new token: `outdial token issue` (or sign in to the console again)",
+    "token_missing": "set OUTDIAL_TOKEN or pass --token (`outdial token issue` makes one)",
+    "token_revoked": "this token was revoked: get a new one with `outdial token issue`",
+}
+
+
 def rpc_error(exc: grpc.aio.AioRpcError) -> int:
-    """Print a failed RPC as `CODE: details` on stderr; exit code 2 for bad input, 1 otherwise."""
-    err_console.print(f"[red]{exc.code().name}[/red]: {escape(exc.details() or '')}")
-    if exc.code() is grpc.StatusCode.INTERNAL and exc.details() == "Internal error from Core":
+    """Print a failed RPC as `CODE: details` on stderr (a JSON object under --json); the exit code from the
+    table (:data:`EXIT_BY_STATUS`)."""
+    details = exc.details() or ""
+    code = EXIT_BY_STATUS.get(exc.code(), EXIT_FOUND)
+    m = _STATUS_MESSAGE.match(details)
+    error_id, field, message = (
+        (m.group(1), m.group(2) or "", m.group(3)) if m else (exc.code().name.lower(), "", details)
+    )
+    hint = _HINTS.get(error_id, "")
+    if exc.code() is grpc.StatusCode.UNAVAILABLE and not m:
+        hint = "is the service running, and OUTDIAL_*_ADDR pointing at it? (`outdial status`)"
+    if exc.code() is grpc.StatusCode.INTERNAL and details == "Internal error from Core":
         # grpc.aio loses the server's status when it refuses a stream this client is still writing
         # (grpc/grpc#36066): say what that usually is.
-        err_console.print(
+        hint = (
             "the server ended the call while the file was still being sent: usually a refused upload (a "
             "line or the file over its limit, or a malformed file; see docs/security.md). Nothing "
             "of it was kept."
         )
-    return 2 if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 1
+    if _json_errors:
+        extra = {"status": exc.code().name, **({"hint": hint} if hint else {})}
+        _error_json(error_id, message, field, **extra)
+        return code
+    err_console.print(f"[red]{exc.code().name}[/red]: {escape(details)}")
+    if hint:
+        err_console.print(escape(hint))
+    return code
 
 
 def run(handler: Handler, args: argparse.Namespace, settings: Settings) -> int:
+    """Run one command's handler under the CLI contract: every failure a user can meet ends in a message
+    and an exit code from the table, never a traceback (OUTDIAL_DEBUG=1 shows it for an unexpected one)."""
+    global _json_errors
+    _json_errors = bool(getattr(args, "json", False))
+
     async def _go() -> int:
         try:
             return await handler(args, settings)
         except grpc.aio.AioRpcError as exc:
             return rpc_error(exc)
         except KeyConfigError as exc:
-            return fail(str(exc), 2)
+            return fail(str(exc), EXIT_BAD_INPUT, error_id="key_config")
+        except CliError as exc:
+            return fail(exc.message, exc.code, error_id=exc.error_id, field=exc.field)
 
-    return asyncio.run(_go())
+    try:
+        return asyncio.run(_go())
+    except BrokenPipeError:
+        return broken_pipe()
+    except KeyboardInterrupt:
+        return 130
+    except (ConnectionError, TimeoutError) as exc:
+        return fail(f"cannot reach it: {exc or type(exc).__name__}", EXIT_UNAVAILABLE, error_id="unavailable")
+    except OSError as exc:
+        # A file that cannot be read or written (the path is the user's input).
+        where = f" {exc.filename}" if exc.filename else ""
+        return fail(f"{exc.strerror or exc}{where}", EXIT_BAD_INPUT, error_id="file")
+    except ValueError as exc:
+        return fail(str(exc), EXIT_BAD_INPUT)
+    except Exception as exc:  # the last line of the contract: no traceback reaches a user
+        if os.environ.get("OUTDIAL_DEBUG"):
+            raise
+        log.debug("unexpected error", exc_info=True)
+        return fail(
+            f"unexpected {type(exc).__name__}: {exc} (OUTDIAL_DEBUG=1 shows the traceback; please report it)",
+            EXIT_FOUND,
+            error_id="unexpected",
+        )
+
+
+def broken_pipe() -> int:
+    """The reader went away (``outdial … | head``): stop quietly. stdout is pointed at /dev/null so that
+    Python's own flush at exit does not complain again."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK

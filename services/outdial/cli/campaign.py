@@ -1,10 +1,11 @@
-"""``outdial campaign create|update|list|show|start|pause|resume|complete|archive|stats`` and
+"""``outdial campaign create|update|list|show|start|pause|resume|complete|archive|stats|history`` and
 ``outdial leads upload|rejects|lists``: the campaign manager's commands."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -23,10 +24,11 @@ from rich.progress import (
 
 from outdial.campaign.leads import neutralise_formula
 from outdial.cli.base import channel, command, console, fail, group, print_json, print_table, to_dict
+from outdial.cli.when import parse_when
 from outdial.core.config import Settings
 from outdial.core.jurisdictions import JURISDICTION_PB
-from outdial.rules.law import abandon_policy
-from outdial.v1 import campaign_pb2, campaign_pb2_grpc, common_pb2
+from outdial.rules.law import MIN_RING_S, abandon_policy
+from outdial.v1 import campaign_pb2, campaign_pb2_grpc, common_pb2, pacing_pb2, pacing_pb2_grpc
 
 MODES = {
     "preview": common_pb2.DIAL_MODE_PREVIEW,
@@ -69,9 +71,8 @@ def _campaign_json(c: campaign_pb2.Campaign) -> dict[str, Any]:
     return d
 
 
-def _time(s: str) -> datetime:
-    dt = datetime.fromisoformat(s.strip().replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+def _time(s: str, option: str) -> datetime:
+    return parse_when(s, option, prefer="future")
 
 
 def _settings_args(p: argparse.ArgumentParser, create: bool) -> None:
@@ -93,7 +94,7 @@ def _settings_args(p: argparse.ArgumentParser, create: bool) -> None:
     )
     p.add_argument("--max-attempts", type=int, help="max attempts per lead (0 = retry rules only)")
     p.add_argument("--region", help="default region for national-format numbers (US, CA, GB …)")
-    p.add_argument("--ring-timeout", type=int, help="seconds (>= 15)")
+    p.add_argument("--ring-timeout", type=int, help=f"seconds (>= {MIN_RING_S:g}, the legal minimum)")
     p.add_argument("--max-lines-per-agent", type=int)
     p.add_argument("--seller-name", help="the seller's legal name, spoken by the message (required to start)")
     p.add_argument(
@@ -123,10 +124,22 @@ def _settings_args(p: argparse.ArgumentParser, create: bool) -> None:
         default=None,
         help="agentless: the message is informational, not telemarketing (required to start)",
     )
+    p.add_argument(
+        "--purpose",
+        choices=["telemarketing", "informational"],
+        help="what the calls are for (default telemarketing): decides the consent each number needs",
+    )
     p.add_argument("--machine-action", choices=["hang_up", "leave_message"], help="agentless: on a machine")
     p.add_argument("--agentless-lines", type=int, help="agentless: most calls in flight")
-    p.add_argument("--start-at", help="scheduled start (ISO 8601)")
-    p.add_argument("--end-at", help="scheduled end (ISO 8601)")
+    p.add_argument("--amd", choices=["on", "off"], help="answering-machine detection (default on)")
+    p.add_argument(
+        "--amd-false-positive-rate",
+        type=float,
+        help="AMD: estimated share of machine-classified answers that were people (a fraction; UK: required)",
+    )
+    p.add_argument("--amd-false-positive-basis", help="AMD: how the estimate was measured or reasoned")
+    p.add_argument("--start-at", help="scheduled start (ISO 8601, or relative: 'tomorrow 9am', '1 hour ago')")
+    p.add_argument("--end-at", help="scheduled end (ISO 8601, or relative: 'tomorrow 9am', '1 hour ago')")
 
 
 def _mode_args(args: argparse.Namespace, c: campaign_pb2.Campaign, put: Any, paths: list[str]) -> None:
@@ -151,9 +164,18 @@ def _mode_args(args: argparse.Namespace, c: campaign_pb2.Campaign, put: Any, pat
             "machine_action",
             campaign_pb2.MachineAction.Value(f"MACHINE_ACTION_{args.machine_action.upper()}"),
         )
+    if args.purpose:
+        put(
+            "call_purpose",
+            "call_purpose",
+            common_pb2.CallPurpose.Value(f"CALL_PURPOSE_{args.purpose.upper()}"),
+        )
     put("agentless_message", "agentless_message", args.message)
     put("message_informational", "message_informational", args.informational)
     put("agentless_lines", "agentless_lines", args.agentless_lines)
+    put("amd", "amd", campaign_pb2.AmdMode.Value(f"AMD_MODE_{args.amd.upper()}") if args.amd else None)
+    put("amd_false_positive_rate", "amd_false_positive_rate", args.amd_false_positive_rate)
+    put("amd_false_positive_basis", "amd_false_positive_basis", args.amd_false_positive_basis)
 
 
 def _campaign_from_args(args: argparse.Namespace) -> tuple[campaign_pb2.Campaign, list[str]]:
@@ -184,7 +206,7 @@ def _campaign_from_args(args: argparse.Namespace) -> tuple[campaign_pb2.Campaign
         paths.append("ring_timeout")
     _mode_args(args, c, put, paths)
     if args.window or args.days or args.holiday or args.skip_public_holidays:
-        start, _, end = (args.window or "08:00-21:00").partition("-")
+        start, _, end = (args.window or "").partition("-")  # empty: the default window
         c.calling_window.start_local, c.calling_window.end_local = start.strip(), end.strip()
         if args.days:
             c.calling_window.days_of_week.extend(int(d) for d in args.days.split(","))
@@ -204,9 +226,12 @@ def _campaign_from_args(args: argparse.Namespace) -> tuple[campaign_pb2.Campaign
             )
             r.delay.FromSeconds(int(delay or 0))
         paths.append("retry_rules")
-    for flag, path in ((args.start_at, "scheduled_start"), (args.end_at, "scheduled_end")):
+    for flag, path, option in (
+        (args.start_at, "scheduled_start", "--start-at"),
+        (args.end_at, "scheduled_end", "--end-at"),
+    ):
         if flag:
-            getattr(c, path).FromDatetime(_time(flag))
+            getattr(c, path).FromDatetime(_time(flag, option))
             paths.append(path)
     return c, paths
 
@@ -229,6 +254,17 @@ def _show(args: argparse.Namespace, c: campaign_pb2.Campaign) -> None:
             ("window", f"{cw.start_local}-{cw.end_local} days {','.join(map(str, cw.days_of_week))}"),
             ("abandon cap", f"{c.abandon_cap:.1%} over {c.abandon_window.seconds // 3600} h"),
             ("max calls/number/24h", c.max_calls_per_number_24h or "legal default"),
+            (
+                "answering-machine detection",
+                "off"
+                if c.amd == campaign_pb2.AMD_MODE_OFF
+                else (
+                    f"on, false positives estimated at {c.amd_false_positive_rate:.1%} "
+                    f"({c.amd_false_positive_basis})"
+                    if c.HasField("amd_false_positive_rate")
+                    else "on, no false-positive estimate"
+                ),
+            ),
             (
                 "retry",
                 ", ".join(
@@ -304,6 +340,17 @@ def _mover(action: str) -> Any:
     return handler
 
 
+def _amd_line(st: campaign_pb2.GetCampaignStatsResponse) -> str:
+    if not st.amd:
+        return "off"
+    if not st.HasField("amd_false_positive_rate"):
+        return f"on, {st.amd_machine_answers} machine answers, no false-positive estimate stated"
+    return (
+        f"on, false positives estimated at {st.amd_false_positive_rate:.1%} ({st.amd_false_positive_basis}): "
+        f"{st.amd_estimated_false_positives} of {st.amd_machine_answers} machine answers counted as abandoned"
+    )
+
+
 async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     st = await _stub(args, settings).GetCampaignStats(
         campaign_pb2.GetCampaignStatsRequest(campaign_id=args.id)
@@ -322,10 +369,14 @@ async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
             ("connected", st.connected),
             ("abandoned", st.abandoned),
             ("abandonment 24 h", f"{st.abandon_rate_24h:.2%}"),
-            ("abandonment 30 d", f"{st.abandon_rate_30d:.2%} (cap {st.abandon_cap:.1%})"),
+            ("abandonment 30 d", f"{st.abandon_rate_30d:.2%}"),
+            ("abandonment over the window", f"{st.abandon_rate_window:.2%} (cap {st.abandon_cap:.1%})"),
+            ("answering-machine detection", _amd_line(st)),
             ("contacts last hour", f"{st.contacts_per_hour:g}"),
             ("list penetration", f"{st.list_penetration:.1%}"),
             ("blocked at dial time", st.blocked),
+            ("leads needing consent", st.leads_need_consent),
+            ("leads needing a fresh wireless list (or consent)", st.leads_need_fresh_list),
             ("hopper", st.hopper_size),
         ],
     )
@@ -444,6 +495,79 @@ async def cmd_lists(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _version_row(kind: str, v: common_pb2.SettingsVersion) -> tuple[Any, ...]:
+    changed = "; ".join(f"{c.path}: {c.before_json or '-'} -> {c.after_json or '-'}" for c in v.changes)
+    return (kind, v.version, v.at.ToDatetime(tzinfo=UTC).isoformat(), v.actor, v.action, changed)
+
+
+def _version_json(kind: str, v: common_pb2.SettingsVersion) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "version": v.version,
+        "at": v.at.ToDatetime(tzinfo=UTC).isoformat(),
+        "actor": v.actor,
+        "action": v.action,
+        "settings": json.loads(v.settings_json),
+        "changes": [{"path": c.path, "before": c.before_json, "after": c.after_json} for c in v.changes],
+    }
+
+
+async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    """Every version of the campaign's settings and of its pacing settings: who, when, what changed."""
+    camp = await _stub(args, settings).ListCampaignVersions(
+        campaign_pb2.ListCampaignVersionsRequest(campaign_id=args.id)
+    )
+    args.pacing_channel = channel(args, settings, "pacing")  # keep the channel referenced
+    pacing = await pacing_pb2_grpc.PacingServiceStub(args.pacing_channel).ListPacingSettingsVersions(
+        pacing_pb2.ListPacingSettingsVersionsRequest(campaign_id=args.id)
+    )
+    if args.json:
+        print_json(
+            {
+                "campaign_id": args.id,
+                "campaign": [_version_json("campaign", v) for v in camp.versions],
+                "pacing": [_version_json("pacing", v) for v in pacing.versions],
+            }
+        )
+        return 0
+    rows = [_version_row("campaign", v) for v in camp.versions]
+    rows += [_version_row("pacing", v) for v in pacing.versions]
+    rows.sort(key=lambda r: (r[2], r[0], r[1]))
+    print_table(
+        f"settings history of campaign {args.id}",
+        ["settings", "version", "at", "actor", "action", "changes"],
+        rows,
+    )
+    return 0
+
+
+async def cmd_retention_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Remove call records older than the retention period now (the campaign service also runs it on a
+    schedule); ``--dry-run`` counts them. Every run is recorded in retention_runs."""
+    resp = await _stub(args, settings).RunRetention(
+        campaign_pb2.RunRetentionRequest(dry_run=args.dry_run), timeout=3600
+    )
+    out = {
+        "dry_run": resp.dry_run,
+        "years": resp.years,
+        "floors": dict(sorted(resp.floors.items())),
+        "removed": dict(sorted(resp.removed.items())),
+        "run_ids": list(resp.run_ids),
+    }
+    if args.json:
+        print_json(out)
+        return 0
+    verb = "would remove" if resp.dry_run else "removed"
+    print_table(
+        f"retention run {', '.join(map(str, resp.run_ids))}: records kept "
+        f"{f'{resp.years} years' if resp.years else 'the minimum of their jurisdiction'} "
+        f"(minimum per jurisdiction in years: {', '.join(f'{k} {v}' for k, v in sorted(resp.floors.items()))})",
+        ["records", verb],
+        sorted(resp.removed.items()),
+    )
+    return 0
+
+
 def register(sub: Any) -> None:
     g = group(sub, "campaign", "campaigns: create, change, run, watch")
     p = command(g, "create", cmd_create, "create a campaign (draft)")
@@ -468,6 +592,12 @@ def register(sub: Any) -> None:
             p.add_argument("--reason")
     p = command(g, "stats", cmd_stats, "a campaign's figures")
     p.add_argument("id")
+    p = command(g, "history", cmd_history, "every version of a campaign's settings and pacing settings")
+    p.add_argument("id", metavar="CAMPAIGN")
+
+    rg = group(sub, "retention", "call-record retention (the rules' minimum, configurable upward only)")
+    p = command(rg, "run", cmd_retention_run, "remove call records older than the retention period now")
+    p.add_argument("--dry-run", action="store_true", help="count what would be removed, remove nothing")
 
     lg = group(sub, "leads", "lead lists: upload, rejects")
     p = command(lg, "upload", cmd_upload, "upload a CSV lead file to a campaign")

@@ -134,17 +134,47 @@ class Supervisor:
         return worst
 
 
+async def first_admin(database_url: str) -> str | None:
+    """With no console user yet, create ``admin`` with a random password and print it, once."""
+    from outdial.console import accounts
+    from outdial.console.settings import ConsoleSettings
+
+    pool = await db.create_pool(database_url, max_size=1)
+    try:
+        if await pool.fetchval("SELECT count(*) FROM console_users"):
+            return None
+        password = accounts.new_password()
+        await accounts.add_user(
+            pool, "admin", "admin", password, actor="outdial run", display_name="Administrator"
+        )
+    finally:
+        await pool.close()
+    port = ConsoleSettings().port
+    print(
+        f"console: http://127.0.0.1:{port}  user admin  password {password}\n"
+        "  (shown once; change it with `outdial user password admin`, add people with `outdial user add`)",
+        flush=True,
+    )
+    return password
+
+
 async def run_all(args: argparse.Namespace, settings: Settings) -> int:
     odlog.configure("run", settings.log_level, settings.log_json)
     # `outdial run` is the development all-in-one (private PostgreSQL/Redis when none answers): its services
     # run in development mode, which accepts the public development keyset (they warn loudly when used).
-    sup = Supervisor(settings, extra_env={"OUTDIAL_DEV": "1"})
+    # The web console runs beside them (plain HTTP on loopback: its cookies drop the Secure flag here only).
+    sup = Supervisor(
+        settings,
+        services=(*SERVICES, "console"),
+        extra_env={"OUTDIAL_DEV": "1", "OUTDIAL_CONSOLE_SECURE_COOKIES": "false"},
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         infra = await sup.start()
+        await first_admin(infra.database_url)
         log.info(
             "services started: %s (database %s, redis %s)",
             ", ".join(sup.procs),
@@ -174,7 +204,12 @@ def register(sub: Any) -> None:
     p = command(sub, "serve", serve, "run one service in the foreground")
     p.add_argument("service", choices=SERVICES)
 
-    command(sub, "run", run_all, "run all four services (PostgreSQL/Redis found or started); Ctrl-C stops")
+    command(
+        sub,
+        "run",
+        run_all,
+        "run the four services and the web console (PostgreSQL/Redis found or started); Ctrl-C stops",
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,9 +34,11 @@ from outdial.agent.store import load_timeline
 from outdial.cli.base import command, console, err_console, print_json
 from outdial.cli.core_commands import Supervisor
 from outdial.cli.demo_data import generate_leads, registry_extract
+from outdial.console.settings import ConsoleSettings
 from outdial.core.auth import Role, issue_token
 from outdial.core.clients import open_channel
 from outdial.core.config import SERVICES, Settings
+from outdial.core.errors import AlreadyExists
 from outdial.core.healthcheck import wait_until_serving
 from outdial.core.signing import issuer_key
 from outdial.rules.law import abandon_policy
@@ -87,6 +89,8 @@ class DemoConfig:
     # "sim" (the simulated carrier) or "sip" (real SIP on loopback: the gateway, rtpengine, SIPp as the
     # carrier and as the agents' phones).
     telephony: str = "sim"
+    # Serve the web console beside the services and print the campaign's dashboard URL (`outdial demo`).
+    console: bool = False
 
 
 @dataclass
@@ -111,6 +115,7 @@ class DemoResult:
     audit_records: int = 0
     audit_problem: str = ""
     dnc_numbers_in_leads: int = 0
+    wireless_numbers_in_leads: int = 0
     leads_by_state: dict[str, int] = field(default_factory=dict)
     database_url: str = ""
     telephony: str = "sim"
@@ -148,12 +153,19 @@ async def _upload(stub: campaign_pb2_grpc.CampaignServiceStub, campaign_id: str,
     return await stub.UploadLeads(chunks())
 
 
-async def _import_registry(stub: dnc_pb2_grpc.DncServiceStub, text: str, downloaded_at: datetime) -> Any:
+async def _import_registry(
+    stub: dnc_pb2_grpc.DncServiceStub,
+    text: str,
+    downloaded_at: datetime,
+    kind: dnc_pb2.ListKind.ValueType = dnc_pb2.LIST_KIND_NATIONAL,
+) -> Any:
     header = dnc_pb2.ImportRegistryHeader(
-        list_kind=dnc_pb2.LIST_KIND_NATIONAL,
+        list_kind=kind,
         jurisdiction=common_pb2.JURISDICTION_US,
         mode=dnc_pb2.IMPORT_MODE_FULL,
-        source="demo national registry extract",
+        source="demo national registry extract"
+        if kind == dnc_pb2.LIST_KIND_NATIONAL
+        else "demo wireless and ported-number extract",
     )
     header.downloaded_at.FromDatetime(downloaded_at)
     data = text.encode()
@@ -238,6 +250,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         services = (*SERVICES, "gateway")
     elif cfg.telephony != "sim":
         raise ValueError(f"--telephony must be sim or sip, not {cfg.telephony!r}")
+    services = _with_console(cfg, services, env)
     sup = Supervisor(settings, services=services, extra_env=env, log_path=log_path)
     result = DemoResult(telephony=cfg.telephony)
     stop_agents = asyncio.Event()
@@ -267,6 +280,14 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         registry_text, on_registry = registry_extract(leads.numbers, 0.03, seed=cfg.seed + 1)
         internal = leads.numbers[5::60]
         await _import_registry(dnc, registry_text, virtual_now - timedelta(days=2))
+        # The line type of every US number: a predictive campaign dials only known landlines (the wireless
+        # list no older than its 15 days, rules/data/us.yaml), unless the lead gave the consent a wireless
+        # number needs.
+        wireless_text, wireless = registry_extract(leads.numbers, 0.02, seed=cfg.seed + 2)
+        await _import_registry(
+            dnc, wireless_text, virtual_now - timedelta(days=3), dnc_pb2.LIST_KIND_WIRELESS
+        )
+        result.wireless_numbers_in_leads = len(wireless)
         await asyncio.gather(
             *(  # batches under the DNC service's max_batch (10,000)
                 dnc.AddNumbers(
@@ -283,7 +304,8 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         result.dnc_numbers_in_leads = len(set(on_registry) | set(internal))
         out.print(
             f"DNC: national registry extract imported ({registry_text.count(chr(10))} numbers, "
-            f"{len(on_registry)} of them in the lead list); {len(internal)} numbers on the internal list"
+            f"{len(on_registry)} of them in the lead list); {len(internal)} numbers on the internal list; "
+            f"wireless list imported ({len(wireless)} lead numbers are wireless: no consent, not autodialled)"
         )
 
         created = await camp.CreateCampaign(
@@ -304,6 +326,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
         )
         cid = created.campaign.id
         result.campaign_id = cid
+        await _announce_console(cfg, out, infra.database_url, cid)
         result.abandon_cap = created.campaign.abandon_cap or _US_CAP
         data = leads.csv_text.encode("utf-8")
         up = await _upload(camp, cid, data)
@@ -520,6 +543,7 @@ def print_report(r: DemoResult) -> None:
         ),
         ("leads by state", ", ".join(f"{k}: {v}" for k, v in sorted(r.leads_by_state.items()))),
         ("lead numbers on a DNC list (never to be dialled)", str(r.dnc_numbers_in_leads)),
+        ("wireless lead numbers without consent (not autodialled)", str(r.wireless_numbers_in_leads)),
         ("calls placed", str(r.calls_placed)),
         ("live answers", str(r.live_answers)),
         ("connected to an agent", str(r.connected)),
@@ -551,6 +575,42 @@ def print_report(r: DemoResult) -> None:
     console.print("[green]demo OK[/green]" if r.ok else "[red]demo FAILED[/red]")
 
 
+def _with_console(cfg: DemoConfig, services: tuple[str, ...], env: dict[str, str]) -> tuple[str, ...]:
+    if not cfg.console:
+        return services
+    env["OUTDIAL_CONSOLE_SECURE_COOKIES"] = "false"  # plain HTTP on loopback
+    return (*services, "console")
+
+
+async def _announce_console(cfg: DemoConfig, out: Any, database_url: str, campaign_id: str) -> None:
+    if not cfg.console:
+        return
+    password = await _console_user(database_url)
+    out.print(
+        f"Console: http://127.0.0.1:{ConsoleSettings().port}/campaigns/{campaign_id} (live while the demo runs; "
+        f"user demo, password {password})"
+    )
+
+
+async def _console_user(database_url: str) -> str:
+    """The console user ``demo`` (a manager) with a new random password for this run."""
+    from outdial.console import accounts
+    from outdial.core import db
+
+    password = accounts.new_password()
+    pool = await db.create_pool(database_url, max_size=1)
+    try:
+        try:
+            await accounts.add_user(
+                pool, "demo", "manager", password, actor="outdial demo", display_name="Demo"
+            )
+        except AlreadyExists:
+            await accounts.set_password(pool, "demo", password, actor="outdial demo")
+    finally:
+        await pool.close()
+    return password
+
+
 async def demo(args: argparse.Namespace, settings: Settings) -> int:
     cfg = DemoConfig(
         seconds=args.seconds,
@@ -559,6 +619,7 @@ async def demo(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         to_stderr=args.json,
         telephony=args.telephony,
+        console=not args.no_console,
     )
     result = await run_demo(settings, cfg)
     if args.json:
@@ -580,3 +641,4 @@ def register(sub: Any) -> None:
         default="sim",
         help="sim: the simulated carrier; sip: real SIP and RTP on loopback (gateway, rtpengine, SIPp)",
     )
+    p.add_argument("--no-console", action="store_true", help="do not serve the web console during the demo")

@@ -8,7 +8,7 @@ import csv
 import os
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 from outdial.cli.base import channel, command, err_console, fail, group, print_json, print_table, to_dict
+from outdial.cli.when import parse_when
 from outdial.core.config import Settings
 from outdial.core.csvsafe import csv_safe
 from outdial.core.jurisdictions import JURISDICTION_PB
@@ -50,11 +51,9 @@ def _auth(args: argparse.Namespace, settings: Settings) -> list[tuple[str, str]]
     return [("authorization", f"Bearer {token}")] if token else []
 
 
-def _time(s: str) -> Timestamp:
-    s = s.strip()
-    dt = datetime.fromisoformat(s.replace("Z", "+00:00")) if s.lower() != "now" else datetime.now(UTC)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
+def _time(s: str, option: str) -> Timestamp:
+    """A time option: ISO 8601 or a relative form ('1 hour ago', 'yesterday'), see cli/when.py."""
+    dt = parse_when(s, option)
     t = Timestamp()
     t.FromDatetime(dt.astimezone(UTC))
     return t
@@ -85,7 +84,7 @@ def _target_args(p: argparse.ArgumentParser) -> None:
 async def _add(args: argparse.Namespace, settings: Settings) -> int:
     req = dnc_pb2.AddNumbersRequest(numbers=args.numbers, reason=args.reason, source="cli", **_target(args))
     if args.expires:
-        req.expires_at.CopyFrom(_time(args.expires))
+        req.expires_at.CopyFrom(_time(args.expires, "--expires"))
     resp = await _stub(args, settings).AddNumbers(req, timeout=30)
     if args.json:
         print_json(to_dict(resp))
@@ -117,11 +116,39 @@ def _reason(r: dnc_pb2.BlockReason) -> dict[str, Any]:
     return d
 
 
+METHODS = {
+    "autodialled": common_pb2.CALL_METHOD_AUTODIALLED,
+    "prerecorded": common_pb2.CALL_METHOD_PRERECORDED,
+    "manual": common_pb2.CALL_METHOD_MANUAL,
+}
+PURPOSES = {
+    "telemarketing": common_pb2.CALL_PURPOSE_TELEMARKETING,
+    "informational": common_pb2.CALL_PURPOSE_INFORMATIONAL,
+}
+
+
+def _call_type(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "call_method": METHODS[args.method] if args.method else common_pb2.CALL_METHOD_UNSPECIFIED,
+        "call_purpose": PURPOSES[args.purpose] if args.purpose else common_pb2.CALL_PURPOSE_UNSPECIFIED,
+    }
+
+
+def _call_type_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--method",
+        choices=sorted(METHODS),
+        help="how the call is placed (default autodialled; preview: manual)",
+    )
+    p.add_argument("--purpose", choices=sorted(PURPOSES), help="what it is for (default telemarketing)")
+
+
 async def _check(args: argparse.Namespace, settings: Settings) -> int:
     req = dnc_pb2.CheckNumbersRequest(
         numbers=args.numbers,
         campaign_id=args.campaign or "",
         jurisdiction=JUR[args.jurisdiction] if args.jurisdiction else common_pb2.JURISDICTION_UNSPECIFIED,
+        **_call_type(args),
     )
     resp = await _stub(args, settings).CheckNumbers(req, timeout=30)
     if args.json:
@@ -152,7 +179,7 @@ async def _import(args: argparse.Namespace, settings: Settings) -> int:
         jurisdiction=JUR[args.jurisdiction],
         state=args.state or "",
         mode=dnc_pb2.IMPORT_MODE_CHANGES if args.changes else dnc_pb2.IMPORT_MODE_FULL,
-        downloaded_at=_time(args.downloaded_at),
+        downloaded_at=_time(args.downloaded_at, "--downloaded-at"),
         source=os.path.basename(args.file),
     )
     show = not args.json and sys.stderr.isatty()
@@ -235,9 +262,9 @@ async def _audit(args: argparse.Namespace, settings: Settings) -> int:
         result=args.result or "",
     )
     if args.since:
-        req.since.CopyFrom(_time(args.since))
+        req.since.CopyFrom(_time(args.since, "--since"))
     if args.until:
-        req.until.CopyFrom(_time(args.until))
+        req.until.CopyFrom(_time(args.until, "--until"))
     stream = _stub(args, settings).QueryAudit(req, timeout=3600, metadata=_auth(args, settings))
     writer = csv.writer(sys.stdout) if args.csv else None
     if writer:
@@ -353,8 +380,10 @@ async def _verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _why(args: argparse.Namespace, settings: Settings) -> int:
-    req = dnc_pb2.ExplainDecisionRequest(number=args.number, campaign_id=args.campaign or "")
-    req.at.CopyFrom(_time(args.at))
+    req = dnc_pb2.ExplainDecisionRequest(
+        number=args.number, campaign_id=args.campaign or "", **_call_type(args)
+    )
+    req.at.CopyFrom(_time(args.at, "--at"))
     resp = await _stub(args, settings).ExplainDecision(req, timeout=30)
     if args.json:
         out = to_dict(resp)
@@ -368,11 +397,18 @@ async def _why(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: The kinds by the rules table's names (rules/data/*.yaml ``requires_any``), and their short names.
 CONSENT_KINDS = {
+    "prior_express_consent": dnc_pb2.CONSENT_KIND_EXPRESS,
+    "prior_express_written_consent": dnc_pb2.CONSENT_KIND_EXPRESS_WRITTEN,
+    "established_business_relationship": dnc_pb2.CONSENT_KIND_EXISTING_BUSINESS_RELATIONSHIP,
+    "campaign_opt_in": dnc_pb2.CONSENT_KIND_CAMPAIGN_OPT_IN,
     "express": dnc_pb2.CONSENT_KIND_EXPRESS,
     "express_written": dnc_pb2.CONSENT_KIND_EXPRESS_WRITTEN,
     "ebr": dnc_pb2.CONSENT_KIND_EXISTING_BUSINESS_RELATIONSHIP,
 }
+EBR_BASES = {"purchase": dnc_pb2.EBR_BASIS_PURCHASE, "inquiry": dnc_pb2.EBR_BASIS_INQUIRY}
+CHANNELS = {"sms": dnc_pb2.INBOUND_CHANNEL_SMS, "email": dnc_pb2.INBOUND_CHANNEL_EMAIL}
 
 
 async def _consent(args: argparse.Namespace, settings: Settings) -> int:
@@ -383,18 +419,47 @@ async def _consent(args: argparse.Namespace, settings: Settings) -> int:
         campaign_id=args.campaign or "",
         evidence=args.evidence or "",
         obtained_via=args.via or "",
+        text_agreed=args.text or "",
+        ip_address=args.ip or "",
+        recording_ref=args.recording or "",
     )
     if args.kind:
         req.kind = CONSENT_KINDS[args.kind]
+    if args.ebr_basis:
+        req.ebr_basis = EBR_BASES[args.ebr_basis]
     if args.obtained_at:
-        req.obtained_at.CopyFrom(_time(args.obtained_at))
+        req.obtained_at.CopyFrom(_time(args.obtained_at, "--obtained-at"))
     if args.expires:
-        req.expires_at.CopyFrom(_time(args.expires))
+        req.expires_at.CopyFrom(_time(args.expires, "--expires"))
     resp = await _stub(args, settings).SetConsent(req)
     if args.json:
         print_json(to_dict(resp))
     else:
         print(f"{'revoked' if args.revoke else 'granted'}: audit record #{resp.audit_seq}")
+    return 0
+
+
+async def _inbound(args: argparse.Namespace, settings: Settings) -> int:
+    """An SMS or email reply: one holding a revocation word (STOP, UNSUBSCRIBE, "do not call", …) revokes the
+    number's consent and puts it on the internal list at once."""
+    req = dnc_pb2.RecordInboundMessageRequest(
+        channel=CHANNELS[args.channel],
+        sender=args.sender,
+        body=args.body,
+        number=args.number or "",
+        campaign_id=args.campaign or "",
+    )
+    req.received_at.CopyFrom(_time(args.received_at, "--received-at"))
+    resp = await _stub(args, settings).RecordInboundMessage(req)
+    if args.json:
+        print_json(to_dict(resp))
+    elif resp.revocation:
+        print(
+            f"revocation ({resp.matched!r}): {resp.number} is on the internal list, "
+            f"{resp.consents_revoked} consent(s) revoked; audit record #{resp.audit_seq}"
+        )
+    else:
+        print(f"no revocation word in the message; audit record #{resp.audit_seq}")
     return 0
 
 
@@ -463,19 +528,24 @@ def register(sub: Any) -> None:
     g = group(sub, "dnc", "do-not-call lists, the gate and the audit log")
     p = command(g, "add", _add, "put numbers on a DNC list (internal by default)")
     _target_args(p)
-    p.add_argument("--expires", help="expiry time (ISO 8601)")
+    p.add_argument("--expires", help="expiry time (ISO 8601, or relative: 'tomorrow 9am', '1 hour ago')")
     p = command(g, "remove", _remove, "take numbers off a DNC list (audited; history is kept)")
     _target_args(p)
     p = command(g, "check", _check, "may these numbers be dialled? (exit 1 when any is blocked)")
     p.add_argument("numbers", nargs="+", metavar="NUMBER")
     p.add_argument("--campaign")
     p.add_argument("--jurisdiction", choices=sorted(JUR))
+    _call_type_args(p)
     p = command(g, "import", _import, "import a registry file (full copy, or a change file with --changes)")
     p.add_argument("file")
     p.add_argument("--kind", choices=["national", "state", "wireless"], default="national")
     p.add_argument("--jurisdiction", choices=sorted(JUR), default="US")
     p.add_argument("--state")
-    p.add_argument("--downloaded-at", required=True, help="when the registry copy was downloaded (ISO 8601)")
+    p.add_argument(
+        "--downloaded-at",
+        required=True,
+        help="when the registry copy was downloaded (ISO 8601, or relative: 'tomorrow 9am', '1 hour ago')",
+    )
     p.add_argument("--changes", action="store_true", help="lines are +N / -N (or N,A / N,D)")
     command(g, "lists", _lists, "the DNC lists and their sizes")
     p = command(g, "audit", _audit, "query the audit log")
@@ -504,11 +574,39 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--evidence", help="what proves it: the signed form's reference, the recording, the message"
     )
-    p.add_argument("--obtained-at", help="when the person gave it (ISO 8601)")
-    p.add_argument("--via", help="how it was obtained: web_form, signed_paper, recorded_call, sms, …")
+    p.add_argument(
+        "--obtained-at", help="when the person gave it (ISO 8601, or relative: 'tomorrow 9am', '1 hour ago')"
+    )
+    p.add_argument(
+        "--via", help="the source, how it was obtained: web_form, signed_paper, recorded_call, sms, …"
+    )
+    p.add_argument("--text", help="the text the person agreed to (required for a grant)")
+    p.add_argument("--ip", help="the IP address the consent came from (this or --recording for a grant)")
+    p.add_argument("--recording", help="a reference to the consent's recording")
+    p.add_argument(
+        "--ebr-basis",
+        choices=sorted(EBR_BASES),
+        help="an established business relationship's basis (its months come from the rules table)",
+    )
     p.add_argument("--campaign", help="only for this campaign (default: every campaign)")
-    p.add_argument("--expires", help="when it lapses (ISO 8601)")
+    p.add_argument("--expires", help="when it lapses (ISO 8601, or relative: 'tomorrow 9am', '1 hour ago')")
     p.add_argument("--revoke", action="store_true", help="revoke instead (no evidence needed)")
+    p = command(
+        g,
+        "inbound",
+        _inbound,
+        "record an SMS/email reply: a revocation word (STOP, UNSUBSCRIBE, do not call, …) revokes consent at once",
+    )
+    p.add_argument(
+        "--from", dest="sender", required=True, help="the sender: a phone number (sms) or an address"
+    )
+    p.add_argument("--channel", choices=sorted(CHANNELS), default="sms")
+    p.add_argument("--body", required=True, help="the message's text")
+    p.add_argument("--number", help="the phone number the reply is about (required for email)")
+    p.add_argument("--campaign", help="the campaign the reply answers, when known")
+    p.add_argument(
+        "--received-at", default="now", help="when the message arrived (ISO 8601 or relative; default now)"
+    )
     r = group(g, "rnd", "Reassigned Numbers Database results (the 47 CFR 64.1200(m) safe harbor)")
     p = command(
         r,
@@ -522,5 +620,8 @@ def register(sub: Any) -> None:
     p.add_argument("number")
     p = command(g, "why", _why, "why a number was or was not dialled at a time")
     p.add_argument("number")
-    p.add_argument("--at", required=True, help="time (ISO 8601, or 'now')")
+    p.add_argument(
+        "--at", required=True, help="time (ISO 8601, or relative: 'now', '1 hour ago', 'yesterday')"
+    )
     p.add_argument("--campaign")
+    _call_type_args(p)

@@ -201,7 +201,7 @@ async def keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
     if current is not None:
         print(
             f"      3. after the longest token lifetime (24 h for people, 1 h for services): "
-            f"`outdial keys remove {directory} --kid {current.kid}` and publish the JWKS again"
+            f"`outdial keys remove {directory} --kid={current.kid}` and publish the JWKS again"
         )
     return 0
 
@@ -279,6 +279,10 @@ def register(sub: Any) -> None:
     p.add_argument("--key", required=True, choices=KEY_NAMES, help="which identity's key")
     p = command(keys, "remove", keys_remove, "remove an old public key (by kid) from DIR/jwks.json")
     p.add_argument("dir")
-    p.add_argument("--kid", required=True)
+    p.add_argument(
+        "--kid",
+        required=True,
+        help="the key id; write --kid=KID when it starts with a dash (kids are base64url)",
+    )
     p = command(keys, "list", keys_list, "list the keys of DIR/jwks.json")
     p.add_argument("dir")

@@ -8,7 +8,8 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from outdial.cli.base import run
+from outdial import __version__
+from outdial.cli.base import broken_pipe, run
 from outdial.core.config import Settings
 
 # Modules that add commands; each has ``register(subparsers)``. A module not yet written is skipped.
@@ -22,11 +23,20 @@ COMMAND_MODULES = (
     "outdial.cli.sim_pacing",  # outdial sim pacing
     "outdial.cli.demo",  # outdial demo
     "outdial.cli.rules",  # outdial rules …
+    "outdial.cli.console",  # outdial console, outdial user …
+    "outdial.cli.why",  # outdial why … (every rule of a dial-time decision)
+    "outdial.cli.evidence",  # outdial evidence export|verify
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="outdial", description="outdial: outbound campaign dialer")
+    parser = argparse.ArgumentParser(
+        prog="outdial",
+        description="outdial: outbound campaign dialer",
+        epilog="Exit codes: 0 ok, 1 a check found something, 2 bad input, 3 not found or conflict, "
+        "4 authentication or role, 5 unavailable (docs/cli.md).",
+    )
+    parser.add_argument("--version", action="version", version=f"outdial {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         if importlib.util.find_spec(name) is not None:
@@ -36,8 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        args = parser.parse_args(argv)
+    except BrokenPipeError:  # `outdial --help | head`
+        return broken_pipe()
+    try:
+        settings = Settings()
+    except ValueError as exc:  # pydantic's ValidationError: an OUTDIAL_* variable that cannot be read
+        print(f"error: the environment's settings are not valid: {exc}", file=sys.stderr)
+        return 2
     return run(args.handler, args, settings)
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from outdial.cli.base import channel, command, console, print_json, print_table, to_dict
+from outdial.cli.base import channel, command, console, fail, print_json, print_table, to_dict
 from outdial.core.config import Settings
-from outdial.rules.law import SHORT_WINDOW_CAP
+from outdial.rules.law import MIN_RING_S, SHORT_WINDOW_CAP
 from outdial.v1 import pacing_pb2, pacing_pb2_grpc
 
 _ALGOS = {
@@ -113,8 +113,9 @@ async def set_(args: argparse.Namespace, settings: Settings) -> int:
         s.paused = bool(args.pause)
         paths.append("paused")
     if not paths:
-        console.print("nothing to change (see --help)")
-        return 2
+        return fail(
+            "nothing to change: give at least one setting (see --help)", 2, error_id="nothing_to_change"
+        )
     stub = pacing_pb2_grpc.PacingServiceStub(channel(args, settings, "pacing"))
     resp = await stub.UpdatePacingSettings(
         pacing_pb2.UpdatePacingSettingsRequest(
@@ -167,7 +168,7 @@ def register(sub: Any) -> None:
     p.add_argument("--algorithm", choices=sorted(_ALGOS))
     p.add_argument("--power-ratio", type=float)
     p.add_argument("--max-lines", type=int, help="lines in flight per agent")
-    p.add_argument("--ring-timeout", type=float, help="seconds (at least 15)")
+    p.add_argument("--ring-timeout", type=float, help=f"seconds (at least {MIN_RING_S:g})")
     p.add_argument("--target-abandon", type=float, help="fraction, at most the cap")
     p.add_argument("--short-window-cap", type=float, help=f"fraction, at most {SHORT_WINDOW_CAP:g}")
     g = p.add_mutually_exclusive_group()

@@ -202,6 +202,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
             "ListLeadRejects": {_M, _C},
             "GetCampaignStats": {_M, _C},
             "ScheduleCallback": {_M, _G},
+            # Who changed which setting when: the managers who change them and compliance.
+            "ListCampaignVersions": {_M, _C},
+            # Removes old call records (never below the rules' minimum): compliance, and admins.
+            "RunRetention": {_C},
         },
         "DncService": {
             "CheckNumbers": {_M, _C},
@@ -219,16 +223,21 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
             # Reassigned Numbers Database results decide whether consent may be relied on: compliance only.
             "ImportRndResults": {_C},
             "GetRndResults": {_C},
+            # An SMS/email reply that revokes consent only ever blocks more: the people who run the
+            # inbox integrations (managers) and compliance.
+            "RecordInboundMessage": {_M, _C},
         },
         "AgentService": {
             "Login": {_G},
             "Logout": {_G, _M},
-            "SetState": {_G},
+            # A supervisor (manager) may pause an agent, with a reason recorded with who did it.
+            "SetState": {_G, _M},
             "Connect": {_G},
             "Heartbeat": {_G},
             "EndCall": {_G},
             "SetDisposition": {_G},
             "ListAgents": {_M, _C},
+            "WatchAgents": {_M, _C},
             "OfferCall": set(),
             "GetAgentCounts": {_M},
             "ReserveAgent": set(),
@@ -244,6 +253,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
             "GetPacingState": {_M, _C},
             "UpdatePacingSettings": {_M},
             "WatchPacing": {_M, _C},
+            "ListPacingSettingsVersions": {_M, _C},
         },
         # The gateway's call control is for the dialer and the agent service only (SERVICE_CALLS).
         "GatewayService": {

@@ -16,12 +16,14 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 
 import asyncpg
 
 from outdial.core.config import StartupRefused
 from outdial.migrations.grants import GRANTS, RUNTIME, TEMPORARY, role_name
+from outdial.rules.table import RetentionRow, load_tables
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ async def migrate(conn: asyncpg.Connection, *, grants: bool = True) -> list[str]
                 )
             applied_now.append(mig.name)
             log.info("applied migration %s", mig.name)
+        await write_retention_policy(conn)
         if grants or applied_now or not await _grants_current(conn):
             try:
                 await apply_grants(conn)
@@ -95,6 +98,28 @@ async def migrate(conn: asyncpg.Connection, *, grants: bool = True) -> list[str]
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return applied_now
+
+
+async def write_retention_policy(conn: asyncpg.Connection) -> None:
+    """Each jurisdiction's call-record retention minimum, from the rules table (kind ``retention``), into
+    ``retention_policy`` (0118): the floor ``retention_prune`` keeps whatever its caller asks. Written by the
+    migration role only; a jurisdiction whose rules set none keeps its row out (its records get the largest)."""
+    if not await conn.fetchval("SELECT to_regclass('retention_policy') IS NOT NULL"):
+        return
+    tables = load_tables()
+    today = datetime.now(UTC).date()
+    rows = []
+    for j in tables.jurisdictions():
+        found = tables.in_force(j, "", today).of(RetentionRow)
+        if found:
+            best = max(found, key=lambda r: r.years)
+            rows.append((j, best.years, best.source, best.id))
+    async with conn.transaction():
+        await conn.execute("DELETE FROM retention_policy")
+        await conn.executemany(
+            "INSERT INTO retention_policy (jurisdiction, min_years, source, rule_id) VALUES ($1, $2, $3, $4)",
+            rows,
+        )
 
 
 async def migrate_url(url: str, *, grants: bool = True) -> list[str]:

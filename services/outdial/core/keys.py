@@ -81,7 +81,9 @@ def feeder_lease(campaign_id: str) -> str:
 
 def number_attempts(number_e164: str) -> str:
     """Sorted set of call ids to one number (score = dial time, ms) for rolling 24 h / 72 h caps. Writer:
-    dialer at dial time. Reader: gate. TTL 8 days. Rebuildable from call records."""
+    dialer at dial time. Readers: gate and feeder, which join it with PostgreSQL's ``dial_attempts`` (the
+    source of truth of the per-person caps: losing this key loosens nothing). TTL 8 days. Rebuildable from
+    call records."""
     return f"{PREFIX}num:{{{number_e164}}}:attempts"
 
 
@@ -144,7 +146,8 @@ def calls_in_flight(campaign_id: str) -> str:
 
 def abandon_window(campaign_id: str) -> str:
     """Sorted set of live answers in the abandonment window: member ``call_id:h`` or ``call_id:a`` (human
-    connected / abandoned), score = ms. Writer: dialer. Reader: pacing budget. Trimmed to the window."""
+    connected / abandoned), or ``call_id:m`` (a machine-classified answer of a campaign that states an AMD
+    false-positive estimate: the budget counts that share of them as abandoned), score = ms. Writer: dialer. Reader: pacing budget. Trimmed to the window."""
     return f"{_c(campaign_id)}:abandon"
 
 
@@ -179,6 +182,14 @@ def agent_offers(agent_id: str) -> str:
     that assigned the call. Subscriber: the replica holding the agent's Connect stream (its offer hub), which
     acknowledges delivery; assignment only picks an agent whose channel has a subscriber. No TTL (a channel)."""
     return f"{PREFIX}agent:{{a:{agent_id}}}:offers"
+
+
+def agent_changes() -> str:
+    """Pub/sub channel: "agent X changed state" (message: the agent id). Publisher: the agent service after
+    every transition that changed a state. Subscriber: the agent service's WatchAgents streams (wallboards),
+    which then re-read the agents they show. No TTL (a channel); a lost message is caught by the streams'
+    periodic re-read."""
+    return f"{PREFIX}agents:changes"
 
 
 def agents_index() -> str:
@@ -288,6 +299,18 @@ def dnc_index(version: int, shard: str) -> str:
 def dnc_index_meta(version: int) -> str:
     """Hash: which lists and counts a DNC index version holds. Writer/reader: dnc. Deleted with the version."""
     return f"{PREFIX}dnc:idx:{version}:meta"
+
+
+def dnc_changes() -> str:
+    """Integer: a counter of DNC listings and consent revocations (INCR). Writer: dnc, before it records
+    one. Reader: pacing, before its dial-time check and again at the dial (core/dnc_changes.py). No TTL."""
+    return f"{PREFIX}dnc:changes"
+
+
+def dnc_changed(number: str) -> str:
+    """String: the :func:`dnc_changes` value at which ``number`` was last listed or had a consent revoked.
+    Writer: dnc. Reader: pacing, at the dial. TTL: core/dnc_changes.MARK_TTL_S."""
+    return f"{PREFIX}dnc:changed:{number}"
 
 
 def dnc_lock(name: str) -> str:

@@ -13,6 +13,8 @@ RPC_SECONDS = Histogram(
 )
 DEPENDENCY_UP = Gauge("outdial_dependency_up", "1 when the dependency answers", ["service", "dependency"])
 SERVING = Gauge("outdial_serving", "1 while the service reports SERVING", ["service"])
+# The running version (the usual *_build_info pattern: join on it in dashboards and alerts).
+BUILD_INFO = Gauge("outdial_build_info", "1, labelled with the running version", ["service", "version"])
 # Input and load limits (core/limits.py, docs/security.md): limit = rate, streams, uploads,
 # list_items, batch, line, file_size, columns; role = the caller's role.
 LIMIT_REJECTED = Counter(

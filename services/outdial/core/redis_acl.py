@@ -37,6 +37,13 @@ CORE_ACCESS: tuple[KeyBuilder, ...] = (
     keys.revocations_channel,
 )
 
+# Core modules that build keys for some services only, and the services whose users hold those keys. Each
+# listed service also names the keys in ACCESS (tests/unit/test_redis_acl.py checks both ways).
+SHARED_MODULES: dict[str, tuple[ServiceName, ...]] = {
+    # the DNC changes counter and marks: dnc writes them, pacing reads them at the dial
+    "dnc_changes": ("dnc", "pacing"),
+}
+
 ACCESS: dict[ServiceName, tuple[KeyBuilder, ...]] = {
     "campaign": (
         keys.active_campaigns,
@@ -59,6 +66,8 @@ ACCESS: dict[ServiceName, tuple[KeyBuilder, ...]] = {
         keys.calls_in_flight,
         keys.campaign_agents,
         keys.campaign_config,
+        keys.dnc_changed,
+        keys.dnc_changes,
         keys.hopper,
         keys.hopper_lead,
         keys.lead_claim,
@@ -74,6 +83,8 @@ ACCESS: dict[ServiceName, tuple[KeyBuilder, ...]] = {
     ),
     "dnc": (
         keys.call_events,
+        keys.dnc_changed,
+        keys.dnc_changes,
         keys.dnc_index,
         keys.dnc_index_current,
         keys.dnc_index_meta,
@@ -82,6 +93,7 @@ ACCESS: dict[ServiceName, tuple[KeyBuilder, ...]] = {
     "agent": (
         keys.agent,
         keys.agent_acks,
+        keys.agent_changes,
         keys.agent_epoch,
         keys.agent_hangups,
         keys.agent_key_template,

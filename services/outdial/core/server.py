@@ -27,6 +27,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from outdial import __version__
 from outdial.core import db
 from outdial.core import logging as odlog
 from outdial.core.auth import authorize, bearer_from_metadata, is_public, set_principal
@@ -35,7 +36,14 @@ from outdial.core.clock import Clock, OffsetClock, SystemClock
 from outdial.core.config import ServiceName, Settings, StartupRefused
 from outdial.core.errors import OutdialError, status_for
 from outdial.core.limits import Limits, refusal, server_options
-from outdial.core.metrics import DEPENDENCY_UP, RPC_SECONDS, RPC_TOTAL, SERVING, start_metrics_server
+from outdial.core.metrics import (
+    BUILD_INFO,
+    DEPENDENCY_UP,
+    RPC_SECONDS,
+    RPC_TOTAL,
+    SERVING,
+    start_metrics_server,
+)
 from outdial.core.redis import Redis, RedisTLS, create_redis
 from outdial.core.revocation import RevocationList, RevocationRefresher
 from outdial.core.signing import KeyConfigError, SigningKey, service_keys
@@ -299,6 +307,18 @@ class CoreInterceptor(grpc.aio.ServerInterceptor):
 # ------------------------------------------------------------------------------------------- health
 
 
+class VersionedHealth(health.aio.HealthServicer):
+    """The standard health servicer; its answers carry the running version as ``outdial-version`` metadata."""
+
+    async def Check(self, request: Any, context: Any) -> Any:
+        await context.send_initial_metadata((("outdial-version", __version__),))
+        return await super().Check(request, context)
+
+    async def Watch(self, request: Any, context: Any) -> None:
+        await context.send_initial_metadata((("outdial-version", __version__),))
+        await super().Watch(request, context)
+
+
 async def _check_dependencies(ctx: ServiceContext, timeout: float) -> dict[str, bool]:
     async def pg() -> bool:
         try:
@@ -437,7 +457,7 @@ async def serve(
         ],
         options=[*server_options(settings), *SERVER_OPTIONS],
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = VersionedHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, spec.full_names, settings)
     for n in ("", *spec.full_names):
@@ -455,9 +475,11 @@ async def serve(
         raise RuntimeError(f"cannot listen on {listen}")
     await server.start()
     start_metrics_server(settings.metrics_host, settings.metrics_port_for(spec.name))
+    BUILD_INFO.labels(spec.name, __version__).set(1)
     log.info(
-        "%s listening on %s (tls=%s, client certificates %s, reflection %s)",
+        "%s %s listening on %s (tls=%s, client certificates %s, reflection %s)",
         spec.name,
+        __version__,
         listen.rsplit(":", 1)[0] + f":{port}",
         settings.tls_enabled,
         "required" if settings.mtls_required else "not required",

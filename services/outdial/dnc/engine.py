@@ -18,10 +18,12 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
 from outdial.core.clock import Clock
+from outdial.core.dnc_changes import mark_changed
 from outdial.core.errors import InvalidArgument, NotFound, Unavailable
 from outdial.core.limits import batch_limit
 from outdial.core.redis import Redis
@@ -33,7 +35,10 @@ from outdial.dnc.index import DncIndex, IndexMissing
 from outdial.dnc.numbers import InvalidNumber, jurisdiction_of, normalise, registry_line
 from outdial.dnc.settings import DncSettings
 from outdial.dnc.verify import Checkpointer, load_checkpoints, verify_log
-from outdial.rules.law import JURISDICTION_REGION
+from outdial.rules.consent import AUTODIALLED, Call, applicable, revocation_match
+from outdial.rules.dialcheck import rule_refs
+from outdial.rules.law import JURISDICTION_REGION, JURISDICTIONS
+from outdial.rules.table import ConsentRow, RegistryFreshnessRow, RevocationWordsRow, RuleSet, rules_in_force
 
 log = logging.getLogger("outdial.dnc")
 
@@ -46,11 +51,69 @@ INLINE_PARSE = 256
 
 @dataclass(frozen=True)
 class Evidence:
-    """What proves a consent, when the person gave it, and how it was obtained."""
+    """What proves a consent: when the person gave it, how it was obtained (the source), the text they
+    agreed to, the IP address or recording it came with, and a free reference (``what``)."""
 
     what: str
     obtained_at: datetime | None
     obtained_via: str
+    text_agreed: str = ""
+    ip_address: str = ""
+    recording_ref: str = ""
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """The call type a check is for: how the calls are placed (:mod:`outdial.rules.consent` methods) and
+    what for. The default is the dialer's usual call: autodialled telemarketing."""
+
+    methods: frozenset[str] = AUTODIALLED
+    purpose: str = "telemarketing"
+
+
+@dataclass
+class InboundResult:
+    revocation: bool
+    matched: str
+    number: str
+    consents_revoked: int
+    audit_seq: int
+
+
+def _rules(jurisdiction: str, at: datetime) -> RuleSet:
+    """The jurisdiction-wide rules in force at ``at`` (none for a number outside every known jurisdiction:
+    only the internal and campaign lists bind it)."""
+    if jurisdiction not in JURISDICTIONS:
+        return RuleSet(jurisdiction, "", at.date(), ())
+    return rules_in_force(jurisdiction, None, at)
+
+
+@dataclass
+class _Jur:
+    """What one jurisdiction's numbers are checked against in one batch."""
+
+    lists: list[ListInfo]
+    registry: gate.Reason | None
+    rows: list[ConsentRow]
+    wireless_max_age: int | None
+    national: ListInfo | None
+
+    @property
+    def registry_rows(self) -> bool:
+        return any("registered_number" in r.tokens() for r in self.rows)
+
+    @property
+    def line_rows(self) -> bool:
+        return any(r.tokens() & {"wireless", "landline"} for r in self.rows)
+
+
+@dataclass(frozen=True)
+class DialerDecision:
+    """The pacing service's own dial-time decision about one number (calling window, caps, UK 72 h: the
+    codes that block it, empty when allowed) and its inputs, recorded in the same audit record as the lists'."""
+
+    blocked: tuple[str, ...]
+    inputs: dict[str, Any]
 
 
 @dataclass
@@ -135,21 +198,34 @@ class DncEngine:
         dial_time: bool,
         call_ids: Sequence[str],
         actor: str,
+        call: CallSpec | None = None,
+        dialer: Sequence[DialerDecision] = (),
     ) -> tuple[list[Decision], list[int]]:
-        """Decisions (in request order) and, for dial-time checks, the audit seq of each."""
+        """Decisions (in request order) and, for dial-time checks, the audit seq of each. ``dialer``: the
+        dialer's own decisions, parallel to ``raw`` (dial time only); a number it blocked is blocked, its
+        codes first, and each audit record keeps both decisions' inputs."""
         batch_limit(len(raw), self.settings.max_batch, "numbers", "OUTDIAL_DNC_MAX_BATCH")
         if call_ids and len(call_ids) != len(raw):
             raise InvalidArgument("call_ids must be parallel to numbers", field="call_ids")
+        if dialer and len(dialer) != len(raw):
+            raise InvalidArgument("dialer must be parallel to numbers", field="dialer")
+        if dialer and not dial_time:
+            raise InvalidArgument("dialer decisions go with dial_time checks only", field="dialer")
         now = self.clock.now()
         try:
             decisions = await asyncio.wait_for(
-                self._check(raw, campaign_id, jurisdiction, now), self.settings.check_timeout_seconds
+                self._check(raw, campaign_id, jurisdiction, now, call or CallSpec(), inputs=dial_time),
+                self.settings.check_timeout_seconds,
             )
         except Exception as exc:  # fail closed: whatever went wrong, do not dial
             log.warning("DNC check unavailable: %s", _describe(exc), exc_info=not isinstance(exc, OSError))
             if isinstance(exc, IndexMissing):
                 self.rebuild_wanted.set()
             decisions = gate.unavailable(raw, _describe(exc))
+        for d, dd in zip(decisions, dialer, strict=False):
+            if dd.blocked:
+                d.allowed = False
+                d.reasons = [gate.Reason(code) for code in dd.blocked] + d.reasons
         seqs = [0] * len(decisions)
         if dial_time:
             entries = [
@@ -170,6 +246,13 @@ class DncEngine:
                             "decided_at": now.isoformat(),
                             # the Reassigned Numbers Database check of a number that relies on consent
                             **({"rnd": d.rnd} if d.rnd is not None else {}),
+                            # the call type, the line type, the consent rows and the consents relied on
+                            **({"consent": d.consent} if d.consent is not None else {}),
+                            # what each decision used: the lists' (here) and the dialer's (window, caps)
+                            "inputs": {
+                                "lists": d.inputs or {},
+                                **({"dialer": dialer[i].inputs} if dialer else {}),
+                            },
                         }
                     ),
                 )
@@ -185,9 +268,123 @@ class DncEngine:
                 seqs = [0] * len(decisions)
         return decisions, seqs
 
+    def _jur(self, lists: Sequence[ListInfo], campaign_id: str, j: str, now: datetime) -> _Jur:
+        rules = _rules(j, now)
+        national = [li for li in lists if li.kind == "national" and li.jurisdiction == j]
+        return _Jur(
+            gate.applicable(lists, campaign_id, j),
+            gate.registry_reason(
+                lists,
+                j,
+                now,
+                require=self.settings.require_registry,
+                max_age_days=gate.max_age_days(rules, "national", self.settings.registry_max_age_days) or 0,
+            ),
+            rules.of(ConsentRow),
+            gate.max_age_days(rules, "wireless"),
+            national[0] if national else None,
+        )
+
+    def _plan(
+        self, jur: _Jur, j: str, hits: Sequence[str], campaign_id: str, call: CallSpec, now: datetime
+    ) -> tuple[Call, gate.LineType]:
+        lt = gate.line_type(jur.lists, hits, j, now, jur.wireless_max_age)
+        registered = any(h.startswith("national:") for h in hits)
+        return Call(call.methods, call.purpose, lt.line, registered, campaign_id), lt
+
+    def _decide(
+        self,
+        number: str,
+        jur: _Jur,
+        hits: Sequence[str],
+        entries: dict[tuple[str, str], gate.EntryInfo],
+        plan: tuple[Call, gate.LineType],
+        consents: Sequence[rnd.ConsentInfo],
+        results: Sequence[rnd.StoredResult],
+        now: datetime,
+    ) -> Decision:
+        """One number's decision: its lists, then the consent rows binding its call (with the consents the
+        Reassigned Numbers Database leaves usable)."""
+        c, lt = plan
+        a = (
+            rnd.assess(list(consents), list(results), required=self.settings.rnd_required)
+            if consents
+            else None
+        )
+        creasons, cdetails = gate.consent_reasons(jur.rows, c, a.usable if a else [], now, lt, jur.national)
+        # A registry or a wireless list that no rule of the jurisdiction speaks of: nothing opens it.
+        if c.registered and not jur.registry_rows and c.purpose == "telemarketing":
+            li = jur.national
+            creasons.append(
+                gate.Reason(
+                    "dnc.national",
+                    li.id if li else "",
+                    "national",
+                    since=li.registry_date if li else None,
+                    detail="registered on the national do-not-call registry (no consent rule of this "
+                    "jurisdiction opens it)",
+                )
+            )
+        if lt.line == "wireless" and not jur.line_rows and c.methods & {"autodialled", "prerecorded"}:
+            creasons.append(
+                gate.Reason(
+                    "wireless.no_consent",
+                    lt.list_id,
+                    "wireless",
+                    detail="a wireless number (no consent rule of this jurisdiction opens it)",
+                )
+            )
+        rnd_reason = a.reason if a is not None and a.reason is not None and creasons else None
+        d = gate.decide(number, jur.lists, hits, entries, now, jur.registry, rnd_reason, creasons)
+        d.rnd = a.details if a is not None else None
+        d.consent = cdetails
+        return d
+
+    def _inputs(
+        self,
+        wanted: bool,
+        d: Decision,
+        j: str,
+        jur: _Jur,
+        lists: Sequence[ListInfo],
+        hits: Sequence[str],
+        consent_checked: bool,
+        now: datetime,
+        registry_info: dict[str, dict[str, Any]],
+    ) -> dict[str, Any] | None:
+        """What a dial-time lists decision used, for its audit record (registry_info: per jurisdiction, once
+        per batch); None when not ``wanted`` (a check that is not recorded)."""
+        if not wanted:
+            return None
+        if j not in registry_info:
+            max_age = gate.max_age_days(_rules(j, now), "national", self.settings.registry_max_age_days)
+            registry_info[j] = _registry_inputs(lists, j, now, max_age or 0, self.settings.require_registry)
+        met = [
+            q.get("met_by_consent_id")
+            for q in (d.consent or {}).get("requirements", [])
+            if q.get("met_by_consent_id")
+        ]
+        return {
+            "decided_at": now.isoformat(),
+            "jurisdiction": j,
+            "lists_checked": [li.id for li in jur.lists],
+            "hits": sorted(hits),
+            "registry": registry_info[j],
+            "consent_checked": consent_checked,
+            "relied_on_consent_id": (d.rnd or {}).get("relied_on_consent_id") or (met[0] if met else None),
+        }
+
     async def _check(
-        self, raw: Sequence[str], campaign_id: str, jurisdiction: str, now: datetime
+        self,
+        raw: Sequence[str],
+        campaign_id: str,
+        jurisdiction: str,
+        now: datetime,
+        call: CallSpec,
+        *,
+        inputs: bool = False,
     ) -> list[Decision]:
+        """The lists' decisions; ``inputs``: with what each used (for a dial-time record)."""
         if len(raw) > INLINE_PARSE:
             parsed = await asyncio.to_thread(_parse_checked, raw, jurisdiction)
         else:
@@ -197,72 +394,57 @@ class DncEngine:
             if dirty is not None:
                 self.rebuild_wanted.set()
                 raise IndexMissing(f"the lookup index is behind PostgreSQL since {dirty.isoformat()}")
-            per_j: dict[str, list[ListInfo]] = {}
-            registry: dict[str, gate.Reason | None] = {}
+            per_j: dict[str, _Jur] = {}
+            registry_info: dict[str, dict[str, Any]] = {}
             probes: list[tuple[str, str, str]] = []
             for _, pe, j in parsed:
                 if pe is None:
                     continue
                 if j not in per_j:
-                    per_j[j] = gate.applicable(lists, campaign_id, j)
-                    registry[j] = gate.registry_reason(
-                        lists,
-                        j,
-                        now,
-                        require=self.settings.require_registry,
-                        max_age_days=self.settings.registry_max_age_days,
-                    )
-                for li in per_j[j]:
+                    per_j[j] = self._jur(lists, campaign_id, j, now)
+                for li in per_j[j].lists:
                     probes.append((li.id, li.kind, pe))
             flags = await self.index.lookup(probes)
             hits: dict[str, list[str]] = defaultdict(list)
             small: set[str] = set()
             small_lists: set[str] = set()
-            bulk: set[str] = set()
             for (list_id, kind, e), hit in zip(probes, flags, strict=True):
                 if hit:
                     hits[e].append(list_id)
-                    if kind in gate.BULK_KINDS:
-                        bulk.add(e)
-                    else:
+                    if kind not in gate.BULK_KINDS:
                         small.add(e)
                         small_lists.add(list_id)
             details = await store.entry_details(conn, sorted(small), sorted(small_lists)) if small else {}
-            consent = await self._consent_checks(conn, sorted(bulk), campaign_id, now) if bulk else {}
+            plans: dict[str, tuple[Call, gate.LineType]] = {}
+            need: set[str] = set()
+            for _, pe, j in parsed:
+                if pe is None or pe in plans:
+                    continue
+                plans[pe] = self._plan(per_j[j], j, hits.get(pe, []), campaign_id, call, now)
+                if applicable(per_j[j].rows, plans[pe][0]):
+                    need.add(pe)
+            consents = await store.active_consents(conn, sorted(need), campaign_id, now) if need else {}
+            results = await store.rnd_results(conn, sorted(consents)) if consents else {}
         out: list[Decision] = []
         for r, pe, j in parsed:
             if pe is None:
                 out.append(gate.invalid(r, j))
                 continue
-            a = consent.get(pe)
-            relied = a is not None and a.relied_on is not None
-            d = gate.decide(
-                pe, per_j[j], hits.get(pe, ()), details, relied, now, registry[j], a.reason if a else None
+            d = self._decide(
+                pe,
+                per_j[j],
+                hits.get(pe, []),
+                details,
+                plans[pe],
+                consents.get(pe, []),
+                results.get(pe, []),
+                now,
             )
-            d.rnd = a.details if a is not None else None
+            d.inputs = self._inputs(
+                inputs, d, j, per_j[j], lists, hits.get(pe, ()), bool(consents.get(pe)), now, registry_info
+            )
             out.append(d)
         return out
-
-    async def _consent_checks(
-        self,
-        conn: asyncpg.Connection,
-        numbers: Sequence[str],
-        campaign_id: str,
-        at: datetime,
-        *,
-        asof: bool = False,
-    ) -> dict[str, rnd.Assessment]:
-        """For numbers whose list hit consent would override: their consents in force and the Reassigned
-        Numbers Database answers about them (two queries for the whole batch), assessed (dnc/rnd.py).
-        ``asof``: only answers imported by ``at`` (explaining a past decision)."""
-        consents = await store.active_consents(conn, numbers, campaign_id, at)
-        if not consents:
-            return {}
-        results = await store.rnd_results(conn, sorted(consents), at if asof else None)
-        return {
-            n: rnd.assess(cs, results.get(n, []), required=self.settings.rnd_required)
-            for n, cs in consents.items()
-        }
 
     # ------------------------------------------------------------------ list changes
 
@@ -331,6 +513,23 @@ class DncEngine:
             log.exception("DNC index update failed: the index is marked dirty and will be rebuilt")
             await self._flag_dirty(exc)
 
+    async def _block_first(self, changes: list[tuple[str, str, str, bool]], numbers: Sequence[str]) -> None:
+        """Before a listing or a consent revocation is recorded: the additions into the lookup index, then
+        the numbers marked as changed (core/dnc_changes.py), so that no dial checked before it leaves after
+        it. Best effort here: when Redis cannot take it, the checks and the dialer's mark read fail closed,
+        and the change is still recorded and applied (or the index flagged) after the commit."""
+        if changes:
+            try:
+                await self.index.apply(changes)
+            except Exception as exc:  # IndexMissing, RedisError: the post-commit apply flags it
+                log.warning("DNC index not updated before the record (%s): after it", type(exc).__name__)
+        try:
+            await mark_changed(self.index.redis, numbers)
+        except Exception as exc:
+            log.warning(
+                "DNC change not marked (%s): the dialer's read of it fails closed", type(exc).__name__
+            )
+
     async def _flag_dirty(self, exc: Exception) -> None:
         with contextlib.suppress(Exception):
             await store.set_dirty(self.pool)
@@ -353,6 +552,10 @@ class DncEngine:
         campaign_id: str = "",
         extra_details: dict[str, str] | None = None,
     ) -> tuple[list[str], list[AuditRecord]]:
+        # Blocked before it is recorded: a dial checked before this moment is stopped at the dial
+        # (core/dnc_changes.py); after the commit the index gets the additions again (idempotent), in case
+        # a rebuild switched versions meanwhile.
+        await self._block_first([(li.id, li.kind, n, True) for n in numbers], numbers)
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", WRITE_LOCK)
@@ -458,14 +661,20 @@ class DncEngine:
         evidence: Evidence,
         actor: str,
         expires_at: datetime | None,
+        ebr_basis: str = "",
     ) -> AuditRecord:
+        """Grant (with its evidence) or revoke. A revocation is read by the very next check: the gate reads
+        consents from PostgreSQL on every check, so no cache stands between a revocation and a dial."""
+        if revoke:
+            await self._block_first([], [number])
         now = self.clock.now()
+        consent_id = 0
         async with self.pool.acquire() as conn, conn.transaction():
             if revoke:
                 n = await store.revoke_consent(conn, number, campaign_id or None, actor, now)
                 result = "revoked" if n else "none_active"
             else:
-                await store.grant_consent(
+                consent_id = await store.grant_consent(
                     conn,
                     number,
                     kind,
@@ -476,6 +685,10 @@ class DncEngine:
                     expires_at,
                     obtained_at=evidence.obtained_at,
                     obtained_via=evidence.obtained_via,
+                    text_agreed=evidence.text_agreed,
+                    ip_address=evidence.ip_address,
+                    recording_ref=evidence.recording_ref,
+                    ebr_basis=ebr_basis,
                 )
                 result = "granted"
             (rec,) = await self._audit(
@@ -498,6 +711,17 @@ class DncEngine:
                                 "obtained_via": evidence.obtained_via,
                                 "revoke": revoke,
                                 "expires_at": expires_at.isoformat() if expires_at else None,
+                                **(
+                                    {
+                                        "consent_id": consent_id,
+                                        "text_agreed": evidence.text_agreed,
+                                        "ip_address": evidence.ip_address,
+                                        "recording_ref": evidence.recording_ref,
+                                        "ebr_basis": ebr_basis,
+                                    }
+                                    if not revoke
+                                    else {}
+                                ),
                             }
                         ),
                     )
@@ -517,6 +741,7 @@ class DncEngine:
     ) -> AuditRecord:
         """Revoke every consent for ``number``, in every campaign (a ``wrong_number`` outcome: the person
         who answered is not the one who consented), with one audited "consent" record."""
+        await self._block_first([], [number])
         now = self.clock.now()
         async with self.pool.acquire() as conn, conn.transaction():
             n = await store.revoke_consent(conn, number, None, actor, now)
@@ -538,6 +763,72 @@ class DncEngine:
                 ],
             )
         return rec
+
+    async def record_inbound(
+        self,
+        *,
+        channel: str,
+        sender: str,
+        number: str,
+        body: str,
+        received_at: datetime,
+        campaign_id: str,
+        actor: str,
+    ) -> InboundResult:
+        """An SMS or email reply. One holding a revocation word or phrase (the rules table's
+        ``revocation_words`` rows, every jurisdiction's: :func:`outdial.rules.consent.revocation_match`)
+        revokes every consent of ``number`` and puts it on the internal list, in one transaction with its
+        audit record, and the lookup index before returning: the next check refuses it. Any other message is
+        audited ("inbound", result "no_revocation") and changes nothing."""
+        rows = [r for j in JURISDICTIONS for r in _rules(j, self.clock.now()).of(RevocationWordsRow)]
+        matched = revocation_match(rows, body)
+        if matched:
+            await self._block_first([("internal", "internal", number, True)], [number])
+        now = self.clock.now()
+        details: dict[str, Any] = {
+            "channel": channel,
+            "sender": sender,
+            "received_at": received_at.isoformat(),
+            "matched": matched,
+            "body": body[:1000],
+        }
+        added: list[str] = []
+        n = 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            if matched:
+                await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", WRITE_LOCK)
+                internal = ListInfo("internal", "internal", "Company do-not-call list")
+                await store.ensure_list(conn, internal)
+                added = await store.add_entries(
+                    conn,
+                    "internal",
+                    [number],
+                    source=f"inbound_{channel}",
+                    actor=actor,
+                    reason=f"revocation by {channel} reply ({matched!r})",
+                    at=now,
+                    expires_at=None,
+                )
+                n = await store.revoke_consent(conn, number, None, actor, now)
+                details.update({"list_id": "internal", "consents_revoked": n, "listed_now": bool(added)})
+            (rec,) = await self._audit(
+                conn,
+                [
+                    AuditEntry(
+                        actor,
+                        "inbound",
+                        number,
+                        campaign_id,
+                        "",
+                        "revoked" if matched else "no_revocation",
+                        f"{channel}:{matched}" if matched else channel,
+                        details_json(details),
+                    )
+                ],
+            )
+        if added:
+            await self._apply_or_flag([("internal", "internal", number, True)])
+        return InboundResult(bool(matched), matched, number, n, rec.seq)
 
     # ------------------------------------------------------------------ Reassigned Numbers Database
 
@@ -821,41 +1112,40 @@ class DncEngine:
         async with self.pool.acquire() as conn:
             return await verify_log(conn, from_seq, checkpoints)
 
-    async def explain(self, number: str, at: datetime, campaign_id: str) -> Explanation:
+    async def explain(
+        self, number: str, at: datetime, campaign_id: str, call: CallSpec | None = None
+    ) -> Explanation:
+        call = call or CallSpec()
+        j = jurisdiction_of(number)
         async with self.pool.acquire() as conn:
             lists = await store.lists_at(conn, at)
             rows = await store.entries_at(conn, number, at)
-            consent = await self._consent_checks(conn, [number], campaign_id, at, asof=True)
+            jur = self._jur(lists, campaign_id, j, at)
+            app_ids = {li.id for li in jur.lists}
+            hits = [r["list_id"] for r in rows if r["list_id"] in app_ids]
+            plan = self._plan(jur, j, hits, campaign_id, call, at)
+            consents = (await store.active_consents(conn, [number], campaign_id, at)).get(number, [])
+            results = (await store.rnd_results(conn, [number], at)).get(number, []) if consents else []
             records = await store.audit_for_number(conn, number, at)
-        j = jurisdiction_of(number)
-        app = gate.applicable(lists, campaign_id, j)
-        app_ids = {li.id for li in app}
-        hits = [r["list_id"] for r in rows if r["list_id"] in app_ids]
         entries = {(r["list_id"], number): gate.EntryInfo(r["added_at"], r["expires_at"]) for r in rows}
-        reg = gate.registry_reason(
-            lists,
-            j,
-            at,
-            require=self.settings.require_registry,
-            max_age_days=self.settings.registry_max_age_days,
-        )
-        a = consent.get(number)
-        relies = a is not None and any(h.startswith(("national:", "wireless:")) for h in hits)
-        d = gate.decide(
-            number,
-            app,
-            hits,
-            entries,
-            a is not None and a.relied_on is not None,
-            at,
-            reg,
-            a.reason if a is not None and relies else None,
-        )
+        d = self._decide(number, jur, hits, entries, plan, consents, results, at)
         lines = [f"At {at.isoformat()} {number} was {'ALLOWED' if d.allowed else 'BLOCKED'} by the lists."]
         for r in d.reasons:
             lines.append(f"- {r.code}: {r.detail}" + (f" (since {r.since.isoformat()})" if r.since else ""))
-        if a is not None and relies:
-            rd = a.details
+        call_of, lt = plan
+        lines.append(
+            f"Call type: {'+'.join(sorted(call_of.methods))} {call_of.purpose}; line type: {lt.line or 'unknown'}"
+            + (f" ({lt.detail})" if lt.detail else "")
+            + f"; on the national registry: {'yes' if call_of.registered else 'no'}."
+        )
+        for q in (d.consent or {}).get("requirements", []):
+            met = q["met_by_consent_id"]
+            lines.append(
+                f"Rule {q['rule']} ({q['call_type']}: {' or '.join(q['requires_any'])}): "
+                + (f"met by consent #{met} ({q['met_by_kind']})." if met else "not met.")
+            )
+        if d.rnd is not None:
+            rd = d.rnd
             lines.append(
                 f"Consent and the Reassigned Numbers Database: {rd['outcome']} "
                 f"({len(rd['consents'])} consent(s) in force, {rd['results_total']} RND answer(s) imported by then"
@@ -872,6 +1162,27 @@ class DncEngine:
         else:
             lines.append("No dial-time decision was recorded for this number at or before that time.")
         return Explanation(number, at, d, records, "\n".join(lines))
+
+
+def _registry_inputs(
+    lists: Sequence[ListInfo], jurisdiction: str, now: datetime, max_age_days: int, required: bool
+) -> dict[str, Any]:
+    """The national registry copy a decision relied on: its download date, age, the age limit applied and
+    the versions of the freshness rule rows in force for the jurisdiction."""
+    national = [li for li in lists if li.kind == "national" and li.jurisdiction == jurisdiction]
+    downloaded = national[0].registry_date if national else None
+    try:
+        rows = rules_in_force(jurisdiction, None, now).of(RegistryFreshnessRow)
+    except ValueError:
+        rows = []
+    return {
+        "list_id": national[0].id if national else "",
+        "downloaded_at": downloaded.isoformat() if downloaded else None,
+        "age_days": (now - downloaded).days if downloaded else None,
+        "max_age_days": max_age_days,
+        "required": required,
+        "rules": rule_refs(rows),
+    }
 
 
 def _parse_checked(raw: Sequence[str], jurisdiction: str) -> list[tuple[str, str | None, str]]:

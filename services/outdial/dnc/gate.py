@@ -1,13 +1,17 @@
 """The list part of the dial-time gate (pure: no I/O).
 
 Given the lists, which of them hold each number (from the Redis index), entry details for the small lists
-and the numbers with consent, decide for each number: allowed, or blocked with *every* reason.
+and the consents each number has, decide for each number: allowed, or blocked with *every* reason.
 The gate fails closed: a number that cannot be read, a registry that is missing or older than its legal
-age, or any dependency failure (handled by the caller with :func:`unavailable`) blocks the dial.
+age, a line type that no current wireless list tells, or any dependency failure (handled by the caller
+with :func:`unavailable`) blocks the dial.
 
-Sources: national registry copies may be at most 31 days old (47 CFR 64.1200(c)(2)(i)(D), CRTC UTR);
-wireless numbers need prior express consent for autodialled calls (47 U.S.C. 227(b)(1)(A)(iii));
-consent overrides the national registry (64.1200(c)(2)(ii)) but never a company-specific opt-out.
+The figures and requirements are the rules table's (``rules/data/*.yaml``): the registries' freshness
+(``registry_freshness`` rows, one per list kind) and the consent each call type needs (``consent`` rows,
+decided by :mod:`outdial.rules.consent`). A hit on the national registry or the wireless list is not a
+reason by itself: it makes the call a call to a registered number or to a wireless number, and the rows
+binding that call say which consent opens it. Nothing opens a company-specific opt-out (internal, campaign
+and state lists).
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+from outdial.rules import law
+from outdial.rules.consent import Call, ConsentLike, Requirement, evaluate
+from outdial.rules.table import ConsentRow, RegistryFreshnessRow, RuleSet
 
 #: Lists that are bulk copies (one bitmap each, no per-entry details looked up at check time).
 BULK_KINDS = frozenset({"national", "wireless"})
@@ -56,6 +64,10 @@ class Decision:
     reasons: list[Reason] = field(default_factory=list)
     #: The Reassigned Numbers Database check of the consent relied on (dnc/rnd.py), for the audit record.
     rnd: dict[str, Any] | None = None
+    #: The call type, the number's line type and each consent requirement with the consent that met it.
+    consent: dict[str, Any] | None = None
+    #: What the lists decision used (lists consulted, hits, registry copy and its age limit), for the audit record.
+    inputs: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,9 +108,16 @@ def applicable(lists: Iterable[ListInfo], campaign_id: str, jurisdiction: str) -
 
 
 def registry_reason(
-    lists: Iterable[ListInfo], jurisdiction: str, now: datetime, *, require: bool, max_age_days: int
+    lists: Iterable[ListInfo],
+    jurisdiction: str,
+    now: datetime,
+    *,
+    require: bool,
+    max_age_days: int | None = None,
 ) -> Reason | None:
-    """Why no number of ``jurisdiction`` may be dialled now because of its national registry copy."""
+    """Why no number of ``jurisdiction`` may be dialled now because of its national registry copy. Its
+    maximum age is the jurisdiction's ``registry_freshness`` row in force on ``now``
+    (:func:`outdial.rules.law.registry_max_age_days`), tightened by ``max_age_days`` when that is lower."""
     national = [li for li in lists if li.kind == "national" and li.jurisdiction == jurisdiction]
     if not jurisdiction:
         return None
@@ -115,6 +134,10 @@ def registry_reason(
     li = national[0]
     assert li.registry_date is not None
     age = now - li.registry_date
+    limits = [d for d in (law.registry_max_age_days(jurisdiction, now), max_age_days) if d is not None]
+    if not limits:
+        return None
+    max_age_days = min(limits)
     if age > timedelta(days=max_age_days):
         return Reason(
             "registry.stale",
@@ -127,19 +150,149 @@ def registry_reason(
     return None
 
 
+def max_age_days(rules: RuleSet, list_kind: str, own: int | None = None) -> int | None:
+    """The strictest ``registry_freshness`` row in force for ``list_kind``, and the operator's own limit
+    (which may only be stricter); None when neither sets one."""
+    ages = [r.max_age_days for r in rules.of(RegistryFreshnessRow) if r.list_kind == list_kind]
+    if own is not None:
+        ages.append(own)
+    return min(ages) if ages else None
+
+
+@dataclass(frozen=True)
+class LineType:
+    """What the wireless list says of a number: ``wireless``, ``landline`` or None (not known, ``detail``
+    says why)."""
+
+    line: str | None
+    detail: str = ""
+    list_id: str = ""
+    since: datetime | None = None
+
+
+def line_type(
+    lists: Iterable[ListInfo], hits: Iterable[str], jurisdiction: str, now: datetime, max_age: int | None
+) -> LineType:
+    """A number on the wireless list is wireless (however old the list). One not on it is a landline only
+    when the list is no older than ``max_age`` days (the ``registry_freshness`` row of the wireless list):
+    otherwise its line type is not known."""
+    wl = [li for li in lists if li.kind == "wireless" and li.jurisdiction == jurisdiction]
+    lid = wl[0].id if wl else f"wireless:{jurisdiction}"
+    if any(h.startswith("wireless:") for h in hits):
+        return LineType("wireless", list_id=lid, since=wl[0].registry_date if wl else None)
+    if not wl or wl[0].registry_date is None:
+        return LineType(
+            None,
+            f"no wireless and ported-number list for {jurisdiction} has been imported, so the line type is "
+            "not known",
+            lid,
+        )
+    li = wl[0]
+    assert li.registry_date is not None
+    if max_age is None:
+        return LineType(None, f"no rule says how old the {jurisdiction} wireless list may be", lid)
+    age = now - li.registry_date
+    if age > timedelta(days=max_age):
+        return LineType(
+            None,
+            f"the {jurisdiction} wireless and ported-number list was downloaded "
+            f"{li.registry_date.date().isoformat()}, {age.days} days ago; it may be at most {max_age} days "
+            "old to tell a landline",
+            lid,
+            li.registry_date,
+        )
+    return LineType("landline", list_id=lid, since=li.registry_date)
+
+
+def _kinds(req: Requirement) -> str:
+    return " or ".join(req.row.requires_any)
+
+
+def consent_reasons(
+    rows: Sequence[ConsentRow],
+    call: Call,
+    consents: Sequence[ConsentLike],
+    now: datetime,
+    line: LineType,
+    national: ListInfo | None,
+) -> tuple[list[Reason], dict[str, Any]]:
+    """The reasons the consent rows binding ``call`` give against it (none when each is met), and the
+    details the audit keeps (call type, line type, each requirement and the consent that met it)."""
+    reqs = evaluate(rows, call, consents, now)
+    reasons: list[Reason] = []
+    for req in reqs:
+        if req.met_by is not None:
+            continue
+        t = req.row.tokens()
+        need = f"a {req.row.call_type} call needs {_kinds(req)} ({req.row.source})"
+        lapsed = ("; " + "; ".join(req.lapsed)) if req.lapsed else ""
+        if "registered_number" in t:
+            r = Reason(
+                "dnc.national",
+                national.id if national else "",
+                "national",
+                since=national.registry_date if national else None,
+                detail=f"registered on the national do-not-call registry: {need}{lapsed}",
+            )
+        elif req.by_unknown_line:
+            r = Reason(
+                "line_type.unknown",
+                line.list_id,
+                "wireless",
+                since=line.since,
+                detail=f"{line.detail}: "
+                f"dial it only with the consent a wireless number needs ({need}), after importing a "
+                f"current wireless list, or in preview mode{lapsed}",
+            )
+        elif "wireless" in t:
+            r = Reason(
+                "wireless.no_consent",
+                line.list_id,
+                "wireless",
+                since=line.since,
+                detail=f"a wireless number: {need}{lapsed}",
+            )
+        else:
+            r = Reason("consent.required", detail=f"{need}{lapsed}")
+        if all(x.code != r.code for x in reasons):
+            reasons.append(r)
+    reasons.sort(key=lambda r: r.code)
+    details = {
+        "call": {
+            "methods": sorted(call.methods),
+            "purpose": call.purpose,
+            "line": call.line or "unknown",
+            "registered": call.registered,
+        },
+        "requirements": [
+            {
+                "rule": q.row.id,
+                "call_type": q.row.call_type,
+                "requires_any": list(q.row.requires_any),
+                "by_unknown_line": q.by_unknown_line,
+                "met_by_consent_id": q.met_by.id if q.met_by is not None else None,
+                "met_by_kind": q.met_by.kind if q.met_by is not None else None,
+            }
+            for q in reqs
+        ],
+    }
+    return reasons, details
+
+
 def decide(
     number: str,
     lists: Sequence[ListInfo],
     hits: Iterable[str],
     entries: Mapping[tuple[str, str], EntryInfo],
-    consented: bool,
     now: datetime,
     registry: Reason | None,
     rnd: Reason | None = None,
+    consent: Sequence[Reason] = (),
 ) -> Decision:
     """One number: ``hits`` are ids of lists whose index holds it; ``entries`` details of small-list hits;
-    ``rnd`` why its consent cannot be relied on (a Reassigned Numbers Database answer: ``consented`` is then
-    False, and the reason is kept beside the list's own)."""
+    ``consent`` the reasons the consent rows give (:func:`consent_reasons`: bulk-list hits count only
+    through them); ``rnd`` why a consent cannot be relied on (a Reassigned Numbers Database answer), kept
+    beside the consent reasons it causes."""
     by_id = {li.id: li for li in lists}
     reasons: list[Reason] = []
     if registry is not None:
@@ -148,17 +301,7 @@ def decide(
         reasons.append(rnd)
     for list_id in sorted(set(hits)):
         li = by_id.get(list_id)
-        if li is None:
-            continue
-        if li.kind in BULK_KINDS:
-            if consented:
-                continue
-            detail = (
-                "registered on the national do-not-call registry and no consent is recorded"
-                if li.kind == "national"
-                else "a wireless number: autodialled calls need the person's prior express consent"
-            )
-            reasons.append(Reason(KIND_CODES[li.kind], li.id, li.kind, since=li.registry_date, detail=detail))
+        if li is None or li.kind in BULK_KINDS:
             continue
         info = entries.get((list_id, number))
         if info is None:
@@ -178,6 +321,7 @@ def decide(
                 detail=f"on the {li.kind} do-not-call list {li.id}",
             )
         )
+    reasons += consent
     return Decision(number, not reasons, reasons)
 
 

@@ -180,6 +180,8 @@ class ConsentInfo:
     #: they were recorded (``granted_at``) and say so (``obtained_at_recorded`` False).
     obtained_at: datetime
     obtained_at_recorded: bool
+    #: An established business relationship's basis (purchase, inquiry), "" for other kinds.
+    ebr_basis: str = ""
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,9 @@ class Assessment:
     #: Why the consent cannot be relied on (None when one can).
     reason: Reason | None
     details: dict[str, Any]
+    #: Every consent the dial may rely on (the consent rules pick among them): the covered ones, or, unless
+    #: an RND answer is required, every one not reassigned.
+    usable: list[ConsentInfo] = field(default_factory=list)
 
 
 def _day(dt: datetime) -> date:
@@ -278,4 +283,4 @@ def assess(consents: list[ConsentInfo], results: list[StoredResult], *, required
         "results": [_result_dict(r) for r in results[:MAX_RESULTS_IN_DETAILS]],
         "results_total": len(results),
     }
-    return Assessment(relied, reason, details)
+    return Assessment(relied, reason, details, covered if required else usable)

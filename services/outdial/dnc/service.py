@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,9 +18,10 @@ from outdial.core.jurisdictions import jurisdiction_from_pb, jurisdiction_to_pb
 from outdial.core.metrics import DNC_DECISIONS
 from outdial.dnc import gate, store
 from outdial.dnc.audit import AuditRecord
-from outdial.dnc.engine import DncEngine, Evidence
+from outdial.dnc.engine import CallSpec, DialerDecision, DncEngine, Evidence
 from outdial.dnc.verify import verification_response
-from outdial.v1 import dnc_pb2, dnc_pb2_grpc
+from outdial.rules.consent import AUTODIALLED, MANUAL, PRERECORDED
+from outdial.v1 import common_pb2, dnc_pb2, dnc_pb2_grpc
 
 KIND_TO_PB = {
     "internal": dnc_pb2.LIST_KIND_INTERNAL,
@@ -37,11 +40,35 @@ RND_ANSWER = {
     "no": dnc_pb2.RND_ANSWER_NO,
     "no_data": dnc_pb2.RND_ANSWER_NO_DATA,
 }
+#: The proto's consent kinds as the rules table names them (rules/data/*.yaml ``requires_any``).
 CONSENT = {
-    dnc_pb2.CONSENT_KIND_EXPRESS: "express",
-    dnc_pb2.CONSENT_KIND_EXPRESS_WRITTEN: "express_written",
-    dnc_pb2.CONSENT_KIND_EXISTING_BUSINESS_RELATIONSHIP: "existing_business_relationship",
+    dnc_pb2.CONSENT_KIND_EXPRESS: "prior_express_consent",
+    dnc_pb2.CONSENT_KIND_EXPRESS_WRITTEN: "prior_express_written_consent",
+    dnc_pb2.CONSENT_KIND_EXISTING_BUSINESS_RELATIONSHIP: "established_business_relationship",
+    dnc_pb2.CONSENT_KIND_CAMPAIGN_OPT_IN: "campaign_opt_in",
 }
+EBR_BASIS = {dnc_pb2.EBR_BASIS_PURCHASE: "purchase", dnc_pb2.EBR_BASIS_INQUIRY: "inquiry"}
+CHANNEL = {dnc_pb2.INBOUND_CHANNEL_SMS: "sms", dnc_pb2.INBOUND_CHANNEL_EMAIL: "email"}
+#: The call type of a check (unspecified: the dialer's usual autodialled telemarketing call).
+METHODS = {
+    common_pb2.CALL_METHOD_UNSPECIFIED: AUTODIALLED,
+    common_pb2.CALL_METHOD_AUTODIALLED: AUTODIALLED,
+    common_pb2.CALL_METHOD_PRERECORDED: PRERECORDED,
+    common_pb2.CALL_METHOD_MANUAL: MANUAL,
+}
+PURPOSES = {
+    common_pb2.CALL_PURPOSE_UNSPECIFIED: "telemarketing",
+    common_pb2.CALL_PURPOSE_TELEMARKETING: "telemarketing",
+    common_pb2.CALL_PURPOSE_INFORMATIONAL: "informational",
+}
+
+
+def call_spec(method: int, purpose: int) -> CallSpec:
+    if method not in METHODS:
+        raise InvalidArgument(f"unknown call_method {method}", field="call_method")
+    if purpose not in PURPOSES:
+        raise InvalidArgument(f"unknown call_purpose {purpose}", field="call_purpose")
+    return CallSpec(METHODS[method], PURPOSES[purpose])  # type: ignore[index]
 
 
 def ts(dt: datetime | None) -> Timestamp | None:
@@ -92,6 +119,20 @@ def record_pb(r: AuditRecord) -> dnc_pb2.AuditRecord:
     )
 
 
+def _dialer_decision(i: int, d: dnc_pb2.DialerDecision) -> DialerDecision:
+    """One ``dialer`` entry of a CheckNumbers request: its inputs must be a JSON object (kept verbatim)."""
+    try:
+        inputs = json.loads(d.inputs_json) if d.inputs_json else {}
+    except ValueError as exc:
+        raise InvalidArgument(f"dialer[{i}].inputs_json is not JSON: {exc}", field="dialer") from exc
+    if not isinstance(inputs, dict):
+        raise InvalidArgument(f"dialer[{i}].inputs_json must be a JSON object", field="dialer")
+    codes = tuple(d.blocked)
+    if any(not c.strip() for c in codes):
+        raise InvalidArgument(f"dialer[{i}].blocked has an empty code", field="dialer")
+    return DialerDecision(codes, inputs)
+
+
 def _token(seq: int) -> str:
     return base64.urlsafe_b64encode(f"a1:{seq}".encode()).decode()
 
@@ -135,6 +176,8 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
             dial_time=request.dial_time,
             call_ids=list(request.call_ids),
             actor=current_actor(),
+            call=call_spec(request.call_method, request.call_purpose),
+            dialer=[_dialer_decision(i, d) for i, d in enumerate(request.dialer)],
         )
         when = "true" if request.dial_time else "false"
         for d in decisions:
@@ -291,7 +334,9 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
     ) -> dnc_pb2.ExplainDecisionResponse:
         number = self._one_number(request.number)
         at = from_ts(request.at, request.HasField("at")) or self.engine.clock.now()
-        e = await self.engine.explain(number, at, request.campaign_id)
+        e = await self.engine.explain(
+            number, at, request.campaign_id, call_spec(request.call_method, request.call_purpose)
+        )
         return dnc_pb2.ExplainDecisionResponse(
             number=e.number,
             at=ts(e.at),
@@ -331,40 +376,79 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
         self, request: dnc_pb2.SetConsentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> dnc_pb2.SetConsentResponse:
         number = self._one_number(request.number)
-        obtained_at = from_ts(request.obtained_at, request.HasField("obtained_at"))
-        evidence, via = request.evidence.strip(), request.obtained_via.strip()
+        evidence = (
+            _evidence(request, self.engine.clock.now()) if not request.revoke else Evidence("", None, "")
+        )
+        kind = CONSENT.get(request.kind, "")
+        basis = EBR_BASIS.get(request.ebr_basis, "")
         if not request.revoke:
-            # A grant overrides the national and wireless lists: it needs its evidence. A revocation needs
-            # none (consent may be revoked by any reasonable means, and it only blocks more).
-            if request.kind not in CONSENT:
+            if not kind:
                 raise InvalidArgument("consent kind is required", field="kind")
-            if not evidence:
+            if kind == "established_business_relationship" and not basis:
                 raise InvalidArgument(
-                    "evidence is required: what proves the consent (form, recording, message reference)",
-                    field="evidence",
+                    "an established business relationship needs its basis: purchase or inquiry (each counts for "
+                    "the months the rules table gives it)",
+                    field="ebr_basis",
                 )
-            if obtained_at is None:
+            if kind != "established_business_relationship" and request.ebr_basis:
                 raise InvalidArgument(
-                    "obtained_at is required: when the consent was given", field="obtained_at"
+                    "ebr_basis belongs to an established business relationship", field="ebr_basis"
                 )
-            if obtained_at > self.engine.clock.now() + CONSENT_CLOCK_SKEW:
-                raise InvalidArgument("obtained_at is in the future", field="obtained_at")
-            if not via:
-                raise InvalidArgument(
-                    "obtained_via is required: how the consent was obtained (web_form, signed_paper, "
-                    "recorded_call, …)",
-                    field="obtained_via",
-                )
+            if kind == "campaign_opt_in" and not request.campaign_id.strip():
+                raise InvalidArgument("a campaign opt-in names its campaign", field="campaign_id")
         rec = await self.engine.set_consent(
             number,
-            CONSENT.get(request.kind, ""),
+            kind,
             request.revoke,
             request.campaign_id,
-            Evidence(evidence, obtained_at, via),
+            evidence,
             current_actor(),
             from_ts(request.expires_at, request.HasField("expires_at")),
+            basis,
         )
         return dnc_pb2.SetConsentResponse(audit_seq=rec.seq)
+
+    async def RecordInboundMessage(
+        self, request: dnc_pb2.RecordInboundMessageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> dnc_pb2.RecordInboundMessageResponse:
+        channel = CHANNEL.get(request.channel)
+        if channel is None:
+            raise InvalidArgument("channel is required: sms or email", field="channel")
+        sender = request.sender.strip()
+        if not sender:
+            raise InvalidArgument("sender is required: who sent the message", field="sender")
+        if not request.body.strip():
+            raise InvalidArgument("body is required: the message's text", field="body")
+        received_at = from_ts(request.received_at, request.HasField("received_at"))
+        if received_at is None:
+            raise InvalidArgument("received_at is required: when the message arrived", field="received_at")
+        raw = request.number.strip() or (sender if channel == "sms" else "")
+        if not raw:
+            raise InvalidArgument(
+                "number is required for an email reply: the phone number the reply is about", field="number"
+            )
+        ok, bad = self.engine.normalise_many([raw])
+        if bad or not ok:
+            raise InvalidArgument(
+                "not a phone number" + ("" if request.number.strip() else " (the sender of an SMS)"),
+                field="number" if request.number.strip() else "sender",
+            )
+        res = await self.engine.record_inbound(
+            channel=channel,
+            sender=sender,
+            number=ok[0],
+            body=request.body,
+            received_at=received_at,
+            campaign_id=request.campaign_id,
+            actor=current_actor(),
+        )
+        return dnc_pb2.RecordInboundMessageResponse(
+            revocation=res.revocation,
+            matched=res.matched,
+            consents_revoked=res.consents_revoked,
+            number=res.number,
+            audit_seq=res.audit_seq,
+        )
 
     async def RebuildIndex(
         self, request: dnc_pb2.RebuildIndexRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -422,3 +506,38 @@ class DncServicer(dnc_pb2_grpc.DncServiceServicer):
                 for r in results
             ],
         )
+
+
+def _evidence(request: dnc_pb2.SetConsentRequest, now: datetime) -> Evidence:
+    """A grant's evidence: its source (``obtained_via``), when it was given (``obtained_at``), the text the
+    person agreed to and an IP address or a recording reference (at least one). INVALID_ARGUMENT names the
+    first field missing or wrong."""
+    obtained_at = from_ts(request.obtained_at, request.HasField("obtained_at"))
+    via = request.obtained_via.strip()
+    text = request.text_agreed.strip()
+    ip = request.ip_address.strip()
+    rec = request.recording_ref.strip()
+    if not via:
+        raise InvalidArgument(
+            "obtained_via is required: the consent's source, how it was obtained (web_form, signed_paper, "
+            "recorded_call, …)",
+            field="obtained_via",
+        )
+    if obtained_at is None:
+        raise InvalidArgument("obtained_at is required: when the consent was given", field="obtained_at")
+    if obtained_at > now + CONSENT_CLOCK_SKEW:
+        raise InvalidArgument("obtained_at is in the future", field="obtained_at")
+    if not text:
+        raise InvalidArgument("text_agreed is required: the text the person agreed to", field="text_agreed")
+    if not ip and not rec:
+        raise InvalidArgument(
+            "ip_address or recording_ref is required: the IP address the consent came from, or a reference to "
+            "its recording",
+            field="ip_address",
+        )
+    if ip:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise InvalidArgument(f"not an IP address: {ip[:64]!r}", field="ip_address") from None
+    return Evidence(request.evidence.strip(), obtained_at, via, text, ip, rec)

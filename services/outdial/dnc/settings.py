@@ -23,8 +23,10 @@ class DncSettings(BaseSettings):
 
     #: Block numbers of a jurisdiction whose national registry was never imported ("registry.missing").
     require_registry: bool = True
-    #: Legal maximum age of a registry copy (US 47 CFR 64.1200(c)(2)(i)(D); CRTC).
-    registry_max_age_days: int = 31
+    #: Maximum age of a national registry copy. Unset: each jurisdiction's ``registry_freshness`` row of the
+    #: rules table (US 47 CFR 64.1200(c)(2)(i)(D); CRTC; UK PECR). Set: it can only tighten the law's figure
+    #: (the stricter of the two applies), never loosen it.
+    registry_max_age_days: int | None = Field(default=None, gt=0)
     #: CheckNumbers answers "compliance.unavailable" when PostgreSQL/Redis do not answer within this.
     check_timeout_seconds: float = 3.0
     #: Numbers in one CheckNumbers, AddNumbers or RemoveNumbers request (INVALID_ARGUMENT above it).

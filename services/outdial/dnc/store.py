@@ -184,7 +184,7 @@ async def active_consents(
     """The consents in force at ``at`` for each number (active, not expired, global or this campaign's), with the
     date each was obtained: one query for the whole batch."""
     rows = await conn.fetch(
-        """SELECT id, number, campaign_id, kind, obtained_at, granted_at FROM dnc_consent
+        """SELECT id, number, campaign_id, kind, obtained_at, granted_at, ebr_basis FROM dnc_consent
            WHERE number = ANY($1::text[])
            AND granted_at <= $3 AND (revoked_at IS NULL OR revoked_at > $3)
            AND (expires_at IS NULL OR expires_at > $3) AND (campaign_id = '' OR campaign_id = $2)
@@ -202,6 +202,7 @@ async def active_consents(
                 r["kind"],
                 r["obtained_at"] or r["granted_at"],
                 r["obtained_at"] is not None,
+                r["ebr_basis"],
             )
         )
     return out
@@ -219,11 +220,16 @@ async def grant_consent(
     *,
     obtained_at: datetime | None,
     obtained_via: str,
-) -> None:
-    await conn.execute(
+    text_agreed: str = "",
+    ip_address: str = "",
+    recording_ref: str = "",
+    ebr_basis: str = "",
+) -> int:
+    """The new consent's id."""
+    v: int = await conn.fetchval(
         """INSERT INTO dnc_consent (number, kind, campaign_id, evidence, actor, granted_at, expires_at,
-                                    obtained_at, obtained_via)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+                                    obtained_at, obtained_via, text_agreed, ip_address, recording_ref, ebr_basis)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id""",
         number,
         kind,
         campaign_id,
@@ -233,7 +239,12 @@ async def grant_consent(
         expires_at,
         obtained_at,
         obtained_via,
+        text_agreed,
+        ip_address,
+        recording_ref,
+        ebr_basis,
     )
+    return v
 
 
 async def revoke_consent(
@@ -424,7 +435,8 @@ async def record_import(
     )
     await conn.execute(
         """UPDATE dnc_lists SET updated_at = $2,
-                  registry_date = CASE WHEN kind = 'national' AND (registry_date IS NULL OR registry_date < $3)
+                  registry_date = CASE WHEN kind IN ('national', 'wireless')
+                                        AND (registry_date IS NULL OR registry_date < $3)
                                        THEN $3 ELSE registry_date END
            WHERE id = $1""",
         list_id,

@@ -71,9 +71,22 @@ def observe(
         est.observe_talk(max(0.0, (end_ms - connect_ms) / 1000))
 
 
-def carrier_event(ev: CallEvent) -> Event | None:
+def amd_on(config: dict[str, Any]) -> bool:
+    """Whether the campaign uses answering-machine detection (``amd``: on unless set off)."""
+    return str(config.get("amd") or "on") != "off"
+
+
+def amd_estimate(config: dict[str, Any]) -> float | None:
+    """The campaign's AMD false-positive estimate when AMD is on and one is stated, else None."""
+    rate = config.get("amd_false_positive_rate")
+    return float(rate) if amd_on(config) and rate is not None else None
+
+
+def carrier_event(ev: CallEvent, *, amd: bool = True) -> Event | None:
+    """The call state machine's event for a telephony event. Without answering-machine detection (``amd``
+    off) the adapter's machine classification is not used: every answer is a person's."""
     if ev.kind is EventKind.ANSWERED:
-        return Event.ANSWERED_MACHINE if ev.answer is Answer.MACHINE else Event.ANSWERED_HUMAN
+        return Event.ANSWERED_MACHINE if amd and ev.answer is Answer.MACHINE else Event.ANSWERED_HUMAN
     if ev.kind is EventKind.DTMF:
         return Event.OPT_OUT_KEY if ev.digit == law.OPT_OUT_KEY else None
     if ev.kind is EventKind.ENDED:
@@ -189,6 +202,12 @@ class CallActions:
             call.answer_at = at
             await self.store.mark_answered(call.call_id, call.answer, at, call.outcome or None)
             await self._emit(call, "call.answered", at, answer=call.answer)
+            if call.answer == "machine" and amd_estimate(call.config) is not None:
+                # A machine-classified answer: some of these were people (AMD false positives), counted into
+                # the abandonment budget at the campaign's estimated rate (dialer._budget).
+                await self.redis.zadd(
+                    keys.abandon_window(call.campaign_id), {f"{call.call_id}:m": ms(call.answer_at)}
+                )
         elif action is Action.OFFER:
             await self._offer(call, run)
         elif action is Action.BRIDGE and live:
@@ -271,6 +290,7 @@ class CallActions:
                 str(cfg.get("agentless_message") or ""),
                 str(cfg.get("seller_name") or cfg.get("name") or ""),
                 str(cfg.get("opt_out_number") or cfg.get("caller_id") or ""),
+                jurisdiction=str(cfg.get("jurisdiction") or law.DEFAULT_JURISDICTION),
             )
         except ValueError as exc:
             log.error("call %s: no message to play (%s): hanging up", call.call_id, exc)

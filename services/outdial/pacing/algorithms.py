@@ -27,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
+from outdial.pacing.estimates import free_within
 from outdial.pacing.snapshot import (
     ON_CALL,
     PAUSED,
@@ -269,6 +270,23 @@ def target_rate(budget: BudgetView, params: PacingParams, margin: float = 0.75) 
     return max(0.0, base)
 
 
+def busy_free(snap: Snapshot, m: _Model) -> np.ndarray:
+    """``[a, j]``: P(busy agent ``a`` is free by ``tau_j + 2 s``), for the agents on a call (then those
+    reserved for a ringing call, taken as just connected).
+
+    From each agent's time on the call and the talk-time law (:func:`outdial.pacing.estimates.free_within`:
+    the hazard of the talk time, given how long the call has lasted), followed by the mean wrap-up.
+    Without a talk-time law yet, the exponential law of the model (every agent alike).
+    """
+    elapsed = [a.in_state_s for a in snap.agents if a.state == ON_CALL]
+    elapsed += [0.0 for a in snap.agents if a.state == RESERVED]
+    est = snap.estimates
+    if not est.talk_survival:
+        return np.broadcast_to(m.on_call_free_a[:, 0], (len(elapsed), len(m.taus)))
+    horizons = np.asarray(m.taus) + PATIENCE_S - m.wrap_s
+    return free_within(est.talk_survival, est.mean_talk_s, np.asarray(elapsed), horizons)
+
+
 def _exact_tail(snap: Snapshot, c: Counts, m: _Model, room: int) -> np.ndarray:
     """``tail[j, i]``: P(a new call answered at ``tau_j`` finds no agent | ``i`` other new calls answered).
 
@@ -289,8 +307,8 @@ def _exact_tail(snap: Snapshot, c: Counts, m: _Model, room: int) -> np.ndarray:
         up = pmf[:, :-1] * q
         pmf *= 1.0 - q
         pmf[:, 1:] += up
-    f = m.on_call_free_a
-    for _ in range(busy):
+    for f in busy_free(snap, m):
+        f = f[:, None]
         down = pmf[:, 1:] * f
         pmf *= 1.0 - f
         pmf[:, :-1] += down
@@ -430,12 +448,13 @@ class Predictive:
                 q = row[j]
                 answers[j] += n * q
                 var[j] += n * q * (1.0 - q)
-        busy = c.on_call + c.reserved
         free = [float(c.ready)] * k
+        fq = busy_free(snap, m)
+        q_sum = fq.sum(axis=0)
+        q_var = (fq * (1.0 - fq)).sum(axis=0)
         for j in range(k):
-            q = m.on_call_free[j]
-            free[j] += busy * q
-            var[j] += busy * q * (1.0 - q)
+            free[j] += float(q_sum[j])
+            var[j] += float(q_var[j])
         horizon_free = [t + PATIENCE_S for t in m.taus]
         for a in snap.agents:
             if a.state == WRAP_UP:

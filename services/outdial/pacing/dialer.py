@@ -44,7 +44,7 @@ from typing import Any
 
 import redis.exceptions
 
-from outdial.core import keys
+from outdial.core import dnc_changes, keys
 from outdial.core.clock import Clock
 from outdial.core.metrics import (
     ABANDON_RATE,
@@ -55,12 +55,20 @@ from outdial.core.metrics import (
     LINES_IN_FLIGHT,
 )
 from outdial.core.redis import Redis
-from outdial.pacing.actions import Call, CallActions, carrier_event, observe, originate_options
+from outdial.pacing.actions import (
+    Call,
+    CallActions,
+    amd_estimate,
+    amd_on,
+    carrier_event,
+    observe,
+    originate_options,
+)
 from outdial.pacing.agents import AgentClient
 from outdial.pacing.budget import budget_view
 from outdial.pacing.calls import Event, Flow, State
 from outdial.pacing.estimates import OnlineEstimator
-from outdial.pacing.gate import DialGate, GateLead
+from outdial.pacing.gate import DialGate, GateLead, GateResult, window_open_at
 from outdial.pacing.hangups import HangupReader
 from outdial.pacing.hopper import Hopper, TakenLead
 from outdial.pacing.lease import Lease, LeaseStore
@@ -69,6 +77,7 @@ from outdial.pacing.preview import PreviewFlow
 from outdial.pacing.snapshot import AGENT_STATES, PAUSED, AgentSnap, BudgetView, Estimates, PacingParams
 from outdial.pacing.store import PacingStore, from_ms, ms
 from outdial.rules import law
+from outdial.rules.caps import DAY
 from outdial.telephony.base import EventKind, TelephonyAdapter
 from outdial.v1 import agent_pb2_grpc, dnc_pb2_grpc
 
@@ -79,11 +88,16 @@ BOOTSTRAP_EVENTS = 20_000
 #: How far back the gate's per-number attempt history reaches (rolling caps look at the last 24 h).
 NUMBER_HISTORY_S = 8 * 24 * 3600
 
+#: (live answers, abandoned, machine-classified answers) in the window: members ``:h``, ``:a``, ``:m``.
 _COUNT_ABANDONED = """
 local m = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
 local a = 0
-for _, v in ipairs(m) do if string.sub(v, -2) == ':a' then a = a + 1 end end
-return {#m, a}
+local machines = 0
+for _, v in ipairs(m) do
+  local tail = string.sub(v, -2)
+  if tail == ':a' then a = a + 1 elseif tail == ':m' then machines = machines + 1 end
+end
+return {#m - machines, a, machines}
 """
 
 
@@ -137,7 +151,7 @@ class Dialer:
         self.dnc = dnc
         self.agents = AgentClient(agent, agent_health)
         self.clock = clock
-        self.gate = DialGate(redis, dnc)
+        self.gate = DialGate(redis, dnc, store)
         self.hopper = Hopper(redis, claim_ttl_s)
         self.tick_s = tick_s
         self.renew_s = renew_s
@@ -342,21 +356,31 @@ class Dialer:
         now_ms = ms(now)
         key = keys.abandon_window(cid)
         await self.redis.zremrangebyscore(key, "-inf", now_ms - int(window_s * 1000))
-        live, ab = await self._count(keys=[key], args=[now_ms - int(window_s * 1000)])
-        live60, ab60 = await self._count(keys=[key], args=[now_ms - int(law.SHORT_WINDOW_S * 1000)])
-        run.budget = budget_view(cap, window_s, int(live), int(ab), int(live60), int(ab60), short_cap)
+        live, ab = await self._window_counts(key, now_ms - int(window_s * 1000), config)
+        live60, ab60 = await self._window_counts(key, now_ms - int(law.SHORT_WINDOW_S * 1000), config)
+        run.budget = budget_view(cap, window_s, live, ab, live60, ab60, short_cap)
         run.budget_at = mono
         return run.budget
+
+    async def _window_counts(self, key: str, since_ms: int, config: dict[str, Any]) -> tuple[int, int]:
+        """(live answers, abandoned) in the window since ``since_ms``, the AMD false positives the campaign
+        estimates among its machine-classified answers counted in as abandoned live answers (Ofcom;
+        :func:`outdial.rules.law.with_amd_false_positives`)."""
+        live, ab, machines = (int(x) for x in await self._count(keys=[key], args=[since_ms]))
+        live, ab, _ = law.with_amd_false_positives(
+            str(config.get("jurisdiction") or ""), live, ab, machines, amd_estimate(config)
+        )
+        return live, ab
 
     async def _rebuild_window(self, cid: str, config: dict[str, Any]) -> None:
         """The Redis abandonment window from PostgreSQL's facts (idempotent: one member per call)."""
         _, window_s, _ = abandon_limits(config, {})
         since = self.clock.now() - timedelta(seconds=window_s)
-        facts = await self.store.live_answers_since(cid, since)
+        facts = await self.store.live_answers_since(cid, since, machines=amd_estimate(config) is not None)
         if facts:
             await self.redis.zadd(
                 keys.abandon_window(cid),
-                {f"{call_id}:{'a' if ab else 'h'}": ms(at) for call_id, at, ab in facts},
+                {f"{call_id}:{kind}": ms(at) for call_id, at, kind in facts},
             )
 
     async def _rebuild_number_history(self, cid: str) -> None:
@@ -462,7 +486,15 @@ class Dialer:
         try:
             now = self.clock.now()
             gate_leads = [
-                GateLead(t.call_id, t.lead_id, t.number, t.zones, t.fields.get("state", ""), t.attempt)
+                GateLead(
+                    t.call_id,
+                    t.lead_id,
+                    t.number,
+                    t.zones,
+                    t.fields.get("state", ""),
+                    t.attempt,
+                    zip=t.fields.get("zip", ""),
+                )
                 for t in taken
             ]
             results = await self.gate.check(cid, config, gate_leads, now)
@@ -505,7 +537,7 @@ class Dialer:
                     if held:
                         await self.agents.release(held, g.call_id, "not_dialled")
                     continue  # handed back below
-                dialled = await self._originate(cid, run, config, t, g, plan.ring_s, held)
+                dialled = await self._originate(cid, run, config, t, g, plan.ring_s, held, r)
                 if dialled is None:
                     if held:
                         await self.agents.release(held, g.call_id, "not_dialled")
@@ -522,14 +554,28 @@ class Dialer:
                     await asyncio.shield(self.hopper.give_back(cid, t.lead_id, t.call_id))
 
     async def enter_flight(
-        self, run: CampaignRun, cid: str, call_id: str, number: str, dial_at: datetime
+        self,
+        run: CampaignRun,
+        cid: str,
+        call_id: str,
+        number: str,
+        dial_at: datetime,
+        gate: GateResult | None = None,
     ) -> bool | None:
         """The last steps before a call leaves, for every dial (paced or preview): the lease fence with the
-        in-flight entry, the dial time in PostgreSQL, the number's attempt for the gate. None: fenced off
-        or shutting down. False: the lead or number already has a call open (PostgreSQL said so)."""
+        in-flight entry, the dial time in PostgreSQL (with the gate's per-person cap counted again under a
+        lock), the number's attempt for the gate. None: fenced off or shutting down. False: the lead or number
+        already has a call open, or the person reached the cap meanwhile (PostgreSQL said so)."""
+        if gate is not None and await self._listed_since_check(number, gate):
+            log.warning(
+                "call %s: its number was listed or its consent revoked after the DNC check: not dialled",
+                call_id,
+            )
+            return None
         if not self._dialing or not await self.leases.fence_and_register(run.lease, call_id, ms(dial_at)):
             return None
-        if not await self.store.mark_dialed(call_id, dial_at):
+        person, cap = (gate.person, gate.person_cap) if gate is not None else (frozenset(), None)
+        if not await self.store.mark_dialed(call_id, dial_at, person=person, cap=cap, period=DAY):
             await self.redis.zrem(keys.calls_in_flight(cid), call_id)
             return False
         await self.redis.zadd(keys.number_attempts(number), {call_id: ms(dial_at)})
@@ -545,10 +591,14 @@ class Dialer:
         g: GateLead,
         ring_s: float,
         held_agent: str,
+        gate: GateResult | None = None,
     ) -> bool | None:
         """True: dialled. None: fenced off or shutting down (hand the lead back). False: refused because the
-        lead or number has a call open."""
+        lead or number has a call open, or the person reached the cap since the gate counted."""
         dial_at = self.clock.now()
+        if not window_open_at(config, g, dial_at):
+            log.warning("call %s: the calling window closed after the gate: not dialled", g.call_id)
+            return None
         call = Call(
             g.call_id,
             cid,
@@ -563,12 +613,13 @@ class Dialer:
         # Known as ours before it is in flight or PostgreSQL shows it dialled, so reconciliation never takes
         # it for an orphan nor drops its in-flight entry.
         self.calls[g.call_id] = call
-        entered = await self.enter_flight(run, cid, g.call_id, g.number, dial_at)
+        entered = await self.enter_flight(run, cid, g.call_id, g.number, dial_at, gate)
         if not entered:
             self.calls.pop(g.call_id, None)
             if entered is False:
                 log.warning(
-                    "call %s: lead %s or its number already has a call open: not dialled",
+                    "call %s: lead %s or its number already has a call open, or its person reached the cap: "
+                    "not dialled",
                     g.call_id,
                     g.lead_id,
                 )
@@ -595,6 +646,17 @@ class Dialer:
         call.task = asyncio.create_task(self._follow(call, run), name=f"pacing:call:{g.call_id}")
         return True
 
+    async def _listed_since_check(self, number: str, gate: GateResult) -> bool:
+        """Read after the dial time is taken (core/dnc_changes.py): True, and the call is not dialled, when a
+        listing or a consent revocation of ``number`` came after the gate's check, or it cannot be told."""
+        if gate.dnc_seen < 0:
+            return True
+        try:
+            return await dnc_changes.changed_since(self.redis, number, gate.dnc_seen)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("DNC changes unreadable at the dial (%s): not dialled", type(exc).__name__)
+            return True
+
     # ================================================================ one call: the state machine's actions
 
     async def _follow(self, call: Call, run: CampaignRun) -> None:
@@ -604,7 +666,7 @@ class Dialer:
                 if isinstance(item, Event):
                     event, at = item, self.clock.now()
                 else:
-                    mapped = carrier_event(item)
+                    mapped = carrier_event(item, amd=amd_on(call.config))
                     if mapped is None:
                         continue
                     event, at = mapped, from_ms(item.at_ms) or self.clock.now()

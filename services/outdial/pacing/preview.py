@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 from outdial.core.metrics import CALLS_BLOCKED, CALLS_PLACED
 from outdial.pacing.actions import Call, Run, originate_options
 from outdial.pacing.calls import Action, Event, State
-from outdial.pacing.gate import GateLead
+from outdial.pacing.gate import GateLead, window_open_at
 from outdial.pacing.hopper import TakenLead
 from outdial.pacing.planner import DEFAULT_RING_S, Plan
 from outdial.rules import law
@@ -206,7 +206,15 @@ class PreviewFlow:
         agent = call.dialled_by = call.held_agent
         config = await d.store.campaign_config(cid) or {}  # the campaign as it is now: paused = blocked
         t = TakenLead(call.lead_id, call.call_id, call.lead)
-        g = GateLead(call.call_id, call.lead_id, call.number, t.zones, t.fields.get("state", ""), t.attempt)
+        g = GateLead(
+            call.call_id,
+            call.lead_id,
+            call.number,
+            t.zones,
+            t.fields.get("state", ""),
+            t.attempt,
+            zip=t.fields.get("zip", ""),
+        )
         now = d.clock.now()
         fence = run.lease.token if run is not None else 0
         [r] = await d.gate.check(cid, config, [g], now)
@@ -238,7 +246,8 @@ class PreviewFlow:
         if (
             run is None
             or run.stopped
-            or not await d.enter_flight(run, cid, call.call_id, call.number, dial_at)
+            or not window_open_at(config, g, dial_at)
+            or not await d.enter_flight(run, cid, call.call_id, call.number, dial_at, r)
         ):
             await d.actions.apply(call, Event.NOT_DIALLED, dial_at, run)
             return

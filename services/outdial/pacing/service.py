@@ -10,7 +10,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from outdial.core import keys
+from outdial.core import keys, versions
 from outdial.core.auth import current_actor
 from outdial.core.errors import InvalidArgument
 from outdial.core.redis import Redis
@@ -181,6 +181,16 @@ class PacingServicer(pacing_pb2_grpc.PacingServiceServicer):
         await self.store.save_settings(cid, current, current_actor())
         await self.redis.publish(keys.pacing_updates(cid), "settings")
         return pacing_pb2.UpdatePacingSettingsResponse(settings=settings_to_pb(current))
+
+    async def ListPacingSettingsVersions(
+        self,
+        request: pacing_pb2.ListPacingSettingsVersionsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pacing_pb2.ListPacingSettingsVersionsResponse:
+        if not request.campaign_id:
+            raise InvalidArgument("campaign_id is required", field="campaign_id")
+        rows = await self.store.settings_versions(request.campaign_id)
+        return pacing_pb2.ListPacingSettingsVersionsResponse(versions=[versions.to_pb(r) for r in rows])
 
     async def WatchPacing(
         self, request: pacing_pb2.WatchPacingRequest, context: grpc.aio.ServicerContext[Any, Any]

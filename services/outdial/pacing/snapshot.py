@@ -39,6 +39,7 @@ class Estimates:
     Gamma law assumed for the answer delay (its mean is ``mean_answer_delay_s``), the same for answering
     machines, which answer a ``machine_rate`` share of dialed calls. ``mean_no_answer_release_s`` is the
     mean time to the end of calls nobody answered (busy, failed and unanswered together).
+    ``talk_survival`` is the talk time's law, from which the pacer predicts when each busy agent frees up.
     """
 
     live_answer_rate: float
@@ -51,6 +52,9 @@ class Estimates:
     confident: bool
     answer_delay_shape: float = 4.0
     machine_rate: float = 0.0
+    # P(talk > x) on the grid x = 0, 5, 10 … 1800 s (``estimates.TALK_GRID_S``); () = not enough talks yet:
+    # the pacer then takes talk times as exponential with ``mean_talk_s``.
+    talk_survival: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
-from outdial.core import keys
+from outdial.core import keys, versions
+from outdial.core.persons import person_dials
 from outdial.core.redis import Redis
 
 EVENTS_MAXLEN = 1_000_000
+#: First key of the advisory locks that serialise dials to one person (``mark_dialed``); the second is the
+#: hash of one of the person's numbers.
+PERSON_LOCK_CLASS = 0x0D1A
 PACING_STATE_TTL_S = 30
 
 
@@ -105,7 +110,7 @@ class PacingStore:
         """The gate's decision, before any dial. ``dialled_by``: the agent who chose to dial this lead
         (preview), which makes the call manual (agent-initiated) rather than autodialled."""
         await self.pool.execute(
-            """INSERT INTO dial_attempts (call_id, campaign_id, lead_id, number, attempt, replica, fence_token,
+            """INSERT INTO dial_attempt_gates (call_id, campaign_id, lead_id, number, attempt, replica, fence_token,
                    allowed, reasons, gate_at, mode, manual, dialled_by)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12 <> '', nullif($12, ''))
                ON CONFLICT (call_id) DO NOTHING""",
@@ -123,13 +128,58 @@ class PacingStore:
             dialled_by,
         )
 
-    async def mark_dialed(self, call_id: str, dial_at: datetime) -> bool:
-        """The call is about to leave. False when the lead or the number already has a call open (the
-        database's partial unique indexes): then it must not be dialled."""
+    # Every step of a call below is one statement, as the UPDATE it replaced (migration 0409): an event row
+    # appended (dial_attempt_events, never changed), with the call's lock row in dial_open taken, moved or
+    # dropped in the same statement. A step after the end (the lock row gone) writes nothing.
+
+    _DIAL = """WITH o AS (
+                   INSERT INTO dial_open (call_id, campaign_id, lead_id, number)
+                   SELECT call_id, campaign_id, lead_id, number FROM dial_attempt_gates WHERE call_id = $1
+                   RETURNING call_id)
+               INSERT INTO dial_attempt_events (call_id, kind, dial_at) SELECT call_id, 'dial', $2 FROM o"""
+
+    async def mark_dialed(
+        self,
+        call_id: str,
+        dial_at: datetime,
+        *,
+        person: frozenset[str] = frozenset(),
+        cap: int | None = None,
+        period: timedelta = timedelta(0),
+    ) -> bool:
+        """The call is about to leave. False when the lead or the number already has a call open (the lock
+        rows' unique indexes), or when ``cap`` is set and the ``person`` (every number of the person,
+        core/persons.py) already had ``cap`` calls dialled in the ``period`` before ``dial_at``: then it must
+        not be dialled. The cap is counted under a transaction-scoped advisory lock on each of the person's
+        numbers (taken in one order), so two replicas dialling two leads of one person at once cannot both pass
+        the gate's count; a refused call gets a ``refusal`` event (``cap.person_24h``, migration 0412), which the
+        dial_attempts view reads as not allowed with that reason."""
         try:
-            await self.pool.execute(
-                "UPDATE dial_attempts SET dial_at = $2 WHERE call_id = $1", call_id, dial_at
-            )
+            if cap is None or not person:
+                await self.pool.execute(self._DIAL, call_id, dial_at)
+                return True
+            async with self.pool.acquire() as conn, conn.transaction():
+                for n in sorted(person):
+                    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", PERSON_LOCK_CLASS, n)
+                # A call is dialled within a day of its gate decision: the gate time bounds the calls folded
+                # (the index dial_attempt_gates_number_gate, 0412).
+                dialled = await conn.fetchval(
+                    """SELECT count(*) FROM dial_attempts
+                        WHERE number = ANY($1::text[]) AND gate_at > $2::timestamptz - interval '1 day'
+                          AND dial_at IS NOT NULL AND dial_at > $2 AND dial_at <= $3 AND call_id <> $4""",
+                    sorted(person),
+                    dial_at - period,
+                    dial_at,
+                    call_id,
+                )
+                if dialled >= cap:
+                    await conn.execute(
+                        """INSERT INTO dial_attempt_events (call_id, kind, actor, reason)
+                           VALUES ($1, 'refusal', 'pacing', 'cap.person_24h')""",
+                        call_id,
+                    )
+                    return False
+                await conn.execute(self._DIAL, call_id, dial_at)
         except asyncpg.UniqueViolationError:
             return False
         return True
@@ -138,8 +188,8 @@ class PacingStore:
         self, call_id: str, answer: str, answer_at: datetime, outcome: str | None
     ) -> None:
         await self.pool.execute(
-            """UPDATE dial_attempts SET answer = $2, answer_at = $3, outcome = COALESCE($4, outcome)
-               WHERE call_id = $1 AND end_at IS NULL""",
+            """INSERT INTO dial_attempt_events (call_id, kind, answer, answer_at, outcome)
+               SELECT call_id, 'answer', $2, $3, $4 FROM dial_open WHERE call_id = $1 FOR KEY SHARE""",
             call_id,
             answer,
             answer_at,
@@ -150,8 +200,9 @@ class PacingStore:
         """False when that agent already has a connected call open (never two calls at once)."""
         try:
             await self.pool.execute(
-                """UPDATE dial_attempts SET connect_at = $2, agent_id = $3, outcome = 'connected'
-                   WHERE call_id = $1 AND end_at IS NULL""",
+                """WITH o AS (UPDATE dial_open SET agent_id = $3 WHERE call_id = $1 RETURNING call_id)
+                   INSERT INTO dial_attempt_events (call_id, kind, connect_at, agent_id, outcome)
+                   SELECT call_id, 'connect', $2, $3, 'connected' FROM o""",
                 call_id,
                 connect_at,
                 agent_id,
@@ -163,7 +214,10 @@ class PacingStore:
     async def mark_outcome(self, call_id: str, outcome: str) -> None:
         """The outcome as soon as it is known (before the line ends), so a crash keeps it."""
         await self.pool.execute(
-            "UPDATE dial_attempts SET outcome = $2 WHERE call_id = $1 AND end_at IS NULL", call_id, outcome
+            """INSERT INTO dial_attempt_events (call_id, kind, outcome)
+               SELECT call_id, 'outcome', $2 FROM dial_open WHERE call_id = $1 FOR KEY SHARE""",
+            call_id,
+            outcome,
         )
 
     async def attempts(self, call_ids: list[str]) -> dict[str, asyncpg.Record]:
@@ -171,25 +225,53 @@ class PacingStore:
         return {r["call_id"]: r for r in rows}
 
     async def open_attempts(self, campaign_id: str) -> list[asyncpg.Record]:
-        """Calls of the campaign dialled and not ended, as PostgreSQL knows them."""
+        """Calls of the campaign dialled and not ended, as PostgreSQL knows them (their lock rows)."""
         return list(
             await self.pool.fetch(
-                """SELECT * FROM dial_attempts
-                   WHERE campaign_id = $1 AND dial_at IS NOT NULL AND end_at IS NULL""",
+                """SELECT d.* FROM dial_open o JOIN dial_attempts d ON d.call_id = o.call_id
+                   WHERE o.campaign_id = $1""",
                 campaign_id,
             )
         )
 
-    async def live_answers_since(self, campaign_id: str, since: datetime) -> list[tuple[str, datetime, bool]]:
-        """(call id, answer time, abandoned) of every live answer of the campaign since ``since`` whose fate is
-        known: the abandonment window's facts, to rebuild the Redis window after a data loss."""
+    # The two reads below rebuild Redis state at a lease takeover from many calls at once. They read the events
+    # of the campaign's recent calls without folding them whole (max and bool_or need no sort): the strictest
+    # reading of a call's events, i.e. abandoned when any step said so, which a correction can only make
+    # stricter, never laxer. A call is dialled and answered within a day of its gate decision (it rings for
+    # seconds), which bounds the calls read.
+
+    async def live_answers_since(
+        self, campaign_id: str, since: datetime, *, machines: bool = False
+    ) -> list[tuple[str, datetime, str]]:
+        """(call id, answer time, ``h`` connected / ``a`` abandoned / ``m`` machine) of every live answer of the
+        campaign since ``since`` whose fate is known (and, with ``machines``, every machine-classified answer:
+        the AMD false positives the budget estimates among them): the abandonment window's facts, to rebuild
+        the Redis window after a data loss. A call any step said was abandoned is abandoned."""
         rows = await self.pool.fetch(
-            """SELECT call_id, answer_at, outcome FROM dial_attempts
-               WHERE campaign_id = $1 AND answer_at >= $2 AND outcome IN ('connected', 'abandoned')""",
+            """SELECT g.call_id, f.answer_at, f.abandoned, f.live
+                 FROM dial_attempt_gates g
+                 CROSS JOIN LATERAL (
+                       SELECT max(e.answer_at) AS answer_at, bool_or(e.outcome = 'abandoned') AS abandoned,
+                              bool_or(e.outcome IN ('connected', 'abandoned')) AS live,
+                              bool_or(e.outcome = 'machine') AS machine
+                         FROM dial_attempt_events e WHERE e.call_id = g.call_id) f
+                WHERE g.campaign_id = $1 AND g.gate_at >= $2::timestamptz - interval '1 day'
+                  AND f.answer_at >= $2 AND (f.live OR ($3 AND f.machine))""",
             campaign_id,
             since,
+            machines,
         )
-        return [(r["call_id"], r["answer_at"], r["outcome"] == "abandoned") for r in rows]
+        return [
+            (r["call_id"], r["answer_at"], "a" if r["abandoned"] else "h" if r["live"] else "m") for r in rows
+        ]
+
+    async def person_dials(
+        self, numbers: Sequence[str], since: datetime
+    ) -> tuple[dict[str, frozenset[str]], dict[str, dict[str, datetime]]]:
+        """Who is behind each number (every number of every lead linked to it by shared numbers, in every
+        campaign) and every dial to those numbers since ``since``, from PostgreSQL: the dial-time gate's
+        per-person cap facts (core/persons.py). Raises PersonFactsUnavailable when PostgreSQL cannot answer."""
+        return await person_dials(self.pool, list(numbers), since)
 
     async def recent_dials(
         self, campaign_id: str, since: datetime, abandoned_since: datetime
@@ -198,9 +280,14 @@ class PacingStore:
         campaign's dials since ``since``: the facts behind the gate's per-number attempt counts and the UK
         72-hour rule."""
         rows = await self.pool.fetch(
-            """SELECT number, call_id, dial_at,
-                      CASE WHEN outcome = 'abandoned' AND answer_at >= $3 THEN answer_at END AS abandoned_at
-               FROM dial_attempts WHERE campaign_id = $1 AND dial_at >= $2""",
+            """SELECT g.number, g.call_id, f.dial_at,
+                      CASE WHEN f.abandoned AND f.answer_at >= $3 THEN f.answer_at END AS abandoned_at
+                 FROM dial_attempt_gates g
+                 CROSS JOIN LATERAL (
+                       SELECT max(e.dial_at) AS dial_at, max(e.answer_at) AS answer_at,
+                              bool_or(e.outcome = 'abandoned') AS abandoned
+                         FROM dial_attempt_events e WHERE e.call_id = g.call_id) f
+                WHERE g.campaign_id = $1 AND g.gate_at >= $2::timestamptz - interval '1 day' AND f.dial_at >= $2""",
             campaign_id,
             since,
             abandoned_since,
@@ -221,14 +308,20 @@ class PacingStore:
         recording: tuple[str, int, str] | None = None,
     ) -> bool:
         """Write the call's end, once: the first writer wins (the replica that followed the call, or a lease
-        holder closing it after its replica died). True for the writer that won; it alone emits
-        ``call.ended``. Facts already recorded (answer, times, agent) are kept when the writer has none."""
+        holder closing it after its replica died; the unique index on a call's 'end' event). True for the
+        writer that won; it alone emits ``call.ended``. Facts already recorded (answer, times, agent) are kept
+        when the writer has none (the view folds the latest row that states each). The call's lock row goes
+        in the same statement."""
         row = await self.pool.fetchval(
-            """UPDATE dial_attempts SET outcome = $2, answer = COALESCE($3, answer),
-                   answer_at = COALESCE($4, answer_at), connect_at = COALESCE($5, connect_at), end_at = $6,
-                   agent_id = COALESCE($7, agent_id), opt_out = opt_out OR $8,
-                   recording_path = $9, recording_ms = $10, recording_sha256 = $11
-               WHERE call_id = $1 AND end_at IS NULL RETURNING 1""",
+            """WITH e AS (
+                   INSERT INTO dial_attempt_events (call_id, kind, outcome, answer, answer_at, connect_at, end_at,
+                       agent_id, opt_out, recording_path, recording_ms, recording_sha256)
+                   SELECT call_id, 'end', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM dial_attempt_gates g
+                    WHERE call_id = $1 AND NOT EXISTS (
+                          SELECT 1 FROM dial_attempt_events x WHERE x.call_id = $1 AND x.end_at IS NOT NULL)
+                   ON CONFLICT (call_id) WHERE kind = 'end' DO NOTHING RETURNING call_id),
+               o AS (DELETE FROM dial_open WHERE call_id IN (SELECT call_id FROM e))
+               SELECT 1 FROM e""",
             call_id,
             outcome,
             answer,
@@ -277,18 +370,48 @@ class PacingStore:
         await self.redis.hset(keys.pacing_settings(campaign_id), "json", json.dumps(value))
         return dict(value)
 
-    async def save_settings(self, campaign_id: str, settings: dict[str, Any], actor: str) -> None:
+    async def save_settings(self, campaign_id: str, settings: dict[str, Any], actor: str) -> int:
+        """Store the settings and append their version (who, when, the whole settings, what changed) in one
+        transaction; the settings row's lock orders concurrent updates. Returns the version number."""
         doc = json.dumps(settings)
-        await self.pool.execute(
-            """INSERT INTO pacing_settings (campaign_id, settings, updated_at, updated_by)
-               VALUES ($1, $2::jsonb, now(), $3)
-               ON CONFLICT (campaign_id) DO UPDATE SET settings = EXCLUDED.settings,
-                   updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by""",
-            campaign_id,
-            doc,
-            actor,
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            before = await conn.fetchval(
+                """INSERT INTO pacing_settings (campaign_id, settings, updated_at, updated_by)
+                   VALUES ($1, '{}'::jsonb, now(), $2) ON CONFLICT (campaign_id) DO UPDATE SET campaign_id = $1
+                   RETURNING (SELECT p.settings::text FROM pacing_settings p WHERE p.campaign_id = $1)""",
+                campaign_id,
+                actor,
+            )
+            old = json.loads(before) if before else None
+            await conn.execute(
+                """UPDATE pacing_settings SET settings = $2::jsonb, updated_at = now(), updated_by = $3
+                   WHERE campaign_id = $1""",
+                campaign_id,
+                doc,
+                actor,
+            )
+            number = await conn.fetchval(
+                """INSERT INTO pacing_settings_versions (campaign_id, version, actor, at, action, settings, changes)
+                   SELECT $1, coalesce(max(version), 0) + 1, $2, now(),
+                          CASE WHEN max(version) IS NULL THEN 'create' ELSE 'update' END, $3::jsonb, $4::jsonb
+                     FROM pacing_settings_versions WHERE campaign_id = $1
+                   RETURNING version""",
+                campaign_id,
+                actor,
+                doc,
+                json.dumps([c.as_dict() for c in versions.diff(old, settings)]),
+            )
         await self.redis.hset(keys.pacing_settings(campaign_id), "json", doc)
+        return int(number)
+
+    async def settings_versions(self, campaign_id: str) -> list[asyncpg.Record]:
+        return list(
+            await self.pool.fetch(
+                """SELECT version, actor, at, action, settings::text AS settings, changes::text AS changes
+                     FROM pacing_settings_versions WHERE campaign_id = $1 ORDER BY version""",
+                campaign_id,
+            )
+        )
 
     # ------------------------------------------------------------------ published state
 

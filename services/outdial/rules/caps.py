@@ -10,7 +10,7 @@ The figures are rows of the rules table (``rules/data/*.yaml``, each with its so
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -26,6 +26,7 @@ __all__ = [
     "check_uk_abandon_rule",
     "default_max_calls_24h",
     "next_attempt_allowed_at",
+    "person_attempt_times",
 ]
 
 DAY = timedelta(hours=24)
@@ -68,6 +69,21 @@ def check_attempts(attempt_times: Sequence[datetime], now: datetime, max_per_24h
     if recent >= max_per_24h:
         return CapDecision(False, "max_calls_24h")
     return CapDecision(True, "ok")
+
+
+def person_attempt_times(
+    by_number: Mapping[str, Mapping[str, datetime]], person: Iterable[str]
+) -> list[datetime]:
+    """The times of the calls to a person: every call to any of the person's numbers (``person``; see
+    :mod:`outdial.core.persons` for who is one person), each call once (``by_number`` maps number -> call id ->
+    dial time, from every source the caller has; a call id seen under two numbers or two sources counts once).
+    The state caps count calls to the person, not per number: a lead with three numbers gets 3 calls in 24 h,
+    not 9."""
+    seen: dict[str, datetime] = {}
+    for n in sorted(set(person)):
+        for call_id, at in by_number.get(n, {}).items():
+            seen.setdefault(call_id, at)
+    return list(seen.values())
 
 
 def next_attempt_allowed_at(

@@ -1,11 +1,11 @@
 """The law a dialer obeys on every call, each figure once, with its source. Pure; no I/O.
 
-The legal figures come from the rules table (``rules/data/*.yaml``, :mod:`outdial.rules.table`): changing one
-is a data change. The module-level names below are the rules in force on the day the process started (a
-service restarts to pick up a rule that takes effect later); code that is given a date asks
-:func:`outdial.rules.table.rules_in_force`. Every service, the simulator and the benchmarks read these names;
-nothing else in the code base writes the figures down (import-linter and
-``tests/unit/test_law_in_one_place.py`` keep it so). What remains written here is outdial's policy, not law
+The legal figures and the messages' wording come from the rules table (``rules/data/*.yaml``,
+:mod:`outdial.rules.table`): changing one is a data change. The module-level names below are the rules in
+force on the day the process started (a service restarts to pick up a rule that takes effect later); code that
+is given a date asks :func:`outdial.rules.table.rules_in_force`. Every service, the simulator and the
+benchmarks read these names; nothing in the code base, this module included, writes the figures down
+(``tests/unit/test_law_in_one_place.py`` keeps it so). What remains written here is outdial's policy, not law
 (the short-window guard, the message-start margin, the opt-out key).
 
 Sources:
@@ -18,15 +18,20 @@ Sources:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TypeVar
 
 from outdial.rules.table import (
     AbandonmentRow,
     AbandonQuietRow,
+    AmdFalsePositivesRow,
     ConnectLimitRow,
+    ConsentRow,
+    MessageContentRow,
     MinRingRow,
+    RegistryFreshnessRow,
     load_tables,
 )
 
@@ -50,7 +55,13 @@ __all__ = [
     "abandon_policy",
     "agentless_message",
     "agentless_refusal",
+    "amd_estimate_refusal",
+    "amd_rule",
+    "message_row",
+    "opt_out_confirmation",
+    "registry_max_age_days",
     "ring_time",
+    "with_amd_false_positives",
 ]
 
 _TABLES = load_tables()
@@ -68,6 +79,8 @@ REGION_JURISDICTION: dict[str, str] = {r: j for j, r in JURISDICTION_REGION.item
 
 
 _R = TypeVar("_R")
+#: The call type of a prerecorded telemarketing call in the rules table's ``consent`` rows.
+_PRERECORDED_TM = "prerecorded_telemarketing"
 
 
 def _rows(kind: type[_R]) -> list[_R]:
@@ -170,20 +183,43 @@ def ring_time(requested_s: float | None) -> float:
 
 @dataclass(frozen=True, slots=True)
 class AbandonMessage:
-    """What the recorded message on an abandoned call says, and nothing else.
-
-    US (47 CFR 64.1200(a)(7)(i)(A)): the seller's name, that the call was for telemarketing purposes, a
-    telephone number to make a do-not-call request, and an automated opt-out key. UK (Ofcom A1.54): the
-    company and a free or basic-rate number, no marketing content.
-    """
+    """What the recorded message on an abandoned call says, and nothing else: the wording of the
+    jurisdiction's ``message_content`` row for abandoned calls (``rules/data``: US 47 CFR 64.1200(a)(7)(i)(A),
+    UK Ofcom A1.54, CA CRTC ADAD Rules), its placeholders filled with the campaign's seller and number."""
 
     text: str
     seller: str
     callback_number: str
     opt_out_key: str = OPT_OUT_KEY
+    #: The rules-table row the wording came from.
+    rule_id: str = ""
 
 
-def abandon_message(seller: str, callback_number: str, *, jurisdiction: str = "US") -> AbandonMessage:
+def message_row(jurisdiction: str | None, message: str, at: date | None = None) -> MessageContentRow:
+    """The ``message_content`` row for ``message`` in force in ``jurisdiction`` on ``at`` (default: the day
+    the process started). None in force: ValueError (fail closed: outdial never plays a message of its own
+    wording)."""
+    j = (jurisdiction or DEFAULT_JURISDICTION).upper()
+    rows = [
+        r for r in _TABLES.in_force(j, None, at or LOADED_ON).of(MessageContentRow) if r.message == message
+    ]
+    if not rows:
+        raise ValueError(f"rules data: {j} has no {message} message_content row in force")
+    return rows[0]
+
+
+def _spoken(number: str) -> str:
+    return " ".join(number.lstrip("+"))
+
+
+def abandon_message(
+    seller: str,
+    callback_number: str,
+    *,
+    jurisdiction: str = "US",
+    language: str = "en",
+    at: date | None = None,
+) -> AbandonMessage:
     """The message for one campaign. ``seller`` and ``callback_number`` are required: the law names them."""
     seller = seller.strip()
     callback_number = callback_number.strip()
@@ -191,50 +227,128 @@ def abandon_message(seller: str, callback_number: str, *, jurisdiction: str = "U
         raise ValueError("the abandonment message needs the seller's name")
     if not callback_number:
         raise ValueError("the abandonment message needs a callback number for do-not-call requests")
-    spoken = " ".join(callback_number.lstrip("+"))
-    if jurisdiction.upper() == "UK":
-        text = (
-            f"This call was from {seller}. To ask not to be called again, press {OPT_OUT_KEY}, "
-            f"or call {spoken}."
-        )
-    else:
-        text = (
-            f"This is {seller} with a telemarketing call. To not be called again, press {OPT_OUT_KEY}, "
-            f"or call {spoken}."
-        )
-    return AbandonMessage(text, seller, callback_number)
+    row = message_row(jurisdiction, "abandoned", at)
+    text = row.render(
+        language, seller=seller, callback_number=_spoken(callback_number), opt_out_key=OPT_OUT_KEY
+    )
+    return AbandonMessage(text, seller, callback_number, rule_id=row.id)
 
 
 def agentless_refusal(jurisdiction: str, *, informational: bool, consent_checked: bool = False) -> str:
     """Why an agentless (prerecorded-message) campaign may not run, or "" when it may.
 
-    A prerecorded telemarketing call needs the called person's prior express written consent, to any number
-    (47 CFR 64.1200(a)(2), (a)(3)); the UK forbids automated marketing calls without prior consent (PECR
-    reg. 19); Canada forbids ADAD solicitation without express consent (CRTC UTR Part IV). Outdial has no
-    per-call consent check yet (``consent_checked`` is that hook, always False today), so it fails closed:
-    only a message the campaign declares informational runs. Informational prerecorded calls to wireless
-    numbers still need prior express consent; the dial-time gate's wireless list enforces that.
+    The consent a prerecorded telemarketing call needs is the jurisdiction's ``consent`` row for
+    ``prerecorded_telemarketing`` (US 47 CFR 64.1200(a)(2), (a)(3); UK PECR reg. 19; CA CRTC UTR Part IV).
+    Outdial has no per-call consent check yet (``consent_checked`` is that hook, always False today), so it
+    fails closed: only a message the campaign declares informational runs. Informational prerecorded calls to
+    wireless numbers still need prior express consent; the dial-time gate's wireless list enforces that.
     """
     if informational:
         return ""
     if consent_checked:
         return ""
     j = (jurisdiction or DEFAULT_JURISDICTION).upper()
+    rows = [r for r in _TABLES.in_force(j, None, LOADED_ON).of(ConsentRow) if r.call_type == _PRERECORDED_TM]
+    needs = " or ".join(k.replace("_", " ") for r in rows for k in r.requires_any) or "consent"
+    cite = "; ".join(r.source for r in rows)
     return (
-        f"{j}: a prerecorded telemarketing message needs each person's prior express written consent, "
-        "and outdial has no consent check yet; only informational agentless campaigns can run"
+        f"{j}: a prerecorded telemarketing message needs each person's {needs}"
+        + (f" ({cite})" if cite else "")
+        + ", and outdial has no consent check yet; only informational agentless campaigns can run"
     )
 
 
-def agentless_message(body: str, seller: str, callback_number: str) -> str:
-    """The text an agentless call plays to a person: who calls first, then the message, then a number to
-    call and the opt-out key (47 CFR 64.1200(b)(1) identity at the beginning, (b)(2) a telephone number,
-    (b)(3) the automated opt-out of every prerecorded call that could be telemarketing; outdial offers it on
-    every agentless call)."""
+def agentless_message(
+    body: str, seller: str, callback_number: str, *, jurisdiction: str = "US", language: str = "en"
+) -> str:
+    """The text an agentless call plays to a person: the jurisdiction's ``prerecorded`` message row's wording
+    (US 47 CFR 64.1200(b)(1)-(3): who calls first, a telephone number, the automated opt-out; outdial offers
+    the opt-out on every agentless call) with the campaign's body, seller and number filled in."""
     seller = seller.strip()
     callback_number = callback_number.strip()
     body = body.strip()
     if not seller or not callback_number or not body:
         raise ValueError("an agentless message needs the caller's name, a callback number and a body")
-    spoken = " ".join(callback_number.lstrip("+"))
-    return f"This is {seller}. {body} To not be called again, press {OPT_OUT_KEY}, or call {spoken}."
+    row = message_row(jurisdiction, "prerecorded")
+    return row.render(
+        language, seller=seller, body=body, callback_number=_spoken(callback_number), opt_out_key=OPT_OUT_KEY
+    )
+
+
+def opt_out_confirmation(jurisdiction: str | None = None, language: str = "en") -> str:
+    """What a person hears after pressing the opt-out key, before the line is hung up: the jurisdiction's
+    ``opt_out_confirmation`` message row (US 47 CFR 64.1200(b)(3): record the request, then disconnect)."""
+    return message_row(jurisdiction, "opt_out_confirmation").render(language)
+
+
+def amd_rule(jurisdiction: str | None, at: date | None = None) -> AmdFalsePositivesRow | None:
+    """The jurisdiction's ``amd_false_positives`` row in force on ``at`` (default: the day the process
+    started), or None when its law says nothing of answering-machine detection."""
+    j = (jurisdiction or DEFAULT_JURISDICTION).upper()
+    rows = _TABLES.in_force(j, None, at or LOADED_ON).of(AmdFalsePositivesRow)
+    return rows[0] if rows else None
+
+
+def amd_estimate_refusal(
+    jurisdiction: str | None,
+    *,
+    amd: bool,
+    false_positive_rate: float | None,
+    basis: str,
+    at: date | None = None,
+) -> str:
+    """Why a campaign with answering-machine detection ``amd`` may not start for want of its false-positive
+    estimate, or "" when it may (UK: Ofcom's persistent-misuse policy, row ``uk.amd_false_positives``)."""
+    row = amd_rule(jurisdiction, at)
+    if not amd or row is None or not row.estimate_required:
+        return ""
+    j = (jurisdiction or DEFAULT_JURISDICTION).upper()
+    if false_positive_rate is None:
+        return (
+            f"amd_false_positive_rate: a {j} campaign with answering-machine detection needs its estimated "
+            f"false-positive rate and its basis ({row.source}); set amd_false_positive_rate and "
+            "amd_false_positive_basis, or turn AMD off (amd = off)"
+        )
+    if not basis.strip():
+        return (
+            f"amd_false_positive_basis: a {j} campaign's AMD false-positive estimate needs its basis, how it "
+            f"was measured or reasoned ({row.source})"
+        )
+    return ""
+
+
+def with_amd_false_positives(
+    jurisdiction: str | None,
+    live: int,
+    abandoned: int,
+    machines: int,
+    false_positive_rate: float | None,
+    *,
+    amd: bool = True,
+    at: date | None = None,
+) -> tuple[int, int, int]:
+    """(live answers, abandoned, estimated false positives) with the AMD false positives counted in as
+    abandoned live answers: ``machines`` answers classified as machines, of which the campaign estimates
+    ``false_positive_rate`` were people. Rounded up (the count that keeps a campaign under its cap is never
+    the optimistic one). Counted in where the jurisdiction's row says so, or wherever the campaign states an
+    estimate: an estimate a campaign gives is never ignored."""
+    if not amd or machines <= 0 or false_positive_rate is None:
+        return live, abandoned, 0
+    row = amd_rule(jurisdiction, at)
+    if row is not None and not row.counted_as_abandoned:
+        return live, abandoned, 0
+    fp = math.ceil(machines * max(0.0, min(1.0, false_positive_rate)) - 1e-9)
+    return live + fp, abandoned + fp, fp
+
+
+def registry_max_age_days(jurisdiction: str, at: date | datetime | None = None) -> int | None:
+    """The oldest a jurisdiction's national do-not-call registry copy may be on day ``at`` (rows
+    ``*.registry_freshness`` of the jurisdiction itself; the strictest when several), or None when no row
+    sets one."""
+    j = (jurisdiction or DEFAULT_JURISDICTION).upper()
+    ages = [
+        r.max_age_days
+        for r in _TABLES.in_force(j, None, at or LOADED_ON).of(RegistryFreshnessRow)
+        if r.list_kind == "national"
+    ]
+    return min(ages) if ages else None

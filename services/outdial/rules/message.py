@@ -1,8 +1,9 @@
 """Who the message says is calling, and where to call back: what a campaign must have before it dials, and
 what a person hears after pressing the opt-out key. Pure; no I/O.
 
-The message's wording stays in :func:`outdial.rules.law.abandon_message` (and ``agentless_message``); this
-module checks its two inputs, so that the wording never has to invent them.
+The message's wording is the rules table's (``message_content`` rows, filled by
+:func:`outdial.rules.law.abandon_message` and ``agentless_message``); this module checks its two inputs, so
+that the wording never has to invent them.
 
 Sources:
 - US: 47 CFR 64.1200(a)(7)(i)(A): on an abandoned call, a prerecorded message "limited to disclosing that the
@@ -29,6 +30,7 @@ from __future__ import annotations
 import phonenumbers
 from phonenumbers import PhoneNumberType
 
+from outdial.rules import law
 from outdial.rules.law import DEFAULT_JURISDICTION, JURISDICTION_REGION
 
 __all__ = [
@@ -114,6 +116,5 @@ def opt_out_confirmation(jurisdiction: str | None = None) -> str:
     """What a person hears after pressing the opt-out key, before the line is hung up: that the request is
     taken, and nothing else (no marketing, no rest of the message). The request takes effect at once (the
     number is on the internal do-not-call list before the line is hung up, or the call's record carries it).
-    One wording serves every jurisdiction today; the parameter is where a jurisdiction's own would go."""
-    del jurisdiction
-    return "Thank you. You will not be called again."
+    The wording is the jurisdiction's ``opt_out_confirmation`` row of the rules table."""
+    return law.opt_out_confirmation(jurisdiction)

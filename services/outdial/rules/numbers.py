@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import phonenumbers
 import us
 import zipcodes
-from phonenumbers import PhoneNumberType, geocoder, timezone
+from phonenumbers import PhoneNumberType, timezone
 from phonenumbers.tzdata import TIMEZONE_DATA, TIMEZONE_LONGEST_PREFIX
 
 from outdial.rules.law import JURISDICTION_REGION, JURISDICTIONS
@@ -31,6 +31,7 @@ __all__ = [
     "area_code_state",
     "jurisdiction_regions",
     "normalise_state",
+    "number_zones",
     "parse_number",
     "parse_number_fast",
     "refine_zones",
@@ -199,7 +200,9 @@ def timezones_for(e164: str, zip_code: str | None = None, state: str | None = No
 def refine_zones(
     number_zones: tuple[str, ...], zip_code: str | None = None, state: str | None = None
 ) -> tuple[str, ...]:
-    """:func:`timezones_for` given the number's own zones (``ParsedNumber.timezones``)."""
+    """:func:`timezones_for` given the number's own zones (``ParsedNumber.timezones``). These are the zones
+    stored with a lead at upload; at call time :func:`outdial.rules.place.place_of` keeps them and adds every
+    other candidate (all the area code's zones, the address's), so the window is never wider than this."""
     address_zones: tuple[str, ...] = ()
     if zip_code:
         zz = _zip_zone(zip_code)
@@ -332,6 +335,15 @@ def parse_number_fast(raw: str, default_region: str = "US", jurisdiction: str = 
     return parse_number(raw, default_region, jurisdiction)
 
 
+def number_zones(e164: str) -> tuple[str, ...]:
+    """Every zone of a number's prefix (libphonenumber), as :func:`parse_number` gives it: by the cached
+    7-digit prefix for a geographical US number (the fast path's reasoning), else by a full parse."""
+    if _US_GEO_TYPE is not None and len(e164) == 12 and e164.startswith("+1") and e164[1:].isdigit():
+        if _US_GEO_TYPE(e164[2:]) in _GEO_TYPES:
+            return _nanp_geo_zones(e164[1:8])
+    return _number_zones(e164)
+
+
 @functools.lru_cache(maxsize=65536)
 def area_code_state(e164: str) -> str | None:
     """The US state (or Canadian province) of a NANP number's area code, from libphonenumber's geocoding
@@ -343,10 +355,19 @@ def area_code_state(e164: str) -> str | None:
         num = phonenumbers.parse(e164, None)
     except phonenumbers.NumberParseException:
         return None
+    # Imported here: the geocoding data takes ~1 s to load, and most processes (the CLI, the services that
+    # never ask for a number's state) do not need it.
+    from phonenumbers import geocoder
+
     desc = geocoder.description_for_number(num, "en")
     if not desc:
         return None
     _, sep, code = desc.rpartition(", ")
     if sep and len(code) == 2:
         return normalise_state(code)
-    return normalise_state(desc)
+    # libphonenumber names Washington's area codes (206, 253, 360, 425, 564) "Washington State", and the
+    # capital's (202, 771) "Washington D.C.".
+    return normalise_state(_GEO_NAMES.get(desc, desc))
+
+
+_GEO_NAMES = {"Washington State": "WA", "Washington D.C.": "DC"}

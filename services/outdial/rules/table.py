@@ -27,9 +27,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "MESSAGE_ELEMENTS",
+    "MESSAGE_PLACEHOLDERS",
     "WEEKDAYS",
     "AbandonQuietRow",
     "AbandonmentRow",
+    "AmdFalsePositivesRow",
     "CallCapRow",
     "CallingWindowRow",
     "ConnectLimitRow",
@@ -40,10 +43,13 @@ __all__ = [
     "MinRingRow",
     "RecordingConsentRow",
     "RegistryFreshnessRow",
+    "RetentionRow",
+    "RevocationWordsRow",
     "Row",
     "RuleSet",
     "RulesDataError",
     "Tables",
+    "call_type_tokens",
     "load_tables",
     "parse_tables",
     "rules_in_force",
@@ -54,6 +60,18 @@ WEEKDAYS: dict[str, int] = {"mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "s
 _HOURS = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)$")
 
 Hours = tuple[time, time]
+#: The words a consent row's ``call_type`` is made of, by dimension: how the call is placed, what for, the
+#: line it reaches, and whether the number is on the national do-not-call registry. A row applies to a call
+#: that has every one of its words (``autodialled_telemarketing_wireless``: an autodialled telemarketing call
+#: to a wireless number, prerecorded or not).
+CALL_TYPE_WORDS: dict[str, tuple[str, ...]] = {
+    "method": ("autodialled", "prerecorded", "manual"),
+    "purpose": ("telemarketing", "informational"),
+    "line": ("wireless", "landline"),
+    "registry": ("registered_number",),
+}
+#: The established business relationship's bases (16 CFR 310.2(q); 47 CFR 64.1200(f)(5)).
+EBR_BASES = ("purchase", "inquiry")
 _R = TypeVar("_R")
 ConsentKind = Literal[
     "prior_express_written_consent",
@@ -215,10 +233,13 @@ class AbandonQuietRow(_Row):
 
 
 class RegistryFreshnessRow(_Row):
-    """A do-not-call ``registry`` download may be at most ``max_age_days`` old when a call is placed."""
+    """A do-not-call ``registry`` download may be at most ``max_age_days`` old when a call is placed.
+    ``list_kind`` names the DNC service's list that holds the copy (``national``: the registry of numbers not
+    to call; ``wireless``: the wireless and ported-to-wireless numbers that say which line type a number is)."""
 
     kind: Literal["registry_freshness"]
     registry: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    list_kind: Literal["national", "wireless"] = "national"
     max_age_days: int = Field(gt=0)
 
     def topic(self) -> str:
@@ -228,12 +249,70 @@ class RegistryFreshnessRow(_Row):
         return f"{self.registry} no older than {self.max_age_days} d"
 
 
+#: How each element a ``message_content`` row requires shows in its ``templates``: the placeholder the code
+#: fills (``{seller}`` …), or words the template itself must say. An element not listed here is refused at
+#: load: a new requirement in the data needs the code to meet it before the row can be in force.
+MESSAGE_ELEMENTS: dict[str, tuple[str, ...]] = {
+    "seller_name": ("{seller}",),
+    "company_name": ("{seller}",),
+    "seller_name_first": ("{seller}",),
+    "telemarketing_purpose": ("telemarketing",),
+    "callback_number": ("{callback_number}",),
+    "opt_out_key": ("{opt_out_key}",),
+    "opt_out_confirmed": ("not be called again",),
+}
+#: The placeholders a template may use, per message: what the code fills in, and nothing else.
+MESSAGE_PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "abandoned": frozenset({"seller", "callback_number", "opt_out_key"}),
+    "prerecorded": frozenset({"seller", "callback_number", "opt_out_key", "body"}),
+    "opt_out_confirmation": frozenset(),
+}
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
 class MessageContentRow(_Row):
-    """What a ``message`` (an abandoned call's, a prerecorded call's) must contain."""
+    """What a ``message`` (an abandoned call's, a prerecorded call's, the opt-out key's confirmation) must
+    contain, and its wording per language (``templates``: language -> text with ``{placeholders}`` that the
+    code fills; the code writes no wording of its own)."""
 
     kind: Literal["message_content"]
-    message: Literal["abandoned", "prerecorded"]
+    message: Literal["abandoned", "prerecorded", "opt_out_confirmation"]
     elements: list[str] = Field(min_length=1)
+    templates: dict[str, str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _templates_carry_the_elements(self) -> MessageContentRow:
+        allowed = MESSAGE_PLACEHOLDERS[self.message]
+        for element in self.elements:
+            if element not in MESSAGE_ELEMENTS:
+                raise ValueError(
+                    f"elements: {element!r} is not an element outdial can check (known: "
+                    f"{', '.join(sorted(MESSAGE_ELEMENTS))})"
+                )
+        for lang, text in self.templates.items():
+            if not re.fullmatch(r"[a-z]{2}", lang):
+                raise ValueError(f"templates: {lang!r} is not a two-letter language code")
+            used = set(_PLACEHOLDER.findall(text))
+            if used - allowed:
+                raise ValueError(
+                    f"templates.{lang}: unknown placeholder(s) {sorted(used - allowed)} for a {self.message} "
+                    f"message (allowed: {sorted(allowed) or 'none'})"
+                )
+            if self.message == "prerecorded" and "body" not in used:
+                raise ValueError(f"templates.{lang}: a prerecorded message needs {{body}}")
+            for element in self.elements:
+                for needed in MESSAGE_ELEMENTS[element]:
+                    if needed.casefold() not in text.casefold():
+                        raise ValueError(
+                            f"templates.{lang}: the element {element} needs {needed!r} in the text"
+                        )
+            if (
+                "seller_name_first" in self.elements
+                and "{body}" in text
+                and text.index("{seller}") > text.index("{body}")
+            ):
+                raise ValueError(f"templates.{lang}: seller_name_first: {{seller}} must come before {{body}}")
+        return self
 
     def topic(self) -> str:
         return f"{self.kind}:{self.message}"
@@ -241,19 +320,123 @@ class MessageContentRow(_Row):
     def value(self) -> str:
         return f"{self.message} message: {', '.join(self.elements)}"
 
+    def render(self, language: str, **values: str) -> str:
+        """The template of ``language`` (English when the row has none in it) with its placeholders filled."""
+        text = self.templates.get(language) or self.templates.get("en") or next(iter(self.templates.values()))
+        return _PLACEHOLDER.sub(lambda m: values[m[1]], text)
+
+
+def call_type_tokens(call_type: str) -> frozenset[str]:
+    """The words of a consent row's ``call_type`` (:data:`CALL_TYPE_WORDS`), at most one per dimension.
+    ValueError naming the word that is not known."""
+    words = call_type.replace("registered_number", "registered-number").split("_")
+    out: set[str] = set()
+    seen: dict[str, str] = {}
+    for w in (x.replace("-", "_") for x in words):
+        dim = next((d for d, ws in CALL_TYPE_WORDS.items() if w in ws), None)
+        if dim is None:
+            known = ", ".join(x for ws in CALL_TYPE_WORDS.values() for x in ws)
+            raise ValueError(f"call_type {call_type!r}: unknown word {w!r} (known: {known})")
+        if dim in seen:
+            raise ValueError(f"call_type {call_type!r}: {seen[dim]!r} and {w!r} are both a call's {dim}")
+        seen[dim] = w
+        out.add(w)
+    return frozenset(out)
+
 
 class ConsentRow(_Row):
-    """A ``call_type`` may be placed only with one of the consent kinds in ``requires_any``."""
+    """A ``call_type`` may be placed only with one of the consent kinds in ``requires_any``.
+
+    ``call_type`` is made of the words of :data:`CALL_TYPE_WORDS`; the row binds every call that has all of
+    them. An established business relationship counts for ``ebr_months[basis]`` months after the purchase or
+    inquiry it rests on (the consent's ``obtained_at``): a row that accepts it says how long, per basis.
+    ``campaign_opt_in`` counts only for the campaign it was given to."""
 
     kind: Literal["consent"]
     call_type: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     requires_any: list[ConsentKind] = Field(min_length=1)
+    ebr_months: dict[Literal["purchase", "inquiry"], int] | None = None
+
+    @field_validator("call_type")
+    @classmethod
+    def _known_words(cls, v: str) -> str:
+        call_type_tokens(v)
+        return v
+
+    @field_validator("ebr_months")
+    @classmethod
+    def _positive(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is not None:
+            for basis, months in v.items():
+                if months <= 0:
+                    raise ValueError(f"ebr_months.{basis} must be a positive number of months")
+        return v
+
+    @model_validator(mode="after")
+    def _ebr_duration(self) -> ConsentRow:
+        ebr = "established_business_relationship" in self.requires_any
+        if ebr and (self.ebr_months is None or set(self.ebr_months) != set(EBR_BASES)):
+            raise ValueError(
+                "a row accepting established_business_relationship needs ebr_months for purchase and inquiry"
+            )
+        if not ebr and self.ebr_months is not None:
+            raise ValueError("ebr_months belongs to a row accepting established_business_relationship")
+        return self
+
+    def tokens(self) -> frozenset[str]:
+        return call_type_tokens(self.call_type)
 
     def topic(self) -> str:
         return f"{self.kind}:{self.call_type}"
 
     def value(self) -> str:
-        return f"{self.call_type}: {' or '.join(self.requires_any)}"
+        kinds: list[str] = []
+        for k in self.requires_any:
+            if k == "established_business_relationship" and self.ebr_months:
+                kinds.append(
+                    f"{k} (" + ", ".join(f"{b} {m} months" for b, m in self.ebr_months.items()) + ")"
+                )
+            else:
+                kinds.append(k)
+        return f"{self.call_type}: {' or '.join(kinds)}"
+
+
+class RevocationWordsRow(_Row):
+    """A reply that holds one of ``words`` (a whole word, any case) or ``phrases`` revokes consent and asks
+    not to be called again."""
+
+    kind: Literal["revocation_words"]
+    words: list[str] = Field(min_length=1)
+    phrases: list[str] = Field(default_factory=list)
+
+    @field_validator("words", "phrases")
+    @classmethod
+    def _lower(cls, v: list[str]) -> list[str]:
+        out = [" ".join(w.lower().split()) for w in v]
+        if any(not w for w in out):
+            raise ValueError("an empty word or phrase would match nothing")
+        return out
+
+    def value(self) -> str:
+        return "revoked by a reply holding " + ", ".join(repr(w) for w in [*self.words, *self.phrases])
+
+
+class AmdFalsePositivesRow(_Row):
+    """Where answering-machine detection is used, the campaign states a reasoned estimate of its false
+    positives (people it took for machines) before it dials (``estimate_required``), and the abandonment rate
+    counts those estimated false positives as abandoned live answers (``counted_as_abandoned``)."""
+
+    kind: Literal["amd_false_positives"]
+    estimate_required: bool
+    counted_as_abandoned: bool
+
+    def value(self) -> str:
+        parts = []
+        if self.estimate_required:
+            parts.append("with AMD on, a stated false-positive estimate and its basis are required")
+        if self.counted_as_abandoned:
+            parts.append("estimated false positives count as abandoned calls")
+        return "; ".join(parts) or "no requirement"
 
 
 class RecordingConsentRow(_Row):
@@ -264,6 +447,21 @@ class RecordingConsentRow(_Row):
 
     def value(self) -> str:
         return "recording needs every party's consent" if self.parties == "all" else "one party's consent"
+
+
+class RetentionRow(_Row):
+    """Call detail records (calls, dial attempts, dispositions) are kept at least ``years``: the retention
+    job removes nothing younger, and a retention setting below it is refused at start."""
+
+    kind: Literal["retention"]
+    records: Literal["call_records"]
+    years: int = Field(gt=0)
+
+    def topic(self) -> str:
+        return f"{self.kind}:{self.records}"
+
+    def value(self) -> str:
+        return f"{self.records} kept at least {self.years} years"
 
 
 Row = Annotated[
@@ -277,7 +475,10 @@ Row = Annotated[
     | RegistryFreshnessRow
     | MessageContentRow
     | ConsentRow
-    | RecordingConsentRow,
+    | RevocationWordsRow
+    | AmdFalsePositivesRow
+    | RecordingConsentRow
+    | RetentionRow,
     Field(discriminator="kind"),
 ]
 
@@ -326,6 +527,11 @@ class RuleSet:
 
     def all_party_recording_consent(self) -> bool:
         return any(r.parties == "all" for r in self.of(RecordingConsentRow))
+
+    def retention_years(self) -> int | None:
+        """The longest call-record retention in force, or None when no rule sets one."""
+        years = [r.years for r in self.of(RetentionRow) if r.records == "call_records"]
+        return max(years) if years else None
 
     def max_calls_24h(self) -> int | None:
         """The strictest per-person cap per rolling 24 h, or None when no rule sets one."""

@@ -21,10 +21,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 
-from outdial.rules.law import JURISDICTION_REGION, LOADED_ON
+from outdial.rules.law import DEFAULT_JURISDICTION, JURISDICTION_REGION, LOADED_ON
 from outdial.rules.table import CallingWindowRow, load_tables, rules_in_force
 
 __all__ = [
+    "DEFAULT_END",
+    "DEFAULT_START",
     "LAW_HOURS",
     "WindowDecision",
     "WindowSpec",
@@ -39,10 +41,30 @@ Hours = tuple[time, time]
 _ALL_DAYS = frozenset(range(1, 8))
 
 
+def _default_hours() -> Hours:
+    """A campaign's own window when it sets none: the hours the default jurisdiction's calling window (row
+    ``us.calling_window``) allows on most days, as in force the day the process started. ``legal_window``
+    narrows any campaign window to the law of the lead's jurisdiction and state on the day of the call."""
+    counts: dict[Hours, int] = {}
+    for law in rules_in_force(DEFAULT_JURISDICTION, None, LOADED_ON).windows():
+        for h in law.values():
+            if h is not None:
+                counts[h] = counts.get(h, 0) + 1
+    if not counts:
+        raise RuntimeError(
+            f"rules data: {DEFAULT_JURISDICTION} has no calling window in force on {LOADED_ON}"
+        )
+    return max(counts, key=lambda k: (counts[k], k))
+
+
+#: The campaign window's default start and end (local time), from the rules table.
+DEFAULT_START, DEFAULT_END = _default_hours()
+
+
 @dataclass(frozen=True)
 class WindowSpec:
-    start: time = time(8)
-    end: time = time(21)
+    start: time = DEFAULT_START
+    end: time = DEFAULT_END
     days_of_week: frozenset[int] = frozenset(range(1, 8))  # ISO: 1 = Monday .. 7 = Sunday
     holiday_dates: frozenset[date] = frozenset()
     skip_public_holidays: bool = False
@@ -81,9 +103,9 @@ def _parse_hhmm(value: Any, name: str) -> time:
 
 def window_from_json(d: Mapping[str, Any]) -> WindowSpec:
     """The ``calling_window`` object of the campaign-config contract -> :class:`WindowSpec`.
-    Missing keys take the US defaults. Raises ValueError naming the field on bad input."""
-    start = _parse_hhmm(d["start_local"], "start_local") if d.get("start_local") else time(8)
-    end = _parse_hhmm(d["end_local"], "end_local") if d.get("end_local") else time(21)
+    Missing keys take the defaults (:data:`DEFAULT_START`, :data:`DEFAULT_END`). Raises ValueError naming the field on bad input."""
+    start = _parse_hhmm(d["start_local"], "start_local") if d.get("start_local") else DEFAULT_START
+    end = _parse_hhmm(d["end_local"], "end_local") if d.get("end_local") else DEFAULT_END
     if start >= end:
         raise ValueError("calling_window.end_local must be after start_local")
     raw_days = d.get("days_of_week")

@@ -13,12 +13,15 @@ The carrier: a lead dialed at ``t`` is a person with probability ``p(t)`` (which
 else a machine, busy, failed or unanswered. People and machines answer after a Gamma(shape 4, mean 15 s)
 delay, truncated at the no-answer release (25 s); an unanswered call is released at
 ``min(ring time, release)``. A person is connected to a ready agent (the longest idle) or to the first
-agent to free up within 2 s; otherwise the call is abandoned. Talk is Exp(mean), wrap-up fixed.
+agent to free up within 2 s; otherwise the call is abandoned. Talk is Exp(mean) (or lognormal with the same
+mean: ``talk_sigma``), wrap-up fixed.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import math
 import random
 from collections import deque
 from collections.abc import Callable
@@ -43,6 +46,13 @@ from outdial.pacing.snapshot import (
 from outdial.rules.law import ABANDON_POLICIES
 
 CLAIRVOYANT = "clairvoyant"
+# The clairvoyant reference: an answer lands this much inside the person's 2 s (event order at equal times);
+# it draws new leads for an agent freeing within this many seconds (answer delays are dense there), at most
+# so many per agent and tick; its look-ahead pool of live leads holds at most so many.
+_CLAIRVOYANT_SLACK_S = 0.05
+_CLAIRVOYANT_DRAW_S = 20.0
+_CLAIRVOYANT_MAX_DRAWS = 400
+_CLAIRVOYANT_POOL = 4096
 
 # Call outcomes.
 LIVE, MACHINE, BUSY, FAILED, NO_ANSWER = range(5)
@@ -68,6 +78,8 @@ class SimConfig:
     busy_release_s: float = 4.0
     failed_release_s: float = 1.0
     talk_mean_s: float = 120.0
+    # 0: talk times exponential; > 0: lognormal with this sigma (of the log) and the same mean.
+    talk_sigma: float = 0.0
     wrap_s: float = 15.0
     algorithm: str = "predictive"
     params: PacingParams = field(default_factory=PacingParams)
@@ -138,7 +150,11 @@ class _Leads:
             d = r.gammavariate(shape, scale)
             while d > self.cfg.no_answer_release_s:
                 d = r.gammavariate(shape, scale)
-            talk = r.expovariate(1.0 / self.cfg.talk_mean_s)
+            if self.cfg.talk_sigma > 0.0:
+                sigma = self.cfg.talk_sigma
+                talk = r.lognormvariate(math.log(self.cfg.talk_mean_s) - 0.5 * sigma * sigma, sigma)
+            else:
+                talk = r.expovariate(1.0 / self.cfg.talk_mean_s)
             self.drawn.append(_Lead(u, d, talk))
         return self.drawn[k]
 
@@ -225,7 +241,9 @@ class PacingSim:
         self.released = 0
         self.progressive_ticks = 0
         self.timeline: list[dict[str, float | str]] = []
-        self._buffer: list[_Lead] = []  # clairvoyant: live leads drawn in order, not dialed yet
+        # clairvoyant: live leads drawn in order and not dialed yet, sorted by answer delay
+        self._pool: list[_Lead] = []
+        self._pool_delay: list[float] = []
         self.last_decision: Decision | None = None
         self._lines_sum = 0
         self._lines_n = 0
@@ -466,13 +484,19 @@ class PacingSim:
         self.est.observe_outcome(False, False, t - call.dial_t)
 
     def _clairvoyant(self, t: float) -> None:
-        """The bound: knows every lead's outcome and timing and every agent's free time in advance.
+        """The clairvoyant reference: knows every lead's outcome and timing and every agent's free time.
 
         Leads are drawn in order; a lead nobody will answer is dialed at once (it never needs an agent).
-        Live leads wait in a buffer (as many as agents, at least 32): for each agent about to be free that no answer
-        covers yet, in order of free time, it dials now the buffered lead whose answer comes soonest
-        after ``free - 1 s`` (so within the 2 s allowed), or waits when none would answer that late.
-        Lines are not limited.
+        Live leads wait in a look-ahead pool sorted by answer delay (live leads it never needs are simply
+        not dialed). For each agent about to be free that no answer covers yet, in order of free time, it
+        dials now a pooled lead whose answer lands within the 2 s before that free time (the person waits,
+        the agent has no idle second), drawing more leads while none does once the free time is within
+        :data:`_CLAIRVOYANT_DRAW_S`; else it waits for a later tick, unless this tick is the last one before
+        the agent frees: then the soonest answer that still finds the agent. Lines are not limited.
+
+        It is a reference, not a proven optimum: it decides on 1 s ticks, greedily, agent by agent, and never
+        abandons a call. The upper bound for any pacer that does not pick leads by their talk time is the
+        ceiling ``E(talk) / (E(talk) + wrap)``.
         """
         frees: list[float] = []
         for a in self.agents:
@@ -486,23 +510,47 @@ class PacingSim:
                 frees.append(a.since + self.cfg.wrap_s)
         frees.sort()
         covered = self.n_waiting + sum(1 for c in self.in_flight.values() if c.outcome == LIVE)
-        p = self._p_live(t)
-        buf = self._buffer
-        while covered < len(frees):
-            need = frees[covered] - t - 1.0  # the answer delay that lands in the second before
-            while len(buf) < max(32, len(frees)):
-                lead = self.leads.pop()
-                if lead.u >= p or lead.delay > self.ring:
-                    self._launch(t, False, lead)
-                else:
-                    buf.append(lead)
-            fits = [ld for ld in buf if ld.delay >= need]
-            if not fits:
-                break
-            best = min(fits, key=lambda ld: ld.delay)
-            buf.remove(best)
-            self._launch(t, False, best)
-            covered += 1
+        for f in frees[covered:]:
+            ahead = f - t
+            lo = max(0.0, ahead - PATIENCE_S + _CLAIRVOYANT_SLACK_S)  # answered at most 2 s before f ...
+            last = ahead < self.cfg.tick_s  # ... and no later than f, unless this is the last tick before f
+            lead = self._pooled(lo, ahead, last)
+            draws = 0
+            while lead is None and ahead <= _CLAIRVOYANT_DRAW_S and draws < _CLAIRVOYANT_MAX_DRAWS:
+                self._draw_pooled(t)
+                draws += 1
+                lead = self._pooled(lo, ahead, last)
+            if lead is None:
+                break  # a later tick will find one (agents are covered in order of free time)
+            self._launch(t, False, lead)
+
+    def _pooled(self, lo: float, hi: float, last: bool) -> _Lead | None:
+        """Take from the pool the live lead answering latest within ``[lo, hi]`` seconds from now, or (on
+        the last chance) the one answering soonest from ``lo`` on."""
+        d = self._pool_delay
+        if last:
+            i = bisect.bisect_left(d, lo)
+            if i == len(d):
+                return None
+        else:
+            i = bisect.bisect_right(d, hi) - 1
+            if i < 0 or d[i] < lo:
+                return None
+        del d[i]
+        return self._pool.pop(i)
+
+    def _draw_pooled(self, t: float) -> None:
+        """Draw the next lead: into the pool if a person answers it within the ring time, else dial it."""
+        lead = self.leads.pop()
+        if lead.u >= self._p_live(t) or lead.delay > self.ring:
+            self._launch(t, False, lead)
+            return
+        i = bisect.bisect_right(self._pool_delay, lead.delay)
+        self._pool_delay.insert(i, lead.delay)
+        self._pool.insert(i, lead)
+        if len(self._pool) > _CLAIRVOYANT_POOL:  # never dialed: the shortest answers pile up
+            del self._pool_delay[_CLAIRVOYANT_POOL // 2]
+            del self._pool[_CLAIRVOYANT_POOL // 2]
 
     # ------------------------------------------------------------------------------------------ run
     def _sample(self, t: float) -> None:

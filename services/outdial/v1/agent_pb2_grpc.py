@@ -75,6 +75,11 @@ class AgentServiceStub:
                 request_serializer=outdial_dot_v1_dot_agent__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=outdial_dot_v1_dot_agent__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.WatchAgents = channel.unary_stream(
+                '/outdial.v1.AgentService/WatchAgents',
+                request_serializer=outdial_dot_v1_dot_agent__pb2.WatchAgentsRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_agent__pb2.WatchAgentsResponse.FromString,
+                _registered_method=True)
         self.OfferCall = channel.unary_unary(
                 '/outdial.v1.AgentService/OfferCall',
                 request_serializer=outdial_dot_v1_dot_agent__pb2.OfferCallRequest.SerializeToString,
@@ -171,6 +176,13 @@ class AgentServiceServicer:
 
     def ListAgents(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchAgents(self, request, context):
+        """The agents of a campaign (or all), again at every change of state (a supervisor's wallboard).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -285,6 +297,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=outdial_dot_v1_dot_agent__pb2.ListAgentsRequest.FromString,
                     response_serializer=outdial_dot_v1_dot_agent__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'WatchAgents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAgents,
+                    request_deserializer=outdial_dot_v1_dot_agent__pb2.WatchAgentsRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_agent__pb2.WatchAgentsResponse.SerializeToString,
             ),
             'OfferCall': grpc.unary_unary_rpc_method_handler(
                     servicer.OfferCall,
@@ -549,6 +566,33 @@ class AgentService:
             '/outdial.v1.AgentService/ListAgents',
             outdial_dot_v1_dot_agent__pb2.ListAgentsRequest.SerializeToString,
             outdial_dot_v1_dot_agent__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/outdial.v1.AgentService/WatchAgents',
+            outdial_dot_v1_dot_agent__pb2.WatchAgentsRequest.SerializeToString,
+            outdial_dot_v1_dot_agent__pb2.WatchAgentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,8 @@ class AgentServiceStub:
     EndCall: _grpc.UnaryUnaryMultiCallable[_agent_pb2.EndCallRequest, _agent_pb2.EndCallResponse]
     SetDisposition: _grpc.UnaryUnaryMultiCallable[_agent_pb2.SetDispositionRequest, _agent_pb2.SetDispositionResponse]
     ListAgents: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ListAgentsRequest, _agent_pb2.ListAgentsResponse]
+    WatchAgents: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchAgentsRequest, _agent_pb2.WatchAgentsResponse]
+    """The agents of a campaign (or all), again at every change of state (a supervisor's wallboard)."""
     OfferCall: _grpc.UnaryUnaryMultiCallable[_agent_pb2.OfferCallRequest, _agent_pb2.OfferCallResponse]
     """Used by the dialer: reserve an agent for a live-answered call and offer it, within the deadline."""
     GetAgentCounts: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetAgentCountsRequest, _agent_pb2.GetAgentCountsResponse]
@@ -86,6 +88,8 @@ class AgentServiceAsyncStub(AgentServiceStub):
     EndCall: _aio.UnaryUnaryMultiCallable[_agent_pb2.EndCallRequest, _agent_pb2.EndCallResponse]  # type: ignore[assignment]
     SetDisposition: _aio.UnaryUnaryMultiCallable[_agent_pb2.SetDispositionRequest, _agent_pb2.SetDispositionResponse]  # type: ignore[assignment]
     ListAgents: _aio.UnaryUnaryMultiCallable[_agent_pb2.ListAgentsRequest, _agent_pb2.ListAgentsResponse]  # type: ignore[assignment]
+    WatchAgents: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchAgentsRequest, _agent_pb2.WatchAgentsResponse]  # type: ignore[assignment]
+    """The agents of a campaign (or all), again at every change of state (a supervisor's wallboard)."""
     OfferCall: _aio.UnaryUnaryMultiCallable[_agent_pb2.OfferCallRequest, _agent_pb2.OfferCallResponse]  # type: ignore[assignment]
     """Used by the dialer: reserve an agent for a live-answered call and offer it, within the deadline."""
     GetAgentCounts: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetAgentCountsRequest, _agent_pb2.GetAgentCountsResponse]  # type: ignore[assignment]
@@ -175,6 +179,14 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.ListAgentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.ListAgentsResponse, _abc.Awaitable[_agent_pb2.ListAgentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchAgents(
+        self,
+        request: _agent_pb2.WatchAgentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.WatchAgentsResponse], _abc.AsyncIterator[_agent_pb2.WatchAgentsResponse]]:
+        """The agents of a campaign (or all), again at every change of state (a supervisor's wallboard)."""
 
     @_abc_1.abstractmethod
     def OfferCall(

@@ -41,6 +41,24 @@ PREVIEW_TIMEOUT_ACTION_DIAL: PreviewTimeoutAction.ValueType  # 1
 PREVIEW_TIMEOUT_ACTION_SKIP: PreviewTimeoutAction.ValueType  # 2
 Global___PreviewTimeoutAction: _TypeAlias = PreviewTimeoutAction  # noqa: Y015
 
+class _AmdMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AmdModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AmdMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AMD_MODE_UNSPECIFIED: _AmdMode.ValueType  # 0
+    AMD_MODE_ON: _AmdMode.ValueType  # 1
+    AMD_MODE_OFF: _AmdMode.ValueType  # 2
+
+class AmdMode(_AmdMode, metaclass=_AmdModeEnumTypeWrapper):
+    """Whether the campaign uses answering-machine detection."""
+
+AMD_MODE_UNSPECIFIED: AmdMode.ValueType  # 0
+AMD_MODE_ON: AmdMode.ValueType  # 1
+AMD_MODE_OFF: AmdMode.ValueType  # 2
+Global___AmdMode: _TypeAlias = AmdMode  # noqa: Y015
+
 class _MachineAction:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -98,6 +116,10 @@ class Campaign(_message.Message):
     RECORDING_NOTICE_FIELD_NUMBER: _builtins.int
     ABANDON_RECORDING_FIELD_NUMBER: _builtins.int
     SELLER_IS_CAMPAIGN_NAME_FIELD_NUMBER: _builtins.int
+    CALL_PURPOSE_FIELD_NUMBER: _builtins.int
+    AMD_FIELD_NUMBER: _builtins.int
+    AMD_FALSE_POSITIVE_RATE_FIELD_NUMBER: _builtins.int
+    AMD_FALSE_POSITIVE_BASIS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     description: _builtins.str
@@ -149,6 +171,24 @@ class Campaign(_message.Message):
     """The seller's legal name is, on purpose, the same as the campaign's name (otherwise a seller_name equal to
     the name is refused as a likely placeholder).
     """
+    call_purpose: _common_pb2.CallPurpose.ValueType
+    """What the calls are for: telemarketing (also when unspecified) or informational. With the dial mode
+    (autodialled; agentless: prerecorded; preview: manual) and each number's line type it decides the consent
+    a call needs (rules/data/*.yaml `consent` rows). An agentless campaign with message_informational set is
+    informational.
+    """
+    amd: Global___AmdMode.ValueType
+    """Answering-machine detection. Unspecified or ON: answers the telephony classifies as machines are hung up
+    on (agentless: get the message when machine_action says so), as before. OFF: every answer is treated as
+    a person.
+    """
+    amd_false_positive_rate: _builtins.float
+    """With AMD on: the estimated share of machine-classified answers that were people (AMD false positives),
+    a fraction in [0, 1], and its basis (how it was measured or reasoned). A UK campaign with AMD on needs
+    both to start (Ofcom, row uk.amd_false_positives); where set, the estimated false positives count as
+    abandoned live answers in the campaign's statistics and in the pacing budget.
+    """
+    amd_false_positive_basis: _builtins.str
     @_builtins.property
     def calling_window(self) -> _common_pb2.CallingWindow: ...
     @_builtins.property
@@ -217,12 +257,18 @@ class Campaign(_message.Message):
         recording_notice: _builtins.str = ...,
         abandon_recording: _builtins.str = ...,
         seller_is_campaign_name: _builtins.bool = ...,
+        call_purpose: _common_pb2.CallPurpose.ValueType = ...,
+        amd: Global___AmdMode.ValueType = ...,
+        amd_false_positive_rate: _builtins.float | None = ...,
+        amd_false_positive_basis: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["abandon_window", b"abandon_window", "calling_window", b"calling_window", "created_at", b"created_at", "preview_skip_delay", b"preview_skip_delay", "preview_timeout", b"preview_timeout", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amd_false_positive_rate", b"_amd_false_positive_rate", "abandon_window", b"abandon_window", "amd_false_positive_rate", b"amd_false_positive_rate", "calling_window", b"calling_window", "created_at", b"created_at", "preview_skip_delay", b"preview_skip_delay", "preview_timeout", b"preview_timeout", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon_cap", b"abandon_cap", "abandon_recording", b"abandon_recording", "abandon_window", b"abandon_window", "agentless_lines", b"agentless_lines", "agentless_message", b"agentless_message", "caller_id", b"caller_id", "calling_window", b"calling_window", "created_at", b"created_at", "default_region", b"default_region", "description", b"description", "dial_mode", b"dial_mode", "dispositions", b"dispositions", "id", b"id", "jurisdiction", b"jurisdiction", "machine_action", b"machine_action", "max_attempts_per_lead", b"max_attempts_per_lead", "max_calls_per_number_24h", b"max_calls_per_number_24h", "max_lines_per_agent", b"max_lines_per_agent", "message_informational", b"message_informational", "name", b"name", "opt_out_number", b"opt_out_number", "power_ratio", b"power_ratio", "preview_skip_delay", b"preview_skip_delay", "preview_timeout", b"preview_timeout", "preview_timeout_action", b"preview_timeout_action", "record_calls", b"record_calls", "recording_notice", b"recording_notice", "retry_rules", b"retry_rules", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "seller_is_campaign_name", b"seller_is_campaign_name", "seller_name", b"seller_name", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amd_false_positive_rate", b"_amd_false_positive_rate", "abandon_cap", b"abandon_cap", "abandon_recording", b"abandon_recording", "abandon_window", b"abandon_window", "agentless_lines", b"agentless_lines", "agentless_message", b"agentless_message", "amd", b"amd", "amd_false_positive_basis", b"amd_false_positive_basis", "amd_false_positive_rate", b"amd_false_positive_rate", "call_purpose", b"call_purpose", "caller_id", b"caller_id", "calling_window", b"calling_window", "created_at", b"created_at", "default_region", b"default_region", "description", b"description", "dial_mode", b"dial_mode", "dispositions", b"dispositions", "id", b"id", "jurisdiction", b"jurisdiction", "machine_action", b"machine_action", "max_attempts_per_lead", b"max_attempts_per_lead", "max_calls_per_number_24h", b"max_calls_per_number_24h", "max_lines_per_agent", b"max_lines_per_agent", "message_informational", b"message_informational", "name", b"name", "opt_out_number", b"opt_out_number", "power_ratio", b"power_ratio", "preview_skip_delay", b"preview_skip_delay", "preview_timeout", b"preview_timeout", "preview_timeout_action", b"preview_timeout_action", "record_calls", b"record_calls", "recording_notice", b"recording_notice", "retry_rules", b"retry_rules", "ring_timeout", b"ring_timeout", "scheduled_end", b"scheduled_end", "scheduled_start", b"scheduled_start", "seller_is_campaign_name", b"seller_is_campaign_name", "seller_name", b"seller_name", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__amd_false_positive_rate: _TypeAlias = _typing.Literal["amd_false_positive_rate"]  # noqa: Y015
+    _WhichOneofArgType__amd_false_positive_rate: _TypeAlias = _typing.Literal["_amd_false_positive_rate", b"_amd_false_positive_rate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amd_false_positive_rate) -> _WhichOneofReturnType__amd_false_positive_rate | None: ...
 
 Global___Campaign: _TypeAlias = Campaign  # noqa: Y015
 
@@ -1038,6 +1084,14 @@ class GetCampaignStatsResponse(_message.Message):
     BLOCKED_FIELD_NUMBER: _builtins.int
     HOPPER_SIZE_FIELD_NUMBER: _builtins.int
     ABANDON_CAP_FIELD_NUMBER: _builtins.int
+    LEADS_NEED_CONSENT_FIELD_NUMBER: _builtins.int
+    LEADS_NEED_FRESH_LIST_FIELD_NUMBER: _builtins.int
+    ABANDON_RATE_WINDOW_FIELD_NUMBER: _builtins.int
+    AMD_FIELD_NUMBER: _builtins.int
+    AMD_FALSE_POSITIVE_RATE_FIELD_NUMBER: _builtins.int
+    AMD_FALSE_POSITIVE_BASIS_FIELD_NUMBER: _builtins.int
+    AMD_MACHINE_ANSWERS_FIELD_NUMBER: _builtins.int
+    AMD_ESTIMATED_FALSE_POSITIVES_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     leads_total: _builtins.int
     attempts: _builtins.int
@@ -1051,6 +1105,24 @@ class GetCampaignStatsResponse(_message.Message):
     blocked: _builtins.int
     hopper_size: _builtins.int
     abandon_cap: _builtins.float
+    leads_need_consent: _builtins.int
+    """Leads the DNC check last refused for want of the consent their call type requires, or of a current
+    wireless and ported-number list (their line type is not known). Both can still be reached in preview
+    mode where the rules allow a manual call without that consent.
+    """
+    leads_need_fresh_list: _builtins.int
+    abandon_rate_window: _builtins.float
+    """The rate over the campaign's own abandonment window (abandon_window: the law's), AMD false positives
+    counted in where the campaign states an estimate; the 24 h and 30 d rates count them in the same way.
+    """
+    amd: _builtins.bool
+    """Answering-machine detection: on or off, the campaign's false-positive estimate (unset: none stated) and
+    its basis, the machine-classified answers and the false positives estimated among them over the window.
+    """
+    amd_false_positive_rate: _builtins.float
+    amd_false_positive_basis: _builtins.str
+    amd_machine_answers: _builtins.int
+    amd_estimated_false_positives: _builtins.int
     @_builtins.property
     def leads_by_state(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -1073,12 +1145,22 @@ class GetCampaignStatsResponse(_message.Message):
         blocked: _builtins.int = ...,
         hopper_size: _builtins.int = ...,
         abandon_cap: _builtins.float = ...,
+        leads_need_consent: _builtins.int = ...,
+        leads_need_fresh_list: _builtins.int = ...,
+        abandon_rate_window: _builtins.float = ...,
+        amd: _builtins.bool = ...,
+        amd_false_positive_rate: _builtins.float | None = ...,
+        amd_false_positive_basis: _builtins.str = ...,
+        amd_machine_answers: _builtins.int = ...,
+        amd_estimated_false_positives: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amd_false_positive_rate", b"_amd_false_positive_rate", "amd_false_positive_rate", b"amd_false_positive_rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon_cap", b"abandon_cap", "abandon_rate_24h", b"abandon_rate_24h", "abandon_rate_30d", b"abandon_rate_30d", "abandoned", b"abandoned", "attempts", b"attempts", "blocked", b"blocked", "campaign_id", b"campaign_id", "connected", b"connected", "contacts_per_hour", b"contacts_per_hour", "hopper_size", b"hopper_size", "leads_by_state", b"leads_by_state", "leads_total", b"leads_total", "list_penetration", b"list_penetration", "live_answers", b"live_answers", "outcomes", b"outcomes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amd_false_positive_rate", b"_amd_false_positive_rate", "abandon_cap", b"abandon_cap", "abandon_rate_24h", b"abandon_rate_24h", "abandon_rate_30d", b"abandon_rate_30d", "abandon_rate_window", b"abandon_rate_window", "abandoned", b"abandoned", "amd", b"amd", "amd_estimated_false_positives", b"amd_estimated_false_positives", "amd_false_positive_basis", b"amd_false_positive_basis", "amd_false_positive_rate", b"amd_false_positive_rate", "amd_machine_answers", b"amd_machine_answers", "attempts", b"attempts", "blocked", b"blocked", "campaign_id", b"campaign_id", "connected", b"connected", "contacts_per_hour", b"contacts_per_hour", "hopper_size", b"hopper_size", "leads_by_state", b"leads_by_state", "leads_need_consent", b"leads_need_consent", "leads_need_fresh_list", b"leads_need_fresh_list", "leads_total", b"leads_total", "list_penetration", b"list_penetration", "live_answers", b"live_answers", "outcomes", b"outcomes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__amd_false_positive_rate: _TypeAlias = _typing.Literal["amd_false_positive_rate"]  # noqa: Y015
+    _WhichOneofArgType__amd_false_positive_rate: _TypeAlias = _typing.Literal["_amd_false_positive_rate", b"_amd_false_positive_rate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amd_false_positive_rate) -> _WhichOneofReturnType__amd_false_positive_rate | None: ...
 
 Global___GetCampaignStatsResponse: _TypeAlias = GetCampaignStatsResponse  # noqa: Y015
 
@@ -1139,3 +1221,144 @@ class ScheduleCallbackResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScheduleCallbackResponse: _TypeAlias = ScheduleCallbackResponse  # noqa: Y015
+
+@_typing.final
+class ListCampaignVersionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCampaignVersionsRequest: _TypeAlias = ListCampaignVersionsRequest  # noqa: Y015
+
+@_typing.final
+class ListCampaignVersionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.SettingsVersion]: ...
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[_common_pb2.SettingsVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCampaignVersionsResponse: _TypeAlias = ListCampaignVersionsResponse  # noqa: Y015
+
+@_typing.final
+class RunRetentionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    def __init__(
+        self,
+        *,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRetentionRequest: _TypeAlias = RunRetentionRequest  # noqa: Y015
+
+@_typing.final
+class RunRetentionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FloorsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class RemovedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RUN_IDS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    YEARS_FIELD_NUMBER: _builtins.int
+    FLOORS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    years: _builtins.int
+    """The period the service is configured with (years; 0: each jurisdiction's minimum), and each
+    jurisdiction's minimum from the rules.
+    """
+    @_builtins.property
+    def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The retention_runs rows written (one per batch; the first is the run's own id)."""
+
+    @_builtins.property
+    def floors(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def removed(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Rows removed (or, dry, that would be) per kind: call_records, dial_attempts, agent_dispositions,
+        campaign_events_applied.
+        """
+
+    def __init__(
+        self,
+        *,
+        run_ids: _abc.Iterable[_builtins.int] | None = ...,
+        dry_run: _builtins.bool = ...,
+        years: _builtins.int = ...,
+        floors: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        removed: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "floors", b"floors", "removed", b"removed", "run_ids", b"run_ids", "years", b"years"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRetentionResponse: _TypeAlias = RunRetentionResponse  # noqa: Y015

@@ -110,6 +110,16 @@ class CampaignServiceStub:
                 request_serializer=outdial_dot_v1_dot_campaign__pb2.ScheduleCallbackRequest.SerializeToString,
                 response_deserializer=outdial_dot_v1_dot_campaign__pb2.ScheduleCallbackResponse.FromString,
                 _registered_method=True)
+        self.ListCampaignVersions = channel.unary_unary(
+                '/outdial.v1.CampaignService/ListCampaignVersions',
+                request_serializer=outdial_dot_v1_dot_campaign__pb2.ListCampaignVersionsRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_campaign__pb2.ListCampaignVersionsResponse.FromString,
+                _registered_method=True)
+        self.RunRetention = channel.unary_unary(
+                '/outdial.v1.CampaignService/RunRetention',
+                request_serializer=outdial_dot_v1_dot_campaign__pb2.RunRetentionRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_campaign__pb2.RunRetentionResponse.FromString,
+                _registered_method=True)
 
 
 class CampaignServiceServicer:
@@ -207,6 +217,21 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCampaignVersions(self, request, context):
+        """Every version of a campaign's settings, oldest first (who, when, the settings, what changed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunRetention(self, request, context):
+        """Remove call records older than the retention period (at least the rules' minimum per jurisdiction); the
+        run is recorded in retention_runs. dry_run: count only (the run is recorded all the same).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CampaignServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -284,6 +309,16 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.ScheduleCallback,
                     request_deserializer=outdial_dot_v1_dot_campaign__pb2.ScheduleCallbackRequest.FromString,
                     response_serializer=outdial_dot_v1_dot_campaign__pb2.ScheduleCallbackResponse.SerializeToString,
+            ),
+            'ListCampaignVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCampaignVersions,
+                    request_deserializer=outdial_dot_v1_dot_campaign__pb2.ListCampaignVersionsRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_campaign__pb2.ListCampaignVersionsResponse.SerializeToString,
+            ),
+            'RunRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunRetention,
+                    request_deserializer=outdial_dot_v1_dot_campaign__pb2.RunRetentionRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_campaign__pb2.RunRetentionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -692,6 +727,60 @@ class CampaignService:
             '/outdial.v1.CampaignService/ScheduleCallback',
             outdial_dot_v1_dot_campaign__pb2.ScheduleCallbackRequest.SerializeToString,
             outdial_dot_v1_dot_campaign__pb2.ScheduleCallbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCampaignVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outdial.v1.CampaignService/ListCampaignVersions',
+            outdial_dot_v1_dot_campaign__pb2.ListCampaignVersionsRequest.SerializeToString,
+            outdial_dot_v1_dot_campaign__pb2.ListCampaignVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outdial.v1.CampaignService/RunRetention',
+            outdial_dot_v1_dot_campaign__pb2.RunRetentionRequest.SerializeToString,
+            outdial_dot_v1_dot_campaign__pb2.RunRetentionResponse.FromString,
             options,
             channel_credentials,
             insecure,

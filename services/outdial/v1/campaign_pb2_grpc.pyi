@@ -49,6 +49,12 @@ class CampaignServiceStub:
     ListLeadRejects: _grpc.UnaryStreamMultiCallable[_campaign_pb2.ListLeadRejectsRequest, _campaign_pb2.ListLeadRejectsResponse]
     GetCampaignStats: _grpc.UnaryUnaryMultiCallable[_campaign_pb2.GetCampaignStatsRequest, _campaign_pb2.GetCampaignStatsResponse]
     ScheduleCallback: _grpc.UnaryUnaryMultiCallable[_campaign_pb2.ScheduleCallbackRequest, _campaign_pb2.ScheduleCallbackResponse]
+    ListCampaignVersions: _grpc.UnaryUnaryMultiCallable[_campaign_pb2.ListCampaignVersionsRequest, _campaign_pb2.ListCampaignVersionsResponse]
+    """Every version of a campaign's settings, oldest first (who, when, the settings, what changed)."""
+    RunRetention: _grpc.UnaryUnaryMultiCallable[_campaign_pb2.RunRetentionRequest, _campaign_pb2.RunRetentionResponse]
+    """Remove call records older than the retention period (at least the rules' minimum per jurisdiction); the
+    run is recorded in retention_runs. dry_run: count only (the run is recorded all the same).
+    """
 
 @_typing.type_check_only
 class CampaignServiceAsyncStub(CampaignServiceStub):
@@ -71,6 +77,12 @@ class CampaignServiceAsyncStub(CampaignServiceStub):
     ListLeadRejects: _aio.UnaryStreamMultiCallable[_campaign_pb2.ListLeadRejectsRequest, _campaign_pb2.ListLeadRejectsResponse]  # type: ignore[assignment]
     GetCampaignStats: _aio.UnaryUnaryMultiCallable[_campaign_pb2.GetCampaignStatsRequest, _campaign_pb2.GetCampaignStatsResponse]  # type: ignore[assignment]
     ScheduleCallback: _aio.UnaryUnaryMultiCallable[_campaign_pb2.ScheduleCallbackRequest, _campaign_pb2.ScheduleCallbackResponse]  # type: ignore[assignment]
+    ListCampaignVersions: _aio.UnaryUnaryMultiCallable[_campaign_pb2.ListCampaignVersionsRequest, _campaign_pb2.ListCampaignVersionsResponse]  # type: ignore[assignment]
+    """Every version of a campaign's settings, oldest first (who, when, the settings, what changed)."""
+    RunRetention: _aio.UnaryUnaryMultiCallable[_campaign_pb2.RunRetentionRequest, _campaign_pb2.RunRetentionResponse]  # type: ignore[assignment]
+    """Remove call records older than the retention period (at least the rules' minimum per jurisdiction); the
+    run is recorded in retention_runs. dry_run: count only (the run is recorded all the same).
+    """
 
 class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
     """Campaigns, lead lists, statistics. Users: campaign managers."""
@@ -180,5 +192,23 @@ class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _campaign_pb2.ScheduleCallbackRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_campaign_pb2.ScheduleCallbackResponse, _abc.Awaitable[_campaign_pb2.ScheduleCallbackResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListCampaignVersions(
+        self,
+        request: _campaign_pb2.ListCampaignVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaign_pb2.ListCampaignVersionsResponse, _abc.Awaitable[_campaign_pb2.ListCampaignVersionsResponse]]:
+        """Every version of a campaign's settings, oldest first (who, when, the settings, what changed)."""
+
+    @_abc_1.abstractmethod
+    def RunRetention(
+        self,
+        request: _campaign_pb2.RunRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaign_pb2.RunRetentionResponse, _abc.Awaitable[_campaign_pb2.RunRetentionResponse]]:
+        """Remove call records older than the retention period (at least the rules' minimum per jurisdiction); the
+        run is recorded in retention_runs. dry_run: count only (the run is recorded all the same).
+        """
 
 def add_CampaignServiceServicer_to_server(servicer: CampaignServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,29 +23,38 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17outdial/v1/common.proto\x12\noutdial.v1\x1a\x1egoogle/protobuf/duration.proto\"\x82\x01\n\rCallingWindow\x12\x13\n\x0bstart_local\x18\x01 \x01(\t\x12\x11\n\tend_local\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x61ys_of_week\x18\x03 \x03(\x05\x12\x15\n\rholiday_dates\x18\x04 \x03(\t\x12\x1c\n\x14skip_public_holidays\x18\x05 \x01(\x08\"u\n\tRetryRule\x12(\n\x07outcome\x18\x01 \x01(\x0e\x32\x17.outdial.v1.CallOutcome\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\x05\"s\n\x0b\x41gentCounts\x12\x11\n\tlogged_in\x18\x01 \x01(\x05\x12\r\n\x05ready\x18\x02 \x01(\x05\x12\x10\n\x08reserved\x18\x03 \x01(\x05\x12\x0f\n\x07on_call\x18\x04 \x01(\x05\x12\x0f\n\x07wrap_up\x18\x05 \x01(\x05\x12\x0e\n\x06paused\x18\x06 \x01(\x05*k\n\x0cJurisdiction\x12\x1c\n\x18JURISDICTION_UNSPECIFIED\x10\x00\x12\x13\n\x0fJURISDICTION_US\x10\x01\x12\x13\n\x0fJURISDICTION_CA\x10\x02\x12\x13\n\x0fJURISDICTION_UK\x10\x03*\x9f\x01\n\x08\x44ialMode\x12\x19\n\x15\x44IAL_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IAL_MODE_PREVIEW\x10\x01\x12\x19\n\x15\x44IAL_MODE_PROGRESSIVE\x10\x02\x12\x13\n\x0f\x44IAL_MODE_POWER\x10\x03\x12\x18\n\x14\x44IAL_MODE_PREDICTIVE\x10\x04\x12\x17\n\x13\x44IAL_MODE_AGENTLESS\x10\x05*\xba\x01\n\rCampaignState\x12\x1e\n\x1a\x43\x41MPAIGN_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41MPAIGN_STATE_DRAFT\x10\x01\x12\x19\n\x15\x43\x41MPAIGN_STATE_ACTIVE\x10\x02\x12\x19\n\x15\x43\x41MPAIGN_STATE_PAUSED\x10\x03\x12\x1c\n\x18\x43\x41MPAIGN_STATE_COMPLETED\x10\x04\x12\x1b\n\x17\x43\x41MPAIGN_STATE_ARCHIVED\x10\x05*\xf9\x01\n\x0b\x43\x61llOutcome\x12\x1c\n\x18\x43\x41LL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41LL_OUTCOME_NO_ANSWER\x10\x01\x12\x15\n\x11\x43\x41LL_OUTCOME_BUSY\x10\x02\x12\x17\n\x13\x43\x41LL_OUTCOME_FAILED\x10\x03\x12\x18\n\x14\x43\x41LL_OUTCOME_MACHINE\x10\x04\x12\x14\n\x10\x43\x41LL_OUTCOME_FAX\x10\x05\x12\x1a\n\x16\x43\x41LL_OUTCOME_CONNECTED\x10\x06\x12\x1a\n\x16\x43\x41LL_OUTCOME_ABANDONED\x10\x07\x12\x18\n\x14\x43\x41LL_OUTCOME_BLOCKED\x10\x08*\xc0\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41GENT_STATE_LOGGED_OUT\x10\x01\x12\x15\n\x11\x41GENT_STATE_READY\x10\x02\x12\x18\n\x14\x41GENT_STATE_RESERVED\x10\x03\x12\x17\n\x13\x41GENT_STATE_ON_CALL\x10\x04\x12\x17\n\x13\x41GENT_STATE_WRAP_UP\x10\x05\x12\x16\n\x12\x41GENT_STATE_PAUSED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17outdial/v1/common.proto\x12\noutdial.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x01\n\rCallingWindow\x12\x13\n\x0bstart_local\x18\x01 \x01(\t\x12\x11\n\tend_local\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x61ys_of_week\x18\x03 \x03(\x05\x12\x15\n\rholiday_dates\x18\x04 \x03(\t\x12\x1c\n\x14skip_public_holidays\x18\x05 \x01(\x08\"u\n\tRetryRule\x12(\n\x07outcome\x18\x01 \x01(\x0e\x32\x17.outdial.v1.CallOutcome\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x03 \x01(\x05\"s\n\x0b\x41gentCounts\x12\x11\n\tlogged_in\x18\x01 \x01(\x05\x12\r\n\x05ready\x18\x02 \x01(\x05\x12\x10\n\x08reserved\x18\x03 \x01(\x05\x12\x0f\n\x07on_call\x18\x04 \x01(\x05\x12\x0f\n\x07wrap_up\x18\x05 \x01(\x05\x12\x0e\n\x06paused\x18\x06 \x01(\x05\"\xac\x01\n\x0fSettingsVersion\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x15\n\rsettings_json\x18\x05 \x01(\t\x12*\n\x07\x63hanges\x18\x06 \x03(\x0b\x32\x19.outdial.v1.SettingChange\"F\n\rSettingChange\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0b\x62\x65\x66ore_json\x18\x02 \x01(\t\x12\x12\n\nafter_json\x18\x03 \x01(\t*k\n\x0cJurisdiction\x12\x1c\n\x18JURISDICTION_UNSPECIFIED\x10\x00\x12\x13\n\x0fJURISDICTION_US\x10\x01\x12\x13\n\x0fJURISDICTION_CA\x10\x02\x12\x13\n\x0fJURISDICTION_UK\x10\x03*\x9f\x01\n\x08\x44ialMode\x12\x19\n\x15\x44IAL_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IAL_MODE_PREVIEW\x10\x01\x12\x19\n\x15\x44IAL_MODE_PROGRESSIVE\x10\x02\x12\x13\n\x0f\x44IAL_MODE_POWER\x10\x03\x12\x18\n\x14\x44IAL_MODE_PREDICTIVE\x10\x04\x12\x17\n\x13\x44IAL_MODE_AGENTLESS\x10\x05*\xba\x01\n\rCampaignState\x12\x1e\n\x1a\x43\x41MPAIGN_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41MPAIGN_STATE_DRAFT\x10\x01\x12\x19\n\x15\x43\x41MPAIGN_STATE_ACTIVE\x10\x02\x12\x19\n\x15\x43\x41MPAIGN_STATE_PAUSED\x10\x03\x12\x1c\n\x18\x43\x41MPAIGN_STATE_COMPLETED\x10\x04\x12\x1b\n\x17\x43\x41MPAIGN_STATE_ARCHIVED\x10\x05*\xf9\x01\n\x0b\x43\x61llOutcome\x12\x1c\n\x18\x43\x41LL_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41LL_OUTCOME_NO_ANSWER\x10\x01\x12\x15\n\x11\x43\x41LL_OUTCOME_BUSY\x10\x02\x12\x17\n\x13\x43\x41LL_OUTCOME_FAILED\x10\x03\x12\x18\n\x14\x43\x41LL_OUTCOME_MACHINE\x10\x04\x12\x14\n\x10\x43\x41LL_OUTCOME_FAX\x10\x05\x12\x1a\n\x16\x43\x41LL_OUTCOME_CONNECTED\x10\x06\x12\x1a\n\x16\x43\x41LL_OUTCOME_ABANDONED\x10\x07\x12\x18\n\x14\x43\x41LL_OUTCOME_BLOCKED\x10\x08*\xc0\x01\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41GENT_STATE_LOGGED_OUT\x10\x01\x12\x15\n\x11\x41GENT_STATE_READY\x10\x02\x12\x18\n\x14\x41GENT_STATE_RESERVED\x10\x03\x12\x17\n\x13\x41GENT_STATE_ON_CALL\x10\x04\x12\x17\n\x13\x41GENT_STATE_WRAP_UP\x10\x05\x12\x16\n\x12\x41GENT_STATE_PAUSED\x10\x06*k\n\x0b\x43\x61llPurpose\x12\x1c\n\x18\x43\x41LL_PURPOSE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x43\x41LL_PURPOSE_TELEMARKETING\x10\x01\x12\x1e\n\x1a\x43\x41LL_PURPOSE_INFORMATIONAL\x10\x02*{\n\nCallMethod\x12\x1b\n\x17\x43\x41LL_METHOD_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41LL_METHOD_AUTODIALLED\x10\x01\x12\x1b\n\x17\x43\x41LL_METHOD_PRERECORDED\x10\x02\x12\x16\n\x12\x43\x41LL_METHOD_MANUAL\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'outdial.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JURISDICTION']._serialized_start=440
-  _globals['_JURISDICTION']._serialized_end=547
-  _globals['_DIALMODE']._serialized_start=550
-  _globals['_DIALMODE']._serialized_end=709
-  _globals['_CAMPAIGNSTATE']._serialized_start=712
-  _globals['_CAMPAIGNSTATE']._serialized_end=898
-  _globals['_CALLOUTCOME']._serialized_start=901
-  _globals['_CALLOUTCOME']._serialized_end=1150
-  _globals['_AGENTSTATE']._serialized_start=1153
-  _globals['_AGENTSTATE']._serialized_end=1345
-  _globals['_CALLINGWINDOW']._serialized_start=72
-  _globals['_CALLINGWINDOW']._serialized_end=202
-  _globals['_RETRYRULE']._serialized_start=204
-  _globals['_RETRYRULE']._serialized_end=321
-  _globals['_AGENTCOUNTS']._serialized_start=323
-  _globals['_AGENTCOUNTS']._serialized_end=438
+  _globals['_JURISDICTION']._serialized_start=720
+  _globals['_JURISDICTION']._serialized_end=827
+  _globals['_DIALMODE']._serialized_start=830
+  _globals['_DIALMODE']._serialized_end=989
+  _globals['_CAMPAIGNSTATE']._serialized_start=992
+  _globals['_CAMPAIGNSTATE']._serialized_end=1178
+  _globals['_CALLOUTCOME']._serialized_start=1181
+  _globals['_CALLOUTCOME']._serialized_end=1430
+  _globals['_AGENTSTATE']._serialized_start=1433
+  _globals['_AGENTSTATE']._serialized_end=1625
+  _globals['_CALLPURPOSE']._serialized_start=1627
+  _globals['_CALLPURPOSE']._serialized_end=1734
+  _globals['_CALLMETHOD']._serialized_start=1736
+  _globals['_CALLMETHOD']._serialized_end=1859
+  _globals['_CALLINGWINDOW']._serialized_start=105
+  _globals['_CALLINGWINDOW']._serialized_end=235
+  _globals['_RETRYRULE']._serialized_start=237
+  _globals['_RETRYRULE']._serialized_end=354
+  _globals['_AGENTCOUNTS']._serialized_start=356
+  _globals['_AGENTCOUNTS']._serialized_end=471
+  _globals['_SETTINGSVERSION']._serialized_start=474
+  _globals['_SETTINGSVERSION']._serialized_end=646
+  _globals['_SETTINGCHANGE']._serialized_start=648
+  _globals['_SETTINGCHANGE']._serialized_end=718
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -141,6 +142,52 @@ AGENT_STATE_WRAP_UP: AgentState.ValueType  # 5
 AGENT_STATE_PAUSED: AgentState.ValueType  # 6
 Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
 
+class _CallPurpose:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CallPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CallPurpose.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALL_PURPOSE_UNSPECIFIED: _CallPurpose.ValueType  # 0
+    CALL_PURPOSE_TELEMARKETING: _CallPurpose.ValueType  # 1
+    CALL_PURPOSE_INFORMATIONAL: _CallPurpose.ValueType  # 2
+
+class CallPurpose(_CallPurpose, metaclass=_CallPurposeEnumTypeWrapper):
+    """What a call is for (the consent it needs depends on it: rules/data/*.yaml `consent` rows).
+    Unspecified is read as telemarketing (the stricter).
+    """
+
+CALL_PURPOSE_UNSPECIFIED: CallPurpose.ValueType  # 0
+CALL_PURPOSE_TELEMARKETING: CallPurpose.ValueType  # 1
+CALL_PURPOSE_INFORMATIONAL: CallPurpose.ValueType  # 2
+Global___CallPurpose: _TypeAlias = CallPurpose  # noqa: Y015
+
+class _CallMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CallMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CallMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALL_METHOD_UNSPECIFIED: _CallMethod.ValueType  # 0
+    CALL_METHOD_AUTODIALLED: _CallMethod.ValueType  # 1
+    """Predictive, power, progressive: the dialer places the call."""
+    CALL_METHOD_PRERECORDED: _CallMethod.ValueType  # 2
+    """Agentless: autodialled, with an artificial or prerecorded voice."""
+    CALL_METHOD_MANUAL: _CallMethod.ValueType  # 3
+    """Preview: placed at an agent's request (agent-initiated, not autodialled)."""
+
+class CallMethod(_CallMethod, metaclass=_CallMethodEnumTypeWrapper):
+    """How a call is placed. Unspecified is read as autodialled."""
+
+CALL_METHOD_UNSPECIFIED: CallMethod.ValueType  # 0
+CALL_METHOD_AUTODIALLED: CallMethod.ValueType  # 1
+"""Predictive, power, progressive: the dialer places the call."""
+CALL_METHOD_PRERECORDED: CallMethod.ValueType  # 2
+"""Agentless: autodialled, with an artificial or prerecorded voice."""
+CALL_METHOD_MANUAL: CallMethod.ValueType  # 3
+"""Preview: placed at an agent's request (agent-initiated, not autodialled)."""
+Global___CallMethod: _TypeAlias = CallMethod  # noqa: Y015
+
 @_typing.final
 class CallingWindow(_message.Message):
     """A calling window in the lead's local time. Times are "HH:MM" (24 h); end is exclusive."""
@@ -243,3 +290,73 @@ class AgentCounts(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentCounts: _TypeAlias = AgentCounts  # noqa: Y015
+
+@_typing.final
+class SettingsVersion(_message.Message):
+    """One version of a campaign's (or its pacing's) settings: written at every create and update, never changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SETTINGS_JSON_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    actor: _builtins.str
+    """Who made the change (the actor of the caller's token) and when."""
+    action: _builtins.str
+    """create | update | import (rows that existed before versions were kept)"""
+    settings_json: _builtins.str
+    """The whole settings in force from this version on, as JSON."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettingChange]:
+        """What this version changed from the one before it."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        action: _builtins.str = ...,
+        settings_json: _builtins.str = ...,
+        changes: _abc.Iterable[Global___SettingChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "changes", b"changes", "settings_json", b"settings_json", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettingsVersion: _TypeAlias = SettingsVersion  # noqa: Y015
+
+@_typing.final
+class SettingChange(_message.Message):
+    """One changed setting: its path (dot-separated) and its JSON value before and after ("" when absent)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    BEFORE_JSON_FIELD_NUMBER: _builtins.int
+    AFTER_JSON_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    before_json: _builtins.str
+    after_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        before_json: _builtins.str = ...,
+        after_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_json", b"after_json", "before_json", b"before_json", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettingChange: _TypeAlias = SettingChange  # noqa: Y015

@@ -71,6 +71,9 @@ class _ConsentKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentKi
     CONSENT_KIND_EXPRESS: _ConsentKind.ValueType  # 1
     CONSENT_KIND_EXPRESS_WRITTEN: _ConsentKind.ValueType  # 2
     CONSENT_KIND_EXISTING_BUSINESS_RELATIONSHIP: _ConsentKind.ValueType  # 3
+    """With its basis (ebr_basis): it counts for the months the rules table gives that basis."""
+    CONSENT_KIND_CAMPAIGN_OPT_IN: _ConsentKind.ValueType  # 4
+    """An opt-in to one campaign's calls (campaign_id required): counts for that campaign only."""
 
 class ConsentKind(_ConsentKind, metaclass=_ConsentKindEnumTypeWrapper): ...
 
@@ -78,7 +81,45 @@ CONSENT_KIND_UNSPECIFIED: ConsentKind.ValueType  # 0
 CONSENT_KIND_EXPRESS: ConsentKind.ValueType  # 1
 CONSENT_KIND_EXPRESS_WRITTEN: ConsentKind.ValueType  # 2
 CONSENT_KIND_EXISTING_BUSINESS_RELATIONSHIP: ConsentKind.ValueType  # 3
+"""With its basis (ebr_basis): it counts for the months the rules table gives that basis."""
+CONSENT_KIND_CAMPAIGN_OPT_IN: ConsentKind.ValueType  # 4
+"""An opt-in to one campaign's calls (campaign_id required): counts for that campaign only."""
 Global___ConsentKind: _TypeAlias = ConsentKind  # noqa: Y015
+
+class _EbrBasis:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EbrBasisEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EbrBasis.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EBR_BASIS_UNSPECIFIED: _EbrBasis.ValueType  # 0
+    EBR_BASIS_PURCHASE: _EbrBasis.ValueType  # 1
+    EBR_BASIS_INQUIRY: _EbrBasis.ValueType  # 2
+
+class EbrBasis(_EbrBasis, metaclass=_EbrBasisEnumTypeWrapper):
+    """What an established business relationship rests on (16 CFR 310.2(q); 47 CFR 64.1200(f)(5))."""
+
+EBR_BASIS_UNSPECIFIED: EbrBasis.ValueType  # 0
+EBR_BASIS_PURCHASE: EbrBasis.ValueType  # 1
+EBR_BASIS_INQUIRY: EbrBasis.ValueType  # 2
+Global___EbrBasis: _TypeAlias = EbrBasis  # noqa: Y015
+
+class _InboundChannel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InboundChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InboundChannel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INBOUND_CHANNEL_UNSPECIFIED: _InboundChannel.ValueType  # 0
+    INBOUND_CHANNEL_SMS: _InboundChannel.ValueType  # 1
+    INBOUND_CHANNEL_EMAIL: _InboundChannel.ValueType  # 2
+
+class InboundChannel(_InboundChannel, metaclass=_InboundChannelEnumTypeWrapper): ...
+
+INBOUND_CHANNEL_UNSPECIFIED: InboundChannel.ValueType  # 0
+INBOUND_CHANNEL_SMS: InboundChannel.ValueType  # 1
+INBOUND_CHANNEL_EMAIL: InboundChannel.ValueType  # 2
+Global___InboundChannel: _TypeAlias = InboundChannel  # noqa: Y015
 
 class _RndAnswer:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -186,15 +227,28 @@ class CheckNumbersRequest(_message.Message):
     JURISDICTION_FIELD_NUMBER: _builtins.int
     DIAL_TIME_FIELD_NUMBER: _builtins.int
     CALL_IDS_FIELD_NUMBER: _builtins.int
+    CALL_PURPOSE_FIELD_NUMBER: _builtins.int
+    CALL_METHOD_FIELD_NUMBER: _builtins.int
+    DIALER_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     jurisdiction: _common_pb2.Jurisdiction.ValueType
     dial_time: _builtins.bool
     """The last-moment check before a dial: audited."""
+    call_purpose: _common_pb2.CallPurpose.ValueType
+    """The call type, for the consent it requires (unspecified: telemarketing, autodialled)."""
+    call_method: _common_pb2.CallMethod.ValueType
     @_builtins.property
     def numbers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def call_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Optional call ids, parallel to numbers, recorded with dial-time decisions."""
+
+    @_builtins.property
+    def dialer(self) -> _containers.RepeatedCompositeFieldContainer[Global___DialerDecision]:
+        """Dial-time only: the dialer's own decision about each number (calling window, caps, UK 72 h), parallel
+        to numbers. Recorded with the list decision in one audit record; a number the dialer blocked is answered
+        blocked with the dialer's codes first.
+        """
 
     def __init__(
         self,
@@ -204,14 +258,49 @@ class CheckNumbersRequest(_message.Message):
         jurisdiction: _common_pb2.Jurisdiction.ValueType = ...,
         dial_time: _builtins.bool = ...,
         call_ids: _abc.Iterable[_builtins.str] | None = ...,
+        call_purpose: _common_pb2.CallPurpose.ValueType = ...,
+        call_method: _common_pb2.CallMethod.ValueType = ...,
+        dialer: _abc.Iterable[Global___DialerDecision] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_ids", b"call_ids", "campaign_id", b"campaign_id", "dial_time", b"dial_time", "jurisdiction", b"jurisdiction", "numbers", b"numbers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_ids", b"call_ids", "call_method", b"call_method", "call_purpose", b"call_purpose", "campaign_id", b"campaign_id", "dial_time", b"dial_time", "dialer", b"dialer", "jurisdiction", b"jurisdiction", "numbers", b"numbers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckNumbersRequest: _TypeAlias = CheckNumbersRequest  # noqa: Y015
+
+@_typing.final
+class DialerDecision(_message.Message):
+    """The dial-time gate's local rules for one number, decided by the pacing service (outdial.rules.dialcheck)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCKED_FIELD_NUMBER: _builtins.int
+    INPUTS_JSON_FIELD_NUMBER: _builtins.int
+    inputs_json: _builtins.str
+    """The inputs of the decision as a JSON object: zones and local times, the window in force, the rule rows
+    (id, effective_from, source), attempts in the period against the cap. Kept verbatim in the audit record.
+    """
+    @_builtins.property
+    def blocked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The codes that block the dial (window.outside_hours, cap.max_calls_24h, cap.uk_abandon_72h, …); empty
+        when the local rules allow it.
+        """
+
+    def __init__(
+        self,
+        *,
+        blocked: _abc.Iterable[_builtins.str] | None = ...,
+        inputs_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "inputs_json", b"inputs_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DialerDecision: _TypeAlias = DialerDecision  # noqa: Y015
 
 @_typing.final
 class CheckNumbersResponse(_message.Message):
@@ -801,8 +890,13 @@ class ExplainDecisionRequest(_message.Message):
     NUMBER_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    CALL_PURPOSE_FIELD_NUMBER: _builtins.int
+    CALL_METHOD_FIELD_NUMBER: _builtins.int
     number: _builtins.str
     campaign_id: _builtins.str
+    call_purpose: _common_pb2.CallPurpose.ValueType
+    """The call type to explain for (unspecified: telemarketing, autodialled)."""
+    call_method: _common_pb2.CallMethod.ValueType
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -811,10 +905,12 @@ class ExplainDecisionRequest(_message.Message):
         number: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
         campaign_id: _builtins.str = ...,
+        call_purpose: _common_pb2.CallPurpose.ValueType = ...,
+        call_method: _common_pb2.CallMethod.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "campaign_id", b"campaign_id", "number", b"number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "call_method", b"call_method", "call_purpose", b"call_purpose", "campaign_id", b"campaign_id", "number", b"number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -928,6 +1024,10 @@ class SetConsentRequest(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     OBTAINED_AT_FIELD_NUMBER: _builtins.int
     OBTAINED_VIA_FIELD_NUMBER: _builtins.int
+    TEXT_AGREED_FIELD_NUMBER: _builtins.int
+    IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    RECORDING_REF_FIELD_NUMBER: _builtins.int
+    EBR_BASIS_FIELD_NUMBER: _builtins.int
     number: _builtins.str
     kind: Global___ConsentKind.ValueType
     revoke: _builtins.bool
@@ -936,7 +1036,16 @@ class SetConsentRequest(_message.Message):
     evidence: _builtins.str
     """What proves the consent: a reference to the signed form, the recording, the message (required for a grant)."""
     obtained_via: _builtins.str
-    """How it was obtained: "web_form", "signed_paper", "recorded_call", "sms", … (required for a grant)."""
+    """The source: how it was obtained, "web_form", "signed_paper", "recorded_call", "sms", … (required for a
+    grant).
+    """
+    text_agreed: _builtins.str
+    """The text the person agreed to (required for a grant)."""
+    ip_address: _builtins.str
+    """The IP address the consent came from, or a reference to its recording: at least one for a grant."""
+    recording_ref: _builtins.str
+    ebr_basis: Global___EbrBasis.ValueType
+    """Required for an established business relationship."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -954,10 +1063,14 @@ class SetConsentRequest(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         obtained_at: _timestamp_pb2.Timestamp | None = ...,
         obtained_via: _builtins.str = ...,
+        text_agreed: _builtins.str = ...,
+        ip_address: _builtins.str = ...,
+        recording_ref: _builtins.str = ...,
+        ebr_basis: Global___EbrBasis.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "obtained_at", b"obtained_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "evidence", b"evidence", "expires_at", b"expires_at", "kind", b"kind", "number", b"number", "obtained_at", b"obtained_at", "obtained_via", b"obtained_via", "revoke", b"revoke"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "ebr_basis", b"ebr_basis", "evidence", b"evidence", "expires_at", b"expires_at", "ip_address", b"ip_address", "kind", b"kind", "number", b"number", "obtained_at", b"obtained_at", "obtained_via", b"obtained_via", "recording_ref", b"recording_ref", "revoke", b"revoke", "text_agreed", b"text_agreed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1214,3 +1327,78 @@ class GetRndResultsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRndResultsResponse: _TypeAlias = GetRndResultsResponse  # noqa: Y015
+
+@_typing.final
+class RecordInboundMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    channel: Global___InboundChannel.ValueType
+    sender: _builtins.str
+    """The sender: a phone number (SMS) or an email address (email)."""
+    body: _builtins.str
+    number: _builtins.str
+    """The phone number the reply is about: required for email (the sender's address is not a number); for
+    SMS it defaults to `sender`.
+    """
+    campaign_id: _builtins.str
+    """The campaign the reply answers, when known (kept in the audit record)."""
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        channel: Global___InboundChannel.ValueType = ...,
+        sender: _builtins.str = ...,
+        body: _builtins.str = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+        number: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["received_at", b"received_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "campaign_id", b"campaign_id", "channel", b"channel", "number", b"number", "received_at", b"received_at", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordInboundMessageRequest: _TypeAlias = RecordInboundMessageRequest  # noqa: Y015
+
+@_typing.final
+class RecordInboundMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOCATION_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    CONSENTS_REVOKED_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    AUDIT_SEQ_FIELD_NUMBER: _builtins.int
+    revocation: _builtins.bool
+    """True when the message holds a revocation word or phrase."""
+    matched: _builtins.str
+    """The word or phrase that matched."""
+    consents_revoked: _builtins.int
+    """Consents revoked now."""
+    number: _builtins.str
+    """The number put on the internal list (E.164), when a revocation."""
+    audit_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        revocation: _builtins.bool = ...,
+        matched: _builtins.str = ...,
+        consents_revoked: _builtins.int = ...,
+        number: _builtins.str = ...,
+        audit_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_seq", b"audit_seq", "consents_revoked", b"consents_revoked", "matched", b"matched", "number", b"number", "revocation", b"revocation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordInboundMessageResponse: _TypeAlias = RecordInboundMessageResponse  # noqa: Y015

@@ -100,6 +100,11 @@ class DncServiceStub:
                 request_serializer=outdial_dot_v1_dot_dnc__pb2.GetRndResultsRequest.SerializeToString,
                 response_deserializer=outdial_dot_v1_dot_dnc__pb2.GetRndResultsResponse.FromString,
                 _registered_method=True)
+        self.RecordInboundMessage = channel.unary_unary(
+                '/outdial.v1.DncService/RecordInboundMessage',
+                request_serializer=outdial_dot_v1_dot_dnc__pb2.RecordInboundMessageRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_dnc__pb2.RecordInboundMessageResponse.FromString,
+                _registered_method=True)
 
 
 class DncServiceServicer:
@@ -190,6 +195,15 @@ class DncServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordInboundMessage(self, request, context):
+        """An inbound SMS or email reply: one that holds a revocation word (rules table `revocation_words` rows:
+        STOP, UNSUBSCRIBE, "do not call", …) revokes every consent of the number and puts it on the internal list
+        at once, audited; any other message is audited and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DncServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -257,6 +271,11 @@ def add_DncServiceServicer_to_server(servicer, server):
                     servicer.GetRndResults,
                     request_deserializer=outdial_dot_v1_dot_dnc__pb2.GetRndResultsRequest.FromString,
                     response_serializer=outdial_dot_v1_dot_dnc__pb2.GetRndResultsResponse.SerializeToString,
+            ),
+            'RecordInboundMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordInboundMessage,
+                    request_deserializer=outdial_dot_v1_dot_dnc__pb2.RecordInboundMessageRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_dnc__pb2.RecordInboundMessageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -611,6 +630,33 @@ class DncService:
             '/outdial.v1.DncService/GetRndResults',
             outdial_dot_v1_dot_dnc__pb2.GetRndResultsRequest.SerializeToString,
             outdial_dot_v1_dot_dnc__pb2.GetRndResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordInboundMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outdial.v1.DncService/RecordInboundMessage',
+            outdial_dot_v1_dot_dnc__pb2.RecordInboundMessageRequest.SerializeToString,
+            outdial_dot_v1_dot_dnc__pb2.RecordInboundMessageResponse.FromString,
             options,
             channel_credentials,
             insecure,

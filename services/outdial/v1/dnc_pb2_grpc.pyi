@@ -53,6 +53,11 @@ class DncServiceStub:
     """
     GetRndResults: _grpc.UnaryUnaryMultiCallable[_dnc_pb2.GetRndResultsRequest, _dnc_pb2.GetRndResultsResponse]
     """The RND results stored for one number, newest query date first."""
+    RecordInboundMessage: _grpc.UnaryUnaryMultiCallable[_dnc_pb2.RecordInboundMessageRequest, _dnc_pb2.RecordInboundMessageResponse]
+    """An inbound SMS or email reply: one that holds a revocation word (rules table `revocation_words` rows:
+    STOP, UNSUBSCRIBE, "do not call", …) revokes every consent of the number and puts it on the internal list
+    at once, audited; any other message is audited and changes nothing.
+    """
 
 @_typing.type_check_only
 class DncServiceAsyncStub(DncServiceStub):
@@ -79,6 +84,11 @@ class DncServiceAsyncStub(DncServiceStub):
     """
     GetRndResults: _aio.UnaryUnaryMultiCallable[_dnc_pb2.GetRndResultsRequest, _dnc_pb2.GetRndResultsResponse]  # type: ignore[assignment]
     """The RND results stored for one number, newest query date first."""
+    RecordInboundMessage: _aio.UnaryUnaryMultiCallable[_dnc_pb2.RecordInboundMessageRequest, _dnc_pb2.RecordInboundMessageResponse]  # type: ignore[assignment]
+    """An inbound SMS or email reply: one that holds a revocation word (rules table `revocation_words` rows:
+    STOP, UNSUBSCRIBE, "do not call", …) revokes every consent of the number and puts it on the internal list
+    at once, audited; any other message is audited and changes nothing.
+    """
 
 class DncServiceServicer(metaclass=_abc_1.ABCMeta):
     """Do-Not-Call compliance: lists, consent, the dial-time gate and the tamper-evident audit log."""
@@ -180,5 +190,16 @@ class DncServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dnc_pb2.GetRndResultsResponse, _abc.Awaitable[_dnc_pb2.GetRndResultsResponse]]:
         """The RND results stored for one number, newest query date first."""
+
+    @_abc_1.abstractmethod
+    def RecordInboundMessage(
+        self,
+        request: _dnc_pb2.RecordInboundMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dnc_pb2.RecordInboundMessageResponse, _abc.Awaitable[_dnc_pb2.RecordInboundMessageResponse]]:
+        """An inbound SMS or email reply: one that holds a revocation word (rules table `revocation_words` rows:
+        STOP, UNSUBSCRIBE, "do not call", …) revokes every consent of the number and puts it on the internal list
+        at once, audited; any other message is audited and changes nothing.
+        """
 
 def add_DncServiceServicer_to_server(servicer: DncServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

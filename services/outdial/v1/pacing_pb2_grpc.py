@@ -50,6 +50,11 @@ class PacingServiceStub:
                 request_serializer=outdial_dot_v1_dot_pacing__pb2.WatchPacingRequest.SerializeToString,
                 response_deserializer=outdial_dot_v1_dot_pacing__pb2.WatchPacingResponse.FromString,
                 _registered_method=True)
+        self.ListPacingSettingsVersions = channel.unary_unary(
+                '/outdial.v1.PacingService/ListPacingSettingsVersions',
+                request_serializer=outdial_dot_v1_dot_pacing__pb2.ListPacingSettingsVersionsRequest.SerializeToString,
+                response_deserializer=outdial_dot_v1_dot_pacing__pb2.ListPacingSettingsVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class PacingServiceServicer:
@@ -74,6 +79,13 @@ class PacingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPacingSettingsVersions(self, request, context):
+        """Every version of a campaign's pacing settings, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PacingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +103,11 @@ def add_PacingServiceServicer_to_server(servicer, server):
                     servicer.WatchPacing,
                     request_deserializer=outdial_dot_v1_dot_pacing__pb2.WatchPacingRequest.FromString,
                     response_serializer=outdial_dot_v1_dot_pacing__pb2.WatchPacingResponse.SerializeToString,
+            ),
+            'ListPacingSettingsVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPacingSettingsVersions,
+                    request_deserializer=outdial_dot_v1_dot_pacing__pb2.ListPacingSettingsVersionsRequest.FromString,
+                    response_serializer=outdial_dot_v1_dot_pacing__pb2.ListPacingSettingsVersionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class PacingService:
             '/outdial.v1.PacingService/WatchPacing',
             outdial_dot_v1_dot_pacing__pb2.WatchPacingRequest.SerializeToString,
             outdial_dot_v1_dot_pacing__pb2.WatchPacingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPacingSettingsVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/outdial.v1.PacingService/ListPacingSettingsVersions',
+            outdial_dot_v1_dot_pacing__pb2.ListPacingSettingsVersionsRequest.SerializeToString,
+            outdial_dot_v1_dot_pacing__pb2.ListPacingSettingsVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,8 @@ class PacingServiceStub:
     GetPacingState: _grpc.UnaryUnaryMultiCallable[_pacing_pb2.GetPacingStateRequest, _pacing_pb2.GetPacingStateResponse]
     UpdatePacingSettings: _grpc.UnaryUnaryMultiCallable[_pacing_pb2.UpdatePacingSettingsRequest, _pacing_pb2.UpdatePacingSettingsResponse]
     WatchPacing: _grpc.UnaryStreamMultiCallable[_pacing_pb2.WatchPacingRequest, _pacing_pb2.WatchPacingResponse]
+    ListPacingSettingsVersions: _grpc.UnaryUnaryMultiCallable[_pacing_pb2.ListPacingSettingsVersionsRequest, _pacing_pb2.ListPacingSettingsVersionsResponse]
+    """Every version of a campaign's pacing settings, oldest first."""
 
 @_typing.type_check_only
 class PacingServiceAsyncStub(PacingServiceStub):
@@ -45,6 +47,8 @@ class PacingServiceAsyncStub(PacingServiceStub):
     GetPacingState: _aio.UnaryUnaryMultiCallable[_pacing_pb2.GetPacingStateRequest, _pacing_pb2.GetPacingStateResponse]  # type: ignore[assignment]
     UpdatePacingSettings: _aio.UnaryUnaryMultiCallable[_pacing_pb2.UpdatePacingSettingsRequest, _pacing_pb2.UpdatePacingSettingsResponse]  # type: ignore[assignment]
     WatchPacing: _aio.UnaryStreamMultiCallable[_pacing_pb2.WatchPacingRequest, _pacing_pb2.WatchPacingResponse]  # type: ignore[assignment]
+    ListPacingSettingsVersions: _aio.UnaryUnaryMultiCallable[_pacing_pb2.ListPacingSettingsVersionsRequest, _pacing_pb2.ListPacingSettingsVersionsResponse]  # type: ignore[assignment]
+    """Every version of a campaign's pacing settings, oldest first."""
 
 class PacingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Predictive pacing and call origination."""
@@ -69,5 +73,13 @@ class PacingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pacing_pb2.WatchPacingRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_pacing_pb2.WatchPacingResponse], _abc.AsyncIterator[_pacing_pb2.WatchPacingResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListPacingSettingsVersions(
+        self,
+        request: _pacing_pb2.ListPacingSettingsVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pacing_pb2.ListPacingSettingsVersionsResponse, _abc.Awaitable[_pacing_pb2.ListPacingSettingsVersionsResponse]]:
+        """Every version of a campaign's pacing settings, oldest first."""
 
 def add_PacingServiceServicer_to_server(servicer: PacingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
