@@ -95,6 +95,6 @@ async def test_campaign_and_leads_commands(services: Services, tmp_path: Path) -
     assert json.loads(out)["state"] == "completed"
     _, out, _ = await cli(env, "campaign", "stats", cid, "--json")
     st = json.loads(out)
-    assert st["leads_total"] == "3" and st["leads_by_state"] == {"new": "3"}
+    assert st["leads_total"] == 3 and st["leads_by_state"] == {"new": 3}
     _, out, _ = await cli(env, "campaign", "stats", cid)
     assert "list penetration" in out

@@ -20,7 +20,7 @@ async def test_cli_flow(services: Any, monkeypatch: pytest.MonkeyPatch, tmp_path
         services, "dnc", "add", "+12025550123", "=HYPERLINK(1)", "--reason", "=cmd|x", "--json"
     )
     assert code == 2  # one invalid number
-    assert json.loads(out.splitlines()[-1])["added"] == "1"
+    assert json.loads(out.splitlines()[-1])["added"] == 1
 
     code, out = await run_cli(services, "dnc", "check", "+12025550123", "2025550124", "--json")
     assert code == 1
@@ -45,7 +45,7 @@ async def test_cli_flow(services: Any, monkeypatch: pytest.MonkeyPatch, tmp_path
     )
     assert code == 0, out
     res = json.loads(out.splitlines()[-1])
-    assert (res["added"], res["invalid"]) == ("2", "1")
+    assert (res["added"], res["invalid"]) == (2, 1)
     changes = tmp_path / "changes.txt"
     changes.write_text("-2025550130\n+2025550132\n")
     code, out = await run_cli(
@@ -54,7 +54,7 @@ async def test_cli_flow(services: Any, monkeypatch: pytest.MonkeyPatch, tmp_path
     assert code == 0, out
     code, out = await run_cli(services, "dnc", "lists", "--json")
     lists = {li["id"]: li for li in json.loads(out)["lists"]}
-    assert lists["national:US"]["entries"] == "2"
+    assert lists["national:US"]["entries"] == 2
 
     code, out = await run_cli(services, "dnc", "audit", "--csv")
     assert code == 0, out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC
 from typing import Any
@@ -285,8 +286,12 @@ class CampaignServicer(campaign_pb2_grpc.CampaignServiceServicer):
     async def ListLeadLists(
         self, request: campaign_pb2.ListLeadListsRequest, context: grpc.aio.ServicerContext
     ) -> campaign_pb2.ListLeadListsResponse:
-        await store.get_campaign(self.ctx.pool, request.campaign_id)
-        rows = await store.lists_of(self.ctx.pool, request.campaign_id)
+        prefix = request.id_prefix.lower()
+        if prefix and not re.fullmatch(r"[0-9a-f]{1,32}", prefix):
+            raise InvalidArgument("id_prefix is a list ID's first hexadecimal digits", field="id_prefix")
+        if request.campaign_id or not prefix:
+            await store.get_campaign(self.ctx.pool, request.campaign_id)
+        rows = await store.lists_of(self.ctx.pool, request.campaign_id, prefix)
         return campaign_pb2.ListLeadListsResponse(lists=[_list_proto(r) for r in rows])
 
     async def ListLeadRejects(

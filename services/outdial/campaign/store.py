@@ -237,10 +237,15 @@ async def find_list_by_request(pool: asyncpg.Pool, cid: str, request_id: str) ->
     )
 
 
-async def lists_of(pool: asyncpg.Pool, cid: str) -> list[asyncpg.Record]:
+async def lists_of(pool: asyncpg.Pool, cid: str, id_prefix: str = "") -> list[asyncpg.Record]:
+    """A campaign's lead lists (cid), or any campaign's (cid empty) whose ID starts with id_prefix (at most 20)."""
     return list(
         await pool.fetch(
-            f"SELECT {_LIST_COLS} FROM lead_lists WHERE campaign_id = $1 ORDER BY uploaded_at", cid
+            f"""SELECT {_LIST_COLS} FROM lead_lists
+                WHERE ($1 = '' OR campaign_id = $1) AND ($2 = '' OR id LIKE $2 || '%')
+                ORDER BY uploaded_at LIMIT CASE WHEN $1 = '' THEN 20 END""",
+            cid,
+            id_prefix,
         )
     )
 

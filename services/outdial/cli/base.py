@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.console import Console
@@ -108,7 +109,45 @@ def channel(args: argparse.Namespace, settings: Settings, service: ServiceName) 
 
 
 def to_dict(msg: Message) -> dict[str, Any]:
-    return MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    """A message as typed JSON: protobuf's JSON mapping writes 64-bit integers as strings (``"rows": "51"``);
+    the CLI's --json gives numbers as numbers (docs/cli.md), so they are turned back into ints here."""
+    d = MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    _ints(msg.DESCRIPTOR, d)
+    return d
+
+
+_INT64 = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+def _ints(desc: Any, d: dict[str, Any]) -> None:  # a Descriptor (pure Python or upb)
+    for field in desc.fields:
+        if field.name not in d:
+            continue
+        value = d[field.name]
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            vfield = field.message_type.fields_by_name["value"]
+            if vfield.type in _INT64:
+                d[field.name] = {k: int(v) for k, v in value.items()}
+            elif vfield.message_type is not None and isinstance(value, dict):
+                for v in value.values():
+                    if isinstance(v, dict):
+                        _ints(vfield.message_type, v)
+        elif field.type in _INT64:
+            d[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.message_type is not None and not field.message_type.full_name.startswith(
+            "google.protobuf"
+        ):
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, dict):
+                    _ints(field.message_type, v)
 
 
 def print_json(obj: Any) -> None:
@@ -116,13 +155,36 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+#: A column holds IDs when its header says so or a value looks like one: such a column is never cut or
+#: wrapped, so an ID can be copied from any table whatever the terminal's width (docs/cli.md, "IDs").
+_ID_HEADER = re.compile(r"^(id|ids|kid|campaign|list|lead list|agent|call|trunk)$|\bid$", re.I)
+_ID_VALUE = re.compile(r"^[0-9a-f]{32}$|^[A-Za-z0-9_-]{43}$")
+
+
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    cells = [["" if v is None else str(v) for v in r] for r in rows]
+    ids = [
+        bool(_ID_HEADER.search(c)) or any(_ID_VALUE.match(r[i]) for r in cells if i < len(r))
+        for i, c in enumerate(columns)
+    ]
     table = Table(title=title)
-    for c in columns:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*("" if v is None else str(v) for v in r))
-    console.print(table)
+    for c, is_id in zip(columns, ids, strict=True):
+        table.add_column(c, no_wrap=is_id, overflow="ignore" if is_id else "fold")
+    for r in cells:
+        table.add_row(*r)
+    # What the table needs so that no ID column is shortened: the ID columns whole, the others at least their
+    # header (they wrap), plus the borders and padding. Wider than the terminal, it is printed wider.
+    widths = [
+        max([len(c), *(len(r[i]) for r in cells if i < len(r))])
+        if is_id
+        else min(max([len(c), *(len(r[i]) for r in cells if i < len(r))]), max(len(c), 12))
+        for i, (c, is_id) in enumerate(zip(columns, ids, strict=True))
+    ]
+    needed = sum(widths) + 3 * len(columns) + 1
+    if needed > console.width:
+        Console(width=needed).print(table, crop=False)  # Console.print never goes past the console's width
+    else:
+        console.print(table)
 
 
 def _error_json(error_id: str, message: str, field: str = "", **extra: Any) -> None:
@@ -187,7 +249,11 @@ def run(handler: Handler, args: argparse.Namespace, settings: Settings) -> int:
     _json_errors = bool(getattr(args, "json", False))
 
     async def _go() -> int:
+        from outdial.cli import ids  # ids builds on this module
+
         try:
+            ids.merge_campaign_args(args)
+            await ids.resolve_ids(args, settings)
             return await handler(args, settings)
         except grpc.aio.AioRpcError as exc:
             return rpc_error(exc)

@@ -569,7 +569,11 @@ async def cmd_retention_run(args: argparse.Namespace, settings: Settings) -> int
 
 
 def register(sub: Any) -> None:
-    g = group(sub, "campaign", "campaigns: create, change, run, watch")
+    g = group(
+        sub,
+        "campaign",
+        "campaigns: create, change, run, stats (live pacing: `outdial pacing watch CAMPAIGN`)",
+    )
     p = command(g, "create", cmd_create, "create a campaign (draft)")
     _settings_args(p, True)
     p = command(g, "update", cmd_update, "change a campaign's settings")

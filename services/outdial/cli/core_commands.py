@@ -19,7 +19,7 @@ from outdial.cli.base import fail, print_json
 from outdial.core import db
 from outdial.core import logging as odlog
 from outdial.core.config import SERVICES, Settings
-from outdial.core.infra import Infra, ensure_infra
+from outdial.core.infra import Infra, ensure_demo_infra, ensure_infra
 from outdial.migrations.grants import RUNTIME, role_name
 
 log = logging.getLogger("outdial.run")
@@ -75,8 +75,11 @@ class Supervisor:
         extra_env: dict[str, str] | None = None,
         quiet: bool = False,
         log_path: str | None = None,
+        demo: bool = False,
     ) -> None:
         self.settings = settings
+        # The demo runs apart from the user's data: its own database and a private Redis (core/infra.py).
+        self.demo = demo
         self.services = services
         self.extra_env = extra_env or {}
         self.quiet = quiet
@@ -86,7 +89,10 @@ class Supervisor:
         self._env: dict[str, str] = {}
 
     async def start(self) -> Infra:
-        self.infra = await ensure_infra(self.settings.database_url, self.settings.redis_url)
+        if self.demo:
+            self.infra = await ensure_demo_infra(self.settings.database_url)
+        else:
+            self.infra = await ensure_infra(self.settings.database_url, self.settings.redis_url)
         # Migrate once here so the four services do not all wait on the advisory lock (development: the roles
         # and grants too when this login may create them).
         await db.migrate_url(self.infra.database_url, grants=False)

@@ -91,6 +91,10 @@ class DemoConfig:
     telephony: str = "sim"
     # Serve the web console beside the services and print the campaign's dashboard URL (`outdial demo`).
     console: bool = False
+    # Run apart from the user's data (`outdial demo`): a fresh `outdial_demo` database and a private Redis,
+    # whatever OUTDIAL_DATABASE_URL / OUTDIAL_REDIS_URL say (core/infra.py, ensure_demo_infra). The tests
+    # that drive the demo give their own throwaway database instead.
+    separate: bool = False
 
 
 @dataclass
@@ -133,8 +137,14 @@ class DemoResult:
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "database_url"}
+        d["database"] = database_name(self.database_url)  # the name only: the URL may hold a password
         d["ok"] = self.ok
         return d
+
+
+def database_name(url: str) -> str:
+    """The database part of a PostgreSQL URL (no host, user or password)."""
+    return url.partition("?")[0].rpartition("/")[2]
 
 
 async def _wait_serving(settings: Settings, timeout: float = 30.0) -> None:
@@ -251,7 +261,7 @@ async def run_demo(settings: Settings, cfg: DemoConfig) -> DemoResult:
     elif cfg.telephony != "sim":
         raise ValueError(f"--telephony must be sim or sip, not {cfg.telephony!r}")
     services = _with_console(cfg, services, env)
-    sup = Supervisor(settings, services=services, extra_env=env, log_path=log_path)
+    sup = Supervisor(settings, services=services, extra_env=env, log_path=log_path, demo=cfg.separate)
     result = DemoResult(telephony=cfg.telephony)
     stop_agents = asyncio.Event()
     agents_task: asyncio.Task[Any] | None = None
@@ -532,6 +542,7 @@ def print_report(r: DemoResult) -> None:
     t.add_column("value", justify="right")
     rows: list[tuple[str, str]] = [
         ("campaign", r.campaign_id),
+        ("database (the demo's own, kept for a look; not `outdial run`'s)", database_name(r.database_url)),
         (
             "lead rows read / accepted / duplicates / rejected",
             f"{r.upload.get('rows')} / {r.upload.get('accepted')} / {r.upload.get('duplicates')} / "
@@ -620,6 +631,7 @@ async def demo(args: argparse.Namespace, settings: Settings) -> int:
         to_stderr=args.json,
         telephony=args.telephony,
         console=not args.no_console,
+        separate=True,
     )
     result = await run_demo(settings, cfg)
     if args.json:

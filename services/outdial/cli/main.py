@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from outdial import __version__
 from outdial.cli.base import broken_pipe, run
+from outdial.cli.ids import unify_campaign_args
 from outdial.core.config import Settings
 
 # Modules that add commands; each has ``register(subparsers)``. A module not yet written is skipped.
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name).register(sub)
+    unify_campaign_args(parser)
     return parser
 
 

@@ -322,3 +322,53 @@ async def ensure_infra(
         infra.stop()
         raise
     return infra
+
+
+#: The demo's own database (``outdial demo``): created afresh for every run, never the ``outdial`` database
+#: that ``outdial run`` uses.
+DEMO_DATABASE = "outdial_demo"
+
+
+async def fresh_database(server_url: str, name: str) -> str:
+    """Drop (closing its connections) and create database ``name`` on the server of ``server_url``; its URL."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def ensure_demo_infra(database_url: str | None) -> Infra:
+    """PostgreSQL and Redis for ``outdial demo``, apart from the user's: a fresh ``outdial_demo`` database on
+    the user's PostgreSQL server (OUTDIAL_DATABASE_URL's, else 127.0.0.1:5432), or a private server when that
+    login may not create databases or there is none; and always a private Redis. The demo shifts its clock
+    and imports registries dated by it: none of that may reach the user's ``outdial`` database or Redis."""
+    infra = Infra("", "")
+    try:
+        server = None
+        if database_url:
+            base, _, _ = database_url.partition("?")[0].rpartition("/")
+            server = f"{base}/postgres"
+        elif port_open("127.0.0.1", 5432):
+            server = "postgresql://postgres@127.0.0.1:5432/postgres"
+        if server is not None:
+            try:
+                infra.database_url = await fresh_database(server, DEMO_DATABASE)
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning(
+                    "cannot create the demo database on %s (%s): starting a private PostgreSQL", server, exc
+                )
+        if not infra.database_url:
+            pg = start_private_postgres()
+            infra.private.append(pg)
+            infra.database_url = await ensure_database(pg.url, DEMO_DATABASE)
+        rd = start_private_redis()
+        infra.private.append(rd)
+        infra.redis_url = rd.url
+    except BaseException:
+        infra.stop()
+        raise
+    return infra

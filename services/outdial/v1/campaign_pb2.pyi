@@ -902,15 +902,22 @@ class ListLeadListsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    ID_PREFIX_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
+    """The campaign whose lists to return; may be empty when id_prefix is given."""
+    id_prefix: _builtins.str
+    """Only lists whose ID starts with this (hex, case-insensitive; at most 20 are returned): how the CLI finds a
+    list from a shortened ID (docs/cli.md, "IDs").
+    """
     def __init__(
         self,
         *,
         campaign_id: _builtins.str = ...,
+        id_prefix: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "id_prefix", b"id_prefix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
